@@ -1,0 +1,3 @@
+"""Subcommands of ``recist-seg``; importing this package registers them with the CLI."""
+
+from . import geometry  # noqa: F401

@@ -1,0 +1,152 @@
+"""``recist-seg pseudo-masks`` and ``recist-seg groups``: the RECIST core on whole datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..cli import command
+from ..core.grouping import FEATURE_SETS, group_lesions, suggest_k
+from ..core.metrics import segmentation_metrics
+from ..core.pseudo_masks import PSEUDO_MASK_METHODS, pseudo_mask_labels
+from ..data._atomic import atomic_write
+from ..data.recist_files import RecistTable, read_recists, write_recists
+from ._progress import progress
+
+
+def load_lesions(source) -> tuple[RecistTable, dict]:
+    """RECIST from a RECIST file, or simulated from the masks of an image+mask folder.
+
+    Returns the table and, for a folder, ``{"pairs": [...], "masks": {name: mask}}`` so that
+    callers can score against the real masks without reading them twice.
+    """
+    from ..core.recist import recist_from_mask
+    from ..data.image_folders import load_mask, read_image_mask_folder
+
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.is_file():
+        return read_recists(path), {}
+    pairs = read_image_mask_folder(path)
+    recists, names, masks = [], [], {}
+    for pair in progress(pairs, desc="measuring masks", unit="mask"):
+        mask = load_mask(pair.mask_path)
+        try:
+            recists.append(recist_from_mask(mask))
+        except ValueError as exc:
+            raise ValueError(f"{pair.mask_path}: {exc}") from None
+        names.append(pair.name)
+        masks[pair.name] = mask
+    table = RecistTable(recists, images=names)
+    return table, {"pairs": pairs, "masks": masks}
+
+
+def _image_shape(table: RecistTable, source: Path, name: str, shape_arg) -> tuple[int, int]:
+    if shape_arg:
+        return tuple(shape_arg)
+    from ..data.image_folders import load_image
+
+    candidate = Path(name)
+    if not candidate.is_absolute():
+        candidate = source.parent / candidate
+    if candidate.is_file():
+        return load_image(candidate).shape[:2]
+    raise ValueError(
+        f"cannot tell the size of image {name!r} (no such file next to {source}); "
+        "give it with --shape ROWS COLS"
+    )
+
+
+def _write_label_png(path: Path, labels: np.ndarray) -> None:
+    import imageio.v3 as iio
+
+    dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
+    with atomic_write(path, "wb", encoding=None) as fh:
+        iio.imwrite(fh, labels.astype(dtype), extension=".png")
+
+
+def _configure_pseudo_masks(p) -> None:
+    p.add_argument("input", help="a RECIST .csv/.json file, or an image+mask folder")
+    p.add_argument("--out", required=True, help="folder for label PNGs and recists.csv")
+    p.add_argument("--method", default="ellipse", choices=(*PSEUDO_MASK_METHODS, "all"))
+    p.add_argument("--shape", type=int, nargs=2, metavar=("ROWS", "COLS"),
+                   help="image size when the RECIST file's images cannot be found")
+
+
+@command("pseudo-masks", "draw pseudo-masks (ellipse, quarter ellipse, polygon) from RECIST",
+         _configure_pseudo_masks)
+def _pseudo_masks(args) -> int:
+    source = Path(args.input)
+    table, folder = load_lesions(source)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = PSEUDO_MASK_METHODS if args.method == "all" else (args.method,)
+    images = table.images or ["image"] * len(table)
+    by_image: dict[str, list[int]] = {}
+    for i, name in enumerate(images):
+        by_image.setdefault(name, []).append(i)
+    scores = {m: [] for m in methods}
+    for name, idx in progress(by_image.items(), desc="drawing pseudo-masks", unit="image"):
+        mask = folder.get("masks", {}).get(name)
+        shape = mask.shape if mask is not None else _image_shape(table, source, name, args.shape)
+        for method in methods:
+            labels = pseudo_mask_labels([table.recists[i] for i in idx], shape, method,
+                                        labels=[i + 1 for i in range(len(idx))])
+            _write_label_png(out / f"{Path(name).stem}_{method}.png", labels)
+            if mask is not None:
+                scores[method].append(segmentation_metrics(labels > 0, mask)["dice"])
+    write_recists(out / "recists.csv", table)
+    print(f"{len(table)} lesions on {len(by_image)} images -> {out}")
+    for method, values in scores.items():
+        if values:
+            print(f"{method:16s} mean Dice against the real masks: {np.mean(values):.4f}")
+    return 0
+
+
+def _parse_k_range(text: str) -> range:
+    try:
+        lo, hi = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--suggest-k takes LOW:HIGH, e.g. 2:20, got {text!r}") from None
+    return range(lo, hi + 1)
+
+
+def _configure_groups(p) -> None:
+    p.add_argument("input", help="a RECIST .csv/.json file, or an image+mask folder")
+    p.add_argument("--out", required=True, help="RECIST file (.csv/.json) to write with groups")
+    p.add_argument("--k", type=int, help="number of groups")
+    p.add_argument("--suggest-k", metavar="LOW:HIGH",
+                   help="score K in this range by silhouette; uses the best unless --k is given")
+    p.add_argument("--features", default="standardised", choices=FEATURE_SETS)
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("groups", "group lesions by K-means on their RECIST (with a K suggestion)",
+         _configure_groups)
+def _groups(args) -> int:
+    table, _ = load_lesions(args.input)
+    if args.suggest_k:
+        best, scores = suggest_k(table.recists, _parse_k_range(args.suggest_k),
+                                 features=args.features, seed=args.seed)
+        print("K    silhouette")
+        for k, s in scores.items():
+            print(f"{k:<4d} {s:.3f}{'  <- best' if k == best else ''}")
+        k = args.k or best
+    elif args.k:
+        k = args.k
+    else:
+        raise ValueError("give --k K or --suggest-k LOW:HIGH")
+    grouping = group_lesions(table.recists, k, features=args.features, seed=args.seed)
+    table.features["group"] = [int(g) for g in grouping.labels_]
+    out = Path(args.out)
+    write_recists(out, table)
+    model_path = out.with_suffix(".grouping.json")
+    with atomic_write(model_path) as fh:
+        json.dump(grouping.to_dict(), fh, indent=1)
+    sizes = np.bincount(grouping.labels_, minlength=k)
+    print(f"K={k} ({args.features} features, seed {args.seed}): group sizes {sizes.tolist()}")
+    print(f"wrote {out} (column 'group') and {model_path}")
+    return 0

@@ -1,0 +1,90 @@
+"""Atomic file writes: a reader never sees a half-written file, a failed write never clobbers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["atomic_write"]
+
+
+def _current_umask() -> int:
+    # os.umask can only be read by setting it; do it once, at import, before any threads run.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None):
+    """Open a temporary file next to ``path``; on success move it over ``path`` in one step.
+
+    The temporary file is created in the target's folder (so ``os.replace`` is a rename on one
+    file system, which is atomic), flushed and fsynced before the rename. If the block raises,
+    the temporary file is removed and an existing ``path`` is left untouched.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to write.
+    mode : str
+        ``"w"`` (text) or ``"wb"`` (binary); ``"x"`` variants are refused because the target
+        is meant to be replaced.
+    encoding, newline : str, optional
+        Passed to ``open`` for text mode (ignored for binary mode). Use ``newline=""`` with
+        the ``csv`` module.
+
+    Yields
+    ------
+    file object
+    """
+    if mode not in ("w", "wb", "wt"):
+        raise ValueError(f"atomic_write supports mode 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise ValueError(f"cannot write {path}: folder {folder} does not exist")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    tmp = Path(tmp_name)
+    try:
+        binary = "b" in mode
+        with os.fdopen(
+            fd,
+            mode,
+            encoding=None if binary else encoding,
+            newline=None if binary else newline,
+        ) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        # mkstemp creates the file private (0600); give it the permissions a plain open would.
+        try:
+            perms = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK
+            os.chmod(tmp, perms)
+        except OSError:
+            pass
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform (Windows), so best effort.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

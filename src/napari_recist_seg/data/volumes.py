@@ -1,0 +1,396 @@
+"""Clinical images through SimpleITK: DICOM (series or single file), NIfTI, MetaImage, NRRD.
+
+Arrays come back in napari's axis order, (slice, row, col) for volumes and (row, col) for single
+slices, with the voxel size in millimetres as ``scale`` in the same order. CT values stay in
+Hounsfield units: SimpleITK applies the DICOM rescale slope and intercept while reading.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["MedicalImage", "is_medical_image_path", "read_medical_image"]
+
+# Suffixes SimpleITK reads as medical volumes (compared in lower case).
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm", ".dicom", ".ima")
+_FORMAT_NAMES = {
+    ".nii.gz": "nifti",
+    ".nii": "nifti",
+    ".mha": "metaimage",
+    ".mhd": "metaimage",
+    ".nrrd": "nrrd",
+    ".nhdr": "nrrd",
+}
+# A folder is checked for DICOM files by looking at this many of its files at most, so a
+# large folder of something else does not cost a read of every file.
+_MAX_PROBE = 32
+# How many series a warning names before "...".
+_LIST_MAX = 4
+
+# DICOM tags (group|element, as SimpleITK's metadata dictionary spells them).
+_TAG_MODALITY = "0008|0060"
+_TAG_WINDOW_CENTER = "0028|1050"
+_TAG_WINDOW_WIDTH = "0028|1051"
+_TAG_SERIES_DESCRIPTION = "0008|103e"
+_TAG_SERIES_UID = "0020|000e"
+_TAG_RESCALE_INTERCEPT = "0028|1052"
+_TAG_RESCALE_SLOPE = "0028|1053"
+
+
+@dataclass
+class MedicalImage:
+    """An image read from a clinical file, in napari's axis order.
+
+    Attributes
+    ----------
+    array : ndarray
+        ``(slice, row, col)`` for a volume, ``(row, col)`` for a single slice; a trailing
+        channel axis for colour (vector) images. CT stays in HU: integer data that fits is
+        ``int16``, anything else ``float32`` (``uint8`` is kept as it is).
+    scale : tuple of float
+        Voxel size in mm for each spatial axis, same order as ``array`` (napari's ``scale``).
+    origin : tuple of float
+        Physical position (mm) of the first voxel's centre, same order as ``scale`` (napari's
+        ``translate``). The direction cosines are not applied; they are in ``metadata``.
+    name : str
+        File (or folder) name without its suffix.
+    metadata : dict
+        ``format``, ``source`` and, where the file says so: ``modality`` (e.g. ``"CT"``),
+        ``window`` (lo, hi) display window, ``window_center_width``, ``series_description``,
+        ``series_uid``, ``rescale`` (slope, intercept), ``direction`` (ITK order, row-major
+        3x3 or 2x2), ``n_series`` for a folder holding more than one DICOM series,
+        ``slice_spacing_mm`` when a single slice was squeezed to 2D.
+    """
+
+    array: np.ndarray
+    scale: tuple[float, ...]
+    origin: tuple[float, ...]
+    name: str
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def spacing(self) -> tuple[float, float]:
+        """In-plane pixel size (row, col) in mm: the spacing a ``Recist`` needs."""
+        return (float(self.scale[-2]), float(self.scale[-1]))
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial axes (2 or 3)."""
+        return len(self.scale)
+
+    def layer_kwargs(self) -> dict:
+        """Keyword arguments for a napari Image layer (``scale``, ``translate``, ``name``, ...)."""
+        kwargs = {
+            "scale": self.scale,
+            "translate": self.origin,
+            "name": self.name,
+            "metadata": dict(self.metadata),
+        }
+        if self.array.ndim > len(self.scale):
+            kwargs["rgb"] = True
+        window = self.metadata.get("window")
+        if window is not None:
+            kwargs["contrast_limits"] = tuple(window)
+        return kwargs
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in _VOLUME_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix.lower()
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _folder_has_dicom(path: Path) -> bool:
+    try:
+        entries = sorted(p for p in path.iterdir() if p.is_file())
+    except OSError:
+        return False
+    if any(p.suffix.lower() in (".dcm", ".dicom", ".ima") for p in entries):
+        return True
+    return any(_has_dicom_preamble(p) for p in entries[:_MAX_PROBE])
+
+
+def is_medical_image_path(path) -> bool:
+    """Whether ``path`` looks like something ``read_medical_image`` opens. Never raises.
+
+    True for a file with a NIfTI, MetaImage, NRRD or DICOM suffix, a file of any name with the
+    DICOM preamble (``DICM`` at byte 128), and a folder holding DICOM files.
+    """
+    try:
+        if isinstance(path, (list, tuple)):
+            return False
+        p = Path(path)
+        if p.is_dir():
+            return _folder_has_dicom(p)
+        if _suffix(p) in _VOLUME_SUFFIXES:
+            return True
+        return p.is_file() and _has_dicom_preamble(p)
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def _sitk():
+    import SimpleITK as sitk
+
+    return sitk
+
+
+def _metadata_value(getter, has, key: str) -> str | None:
+    if not has(key):
+        return None
+    value = getter(key).strip()
+    return value or None
+
+
+def _first_number(text: str | None) -> float | None:
+    # Multi-valued DICOM strings are separated by backslashes ("40\\400"); use the first.
+    if text is None:
+        return None
+    try:
+        return float(text.split("\\")[0].strip())
+    except ValueError:
+        return None
+
+
+def _dicom_metadata(getter, has) -> dict:
+    meta: dict = {}
+    modality = _metadata_value(getter, has, _TAG_MODALITY)
+    if modality:
+        meta["modality"] = modality
+    centre = _first_number(_metadata_value(getter, has, _TAG_WINDOW_CENTER))
+    width = _first_number(_metadata_value(getter, has, _TAG_WINDOW_WIDTH))
+    if centre is not None and width is not None and width > 0:
+        meta["window_center_width"] = (centre, width)
+        meta["window"] = (centre - width / 2.0, centre + width / 2.0)
+    for key, tag in (
+        ("series_description", _TAG_SERIES_DESCRIPTION),
+        ("series_uid", _TAG_SERIES_UID),
+    ):
+        value = _metadata_value(getter, has, tag)
+        if value:
+            meta[key] = value
+    intercept = _first_number(_metadata_value(getter, has, _TAG_RESCALE_INTERCEPT))
+    slope = _first_number(_metadata_value(getter, has, _TAG_RESCALE_SLOPE))
+    if intercept is not None or slope is not None:
+        meta["rescale"] = (1.0 if slope is None else slope, 0.0 if intercept is None else intercept)
+    return meta
+
+
+def _compact_dtype(arr: np.ndarray) -> np.ndarray:
+    """int16 for integer data that fits (CT in HU), float32 for the rest; uint8 and bool kept."""
+    if arr.dtype in (np.uint8, np.bool_, np.int16, np.float32):
+        return arr
+    if arr.dtype.kind in "iu":
+        if arr.size == 0:
+            return arr.astype(np.int16)
+        lo, hi = arr.min(), arr.max()
+        info = np.iinfo(np.int16)
+        if info.min <= lo and hi <= info.max:
+            return arr.astype(np.int16)
+    return arr.astype(np.float32)
+
+
+def _series_files(sitk, folder: Path) -> tuple[list[str], int]:
+    try:
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError as exc:
+        raise ValueError(f"{folder}: cannot list DICOM series ({_short(exc)})") from None
+    if not series_ids:
+        raise ValueError(f"{folder}: folder holds no DICOM series")
+    files_per_series = {
+        sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids
+    }
+    best = max(series_ids, key=lambda sid: len(files_per_series[sid]))
+    if len(series_ids) > 1:
+        counts = ", ".join(
+            f"{sid} ({len(files_per_series[sid])} files)" for sid in series_ids[:_LIST_MAX]
+        ) + (", ..." if len(series_ids) > _LIST_MAX else "")
+        warnings.warn(
+            f"{folder}: {len(series_ids)} DICOM series found ({counts}); reading the largest, "
+            f"{best}",
+            stacklevel=3,
+        )
+    return list(files_per_series[best]), len(series_ids)
+
+
+_ITK_ERROR_RE = re.compile(r"(?:ITK ERROR|sitk::ERROR):\s*(?:\w+\(0x[0-9a-f]+\):\s*)?(.*)")
+
+
+def _short(exc: Exception) -> str:
+    """The useful part of an ITK error: without the C++ file/line prefix and trailer."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "Description:" in ln:
+            return ln.split("Description:", 1)[1].strip()
+    for ln in lines:
+        match = _ITK_ERROR_RE.search(ln)
+        if match and match.group(1):
+            return match.group(1).strip()
+    if lines:
+        return lines[-1][:300]
+    return type(exc).__name__
+
+
+def _nifti_expected_size(header: bytes) -> int | None:
+    """Bytes a NIfTI-1/2 file's header promises (offset + voxel data), None if not NIfTI."""
+    for endian in ("<", ">"):
+        (size,) = struct.unpack(endian + "i", header[:4])
+        if size == 348 and len(header) >= 348:
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            offset = struct.unpack(endian + "f", header[108:112])[0]
+        elif size == 540 and len(header) >= 540:
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            dims = struct.unpack(endian + "8q", header[16:80])
+            offset = struct.unpack(endian + "q", header[168:176])[0]
+        else:
+            continue
+        n = dims[0]
+        if not 1 <= n <= 7 or bitpix <= 0 or any(d < 0 for d in dims[1 : n + 1]):
+            return None
+        voxels = 1
+        for d in dims[1 : n + 1]:
+            voxels *= max(int(d), 1)
+        return int(offset) + voxels * bitpix // 8
+    return None
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Raise for a truncated NIfTI: ITK reads one without complaint, padding with zeros."""
+    gz = path.name.lower().endswith(".gz")
+    try:
+        if gz:
+            with gzip.open(path, "rb") as fh:
+                header = fh.read(540)
+        else:
+            with open(path, "rb") as fh:
+                header = fh.read(540)
+        expected = _nifti_expected_size(header)
+    except (OSError, EOFError, zlib.error, struct.error):
+        return  # not readable as NIfTI at all: SimpleITK gives the reason
+    if expected is None:
+        return
+    if not gz:
+        actual = path.stat().st_size
+        if actual < expected:
+            raise ValueError(
+                f"{path}: file is truncated ({actual} bytes, the header needs {expected})"
+            )
+        return
+    # gzip's trailer holds the uncompressed size mod 2**32: a cheap check before a full one.
+    with open(path, "rb") as fh:
+        fh.seek(-4, os.SEEK_END)
+        (isize,) = struct.unpack("<I", fh.read(4))
+    if isize == expected % 2**32:
+        return
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"{path}: compressed data is truncated or corrupt ({exc})") from None
+    if total < expected:
+        raise ValueError(f"{path}: file is truncated ({total} bytes, the header needs {expected})")
+
+
+def read_medical_image(path) -> MedicalImage:
+    """Read a DICOM series folder, a DICOM file, NIfTI, MetaImage or NRRD.
+
+    Parameters
+    ----------
+    path : str or Path
+        A folder of DICOM files (the largest series is read; a warning names the others), a
+        single DICOM file, or a ``.nii``/``.nii.gz``/``.mha``/``.mhd``/``.nrrd`` file. Other
+        formats SimpleITK understands are tried too.
+
+    Returns
+    -------
+    MedicalImage
+        A single slice comes back 2D: a length-1 slice axis is dropped.
+
+    Raises
+    ------
+    ValueError
+        When the path does not exist, or the file cannot be read (the message names the file
+        and gives SimpleITK's reason).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    sitk = _sitk()
+    meta: dict = {"source": str(path)}
+    try:
+        if path.is_dir():
+            files, n_series = _series_files(sitk, path)
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(files)
+            reader.MetaDataDictionaryArrayUpdateOn()
+            reader.LoadPrivateTagsOn()
+            image = reader.Execute()
+            meta.update(
+                _dicom_metadata(
+                    lambda k: reader.GetMetaData(0, k), lambda k: reader.HasMetaDataKey(0, k)
+                )
+            )
+            meta["format"] = "dicom-series"
+            meta["n_files"] = len(files)
+            if n_series > 1:
+                meta["n_series"] = n_series
+            name = path.name
+        else:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.LoadPrivateTagsOn()
+            reader.ReadImageInformation()
+            suffix = _suffix(path)
+            if reader.GetImageIO() == "NiftiImageIO" or suffix in (".nii", ".nii.gz"):
+                _check_nifti_complete(path)
+            is_dicom = reader.GetImageIO() == "GDCMImageIO" or suffix in (".dcm", ".dicom", ".ima")
+            image = reader.Execute()
+            if is_dicom:
+                meta.update(_dicom_metadata(image.GetMetaData, image.HasMetaDataKey))
+                meta["format"] = "dicom"
+            else:
+                meta["format"] = _FORMAT_NAMES.get(suffix, reader.GetImageIO() or "unknown")
+            name = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: cannot read image ({_short(exc)})") from None
+
+    arr = sitk.GetArrayFromImage(image)
+    # ITK keeps spacing/origin in (x, y, z); numpy's array is (z, y, x): reverse for napari.
+    scale = tuple(float(s) for s in reversed(image.GetSpacing()))
+    origin = tuple(float(o) for o in reversed(image.GetOrigin()))
+    meta["direction"] = tuple(float(d) for d in image.GetDirection())
+    n_spatial = image.GetDimension()
+    if n_spatial == 3 and image.GetSize()[2] == 1:
+        arr = arr[0]
+        scale, origin = scale[1:], origin[1:]
+        meta["slice_spacing_mm"] = float(image.GetSpacing()[2])
+    if arr.size == 0:
+        raise ValueError(f"{path}: image is empty (size {image.GetSize()})")
+    if np.any(np.asarray(scale) <= 0) or not np.all(np.isfinite(scale)):
+        raise ValueError(f"{path}: invalid voxel spacing {scale}")
+    return MedicalImage(
+        array=_compact_dtype(arr), scale=scale, origin=origin, name=name, metadata=meta
+    )

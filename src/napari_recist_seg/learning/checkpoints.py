@@ -1,0 +1,542 @@
+"""Checkpoints: safetensors weights plus JSON, never pickle.
+
+A checkpoint is a folder::
+
+    model.safetensors       the model's state dict
+    optimizer.safetensors   tensors of the optimizer/scheduler/training state (optional)
+    training_state.json     the non-tensor structure of that state (optional)
+    config.json             written last: format marker, model kind and build arguments, the
+                            caller's extra configuration (e.g. the lesion grouping), the training
+                            history, and the size and SHA-256 of every other file
+
+Loading reads tensors only through safetensors, whose format holds raw tensor bytes and a JSON
+header: no code can run from a checkpoint, and a pickle (``torch.save`` output) renamed to
+``model.safetensors`` is refused. The model is rebuilt with :func:`build_model` from the recorded
+arguments and its weights are loaded with ``strict=True``.
+
+Crash safety. Every file is written to a temporary file in its folder, flushed to disk and moved
+into place with ``os.replace``. The files are written into a fresh hidden sibling folder
+(``.<name>.tmp-XXXX``), ``config.json`` last, so a folder with a consistent ``config.json`` is
+complete. The sibling is then renamed to ``<name>`` in one atomic step; an existing checkpoint of
+that name is first renamed aside (``.<name>.old-XXXX``) and deleted only after the new one is in
+place. A kill at any moment therefore leaves either the old or the new checkpoint complete under
+``<name>`` - except between the two renames of a replacement, when ``<name>`` is briefly absent
+and both complete versions sit in the hidden siblings (``load_checkpoint`` names them). Hidden
+siblings left by a killed process can be deleted by hand.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .models import MODEL_KINDS, build_model
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_FORMAT_VERSION",
+    "load_checkpoint",
+    "load_optimizer_state",
+    "read_checkpoint_config",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "napari-recist-seg-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAINING_STATE_FILE = "training_state.json"
+CONFIG_FILE = "config.json"
+
+_RESERVED_KEYS = frozenset({
+    "format", "format_version", "kind", "model_config", "history", "package_version", "files",
+    "has_training_state",
+})
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+# Markers of the JSON encoding of nested state: they cannot clash with plain dict keys because
+# dicts with keys starting with "__" are themselves stored as item lists.
+_TENSOR, _NDARRAY, _TUPLE, _ITEMS = "__tensor__", "__ndarray__", "__tuple__", "__items__"
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("napari-recist-seg")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# --- atomic writes -------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes renames durable on POSIX; directories cannot be opened this way on Windows.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _temp_path(folder: Path, name: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = _temp_path(path.parent, path.name)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor],
+                         metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = _temp_path(path.parent, path.name)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def _dumps(obj: Any, what: str) -> bytes:
+    try:
+        return json.dumps(obj, indent=2, default=_json_default).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} cannot be written as JSON: {exc}") from None
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+# --- nested state <-> (JSON tree, tensors) ---------------------------------------------------
+
+
+def _encode(obj: Any, tensors: dict[str, torch.Tensor], prefix: str, what: str) -> Any:
+    if isinstance(obj, torch.Tensor):
+        key = f"{prefix}.{len(tensors)}"
+        # clone: optimizer states may share storage, which safetensors refuses to write
+        tensors[key] = obj.detach().cpu().contiguous().clone()
+        return {_TENSOR: key}
+    if isinstance(obj, np.ndarray):
+        key = f"{prefix}.{len(tensors)}"
+        try:
+            tensors[key] = torch.from_numpy(np.ascontiguousarray(obj)).clone()
+        except TypeError as exc:
+            raise ValueError(f"{what}: numpy array of dtype {obj.dtype} cannot be saved: {exc}"
+                             ) from None
+        return {_NDARRAY: key}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, tuple):
+        return {_TUPLE: [_encode(v, tensors, prefix, what) for v in obj]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors, prefix, what) for v in obj]
+    if isinstance(obj, Mapping):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _encode(v, tensors, prefix, what) for k, v in obj.items()}
+        return {_ITEMS: [[_encode(k, tensors, prefix, what), _encode(v, tensors, prefix, what)]
+                         for k, v in obj.items()]}
+    raise ValueError(f"{what} holds a value of type {type(obj).__name__}, which a checkpoint "
+                     f"cannot store (tensors, arrays, numbers, strings, lists, tuples and dicts "
+                     f"only)")
+
+
+def _decode(obj: Any, tensors: Mapping[str, torch.Tensor], where: str) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, tensors, where) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if len(obj) == 1:
+        (marker, value), = obj.items()
+        if marker in (_TENSOR, _NDARRAY):
+            if value not in tensors:
+                raise ValueError(f"{where}: tensor {value!r} is missing from {OPTIMIZER_FILE}")
+            return tensors[value] if marker == _TENSOR else tensors[value].numpy()
+        if marker == _TUPLE:
+            return tuple(_decode(v, tensors, where) for v in value)
+        if marker == _ITEMS:
+            result = {}
+            for key, item in value:
+                result[_decode(key, tensors, where)] = _decode(item, tensors, where)
+            return result
+    return {k: _decode(v, tensors, where) for k, v in obj.items()}
+
+
+# --- saving ----------------------------------------------------------------------------------
+
+
+def _is_checkpoint_folder(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("format") == CHECKPOINT_FORMAT
+
+
+def save_checkpoint(folder: str | os.PathLike, model: nn.Module, extra_config: dict | None,
+                    history: list, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any = None, state: dict | None = None) -> Path:
+    """Write a checkpoint folder (see the module docstring for layout and crash safety).
+
+    Parameters
+    ----------
+    folder : path-like
+        Checkpoint folder. Created, or replaced when it already holds a checkpoint; an existing
+        folder with other content is never overwritten.
+    model : torch.nn.Module
+        A model from :func:`build_model` (it needs the ``kind`` and ``config`` attributes).
+    extra_config : dict or None
+        More JSON-serialisable configuration stored at the top level of ``config.json``, such as
+        the lesion grouping's centres and scaling (numpy arrays are stored as lists). Its keys
+        must not clash with the reserved keys (format, format_version, kind, model_config,
+        history, package_version, files, has_training_state).
+    history : list
+        Training history (e.g. one dict of losses and metrics per epoch), JSON-serialisable.
+    optimizer, scheduler : optional
+        Objects with ``state_dict()``; their state is stored to resume training.
+    state : dict, optional
+        Further training state to resume (epoch, best validation loss, RNG state tensors...).
+
+    Returns
+    -------
+    pathlib.Path
+        The checkpoint folder.
+
+    Raises
+    ------
+    ValueError
+        The model was not built by :func:`build_model`, a key is reserved, something cannot be
+        stored, or ``folder`` exists and is not a checkpoint.
+    """
+    target = Path(folder).expanduser().absolute()
+    kind = getattr(model, "kind", None)
+    model_config = getattr(model, "config", None)
+    if kind not in MODEL_KINDS or not isinstance(model_config, dict):
+        raise ValueError("model must come from build_model (it needs 'kind' and 'config' "
+                         "attributes)")
+    extra_config = dict(extra_config or {})
+    clash = sorted(_RESERVED_KEYS & set(extra_config))
+    if clash:
+        raise ValueError(f"extra_config uses reserved keys {clash}")
+    if not all(isinstance(k, str) for k in extra_config):
+        raise ValueError("extra_config keys must be strings")
+    if not isinstance(history, list):
+        raise ValueError(f"history must be a list, got {type(history).__name__}")
+    if target.exists():
+        if not target.is_dir():
+            raise ValueError(f"checkpoint folder {str(target)!r} exists and is not a folder")
+        if any(target.iterdir()) and not _is_checkpoint_folder(target):
+            raise ValueError(f"folder {str(target)!r} exists and is not a checkpoint; "
+                             f"refusing to overwrite it")
+
+    config = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "kind": kind,
+        "model_config": model_config,
+        **extra_config,
+        "history": history,
+        "package_version": _package_version(),
+    }
+    _dumps(config, "extra_config/history")  # fail before touching the disk
+
+    training = None
+    training_tensors: dict[str, torch.Tensor] = {}
+    if optimizer is not None or scheduler is not None or state is not None:
+        training = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "optimizer": None if optimizer is None else _encode(
+                optimizer.state_dict(), training_tensors, "optimizer", "optimizer state"),
+            "scheduler": None if scheduler is None else _encode(
+                scheduler.state_dict(), training_tensors, "scheduler", "scheduler state"),
+            "state": None if state is None else _encode(
+                dict(state), training_tensors, "state", "state"),
+        }
+
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        files = {}
+        _atomic_save_tensors(staging / MODEL_FILE, weights,
+                             {"format": "pt", "checkpoint": CHECKPOINT_FORMAT})
+        files[MODEL_FILE] = _file_record(staging / MODEL_FILE)
+        if training is not None:
+            _atomic_save_tensors(staging / OPTIMIZER_FILE, training_tensors,
+                                 {"format": "pt", "checkpoint": CHECKPOINT_FORMAT})
+            files[OPTIMIZER_FILE] = _file_record(staging / OPTIMIZER_FILE)
+            _atomic_write_bytes(staging / TRAINING_STATE_FILE,
+                                _dumps(training, "training state"))
+            files[TRAINING_STATE_FILE] = _file_record(staging / TRAINING_STATE_FILE)
+        config["files"] = files
+        config["has_training_state"] = training is not None
+        _atomic_write_bytes(staging / CONFIG_FILE, _dumps(config, "config"))
+        _fsync_dir(staging)
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(staging, target)
+        _fsync_dir(target.parent)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    aside.rmdir()  # only the unique name is wanted; rename needs it absent on Windows
+    os.rename(target, aside)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    _fsync_dir(target.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _leftover_hint(folder: Path) -> str:
+    siblings = sorted(p.name for p in folder.parent.glob(f".{glob.escape(folder.name)}.*-*")
+                      if p.is_dir() and (p / CONFIG_FILE).is_file())
+    if not siblings:
+        return ""
+    return f" (an interrupted save left complete copies in {siblings} next to it)"
+
+
+def read_checkpoint_config(folder: str | os.PathLike) -> dict:
+    """Read and validate ``config.json`` of a checkpoint folder, without loading tensors.
+
+    Raises
+    ------
+    ValueError
+        The folder or its config is missing, unreadable, not of this format, or of a newer
+        format version.
+    """
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"checkpoint folder {str(path)!r} does not exist or is not a folder"
+                         f"{_leftover_hint(path.absolute())}")
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise ValueError(f"checkpoint folder {str(path)!r} has no {CONFIG_FILE}; it is not a "
+                         f"(complete) checkpoint")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{str(config_path)!r} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{str(config_path)!r} is not a napari-recist-seg checkpoint config "
+                         f"(format marker {CHECKPOINT_FORMAT!r} missing)")
+    version = config.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_FORMAT_VERSION:
+        raise ValueError(f"{str(config_path)!r} has format_version {version!r}; this version "
+                         f"reads versions 1 to {CHECKPOINT_FORMAT_VERSION}")
+    return config
+
+
+def _check_file(folder: Path, name: str, config: dict) -> Path:
+    path = folder / name
+    if not path.is_file():
+        raise ValueError(f"checkpoint file {str(path)!r} is missing")
+    record = (config.get("files") or {}).get(name)
+    if isinstance(record, dict):
+        actual = _file_record(path)
+        if actual["size"] != record.get("size") or actual["sha256"] != record.get("sha256"):
+            raise ValueError(
+                f"checkpoint file {str(path)!r} does not match {CONFIG_FILE} (size "
+                f"{actual['size']} instead of {record.get('size')}, or different content): it "
+                f"is truncated, corrupt or was replaced"
+            )
+    return path
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    # A safetensors file starts with the little-endian length of its JSON header, then "{".
+    # safetensors itself never runs code from a file; these checks only name the problem.
+    header_len = int.from_bytes(head[:8], "little") if len(head) == 9 else -1
+    if not 0 < header_len <= min(size - 8, _MAX_HEADER_BYTES) or head[8:9] != b"{":
+        if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"):
+            raise ValueError(f"{str(path)!r} is a pickle or torch.save file, not safetensors; "
+                             f"pickles are never loaded because they can run code")
+        raise ValueError(f"{str(path)!r} is not a safetensors file (invalid header): it is "
+                         f"truncated, corrupt, or in another format (a pickle is never loaded)")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{str(path)!r} is truncated or corrupt: {exc}") from None
+
+
+def load_checkpoint(folder: str | os.PathLike, map_location: str | torch.device = "cpu"
+                    ) -> tuple[nn.Module, dict]:
+    """Rebuild a model from a checkpoint folder written by :func:`save_checkpoint`.
+
+    Parameters
+    ----------
+    folder : path-like
+        Checkpoint folder.
+    map_location : str or torch.device
+        Device to put the model on.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The network, in eval mode, on ``map_location``.
+    config : dict
+        The parsed ``config.json`` (``kind``, ``model_config``, ``history``, extra keys...).
+
+    Raises
+    ------
+    ValueError
+        Naming the path: missing folder or files, a config that is not of this format, an
+        unknown kind, weights that do not fit the recorded architecture, truncated or corrupt
+        files, or a weights file that is not safetensors (pickles are never loaded).
+    """
+    path = Path(folder).expanduser()
+    config = read_checkpoint_config(path)
+    config_path = path / CONFIG_FILE
+    kind = config.get("kind")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"{str(config_path)!r}: unknown model kind {kind!r}; valid kinds are "
+                         f"{list(MODEL_KINDS)}")
+    model_config = config.get("model_config")
+    if not isinstance(model_config, dict):
+        raise ValueError(f"{str(config_path)!r}: 'model_config' is missing or not an object")
+    model_config = dict(model_config)
+    if model_config.get("kind", kind) != kind:
+        raise ValueError(f"{str(config_path)!r}: kind {kind!r} contradicts model_config kind "
+                         f"{model_config.get('kind')!r}")
+    if "encoder_weights" in model_config:
+        raise ValueError(f"{str(config_path)!r}: model_config must not name encoder weights")
+    model_config["kind"] = kind
+    try:
+        model = build_model(**model_config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{str(config_path)!r}: cannot rebuild the model: {exc}") from None
+
+    weights_path = _check_file(path, MODEL_FILE, config)
+    state = _read_safetensors(weights_path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{str(weights_path)!r} does not fit the {kind!r} model described in "
+                         f"{CONFIG_FILE}: {exc}") from None
+    model.to(map_location)
+    model.eval()
+    return model, config
+
+
+def load_optimizer_state(folder: str | os.PathLike, optimizer: torch.optim.Optimizer | None,
+                         scheduler: Any = None) -> dict:
+    """Restore optimizer (and scheduler) state saved with a checkpoint.
+
+    Parameters
+    ----------
+    folder : path-like
+        Checkpoint folder.
+    optimizer : torch.optim.Optimizer or None
+        Optimizer over the parameters of the loaded model, built like the saved one.
+    scheduler : optional
+        Learning-rate scheduler to restore too.
+
+    Returns
+    -------
+    dict
+        The ``state`` dict given to :func:`save_checkpoint` (empty if none was given).
+
+    Raises
+    ------
+    ValueError
+        No training state in the checkpoint, corrupt files, or a state that does not fit.
+    """
+    path = Path(folder).expanduser()
+    config = read_checkpoint_config(path)
+    if not config.get("has_training_state"):
+        raise ValueError(f"checkpoint {str(path)!r} holds no optimizer or training state")
+    json_path = _check_file(path, TRAINING_STATE_FILE, config)
+    tensors_path = _check_file(path, OPTIMIZER_FILE, config)
+    try:
+        training = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{str(json_path)!r} is not valid JSON: {exc}") from None
+    if not isinstance(training, dict) or training.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{str(json_path)!r} is not a napari-recist-seg training state")
+    tensors = _read_safetensors(tensors_path)
+    where = str(json_path)
+    for name, target in (("optimizer", optimizer), ("scheduler", scheduler)):
+        if target is None:
+            continue
+        saved = training.get(name)
+        if saved is None:
+            raise ValueError(f"checkpoint {str(path)!r} holds no {name} state")
+        try:
+            target.load_state_dict(_decode(saved, tensors, where))
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: the saved {name} state does not fit: {exc}") from None
+    saved_state = training.get("state")
+    return {} if saved_state is None else _decode(saved_state, tensors, where)

@@ -1,0 +1,496 @@
+"""One trainer for every model kind: a generator of progress events that can be stopped.
+
+The CLI prints the events with a progress bar; the napari plugin runs the same generator in a
+worker and draws them. Stopping is checked between steps; the run then saves a resumable
+checkpoint, so ``train(..., resume=folder)`` continues it as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.metrics import segmentation_metrics
+from .checkpoints import load_checkpoint, load_optimizer_state, save_checkpoint
+from .devices import pick_device
+from .losses import make_loss
+from .models import build_model
+
+__all__ = ["TrainConfig", "TrainEvent", "train", "check_output_folder"]
+
+MODEL_KINDS = ("multitask", "a1", "coseg")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train and how.
+
+    Defaults follow the paper where it is sound (Adam, lr 1e-3, batch 10, early stopping with
+    patience 5 on the validation mask loss, loss weights) and add what a CPU needs to get
+    there: a small ResNet-18 encoder at 128x128 and a cosine learning-rate schedule, which
+    damps the epoch-to-epoch swings of a constant rate so the best-validation checkpoint is
+    a good one.
+    """
+
+    kind: str = "multitask"
+    encoder: str = "resnet18"
+    input_size: int = 128
+    in_channels: int = 3
+    n_groups: int | None = None
+    epochs: int = 30
+    batch_size: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    patience: int = 5
+    seed: int = 0
+    device: str = "auto"
+    w_seg: float | None = None
+    w_cls: float | None = None
+    dice_weight: float = 0.0
+    pairing: str = "same_group"
+    encoder_weights: str | None = None
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad setting."""
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}; choose one of {MODEL_KINDS}")
+        if self.batch_size < 2:
+            raise ValueError(
+                f"batch_size must be at least 2 (batch normalisation), got {self.batch_size}"
+            )
+        for name in ("epochs", "input_size", "in_channels"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be at least 1, got {self.patience}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.kind == "multitask" and (self.n_groups is None or self.n_groups < 2):
+            raise ValueError(
+                "the multitask model needs n_groups >= 2 (the number of RECIST groups)"
+            )
+        if self.pairing not in ("same_group", "random"):
+            raise ValueError(f"pairing must be 'same_group' or 'random', got {self.pairing!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainEvent:
+    """One progress report from ``train``.
+
+    ``kind`` is "start", "step", "epoch" (after validation), "stopped" (a stop request was
+    honoured; ``checkpoint`` is resumable) or "finished" (all epochs run or early stopping).
+    """
+
+    kind: str
+    model_kind: str
+    epoch: int
+    epochs: int
+    step: int
+    steps_per_epoch: int
+    global_step: int
+    losses: dict = field(default_factory=dict)
+    lr: float = 0.0
+    val: dict | None = None
+    elapsed: float = 0.0
+    images_per_second: float = 0.0
+    best_epoch: int | None = None
+    checkpoint: str | None = None
+    message: str = ""
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the planned steps done, in [0, 1]."""
+        total = max(1, self.epochs * self.steps_per_epoch)
+        return min(1.0, self.global_step / total)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))  # noqa: NPY002 (seeds code that uses the global state)
+    torch.manual_seed(seed)
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The data order of one epoch, derived from (seed, epoch) alone so a resume replays it."""
+    g = torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
+    return torch.randperm(n, generator=g)
+
+
+def check_output_folder(out_dir, needed_bytes: int = 0) -> Path:
+    """Make sure checkpoints can be written to ``out_dir`` before any training starts.
+
+    Raises
+    ------
+    ValueError
+        When the folder cannot be created or written, or has less free space than
+        ``needed_bytes``.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        with open(probe, "wb") as fh:
+            fh.write(b"0" * 1024)
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"output folder {out} is not writable: {exc.strerror or exc}") from None
+    free = shutil.disk_usage(out).free
+    if needed_bytes and free < needed_bytes:
+        raise ValueError(
+            f"output folder {out} has {free / 1e6:.0f} MB free; checkpoints need about "
+            f"{needed_bytes / 1e6:.0f} MB"
+        )
+    return out
+
+
+def _checkpoint_bytes(model: torch.nn.Module) -> int:
+    n = sum(p.numel() * p.element_size() for p in model.parameters())
+    # best + last, the latter with Adam's two moments, plus the copy made while swapping.
+    return int(n * 6)
+
+
+def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """Start and end of each batch; a last batch of one joins the one before it, because
+    batch normalisation cannot train on a single image."""
+    bounds = [(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2] = (bounds[-2][0], n)
+        bounds.pop()
+    return bounds
+
+
+def _collate(dataset, indices, partners=None) -> dict:
+    items = [dataset[int(i)] for i in indices]
+    batch = {
+        "image": torch.stack([it["image"] for it in items]),
+        "mask": torch.stack([it["mask"] for it in items]),
+        "group": torch.as_tensor([int(it["group"]) for it in items], dtype=torch.long),
+    }
+    if partners is not None:
+        p_items = [dataset[int(partners[int(i)])] for i in indices]
+        batch["partner_image"] = torch.stack([it["image"] for it in p_items])
+        batch["partner_mask"] = torch.stack([it["mask"] for it in p_items])
+    return batch
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _forward(model, kind: str, batch: dict):
+    if kind == "coseg":
+        return model(batch["image"], batch.get("partner_image", batch["image"]))
+    return model(batch["image"])
+
+
+def _mask_logits(outputs, kind: str) -> torch.Tensor:
+    if kind in ("multitask", "coseg"):
+        return outputs[0]
+    return outputs
+
+
+def _validate(model, kind, loss_fn, dataset, batch_size, device) -> dict:
+    """Mean loss and mask metrics on the validation set, against its pseudo-masks."""
+    model.eval()
+    totals: dict[str, float] = {}
+    metrics: list[dict] = []
+    n = len(dataset)
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            idx = list(range(start, min(n, start + batch_size)))
+            batch = _collate(dataset, idx)
+            if kind == "coseg":
+                # At inference a lesion is paired with itself, so validate the same way.
+                batch["partner_image"] = batch["image"]
+                batch["partner_mask"] = batch["mask"]
+            batch = _to_device(batch, device)
+            outputs = _forward(model, kind, batch)
+            _, terms = loss_fn(outputs, batch)
+            for key, value in terms.items():
+                totals[key] = totals.get(key, 0.0) + float(value) * len(idx)
+            pred = (_mask_logits(outputs, kind) > 0).cpu().numpy()[:, 0]
+            target = batch["mask"].cpu().numpy()[:, 0] > 0.5
+            metrics.extend(segmentation_metrics(p, t) for p, t in zip(pred, target))
+    model.train()
+    out = {f"loss_{k}": v / max(1, n) for k, v in totals.items()}
+    out["loss"] = out.get("loss_total", float("nan"))
+    if metrics:
+        for key in ("dice", "iou", "hausdorff", "centre_error"):
+            out[key] = float(np.mean([m[key] for m in metrics]))
+    return out
+
+
+def _make_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
+    if config.schedule == "constant":
+        return None
+    total = max(1, config.epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=total, eta_min=config.lr * 0.01
+    )
+
+
+def _rng_state() -> dict:
+    return {
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": np.random.get_state(),  # noqa: NPY002
+        "python_rng": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    if state.get("torch_rng") is not None:
+        torch.set_rng_state(torch.as_tensor(state["torch_rng"], dtype=torch.uint8))
+    if state.get("numpy_rng") is not None:
+        np.random.set_state(tuple(state["numpy_rng"]))  # noqa: NPY002
+    if state.get("python_rng") is not None:
+        random.setstate(tuple(state["python_rng"]))
+
+
+def train(
+    train_set,
+    val_set,
+    config: TrainConfig,
+    out_dir,
+    *,
+    grouping=None,
+    extra_config: dict | None = None,
+    stop: Callable[[], bool] | None = None,
+    resume=None,
+) -> Iterator[TrainEvent]:
+    """Train one model, yielding ``TrainEvent`` objects as it goes.
+
+    Parameters
+    ----------
+    train_set, val_set : LesionDataset
+        Items are dicts with ``image`` [C,H,W], ``mask`` [1,H,W] (the pseudo-mask) and
+        ``group``; ``val_set`` is scored against its pseudo-masks (never real masks), and its
+        loss drives early stopping and the choice of the best checkpoint.
+    config : TrainConfig
+    out_dir : path
+        Receives ``best/`` (lowest validation loss: the model to use) and ``last/`` (the
+        latest state with the optimiser: what ``resume`` takes).
+    grouping : LesionGrouping, optional
+        The K-means grouping fitted on the training lesions; saved in the checkpoints so that
+        new lesions can be given groups consistently.
+    extra_config : dict, optional
+        More JSON-friendly facts stored in the checkpoint (normalisation, data description).
+    stop : callable returning bool, optional
+        Polled between steps; when it returns True the run saves ``last/`` and ends with a
+        "stopped" event.
+    resume : path, optional
+        A ``last/`` checkpoint folder of an earlier run with the same configuration.
+
+    Yields
+    ------
+    TrainEvent
+    """
+    config.validate()
+    if len(train_set) < 2:
+        raise ValueError(
+            f"the training set has {len(train_set)} image(s); training needs at least 2"
+        )
+    if len(val_set) == 0:
+        raise ValueError("the validation set is empty: early stopping needs held-out lesions")
+    stop = stop or (lambda: False)
+    device = pick_device(config.device)
+    _seed_everything(config.seed)
+    model = build_model(
+        config.kind,
+        encoder=config.encoder,
+        in_channels=config.in_channels,
+        n_groups=config.n_groups,
+        encoder_weights=config.encoder_weights,
+        input_size=config.input_size,
+    )
+    out = check_output_folder(out_dir, _checkpoint_bytes(model))
+    model.to(device)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loss_fn = make_loss(config.kind, w_seg=config.w_seg, w_cls=config.w_cls,
+                        dice_weight=config.dice_weight)
+    n_train = len(train_set)
+    bounds = _batch_bounds(n_train, config.batch_size)
+    steps_per_epoch = len(bounds)
+    scheduler = _make_scheduler(optimizer, config, steps_per_epoch)
+
+    ckpt_config = {
+        "train_config": config.to_dict(),
+        "grouping": None if grouping is None else grouping.to_dict(),
+        **(extra_config or {}),
+    }
+    history: list[dict] = []
+    start_epoch, start_step, global_step = 0, 0, 0
+    best_loss, best_epoch, bad_epochs = math.inf, None, 0
+    elapsed_before = 0.0
+    if resume is not None:
+        resumed_model, saved = load_checkpoint(resume, map_location=device)
+        saved_train = saved.get("train_config", {})
+        if saved_train.get("kind") != config.kind:
+            raise ValueError(
+                f"checkpoint {resume} is a {saved_train.get('kind')!r} run, not {config.kind!r}"
+            )
+        model.load_state_dict(resumed_model.state_dict())
+        del resumed_model
+        state = load_optimizer_state(resume, optimizer, scheduler)
+        history = list(saved.get("history") or [])
+        start_epoch = int(state.get("epoch", 0))
+        start_step = int(state.get("step_in_epoch", 0))
+        global_step = int(state.get("global_step", 0))
+        best_loss = float(state.get("best_loss", math.inf))
+        best_epoch = state.get("best_epoch")
+        bad_epochs = int(state.get("bad_epochs", 0))
+        elapsed_before = float(state.get("elapsed", 0.0))
+        if state.get("rng") is not None:
+            _set_rng_state(state["rng"])
+
+    def save(kind_of: str, epoch: int, step_in_epoch: int, elapsed: float) -> str:
+        folder = out / kind_of
+        if kind_of == "best":
+            save_checkpoint(folder, model, ckpt_config, history)
+            return str(folder)
+        state = {
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": global_step,
+            "best_loss": best_loss if math.isfinite(best_loss) else None,
+            "best_epoch": best_epoch,
+            "bad_epochs": bad_epochs,
+            "elapsed": elapsed,
+            "rng": _rng_state(),
+        }
+        save_checkpoint(folder, model, ckpt_config, history, optimizer=optimizer,
+                        scheduler=scheduler, state=state)
+        return str(folder)
+
+    t_start = time.perf_counter() - elapsed_before
+    train_seconds = 0.0
+    images_seen = 0
+    common = dict(model_kind=config.kind, epochs=config.epochs, steps_per_epoch=steps_per_epoch)
+    yield TrainEvent("start", epoch=start_epoch, step=start_step, global_step=global_step,
+                     lr=optimizer.param_groups[0]["lr"], **common,
+                     message=f"training {config.kind} on {device} ({n_train} images)")
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            if hasattr(train_set, "set_epoch"):
+                train_set.set_epoch(epoch)
+            order = _epoch_order(n_train, config.seed, epoch)
+            partners = None
+            if config.kind == "coseg":
+                from ..data.dataset import pair_indices
+
+                partners = pair_indices(_groups_of(train_set), seed=config.seed * 7919 + epoch,
+                                        mode=config.pairing)
+            first = start_step if epoch == start_epoch else 0
+            running: dict[str, float] = {}
+            for step in range(first, steps_per_epoch):
+                if stop():
+                    path = save("last", epoch, step, time.perf_counter() - t_start)
+                    yield TrainEvent("stopped", epoch=epoch, step=step, global_step=global_step,
+                                     elapsed=time.perf_counter() - t_start, checkpoint=path,
+                                     best_epoch=best_epoch, lr=optimizer.param_groups[0]["lr"],
+                                     message="stopped on request", **common)
+                    return
+                t0 = time.perf_counter()
+                idx = order[bounds[step][0]:bounds[step][1]]
+                batch = _to_device(_collate(train_set, idx, partners), device)
+                optimizer.zero_grad(set_to_none=True)
+                outputs = _forward(model, config.kind, batch)
+                loss, terms = loss_fn(outputs, batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training loss became {float(loss)} at epoch {epoch + 1}, "
+                        f"step {step + 1}; try a lower learning rate"
+                    )
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                global_step += 1
+                dt = time.perf_counter() - t0
+                train_seconds += dt
+                images_seen += len(idx)
+                for k, v in terms.items():
+                    running[k] = running.get(k, 0.0) + float(v)
+                yield TrainEvent(
+                    "step", epoch=epoch, step=step + 1, global_step=global_step,
+                    losses={k: float(v) for k, v in terms.items()},
+                    lr=optimizer.param_groups[0]["lr"], elapsed=time.perf_counter() - t_start,
+                    images_per_second=images_seen / max(train_seconds, 1e-9),
+                    best_epoch=best_epoch, **common,
+                )
+            val = _validate(model, config.kind, loss_fn, val_set, config.batch_size, device)
+            n_steps = max(1, steps_per_epoch - first)
+            record = {
+                "epoch": epoch + 1,
+                "train": {k: v / n_steps for k, v in running.items()},
+                "val": val,
+                "lr": optimizer.param_groups[0]["lr"],
+                "elapsed": time.perf_counter() - t_start,
+            }
+            history.append(record)
+            improved = val["loss"] < best_loss - 1e-9
+            if improved:
+                best_loss, best_epoch, bad_epochs = val["loss"], epoch + 1, 0
+            else:
+                bad_epochs += 1
+            if improved:
+                save("best", epoch + 1, 0, time.perf_counter() - t_start)
+            last = save("last", epoch + 1, 0, time.perf_counter() - t_start)
+            yield TrainEvent(
+                "epoch", epoch=epoch + 1, step=steps_per_epoch, global_step=global_step,
+                losses=record["train"], val=val, lr=record["lr"],
+                elapsed=record["elapsed"], images_per_second=images_seen / max(train_seconds, 1e-9),
+                best_epoch=best_epoch, checkpoint=last, **common,
+            )
+            if bad_epochs >= config.patience:
+                yield TrainEvent(
+                    "finished", epoch=epoch + 1, step=steps_per_epoch, global_step=global_step,
+                    elapsed=time.perf_counter() - t_start, best_epoch=best_epoch,
+                    images_per_second=images_seen / max(train_seconds, 1e-9),
+                    checkpoint=str(out / "best"), lr=record["lr"], **common,
+                    message=f"early stop: no better validation loss for {bad_epochs} epochs",
+                )
+                return
+        yield TrainEvent(
+            "finished", epoch=config.epochs, step=steps_per_epoch, global_step=global_step,
+            elapsed=time.perf_counter() - t_start, best_epoch=best_epoch,
+            images_per_second=images_seen / max(train_seconds, 1e-9),
+            checkpoint=str(out / "best"), lr=optimizer.param_groups[0]["lr"], **common,
+            message="all epochs done",
+        )
+    finally:
+        # Free accelerator memory as soon as training ends, however it ends.
+        optimizer.state.clear()
+        model.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _groups_of(dataset) -> np.ndarray:
+    groups = getattr(dataset, "groups", None)
+    if groups is None:
+        groups = [int(dataset[i]["group"]) for i in range(len(dataset))]
+    return np.asarray(groups, dtype=np.int64)
+
+
+def with_overrides(config: TrainConfig, **changes) -> TrainConfig:
+    """A copy of ``config`` with some fields changed (None values are ignored)."""
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})

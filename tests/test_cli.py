@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pytest
+
+from napari_recist_seg import __version__
+from napari_recist_seg.cli import main
+from napari_recist_seg.data.recist_files import read_recists
+
+from ._folders import make_isic_folder
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for name in ("pseudo-masks", "groups"):
+        assert name in out
+
+
+def test_pseudo_masks_from_folder(tmp_path, capsys):
+    import imageio.v3 as iio
+
+    data = make_isic_folder(tmp_path / "data", n=4)
+    out = tmp_path / "out"
+    assert main(["pseudo-masks", str(data), "--out", str(out), "--method", "all"]) == 0
+    text = capsys.readouterr().out
+    assert "quarter_ellipse" in text and "mean Dice" in text
+    labels = iio.imread(out / "ISIC_0000000_ellipse.png")
+    mask = iio.imread(data / "masks" / "ISIC_0000000_segmentation.png") > 0
+    assert labels.shape == mask.shape
+    overlap = 2 * np.sum((labels > 0) & mask) / (np.sum(labels > 0) + mask.sum())
+    assert overlap > 0.85  # ellipse masks are measured and redrawn almost exactly
+    table = read_recists(out / "recists.csv")
+    assert len(table) == 4
+
+
+def test_pseudo_masks_from_recist_file_needs_shape(tmp_path, capsys):
+    data = make_isic_folder(tmp_path / "data", n=2)
+    out = tmp_path / "out"
+    main(["pseudo-masks", str(data), "--out", str(out)])
+    # The CSV names images that do not exist next to it: the size must be given.
+    assert main(["pseudo-masks", str(out / "recists.csv"), "--out", str(tmp_path / "o2")]) == 2
+    assert "--shape" in capsys.readouterr().err
+    code = main(["pseudo-masks", str(out / "recists.csv"), "--out", str(tmp_path / "o2"),
+                 "--shape", "64", "64"])
+    assert code == 0
+    assert (tmp_path / "o2" / "ISIC_0000001_ellipse.png").exists()
+
+
+def test_groups_writes_column_and_model(tmp_path, capsys):
+    data = make_isic_folder(tmp_path / "data", n=8)
+    out = tmp_path / "groups.csv"
+    assert main(["groups", str(data), "--suggest-k", "2:4", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "silhouette" in text
+    table = read_recists(out)
+    groups = table.features["group"]
+    assert len(groups) == 8 and min(groups) >= 0
+    saved = json.loads(out.with_suffix(".grouping.json").read_text())
+    assert saved["k"] == len(saved["centres"]) == max(groups) + 1
+
+
+def test_groups_errors_are_clear(tmp_path, capsys):
+    data = make_isic_folder(tmp_path / "data", n=3)
+    assert main(["groups", str(data), "--k", "5", "--out", str(tmp_path / "g.csv")]) == 2
+    assert "more than the 3 lesions" in capsys.readouterr().err
+    assert main(["groups", str(tmp_path / "missing"), "--k", "2", "--out", "x.csv"]) == 2
+    assert not (tmp_path / "g.csv").exists()

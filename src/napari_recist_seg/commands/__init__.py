@@ -1,3 +1,3 @@
 """Subcommands of ``recist-seg``; importing this package registers them with the CLI."""
 
-from . import geometry  # noqa: F401
+from . import geometry, learning  # noqa: F401

@@ -54,7 +54,7 @@ def _window(recist: Recist, shape, pad=1.0):
     """Index window covering the measurement, clipped to the image."""
     r0, c0, r1, c1 = recist.bbox
     # The symmetric ellipse can reach beyond the endpoints when the centre is off-middle.
-    reach = max(recist.long_length, recist.short_length)
+    reach = 2 * recist.long_length  # a quarter ellipse reaches up to L from the crossing
     cr, cc = recist.centre
     r0, r1 = min(r0, cr - reach / 2), max(r1, cr + reach / 2)
     c0, c1 = min(c0, cc - reach / 2), max(c1, cc + reach / 2)

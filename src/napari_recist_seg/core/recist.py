@@ -184,7 +184,7 @@ class Recist:
         where rows run downwards: ``atan2(d_row, d_col)`` folded to half a turn.
         """
         d = self._long[1] - self._long[0]
-        return float(np.degrees(np.arctan2(d[0], d[1])) % 180.0)
+        return float(np.degrees(np.arctan2(d[0], d[1])) % 180.0) % 180.0
 
     @property
     def perpendicularity_error(self) -> float:

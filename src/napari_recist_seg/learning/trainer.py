@@ -327,13 +327,19 @@ def train(
     loss_fn = make_loss(config.kind, w_seg=config.w_seg, w_cls=config.w_cls,
                         dice_weight=config.dice_weight)
     n_train = len(train_set)
-    bounds = _batch_bounds(n_train, config.batch_size)
+    # A co-segmentation step sees each anchor and its partner, so half as many anchors per
+    # batch and per epoch keep the images processed per step and per epoch equal across kinds.
+    pairs = config.kind == "coseg"
+    per_epoch = math.ceil(n_train / 2) if pairs else n_train
+    per_step = max(1, config.batch_size // 2) if pairs else config.batch_size
+    bounds = _batch_bounds(per_epoch, per_step)
     steps_per_epoch = len(bounds)
     scheduler = _make_scheduler(optimizer, config, steps_per_epoch)
 
     ckpt_config = {
         "train_config": config.to_dict(),
         "grouping": None if grouping is None else grouping.to_dict(),
+        "preprocessing": getattr(train_set, "preprocessing", None),
         **(extra_config or {}),
     }
     history: list[dict] = []
@@ -391,12 +397,12 @@ def train(
         for epoch in range(start_epoch, config.epochs):
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)
-            order = _epoch_order(n_train, config.seed, epoch)
+            order = _epoch_order(n_train, config.seed, epoch)[:per_epoch]
             partners = None
-            if config.kind == "coseg":
+            if pairs:
                 from ..data.dataset import pair_indices
 
-                partners = pair_indices(_groups_of(train_set), seed=config.seed * 7919 + epoch,
+                partners = pair_indices(_groups_of(train_set), seed=[config.seed, epoch],
                                         mode=config.pairing)
             first = start_step if epoch == start_epoch else 0
             running: dict[str, float] = {}
@@ -426,7 +432,7 @@ def train(
                 global_step += 1
                 dt = time.perf_counter() - t0
                 train_seconds += dt
-                images_seen += len(idx)
+                images_seen += len(idx) * (2 if pairs else 1)
                 for k, v in terms.items():
                     running[k] = running.get(k, 0.0) + float(v)
                 yield TrainEvent(

@@ -1,0 +1,319 @@
+"""``recist-seg train / predict / evaluate / benchmark / demo``."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..cli import command
+from ..core.metrics import METRIC_NAMES, mean_metrics, segmentation_metrics
+from ..core.pseudo_masks import PSEUDO_MASK_METHODS
+from ..data._atomic import atomic_write
+from ._progress import progress
+
+MODEL_CHOICES = ("multitask", "a1", "coseg")
+
+
+class TrainingBars:
+    """One tqdm bar per training run, fed with the trainer's events."""
+
+    def __init__(self):
+        self._bar = None
+
+    def __call__(self, kind, seed, event) -> None:
+        from tqdm.auto import tqdm
+
+        if event.kind == "start":
+            self.close()
+            total = event.epochs * event.steps_per_epoch
+            self._bar = tqdm(total=total, initial=event.global_step, unit="step",
+                             desc=f"{kind} (seed {seed})", file=sys.stderr, dynamic_ncols=True,
+                             mininterval=0.5)
+        elif self._bar is None:
+            return
+        elif event.kind == "step":
+            self._bar.update(event.global_step - self._bar.n)
+            self._bar.set_postfix({k: f"{v:.3g}" for k, v in event.losses.items()
+                                   if k != "total"} | {"img/s": f"{event.images_per_second:.1f}"})
+        elif event.kind == "epoch":
+            val = event.val or {}
+            self._bar.write(
+                f"  {kind} epoch {event.epoch}/{event.epochs}: val loss {val.get('loss', 0):.4g}"
+                f", val Dice {val.get('dice', 0):.4f}, best epoch {event.best_epoch}"
+            )
+        elif event.kind in ("finished", "stopped"):
+            self._bar.write(f"  {kind}: {event.message}; checkpoint {event.checkpoint}")
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _models(text: str) -> list[str]:
+    models = [m.strip() for m in text.split(",") if m.strip()]
+    if text.strip() == "all":
+        return list(MODEL_CHOICES)
+    bad = [m for m in models if m not in MODEL_CHOICES]
+    if bad or not models:
+        raise ValueError(f"unknown model kind(s) {bad}; choose from {MODEL_CHOICES}")
+    return models
+
+
+# -- train ------------------------------------------------------------------------------------
+def _configure_train(p) -> None:
+    p.add_argument("data", help="image+mask folder (RECIST are simulated from its masks)")
+    p.add_argument("--out", required=True, help="output folder (one subfolder per model)")
+    p.add_argument("--models", default="multitask",
+                   help="comma-separated kinds: multitask, a1, coseg, or 'all'")
+    p.add_argument("--encoder", default="resnet18")
+    p.add_argument("--size", type=int, default=128, help="network input side (multiple of 16)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--k", type=int, help="number of RECIST groups (default: about 20 a group)")
+    p.add_argument("--pseudo-mask", default="ellipse", choices=PSEUDO_MASK_METHODS)
+    p.add_argument("--n-train", type=int, help="use this many images (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--encoder-weights", help="local weights file for the encoder (no download)")
+    p.add_argument("--resume", help="a run's last/ checkpoint to continue (one model only)")
+
+
+@command("train", "train models on RECIST-derived pseudo-masks and groups", _configure_train)
+def _train(args) -> int:
+    from ..learning.benchmark import load_folder
+    from ..learning.preparation import prepare_whole_images
+    from ..learning.trainer import TrainConfig, train
+
+    models = _models(args.models)
+    if args.resume and len(models) != 1:
+        raise ValueError("--resume continues one run: name a single model with --models")
+    folder = load_folder(args.data, args.n_train, progress=lambda it, d: progress(it, d))
+    data = prepare_whole_images(folder.images, folder.recists, size=args.size, k=args.k,
+                                pseudo_mask_method=args.pseudo_mask, seed=args.seed)
+    print(f"{len(data.train_indices)} training and {len(data.val_indices)} validation images, "
+          f"{data.grouping.k} RECIST groups")
+    bars = TrainingBars()
+    for kind in models:
+        config = TrainConfig(kind=kind, encoder=args.encoder, input_size=args.size,
+                             n_groups=data.grouping.k, epochs=args.epochs, batch_size=args.batch,
+                             lr=args.lr, patience=args.patience, seed=args.seed,
+                             device=args.device, encoder_weights=args.encoder_weights)
+        for event in train(data.train_set, data.val_set, config, Path(args.out) / kind,
+                           grouping=data.grouping, resume=args.resume):
+            bars(kind, args.seed, event)
+    bars.close()
+    return 0
+
+
+# -- predict ----------------------------------------------------------------------------------
+def _configure_predict(p) -> None:
+    p.add_argument("inputs", nargs="+", help="images or folders of images")
+    p.add_argument("--model", required=True, help="checkpoint folder or training output folder")
+    p.add_argument("--out", required=True, help="folder for the predicted masks (PNG)")
+    p.add_argument("--recists", help="RECIST .csv/.json: segment lesion crops around them")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--tta", action="store_true", help="average over flipped inputs")
+    p.add_argument("--device", default="cpu")
+
+
+def _image_files(inputs) -> list[Path]:
+    from ..data.image_folders import _IMAGE_SUFFIXES
+
+    files = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in _IMAGE_SUFFIXES
+                            and not _looks_like_mask(f))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p} does not exist")
+    if not files:
+        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
+    return files
+
+
+def _looks_like_mask(path: Path) -> bool:
+    stem = path.stem.lower()
+    return stem.endswith(("_segmentation", "_mask", "_lesion")) or "masks" in path.parts
+
+
+def _write_mask(path: Path, mask: np.ndarray) -> None:
+    import imageio.v3 as iio
+
+    with atomic_write(path, "wb", encoding=None) as fh:
+        iio.imwrite(fh, (mask > 0).astype(np.uint8) * 255, extension=".png")
+
+
+@command("predict", "segment images with a trained model", _configure_predict)
+def _predict(args) -> int:
+    from ..data.image_folders import load_image
+    from ..learning.inference import load_model, predict_detailed
+
+    model = load_model(args.model, device=args.device)
+    files = _image_files(args.inputs)
+    by_image = {}
+    if args.recists:
+        from ..data.recist_files import read_recists
+
+        table = read_recists(args.recists)
+        images = table.images or [""] * len(table)
+        for name, r in zip(images, table.recists):
+            by_image.setdefault(Path(name).stem, []).append(r)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for f in progress(files, "predicting", unit="image"):
+        recists = by_image.get(f.stem) if args.recists else None
+        if args.recists and not recists:
+            continue
+        result = predict_detailed(model, load_image(f), recists, threshold=args.threshold,
+                                  tta=args.tta)
+        _write_mask(out / f"{f.stem}_mask.png", result.mask)
+        groups = "" if result.groups is None else " ".join(map(str, result.groups.tolist()))
+        rows.append((f.name, int(result.mask.sum()), groups))
+    with atomic_write(out / "predictions.csv", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "mask_pixels", "predicted_groups"])
+        w.writerows(rows)
+    print(f"{len(rows)} masks ({model.kind} model) -> {out}")
+    return 0
+
+
+# -- evaluate ---------------------------------------------------------------------------------
+def _configure_evaluate(p) -> None:
+    p.add_argument("--pred", required=True, help="folder of predicted masks (NAME_mask.png)")
+    p.add_argument("--truth", required=True, help="image+mask folder, or a folder of masks")
+    p.add_argument("--out", help="CSV file for the per-image metrics")
+
+
+def _stem_key(path: Path) -> str:
+    stem = path.stem
+    for suffix in ("_mask", "_segmentation", "_Segmentation", "_lesion"):
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+@command("evaluate", "metrics of predicted masks against real masks", _configure_evaluate)
+def _evaluate(args) -> int:
+    from ..data.image_folders import load_mask
+
+    preds = {_stem_key(f): f for f in Path(args.pred).glob("*.png")}
+    truth_files = [f for f in Path(args.truth).rglob("*")
+                   if f.is_file() and f.suffix.lower() in (".png", ".bmp", ".tif", ".tiff")]
+    truths = {_stem_key(f): f for f in truth_files if _looks_like_mask(f)}
+    names = sorted(set(preds) & set(truths))
+    if not names:
+        raise ValueError(f"no prediction in {args.pred} matches a mask in {args.truth}")
+    rows = []
+    for name in progress(names, "scoring", unit="image"):
+        p, t = load_mask(preds[name]), load_mask(truths[name])
+        if p.shape != t.shape:
+            raise ValueError(f"{preds[name]} is {p.shape} but {truths[name]} is {t.shape}")
+        rows.append({"image": name, **segmentation_metrics(p, t)})
+    mean = mean_metrics([{k: r[k] for k in METRIC_NAMES} for r in rows])
+    unmatched = len(preds) - len(names)
+    print(f"{len(rows)} images" + (f" ({unmatched} predictions without a mask)" if unmatched
+                                   else ""))
+    for k in METRIC_NAMES:
+        print(f"  {k:20s} {mean[k]:.4f}")
+    if args.out:
+        with atomic_write(Path(args.out), newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["image", *METRIC_NAMES])
+            w.writeheader()
+            w.writerows(rows)
+        print(f"per-image metrics -> {args.out}")
+    return 0
+
+
+# -- benchmark --------------------------------------------------------------------------------
+def _configure_benchmark(p) -> None:
+    from ..learning.benchmark import BenchmarkConfig
+
+    d = BenchmarkConfig()
+    p.add_argument("--train", required=True, help="image+mask folder to train on (RECIST only)")
+    p.add_argument("--test", required=True, nargs="+", help="image+mask folders to score on")
+    p.add_argument("--out", required=True)
+    p.add_argument("--models", default=",".join(d.models))
+    p.add_argument("--seeds", type=int, default=d.seeds)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--size", type=int, default=d.size)
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--pseudo-mask", default=d.pseudo_mask, choices=PSEUDO_MASK_METHODS)
+    p.add_argument("--encoder", default=d.encoder)
+    p.add_argument("--batch", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--patience", type=int, default=d.patience)
+    p.add_argument("--k", type=int, default=None)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--tta", action="store_true")
+
+
+def _print_summary(results: dict) -> None:
+    for name, block in results["tests"].items():
+        print(f"\n{name} ({block['n_test']} images): mean Dice / IoU / HD95")
+        for method, entry in block["methods"].items():
+            m = entry["metrics"]
+            print(f"  {method:16s} {m['dice']['mean']:.4f} ± {m['dice']['std']:.4f}   "
+                  f"{m['iou']['mean']:.4f}   {m['hausdorff95']['mean']:.2f}")
+    for kind, t in results["training"].items():
+        print(f"  {kind:10s} best epoch {t['best_epoch']}, {t['seconds_to_best'] or 0:.0f} s to "
+              f"best, {t['images_per_second']:.2f} images/s")
+
+
+@command("benchmark", "train on RECIST only, score every model against real masks",
+         _configure_benchmark)
+def _benchmark(args) -> int:
+    from ..learning.benchmark import BenchmarkConfig, run_benchmark
+
+    config = BenchmarkConfig(
+        models=_models(args.models), seeds=args.seeds, epochs=args.epochs, size=args.size,
+        n_train=args.n_train, pseudo_mask=args.pseudo_mask, encoder=args.encoder,
+        batch_size=args.batch, lr=args.lr, patience=args.patience, k=args.k,
+        device=args.device, tta=args.tta,
+    )
+    bars = TrainingBars()
+    results = run_benchmark(args.train, args.test, args.out, config, on_event=bars,
+                            progress=lambda it, d: progress(it, d))
+    bars.close()
+    _print_summary(results)
+    print(f"\nreport: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+# -- demo -------------------------------------------------------------------------------------
+def _configure_demo(p) -> None:
+    p.add_argument("--out", default="demo-output")
+    p.add_argument("--n-train", type=int, default=160)
+    p.add_argument("--n-test", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--size", type=int, default=64)
+
+
+@command("demo", "the whole method on generated images: pseudo-masks, groups, three models, "
+         "evaluation and a report", _configure_demo)
+def _demo(args) -> int:
+    from ..learning.benchmark import BenchmarkConfig, run_benchmark
+    from .demo import write_demo_data, write_geometry_figure
+
+    out = Path(args.out)
+    train_dir, test_dir = write_demo_data(out / "data", args.n_train, args.n_test)
+    write_geometry_figure(train_dir, out / "pseudo_masks_and_groups.png")
+    config = BenchmarkConfig(epochs=args.epochs, size=args.size, batch_size=8, patience=3,
+                             examples=6)
+    bars = TrainingBars()
+    results = run_benchmark(train_dir, [test_dir], out, config, on_event=bars,
+                            progress=lambda it, d: progress(it, d))
+    bars.close()
+    _print_summary(results)
+    print(f"\nreport with figures: {out / 'report.md'}")
+    return 0

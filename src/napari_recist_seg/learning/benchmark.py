@@ -1,0 +1,265 @@
+"""The real-data benchmark: train on RECIST only, score against real masks.
+
+RECIST are simulated from the training masks (as a reader would draw them); the models learn
+from the pseudo-masks and groups derived from those RECIST alone. Validation is a held-out
+part of the training folder, scored against its pseudo-masks. Only the test folders' real
+masks are used, and only for scoring.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.metrics import METRIC_NAMES, segmentation_metrics
+from ..core.pseudo_masks import pseudo_mask
+from ..core.recist import recist_from_mask
+from ..data._atomic import atomic_write
+from ..data.image_folders import load_pair, read_image_mask_folder
+from .preparation import prepare_whole_images
+from .trainer import TrainConfig, train
+
+__all__ = ["BenchmarkConfig", "load_folder", "run_benchmark", "REFERENCE_METHODS"]
+
+REFERENCE_METHODS = ("ellipse", "quarter_ellipse")
+
+
+@dataclass
+class BenchmarkConfig:
+    """Settings of ``run_benchmark`` (the CLI's options)."""
+
+    models: Sequence[str] = ("multitask", "a1", "coseg")
+    seeds: int = 1
+    epochs: int = 12
+    size: int = 128
+    n_train: int | None = None
+    pseudo_mask: str = "ellipse"
+    encoder: str = "resnet18"
+    batch_size: int = 10
+    lr: float = 1e-3
+    patience: int = 5
+    val_fraction: float = 0.15
+    k: int | None = None
+    device: str = "auto"
+    tta: bool = False
+    examples: int = 6
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["models"] = list(self.models)
+        return d
+
+
+@dataclass
+class LoadedFolder:
+    """Images, real masks and simulated RECIST of an image+mask folder."""
+
+    name: str
+    names: list
+    images: list
+    masks: list
+    recists: list
+
+
+def load_folder(path, limit: int | None = None, seed: int = 0, progress=None) -> LoadedFolder:
+    """Read an image+mask folder and simulate each mask's RECIST.
+
+    ``limit`` keeps a seeded random subset of that many pairs. Pairs whose mask is empty
+    (or a single pixel) are skipped with one warning.
+    """
+    pairs = sorted(read_image_mask_folder(path), key=lambda p: p.name)
+    if limit is not None and limit < len(pairs):
+        if limit < 1:
+            raise ValueError(f"--n-train must be at least 1, got {limit}")
+        keep = np.sort(np.random.default_rng(seed).permutation(len(pairs))[:limit])
+        pairs = [pairs[i] for i in keep]
+    names, images, masks, recists, skipped = [], [], [], [], []
+    iterator = pairs if progress is None else progress(pairs, f"reading {Path(path).name}")
+    for pair in iterator:
+        image, mask = load_pair(pair)
+        try:
+            recist = recist_from_mask(mask)
+        except ValueError:
+            skipped.append(pair.name)
+            continue
+        names.append(pair.name)
+        images.append(image)
+        masks.append(mask)
+        recists.append(recist)
+    if skipped:
+        warnings.warn(
+            f"{len(skipped)} masks in {path} are empty or too small to measure and were "
+            f"skipped: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}",
+            stacklevel=2,
+        )
+    if not names:
+        raise ValueError(f"no usable image+mask pair in {path}")
+    return LoadedFolder(Path(path).name, names, images, masks, recists)
+
+
+def _aggregate(per_seed: list[list[dict]]) -> dict:
+    """Mean over images per seed, then mean and std over seeds, per metric."""
+    seed_means = [
+        {m: float(np.mean([d[m] for d in rows])) for m in METRIC_NAMES} for rows in per_seed
+    ]
+    return {
+        m: {
+            "mean": float(np.mean([s[m] for s in seed_means])),
+            "std": float(np.std([s[m] for s in seed_means])),
+        }
+        for m in METRIC_NAMES
+    }
+
+
+def run_benchmark(
+    train_dir,
+    test_dirs: Sequence,
+    out_dir,
+    config: BenchmarkConfig,
+    *,
+    on_event: Callable | None = None,
+    progress=None,
+    stop: Callable[[], bool] | None = None,
+) -> dict:
+    """Train every model kind for every seed and score them on each test folder.
+
+    Parameters
+    ----------
+    train_dir : path
+        Image+mask folder whose masks only give the simulated RECIST.
+    test_dirs : sequence of path
+        Image+mask folders scored against their real masks.
+    out_dir : path
+        Receives ``results.json``, ``report.md``, figures and each run's checkpoints.
+    config : BenchmarkConfig
+    on_event : callable, optional
+        ``on_event(model_kind, seed, TrainEvent)`` for progress display.
+    progress : callable, optional
+        ``progress(iterable, description)`` wrapping long loops (e.g. a tqdm bar).
+    stop : callable, optional
+        Polled between training steps; a stop ends the benchmark with what it has.
+
+    Returns
+    -------
+    dict
+        The content of ``results.json``.
+    """
+    from .inference import load_model, predict
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not test_dirs:
+        raise ValueError("give at least one test folder")
+    t0 = time.perf_counter()
+    train_data = load_folder(train_dir, config.n_train, progress=progress)
+    tests = [load_folder(d, progress=progress) for d in test_dirs]
+    names = [t.name for t in tests]
+    if len(set(names)) != len(names):
+        raise ValueError(f"test folders need distinct names, got {names}")
+
+    results = {
+        "config": {**config.to_dict(), "train_dir": str(train_dir),
+                   "test_dirs": [str(d) for d in test_dirs]},
+        "n_train": len(train_data.names),
+        "training": {},
+        "tests": {t.name: {"n_test": len(t.names), "methods": {}} for t in tests},
+        "histories": {},
+    }
+    scores: dict[str, dict[str, list[list[dict]]]] = {t.name: {} for t in tests}
+    examples: dict[str, dict[str, list[np.ndarray]]] = {t.name: {} for t in tests}
+    stopped = False
+    for seed in range(config.seeds):
+        data = prepare_whole_images(
+            train_data.images, train_data.recists, size=config.size,
+            val_fraction=config.val_fraction, k=config.k,
+            pseudo_mask_method=config.pseudo_mask, seed=seed,
+        )
+        for kind in config.models:
+            tc = TrainConfig(
+                kind=kind, encoder=config.encoder, input_size=config.size,
+                n_groups=data.grouping.k, epochs=config.epochs, batch_size=config.batch_size,
+                lr=config.lr, patience=config.patience, seed=seed, device=config.device,
+            )
+            run_dir = out / "runs" / f"{kind}-seed{seed}"
+            last = None
+            for event in train(data.train_set, data.val_set, tc, run_dir,
+                               grouping=data.grouping, stop=stop):
+                last = event
+                if on_event is not None:
+                    on_event(kind, seed, event)
+            stopped = last is not None and last.kind == "stopped"
+            history = _history(run_dir)
+            best = last.best_epoch if last is not None else None
+            seconds_to_best = next((h["elapsed"] for h in history if h["epoch"] == best), None)
+            entry = results["training"].setdefault(kind, {"seeds": []})
+            entry["seeds"].append({
+                "seed": seed,
+                "train_seconds": last.elapsed if last else 0.0,
+                "epochs_run": len(history),
+                "best_epoch": best,
+                "seconds_to_best": seconds_to_best,
+                "images_per_second": last.images_per_second if last else 0.0,
+                "n_groups": data.grouping.k,
+                "stopped": stopped,
+            })
+            results["histories"].setdefault(kind, []).append(history)
+            if best is None:
+                continue
+            model = load_model(run_dir, device=config.device)
+            for test in tests:
+                it = zip(test.images, test.masks)
+                if progress is not None:
+                    it = progress(list(it), f"scoring {kind} on {test.name}")
+                preds = [predict(model, img, tta=config.tta) for img, _ in it]
+                rows = [segmentation_metrics(p, m) for p, m in zip(preds, test.masks)]
+                scores[test.name].setdefault(kind, []).append(rows)
+                if seed == 0:
+                    examples[test.name][kind] = preds[: config.examples]
+            del model
+            if stopped:
+                break
+        if stopped:
+            break
+
+    for test in tests:
+        for method in REFERENCE_METHODS:
+            drawn = [pseudo_mask(r, m.shape, method) for r, m in zip(test.recists, test.masks)]
+            scores[test.name][method] = [
+                [segmentation_metrics(p, m) for p, m in zip(drawn, test.masks)]
+            ]
+            examples[test.name][method] = drawn[: config.examples]
+        for method, per_seed in scores[test.name].items():
+            results["tests"][test.name]["methods"][method] = {"metrics": _aggregate(per_seed)}
+    for entry in results["training"].values():
+        seeds = entry["seeds"]
+        for key in ("train_seconds", "epochs_run", "best_epoch", "seconds_to_best",
+                    "images_per_second"):
+            values = [s[key] for s in seeds if s[key] is not None]
+            entry[key] = float(np.mean(values)) if values else None
+            entry[f"{key}_std"] = float(np.std(values)) if values else None
+    results["total_seconds"] = time.perf_counter() - t0
+    results["stopped"] = stopped
+
+    with atomic_write(out / "results.json") as fh:
+        json.dump(results, fh, indent=1)
+    from .report import write_report
+
+    write_report(out, results, tests, examples)
+    return results
+
+
+def _history(run_dir: Path) -> list[dict]:
+    from .checkpoints import read_checkpoint_config
+
+    for name in ("last", "best"):
+        folder = run_dir / name
+        if (folder / "config.json").is_file():
+            return list(read_checkpoint_config(folder).get("history") or [])
+    return []

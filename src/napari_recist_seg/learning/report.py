@@ -1,0 +1,208 @@
+"""Benchmark and demo reports: Markdown tables, training curves and overlay figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data._atomic import atomic_write
+
+__all__ = [
+    "MODEL_COLOURS",
+    "plot_overlays",
+    "plot_pseudo_masks_and_groups",
+    "plot_training_curves",
+    "write_report",
+]
+
+#: One fixed colour per method, shared by figures and the napari comparison widget.
+MODEL_COLOURS = {
+    "multitask": "#e6194b",
+    "a1": "#3cb4ff",
+    "coseg": "#ffe119",
+    "ellipse": "#f58231",
+    "quarter_ellipse": "#911eb4",
+    "truth": "#3cff44",
+}
+
+_TABLE_METRICS = (
+    ("dice", "Dice", 4), ("iou", "IoU", 4), ("vs", "VS", 4),
+    ("thresholded_jaccard", "thr. Jaccard", 4), ("hausdorff", "Hausdorff px", 2),
+    ("hausdorff95", "HD95 px", 2), ("centre_error", "centre err px", 2),
+    ("perimeter_error", "perimeter err", 1), ("orientation_error", "orient. err deg", 1),
+    ("size_error", "size err", 3), ("shape_error", "shape err", 3),
+)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_write(path, "wb", encoding=None) as fh:
+        fig.savefig(fh, format="png", dpi=110)
+
+
+def plot_training_curves(histories: dict, path) -> Path:
+    """Validation loss and Dice per epoch for each model (first seed), saved as PNG.
+
+    ``histories`` maps a model kind to a list (one per seed) of per-epoch records, as stored
+    in checkpoints.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for kind, runs in histories.items():
+        if not runs or not runs[0]:
+            continue
+        h = runs[0]
+        epochs = [r["epoch"] for r in h]
+        colour = MODEL_COLOURS.get(kind)
+        train_seg = [r["train"].get("seg", np.nan) for r in h]
+        axes[0].plot(epochs, train_seg, "-o", ms=3, color=colour, label=kind)
+        axes[1].plot(epochs, [r["val"].get("loss_seg", np.nan) for r in h], "-o", ms=3,
+                     color=colour, label=kind)
+        axes[2].plot(epochs, [r["val"].get("dice", np.nan) for r in h], "-o", ms=3,
+                     color=colour, label=kind)
+    titles = ("training segmentation loss", "validation segmentation loss",
+              "validation Dice (against pseudo-masks)")
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, Path(path))
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_overlays(images, truths, predictions: dict, path, title: str = "") -> Path:
+    """Contours of each method's prediction and the real mask over a few images."""
+    plt = _pyplot()
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.0), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        img = np.asarray(images[i])
+        ax.imshow(img, cmap=None if img.ndim == 3 else "gray")
+        ax.contour(truths[i], levels=[0.5], colors=MODEL_COLOURS["truth"], linewidths=2)
+        for name, masks in predictions.items():
+            if i < len(masks) and np.any(masks[i]):
+                ax.contour(masks[i], levels=[0.5], colors=MODEL_COLOURS.get(name, "white"),
+                           linewidths=1.2)
+        ax.set_axis_off()
+    handles = [plt.Line2D([], [], color=MODEL_COLOURS["truth"], lw=2, label="real mask")]
+    handles += [plt.Line2D([], [], color=MODEL_COLOURS.get(k, "white"), lw=1.5, label=k)
+                for k in predictions]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8,
+               frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95 if title else 1))
+    _save(fig, Path(path))
+    plt.close(fig)
+    return Path(path)
+
+
+def _fmt(stat: dict, digits: int, seeds: int) -> str:
+    if seeds > 1:
+        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f}"
+
+
+def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
+    """Write ``report.md`` with metric tables, training figures and overlays."""
+    out = Path(out_dir)
+    seeds = int(results["config"].get("seeds", 1))
+    lines = ["# RECIST weak supervision: benchmark report", ""]
+    cfg = results["config"]
+    lines += [
+        f"Training folder `{cfg.get('train_dir')}`: {results['n_train']} images, RECIST "
+        f"simulated from their masks; models trained on `{cfg.get('pseudo_mask')}` "
+        f"pseudo-masks only. Encoder {cfg.get('encoder')}, input {cfg.get('size')} px, at most "
+        f"{cfg.get('epochs')} epochs, {seeds} seed(s)"
+        f"{' (mean ± std over seeds)' if seeds > 1 else ''}.",
+        "",
+        "## Training",
+        "",
+        "| model | epochs run | best epoch | seconds to best | train seconds | images/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, t in results["training"].items():
+        def f(key, digits=1, t=t):
+            v = t.get(key)
+            return "-" if v is None else f"{v:.{digits}f}"
+
+        lines.append(f"| {kind} | {f('epochs_run')} | {f('best_epoch')} | "
+                     f"{f('seconds_to_best', 0)} | {f('train_seconds', 0)} | "
+                     f"{f('images_per_second', 2)} |")
+    if results.get("histories"):
+        plot_training_curves(results["histories"], out / "training_curves.png")
+        lines += ["", "![training curves](training_curves.png)", ""]
+    for test in tests:
+        block = results["tests"][test.name]
+        lines += ["", f"## Test folder `{test.name}` ({block['n_test']} images, real masks)", ""]
+        header = "| method | " + " | ".join(label for _, label, _ in _TABLE_METRICS) + " |"
+        lines += [header, "|---" * (len(_TABLE_METRICS) + 1) + "|"]
+        for method, entry in block["methods"].items():
+            m = entry["metrics"]
+            cells = [_fmt(m[key], d, seeds if method not in ("ellipse", "quarter_ellipse")
+                          else 1) for key, _, d in _TABLE_METRICS]
+            label = method if method in results["training"] else f"{method} (pseudo-mask)"
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        ex = examples.get(test.name, {})
+        if ex:
+            n = min(len(v) for v in ex.values())
+            if n:
+                fig_name = f"overlays_{test.name}.png"
+                plot_overlays(test.images[:n], test.masks[:n], {k: v[:n] for k, v in ex.items()},
+                              out / fig_name, title=f"{test.name}: real mask and predictions")
+                lines += ["", f"![overlays]({fig_name})"]
+    lines += ["", f"Total time: {results.get('total_seconds', 0):.0f} s.", ""]
+    path = out / "report.md"
+    with atomic_write(path) as fh:
+        fh.write("\n".join(lines))
+    return path
+
+
+def plot_pseudo_masks_and_groups(images, recists, groups, path, truths=None,
+                                 methods=("ellipse", "quarter_ellipse"), max_images=12) -> Path:
+    """RECIST lines coloured by group, with their pseudo-masks, over a few images."""
+    from ..core.pseudo_masks import pseudo_mask
+
+    plt = _pyplot()
+    n = min(max_images, len(images))
+    cols = min(6, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows), squeeze=False)
+    palette = plt.cm.tab10.colors
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i, ax in enumerate(axes.flat[:n]):
+        img = np.asarray(images[i])
+        r = recists[i]
+        ax.imshow(img, cmap=None if img.ndim == 3 else "gray")
+        if truths is not None:
+            ax.contour(truths[i], levels=[0.5], colors=MODEL_COLOURS["truth"], linewidths=1)
+        for method in methods:
+            ax.contour(pseudo_mask(r, img.shape[:2], method), levels=[0.5],
+                       colors=MODEL_COLOURS.get(method, "white"), linewidths=1)
+        colour = palette[int(groups[i]) % 10]
+        for axis, style in ((r.long_axis, "-"), (r.short_axis, "--")):
+            ax.plot(axis[:, 1], axis[:, 0], style, color=colour, lw=2)
+        ax.set_title(f"group {int(groups[i])}: {r.long_mm:.0f} x {r.short_mm:.0f}", fontsize=8)
+    handles = [plt.Line2D([], [], color=MODEL_COLOURS.get(m, "white"), label=m) for m in methods]
+    if truths is not None:
+        handles.insert(0, plt.Line2D([], [], color=MODEL_COLOURS["truth"], label="true mask"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8,
+               frameon=False)
+    fig.suptitle("RECIST lines (colour = K-means group) and pseudo-masks", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    _save(fig, Path(path))
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,85 @@
+"""recist-seg train / predict / evaluate / benchmark / demo, end to end on tiny data."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from napari_recist_seg.cli import main
+from napari_recist_seg.core.metrics import METRIC_NAMES
+
+from ._folders import make_isic_folder
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_train_predict_evaluate(tmp_path, capsys):
+    data = make_isic_folder(tmp_path / "data", n=10, size=48)
+    out = tmp_path / "runs"
+    code = main(["train", str(data), "--out", str(out), "--models", "multitask", "--size", "32",
+                 "--epochs", "1", "--batch", "4", "--k", "2"])
+    assert code == 0
+    assert (out / "multitask" / "best" / "model.safetensors").is_file()
+    preds = tmp_path / "preds"
+    assert main(["predict", str(data / "images"), "--model", str(out / "multitask"),
+                 "--out", str(preds)]) == 0
+    assert len(list(preds.glob("*_mask.png"))) == 10
+    with open(preds / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 10 and all(r["predicted_groups"] in ("0", "1") for r in rows)
+    metrics_csv = tmp_path / "metrics.csv"
+    assert main(["evaluate", "--pred", str(preds), "--truth", str(data),
+                 "--out", str(metrics_csv)]) == 0
+    text = capsys.readouterr().out
+    assert "10 images" in text and "dice" in text
+    with open(metrics_csv) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 10 and set(METRIC_NAMES) <= set(rows[0])
+
+
+def test_train_rejects_unknown_model(tmp_path, capsys):
+    data = make_isic_folder(tmp_path / "data", n=4, size=32)
+    assert main(["train", str(data), "--out", str(tmp_path / "o"), "--models", "unet"]) == 2
+    assert "unknown model kind" in capsys.readouterr().err
+
+
+def test_benchmark_writes_results_in_the_documented_shape(tmp_path):
+    train_dir = make_isic_folder(tmp_path / "train", n=10, size=48, seed=1)
+    test_dir = make_isic_folder(tmp_path / "test", n=4, size=48, seed=2)
+    out = tmp_path / "bench"
+    code = main(["benchmark", "--train", str(train_dir), "--test", str(test_dir), "--out",
+                 str(out), "--models", "a1,coseg", "--epochs", "1", "--size", "32",
+                 "--batch", "4", "--n-train", "8", "--k", "2"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_train"] == 8
+    for kind in ("a1", "coseg"):
+        t = results["training"][kind]
+        assert t["epochs_run"] == 1 and t["best_epoch"] == 1 and t["images_per_second"] > 0
+    block = results["tests"]["test"]
+    assert block["n_test"] == 4
+    assert set(block["methods"]) == {"a1", "coseg", "ellipse", "quarter_ellipse"}
+    for entry in block["methods"].values():
+        assert set(entry["metrics"]) == set(METRIC_NAMES)
+        assert 0 <= entry["metrics"]["dice"]["mean"] <= 1
+    # Pseudo-masks of the simulated RECIST of elliptic lesions are near perfect.
+    assert block["methods"]["ellipse"]["metrics"]["dice"]["mean"] > 0.85
+    report = (out / "report.md").read_text()
+    assert "training_curves.png" in report and (out / "training_curves.png").is_file()
+    assert (out / "overlays_test.png").is_file()
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--n-train", "12", "--n-test", "4",
+                 "--epochs", "1", "--size", "32"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["training"]) == {"multitask", "a1", "coseg"}
+    assert (out / "pseudo_masks_and_groups.png").stat().st_size > 10_000

@@ -53,8 +53,9 @@ def _frame(recist: Recist):
 def _window(recist: Recist, shape, pad=1.0):
     """Index window covering the measurement, clipped to the image."""
     r0, c0, r1, c1 = recist.bbox
-    # The symmetric ellipse can reach beyond the endpoints when the centre is off-middle.
-    reach = 2 * recist.long_length  # a quarter ellipse reaches up to L from the crossing
+    # Both ellipses can reach beyond the endpoints' box: the symmetric one by L/2 from an
+    # off-middle crossing, a quarter ellipse by up to L.
+    reach = 2 * recist.long_length
     cr, cc = recist.centre
     r0, r1 = min(r0, cr - reach / 2), max(r1, cr + reach / 2)
     c0, c1 = min(c0, cc - reach / 2), max(c1, cc + reach / 2)

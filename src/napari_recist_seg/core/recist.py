@@ -112,9 +112,10 @@ class Recist:
             raise ValueError(
                 f"axes are {perp:.1f} degrees from perpendicular (tolerance {tol:g} degrees)"
             )
-        if short_len > long_len * (1 + 1e-9):
+        if self.short_mm > self.long_mm * (1 + 1e-9):
             raise ValueError(
-                f"short axis ({short_len:.3g} px) is longer than the long axis ({long_len:.3g} px)"
+                f"short axis ({self.short_mm:.3g} mm) is longer than the long axis "
+                f"({self.long_mm:.3g} mm)"
             )
         params = _line_intersection(long_axis[0], long_axis[1], short_axis[0], short_axis[1])
         if params is None:  # unreachable after the perpendicularity check unless tol == 90
@@ -410,6 +411,10 @@ def recists_from_shapes(
             raise ValueError(f"lesion {lid} has no {missing[0]} axis")
         long_pts, short_pts = entry["long"], entry["short"]
         if three_d:
+            if long_pts.shape[1] != short_pts.shape[1] or long_pts.shape[1] < 3:
+                raise ValueError(
+                    f"lesion {lid}: its lines mix 2D and {max(long_pts.shape[1], 3)}D points"
+                )
             lead = np.concatenate([long_pts[:, :-2], short_pts[:, :-2]])
             if not np.allclose(lead, lead[0]):
                 raise ValueError(f"lesion {lid}: its two axes are not on the same slice")
@@ -427,7 +432,8 @@ def recists_from_shapes(
 def _largest_component(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
-    labels, n = ndimage.label(mask)
+    # 8-connectivity: pixels touching at a corner belong to the same lesion.
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
     if n <= 1:
         return mask
     sizes = np.bincount(labels.ravel())
@@ -458,13 +464,16 @@ def _farthest_pair(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hull_pts[i], hull_pts[j]
 
 
-def recist_from_mask(mask, spacing=(1.0, 1.0), max_perpendicularity_error=15.0) -> Recist:
+def recist_from_mask(
+    mask, spacing=(1.0, 1.0), max_perpendicularity_error=15.0, ties: str = "middle"
+) -> Recist:
     """Simulate the RECIST a reader would draw on a binary lesion mask.
 
     The long axis is the largest Feret diameter of the largest connected component, found
     exactly between pixel centres on its convex hull. The short axis is the longest chord
     perpendicular to it: pixel centres are binned by their position along the long axis (one
-    pixel per bin) and the widest bin whose extent crosses the long axis gives the chord.
+    pixel per bin, bins placed symmetrically about its midpoint) and the widest bin whose
+    extent crosses the long axis gives the chord.
 
     Parameters
     ----------
@@ -472,6 +481,12 @@ def recist_from_mask(mask, spacing=(1.0, 1.0), max_perpendicularity_error=15.0) 
         Nonzero pixels are the lesion.
     spacing : tuple of float
         Pixel size (row, col) in mm, stored on the result.
+    max_perpendicularity_error : float
+        Tolerance stored on the result.
+    ties : {"middle", "first"}
+        Which of several equally long perpendicular chords becomes the short axis: the one
+        nearest the middle of the long axis (what a reader does), or the first from the long
+        axis' start (a plain arg-max; its crossing drifts towards one end).
 
     Returns
     -------
@@ -482,6 +497,8 @@ def recist_from_mask(mask, spacing=(1.0, 1.0), max_perpendicularity_error=15.0) 
     ValueError
         When ``mask`` is not 2D, is empty, or its lesion is a single pixel.
     """
+    if ties not in ("middle", "first"):
+        raise ValueError(f"ties must be 'middle' or 'first', got {ties!r}")
     arr = np.asarray(mask)
     if arr.ndim != 2:
         raise ValueError(f"mask must be 2D, got shape {arr.shape}")
@@ -509,21 +526,27 @@ def recist_from_mask(mask, spacing=(1.0, 1.0), max_perpendicularity_error=15.0) 
     u = inside @ direction / step
     v = inside @ normal
     n_steps = length / step
-    bins = np.clip(np.rint(u).astype(np.int64), 0, int(np.ceil(n_steps)))
+    half = n_steps / 2
+    rel = np.rint(u - half).astype(np.int64)
+    lo_b = int(rel.min())
+    bins = rel - lo_b
     n_bins = int(bins.max()) + 1
     vmin = np.full(n_bins, np.inf)
     vmax = np.full(n_bins, -np.inf)
     np.minimum.at(vmin, bins, v)
     np.maximum.at(vmax, bins, v)
     width = np.where((vmin <= 0) & (vmax >= 0), vmax - vmin, -1.0)
-    k = int(np.argmax(width))
-    if width[k] <= 0:
-        # A lesion one pixel wide: give it a short axis of one pixel at its middle.
-        k = int(round(n_steps / 2))
+    if width.max() <= 0:
         vmin_k, vmax_k = -0.5 * step, 0.5 * step
+        pos = half
     else:
+        best = np.flatnonzero(width >= width.max() - 1e-9 * step)
+        # Equally long chords are common in symmetric lesions; a reader measures the one
+        # across the middle, so by default the most central of them is taken.
+        k = int(best[np.argmin(np.abs(best + lo_b))] if ties == "middle" else best[0])
         vmin_k, vmax_k = vmin[k], vmax[k]
-    u_k = min(float(k) * step, length)
+        pos = k + lo_b + half
+    u_k = float(np.clip(pos * step, 0, length))
     base = a + u_k * direction
     short = np.vstack([base + vmin_k * normal, base + vmax_k * normal])
     if vmax_k - vmin_k > length:
@@ -535,3 +558,6 @@ def recist_from_mask(mask, spacing=(1.0, 1.0), max_perpendicularity_error=15.0) 
     long_axis = np.vstack([a, b]) / spacing_arr + offset
     short = short / spacing_arr + offset
     return Recist(long_axis, short, spacing, max_perpendicularity_error=max_perpendicularity_error)
+
+
+

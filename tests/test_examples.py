@@ -37,3 +37,16 @@ def test_pseudo_mask_dice_on_folder(tmp_path, monkeypatch, capsys):
 def test_examples_reject_missing_arguments(monkeypatch):
     with pytest.raises(SystemExit):
         run_example("pseudo_mask_dice.py", [], monkeypatch)
+
+
+def test_split_image_folder_links_pairs(tmp_path, monkeypatch, capsys):
+    from napari_recist_seg.data.image_folders import read_image_mask_folder
+
+    data = make_isic_folder(tmp_path / "data", n=6)
+    out = tmp_path / "split"
+    run_example("split_image_folder.py", ["--data", str(data), "--out", str(out),
+                                          "--test", "2"], monkeypatch)
+    train = read_image_mask_folder(out / "train")
+    test = read_image_mask_folder(out / "test")
+    assert len(train) == 4 and len(test) == 2
+    assert not {p.name for p in train} & {p.name for p in test}

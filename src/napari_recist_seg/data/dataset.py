@@ -669,7 +669,10 @@ class LesionDataset(Dataset):
             jitter=jitter,
             pseudo_mask_method=pseudo_mask_method,
         )
-        single = None if window is None or not isinstance(window, str | tuple) else window
+        single = window if isinstance(window, str) else None
+        if not isinstance(window, str) and window is not None and len(window) == 2 and all(
+                np.isscalar(v) and not isinstance(v, str) for v in window):
+            single = tuple(float(v) for v in window)  # one (lo, hi) pair for every lesion
         dataset.preprocessing = {
             "mode": "crops",
             "size": size,

@@ -51,8 +51,8 @@ def load_model(path, device: str = "cpu") -> torch.nn.Module:
     model, config = load_checkpoint(folder, map_location=pick_device(device))
     model.checkpoint_config = config
     model.checkpoint_path = str(folder)
-    model.preprocessing = dict(config.get("preprocessing") or {"mode": "whole_image",
-                                                                 "size": 128})
+    model.preprocessing = dict(config.get("preprocessing") or {
+        "mode": "whole_image", "size": int(model.config.get("input_size", 128))})
     grouping = config.get("grouping")
     model.grouping = None if grouping is None else LesionGrouping.from_dict(grouping)
     return model
@@ -124,6 +124,15 @@ def predict_detailed(model, image, recists=None, *, threshold: float = 0.5, tta:
     size = int(pre.get("size", 128))
     normalise = pre.get("normalise")
     shape = _plane_shape(image, channel_axis)
+    mode = pre.get("mode", "whole_image")
+    if mode == "crops" and recists is None:
+        raise ValueError(
+            "this model was trained on lesion crops: give the RECIST of the lesions to segment"
+        )
+    if mode == "whole_image" and recists is not None:
+        raise ValueError(
+            "this model was trained on whole images: predict without RECIST (recists=None)"
+        )
     model.eval()
     if recists is None:
         x = whole_image_input(image, size, channel_axis=channel_axis, normalise=normalise)
@@ -153,7 +162,8 @@ def predict_detailed(model, image, recists=None, *, threshold: float = 0.5, tta:
             full = np.maximum(full, t.paste_values(p, shape))
         if groups is not None:
             group_out.extend(np.argmax(groups, axis=1).tolist())
-    groups_arr = np.asarray(group_out, dtype=np.int64) if group_out else None
+    groups_arr = (np.asarray(group_out, dtype=np.int64) if model.kind == "multitask"
+                  else None)
     return Prediction(full >= threshold, full, groups_arr)
 
 

@@ -137,6 +137,9 @@ def prepare_crops(
         raise ValueError(f"image_index has {len(image_index)} entries for {n} lesions")
     train_idx, val_idx = split_indices(n, val_fraction, seed)
     grouping = _fit_groups(recists, train_idx, k, features, seed)
+    if isinstance(window, list | np.ndarray) and len(window) == 2 and all(
+            np.isscalar(v) and not isinstance(v, str) for v in window):
+        window = tuple(float(v) for v in window)  # one (lo, hi) pair, not one per lesion
     windows = None if window is None or isinstance(window, str | tuple) else list(window)
 
     def subset(idx, aug):

@@ -94,6 +94,8 @@ class TrainEvent:
 
     ``kind`` is "start", "step", "epoch" (after validation), "stopped" (a stop request was
     honoured; ``checkpoint`` is resumable) or "finished" (all epochs run or early stopping).
+    ``epoch`` counts from 1: the epoch in progress for "start", "step" and "stopped", the
+    epoch just completed for "epoch" and "finished"; ``step`` counts steps done in it.
     """
 
     kind: str
@@ -346,12 +348,18 @@ def train(
     start_epoch, start_step, global_step = 0, 0, 0
     best_loss, best_epoch, bad_epochs = math.inf, None, 0
     elapsed_before = 0.0
+    resumed_running: dict[str, float] = {}
     if resume is not None:
         resumed_model, saved = load_checkpoint(resume, map_location=device)
         saved_train = saved.get("train_config", {})
         if saved_train.get("kind") != config.kind:
             raise ValueError(
                 f"checkpoint {resume} is a {saved_train.get('kind')!r} run, not {config.kind!r}"
+            )
+        if resumed_model.config != model.config:
+            raise ValueError(
+                f"checkpoint {resume} holds a model built with {resumed_model.config}, "
+                f"not {model.config}: resume with the settings of the original run"
             )
         model.load_state_dict(resumed_model.state_dict())
         del resumed_model
@@ -364,10 +372,12 @@ def train(
         best_epoch = state.get("best_epoch")
         bad_epochs = int(state.get("bad_epochs", 0))
         elapsed_before = float(state.get("elapsed", 0.0))
+        resumed_running = dict(state.get("running") or {})
         if state.get("rng") is not None:
             _set_rng_state(state["rng"])
 
-    def save(kind_of: str, epoch: int, step_in_epoch: int, elapsed: float) -> str:
+    def save(kind_of: str, epoch: int, step_in_epoch: int, elapsed: float,
+             running: dict | None = None) -> str:
         folder = out / kind_of
         if kind_of == "best":
             save_checkpoint(folder, model, ckpt_config, history)
@@ -381,6 +391,8 @@ def train(
             "bad_epochs": bad_epochs,
             "elapsed": elapsed,
             "rng": _rng_state(),
+            # Loss sums of the epoch in progress, so a resumed epoch reports a whole mean.
+            "running": dict(running or {}),
         }
         save_checkpoint(folder, model, ckpt_config, history, optimizer=optimizer,
                         scheduler=scheduler, state=state)
@@ -390,7 +402,7 @@ def train(
     train_seconds = 0.0
     images_seen = 0
     common = dict(model_kind=config.kind, epochs=config.epochs, steps_per_epoch=steps_per_epoch)
-    yield TrainEvent("start", epoch=start_epoch, step=start_step, global_step=global_step,
+    yield TrainEvent("start", epoch=start_epoch + 1, step=start_step, global_step=global_step,
                      lr=optimizer.param_groups[0]["lr"], **common,
                      message=f"training {config.kind} on {device} ({n_train} images)")
     try:
@@ -405,11 +417,11 @@ def train(
                 partners = pair_indices(_groups_of(train_set), seed=[config.seed, epoch],
                                         mode=config.pairing)
             first = start_step if epoch == start_epoch else 0
-            running: dict[str, float] = {}
+            running: dict[str, float] = dict(resumed_running) if first else {}
             for step in range(first, steps_per_epoch):
                 if stop():
-                    path = save("last", epoch, step, time.perf_counter() - t_start)
-                    yield TrainEvent("stopped", epoch=epoch, step=step, global_step=global_step,
+                    path = save("last", epoch, step, time.perf_counter() - t_start, running)
+                    yield TrainEvent("stopped", epoch=epoch + 1, step=step, global_step=global_step,
                                      elapsed=time.perf_counter() - t_start, checkpoint=path,
                                      best_epoch=best_epoch, lr=optimizer.param_groups[0]["lr"],
                                      message="stopped on request", **common)
@@ -436,14 +448,14 @@ def train(
                 for k, v in terms.items():
                     running[k] = running.get(k, 0.0) + float(v)
                 yield TrainEvent(
-                    "step", epoch=epoch, step=step + 1, global_step=global_step,
+                    "step", epoch=epoch + 1, step=step + 1, global_step=global_step,
                     losses={k: float(v) for k, v in terms.items()},
                     lr=optimizer.param_groups[0]["lr"], elapsed=time.perf_counter() - t_start,
                     images_per_second=images_seen / max(train_seconds, 1e-9),
                     best_epoch=best_epoch, **common,
                 )
             val = _validate(model, config.kind, loss_fn, val_set, config.batch_size, device)
-            n_steps = max(1, steps_per_epoch - first)
+            n_steps = max(1, steps_per_epoch)
             record = {
                 "epoch": epoch + 1,
                 "train": {k: v / n_steps for k, v in running.items()},

@@ -1,0 +1,259 @@
+"""napari reader: RECIST files, DeepLesion's ``DL_info.csv``, and clinical images.
+
+``get_reader`` only looks at names and the first bytes of a file, never raises, and returns
+None for anything that is not ours (a CSV that is neither a RECIST file of this package nor
+a DeepLesion table, a JSON of another program, ...). Errors while reading a file that is ours
+become a napari notification, not a traceback.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from ._layers import (
+    ct_contrast_limits,
+    notify_error,
+    notify_warning,
+    table_layer_tuple,
+)
+
+__all__ = ["deeplesion_layers", "get_reader", "read_path"]
+
+_RECIST_MARKER = "# napari-recist-seg recist csv"
+_RECIST_COLUMNS = ("lesion_id", "long_r0", "long_c0", "short_r0", "short_c0")
+_DEEPLESION_COLUMNS = ("File_name", "Measurement_coordinates", "Spacing_mm_px_")
+_PEEK_CHARS = 8192
+
+
+def _peek(path: Path) -> str:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        return fh.read(_PEEK_CHARS)
+
+
+def _csv_header(text: str) -> list[str]:
+    import csv
+
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            return [h.strip() for h in next(csv.reader([line]))]
+    return []
+
+
+def _classify_csv(path: Path) -> str | None:
+    text = _peek(path)
+    if text.lstrip().startswith(_RECIST_MARKER):
+        return "recist"
+    header = _csv_header(text)
+    if all(c in header for c in _RECIST_COLUMNS):
+        return "recist"
+    if all(c in header for c in _DEEPLESION_COLUMNS):
+        return "deeplesion"
+    return None
+
+
+def _deeplesion_folder(path: Path) -> bool:
+    if (path / "DL_info.csv").is_file():
+        return True
+    return len([p for p in path.glob("*.csv") if p.name.lower().startswith("dl_info")]) == 1
+
+
+def _classify(path) -> str | None:
+    from ..data.volumes import is_medical_image_path
+
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    p = Path(path)
+    if p.is_dir():
+        if _deeplesion_folder(p):
+            return "deeplesion"
+        return "volume" if is_medical_image_path(p) else None
+    if not p.is_file():
+        return None
+    suffix = p.suffix.lower()
+    if suffix == ".csv":
+        return _classify_csv(p)
+    if suffix == ".json":
+        return "recist" if '"napari-recist-seg-recist"' in _peek(p) else None
+    return "volume" if is_medical_image_path(p) else None
+
+
+def get_reader(path):
+    """Return a reader function for ``path`` when it is ours, else None. Never raises."""
+    try:
+        kind = _classify(path)
+    except Exception:  # deciding must never fail; anything odd is simply not ours
+        return None
+    if kind is None:
+        return None
+    return partial(read_path, kind=kind)
+
+
+def read_path(path, kind: str | None = None):
+    """Read ``path`` into napari LayerData tuples; errors become a notification.
+
+    Returns ``[(None,)]`` (napari's "nothing to add") when reading fails.
+    """
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    path = Path(path)
+    try:
+        kind = kind or _classify(path)
+        if kind is None:
+            raise ValueError("not a RECIST file, DeepLesion table or medical image")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            layers = _READERS[kind](path)
+        for w in caught:
+            if issubclass(w.category, UserWarning):
+                notify_warning(str(w.message))
+        return layers
+    except Exception as exc:  # a broken file must not crash the viewer
+        notify_error(f"napari-recist-seg could not open {path.name}: {exc}")
+        return [(None,)]
+
+
+def _read_recist_file(path: Path):
+    from ..data.recist_files import read_recists
+
+    table = read_recists(path)
+    if not len(table):
+        raise ValueError("the file holds no lesion")
+    return [table_layer_tuple(table, name=f"{_stem(path)} RECIST")]
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".csv", ".json"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _read_volume(path: Path):
+    from ..data.volumes import read_medical_image
+
+    image = read_medical_image(path)
+    kwargs = image.layer_kwargs()
+    if not kwargs.get("rgb"):
+        kwargs.setdefault("colormap", "gray")
+        if "contrast_limits" not in kwargs:
+            window = ct_contrast_limits(image.array, image.metadata)
+            if window is not None:
+                kwargs["contrast_limits"] = window
+    return [(image.array, kwargs, "image")]
+
+
+def _read_deeplesion(path: Path):
+    from ..data.deeplesion import read_deeplesion
+
+    records = read_deeplesion(path)
+    if not records:
+        raise ValueError("the table holds no lesion row")
+    name = path.name if path.is_dir() else _stem(path)
+    return deeplesion_layers(records, name)
+
+
+def _padded_reader(record, shape):
+    from ..data.deeplesion import read_deeplesion_slice
+
+    def read():
+        img = read_deeplesion_slice(record, neighbours=0)
+        if img.shape == shape:
+            return img
+        # Slices of another size sit in the top-left corner of the stack, padded with air.
+        out = np.full(shape, -1024.0, dtype=np.float32)
+        rows, cols = min(shape[0], img.shape[0]), min(shape[1], img.shape[1])
+        out[:rows, :cols] = img[:rows, :cols]
+        return out
+
+    return read
+
+
+def deeplesion_layers(records, name: str, with_image: bool = True):
+    """An image layer of the key slices (HU) and a RECIST Shapes layer for DeepLesion rows.
+
+    Rows on the same key slice share it; several key slices are stacked (lazily, each read
+    when shown) and each lesion sits on its own slice. Rows whose image is missing are left
+    out when others have theirs; when none has, only the RECIST layer is returned.
+
+    Returns
+    -------
+    list of napari LayerData tuples
+    """
+    from ..data.recist_files import RecistTable
+
+    have = [r for r in records if r.image_path is not None]
+    with_image = with_image and bool(have)
+    rows = have if with_image else list(records)
+    files: list[str] = []
+    for r in rows:
+        if r.file_name not in files:
+            files.append(r.file_name)
+    stacked = len(files) > 1
+    table = RecistTable(
+        recists=[r.recist for r in rows],
+        lesion_ids=[r.csv_row - 1 for r in rows],
+        slices=[files.index(r.file_name) for r in rows] if stacked else None,
+        images=[r.file_name for r in rows],
+        features={
+            "lesion_type": [r.lesion_type_name for r in rows],
+            "split": [r.split for r in rows],
+            "key_slice": [r.key_slice for r in rows],
+            "patient_index": [r.patient_index for r in rows],
+            "study_index": [r.study_index for r in rows],
+            "series_id": [r.series_id for r in rows],
+        },
+    )
+    shapes = table_layer_tuple(table, name=f"{name} RECIST")
+    layers = []
+    if with_image:
+        first = {}
+        for r in rows:
+            first.setdefault(r.file_name, r)
+        image = _key_slices([first[f] for f in files])
+        scale = shapes[1]["scale"]
+        window = rows[0].window
+        kwargs = {
+            "name": name,
+            "scale": scale,
+            "contrast_limits": (float(window[0]), float(window[1])),
+            "colormap": "gray",
+            "metadata": {"deeplesion_files": files},
+        }
+        layers.append((image, kwargs, "image"))
+    layers.append(shapes)
+    return layers
+
+
+def _key_slices(records):
+    from ..data.deeplesion import read_deeplesion_slice
+
+    first = read_deeplesion_slice(records[0], neighbours=0)
+    if len(records) == 1:
+        return first
+    import dask
+    import dask.array as da
+
+    shape = tuple(
+        int(max([first.shape[k]] + [r.image_size[k] for r in records[1:]])) for k in range(2)
+    )
+    if first.shape != shape:
+        first = _padded_reader(records[0], shape)()
+    parts = [da.from_array(first, chunks=shape)]
+    for r in records[1:]:
+        lazy = dask.delayed(_padded_reader(r, shape))()
+        parts.append(da.from_delayed(lazy, shape=shape, dtype=np.float32))
+    return da.stack(parts)
+
+
+_READERS = {
+    "recist": _read_recist_file,
+    "deeplesion": _read_deeplesion,
+    "volume": _read_volume,
+}

@@ -1,0 +1,140 @@
+"""Qt pieces shared by the dock widgets: layer pickers and event bookkeeping."""
+
+from __future__ import annotations
+
+import contextlib
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QComboBox
+
+__all__ = ["Connections", "LayerCombo"]
+
+
+class Connections:
+    """Remembers napari event connections so a widget can drop them all at once.
+
+    napari's events outlive a dock widget (layers stay when the widget closes); a callback
+    into a deleted Qt widget would fail, so widgets call ``clear`` when they are destroyed.
+    """
+
+    def __init__(self):
+        self._items: list = []
+
+    def connect(self, emitter, callback) -> None:
+        emitter.connect(callback)
+        self._items.append((emitter, callback))
+
+    def disconnect_from(self, source) -> None:
+        """Drop the connections made to emitters of ``source`` (a layer or event group)."""
+        keep = []
+        for emitter, callback in self._items:
+            if getattr(emitter, "source", None) is source:
+                with contextlib.suppress(Exception):
+                    emitter.disconnect(callback)
+            else:
+                keep.append((emitter, callback))
+        self._items = keep
+
+    def clear(self) -> None:
+        for emitter, callback in self._items:
+            with contextlib.suppress(Exception):
+                emitter.disconnect(callback)
+        self._items = []
+
+
+def bind_lifetime(widget, connections: Connections) -> None:
+    """Clear ``connections`` when ``widget``'s Qt object is destroyed."""
+    # The slot captures the bookkeeping, not the widget, so it does not keep the widget alive.
+    widget.destroyed.connect(lambda *_: connections.clear())
+
+
+class LayerCombo(QComboBox):
+    """A drop-down of the viewer's layers of one type, kept in step with the layer list.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    layer_type : type
+        e.g. ``napari.layers.Image``.
+    allow_none : bool
+        Offer an empty choice ("(none)").
+    prefer : callable, optional
+        ``prefer(layer) -> bool``. Without a choice already made, the list starts on the
+        topmost layer that ``prefer`` accepts; with ``allow_none``, on "(none)" when no layer
+        is accepted (so that no layer is taken over without the user choosing it).
+    """
+
+    layer_changed = Signal(object)
+
+    def __init__(self, viewer, layer_type, allow_none: bool = False, prefer=None, parent=None):
+        super().__init__(parent)
+        self._viewer = viewer
+        self._type = layer_type
+        self._allow_none = allow_none
+        self._prefer = prefer
+        self._layers: list = []
+        self._connections = Connections()
+        bind_lifetime(self, self._connections)
+        events = viewer.layers.events
+        for name in ("inserted", "removed", "moved", "reordered"):
+            emitter = getattr(events, name, None)
+            if emitter is not None:
+                self._connections.connect(emitter, self.refresh)
+        self.currentIndexChanged.connect(self._emit)
+        self.refresh()
+
+    def layer(self):
+        """The chosen layer, or None."""
+        i = self.currentIndex()
+        if 0 <= i < len(self._layers):
+            return self._layers[i]
+        return None
+
+    def set_layer(self, layer) -> None:
+        """Choose ``layer`` (refreshing the list first, so a just-added layer is there)."""
+        self.refresh()
+        for i, candidate in enumerate(self._layers):
+            if candidate is layer:
+                self.setCurrentIndex(i)
+                return
+
+    def refresh(self, event=None) -> None:
+        current = self.layer()
+        layers = [layer for layer in self._viewer.layers if isinstance(layer, self._type)]
+        if self._allow_none:
+            layers = [None, *layers]
+        for layer in layers:
+            if layer is not None:
+                # Re-connecting is harmless: napari ignores a callback already connected.
+                layer.events.name.connect(self._rename)
+        self.blockSignals(True)
+        try:
+            self.clear()
+            self._layers = layers
+            for layer in layers:
+                self.addItem("(none)" if layer is None else layer.name)
+            if current is not None and current in layers:
+                self.setCurrentIndex(layers.index(current))
+            elif layers:
+                self.setCurrentIndex(self._default_index(layers))
+        finally:
+            self.blockSignals(False)
+        if self.layer() is not current:
+            self.layer_changed.emit(self.layer())
+
+    def _default_index(self, layers) -> int:
+        candidates = [i for i, layer in enumerate(layers) if layer is not None]
+        if self._prefer is not None:
+            candidates = [i for i in candidates if self._prefer(layers[i])]
+        if candidates:
+            return candidates[-1]
+        return 0 if self._allow_none else len(layers) - 1
+
+    def _rename(self, event=None) -> None:
+        with contextlib.suppress(RuntimeError):  # the combo's Qt object may be gone
+            for i, layer in enumerate(self._layers):
+                if layer is not None:
+                    self.setItemText(i, layer.name)
+
+    def _emit(self, _index) -> None:
+        self.layer_changed.emit(self.layer())

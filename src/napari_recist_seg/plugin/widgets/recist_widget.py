@@ -1,0 +1,648 @@
+"""RECIST annotation: draw long and short axes as lines, see them paired, measured and checked.
+
+The widget keeps a RECIST Shapes layer in order: each line the user draws is paired into a
+lesion (``lesion_id`` and ``axis`` features, see ``_layers.assign_lesions``), coloured by
+axis and labelled with its length in mm (from the image layer's pixel size). A table lists
+the lesions with their measurements and flags those that break the RECIST rules with the
+reason ``Recist`` gives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image, Labels, Layer, Shapes
+from qtpy.QtCore import QAbstractTableModel, QModelIndex, Qt
+from qtpy.QtGui import QBrush, QColor
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._layers import (
+    RECIST_DEFAULTS,
+    describe_layer,
+    is_recist_layer,
+    notify_error,
+    notify_info,
+    notify_warning,
+    perpendicular_short_axis,
+    recist_shapes_kwargs,
+    recists_from_labels,
+    spacing_of,
+    sync_recist_layer,
+    table_layer_tuple,
+)
+from ._common import Connections, LayerCombo, bind_lifetime
+
+__all__ = ["RecistWidget"]
+
+_COLUMNS = (
+    "lesion",
+    "slice",
+    "long (mm)",
+    "short (mm)",
+    "long (px)",
+    "short (px)",
+    "perp. error (deg)",
+    "status",
+)
+_BAD = QColor(200, 60, 60, 110)
+_INCOMPLETE = QColor(200, 160, 40, 110)
+_SETTLED = ("added", "removed", "changed")
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return "" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+class LesionTableModel(QAbstractTableModel):
+    """The lesions of a RECIST layer as table rows (a model, so large layers stay quick)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.lesions: list = []
+
+    def set_lesions(self, lesions) -> None:
+        self.beginResetModel()
+        self.lesions = list(lesions)
+        self.endResetModel()
+
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008 (Qt's signature)
+        return 0 if parent.isValid() else len(self.lesions)
+
+    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(_COLUMNS)
+
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return _COLUMNS[section]
+        return None
+
+    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+        if not index.isValid() or index.row() >= len(self.lesions):
+            return None
+        info, col = self.lesions[index.row()], index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return (
+                str(info.lesion_id),
+                "" if info.slice is None else str(info.slice),
+                _fmt(info.long_mm),
+                _fmt(info.short_mm),
+                _fmt(info.long_px),
+                _fmt(info.short_px),
+                _fmt(info.perpendicularity_error),
+                info.status,
+            )[col]
+        if role == Qt.ItemDataRole.TextAlignmentRole and col < len(_COLUMNS) - 1:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.BackgroundRole and not info.ok:
+            return QBrush(_INCOMPLETE if info.problem.startswith("incomplete") else _BAD)
+        if role == Qt.ItemDataRole.ToolTipRole and not info.ok:
+            return info.problem
+        return None
+
+
+class RecistWidget(QWidget):
+    """Dock widget: RECIST drawing, live lesion table, fixes, import and export.
+
+    napari keeps no undo history for Shapes data, so "Make perpendicular" is undone with the
+    widget's own Undo button (the edit is a single change of the layer's data).
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self._layer: Shapes | None = None
+        self.lesions = []
+        self._undo: list[tuple] = []
+        self._busy = False
+        self._worker = None
+        self._cache: dict = {}  # lesions already validated, see describe_lesions
+        self._connections = Connections()
+        bind_lifetime(self, self._connections)
+        self._build()
+        self.image_combo.layer_changed.connect(self._on_image_changed)
+        self.recist_combo.layer_changed.connect(self.set_recist_layer)
+        self.set_recist_layer(self.recist_combo.layer())
+
+    # -- UI ---------------------------------------------------------------------------------
+    def _build(self) -> None:
+        v = self.viewer
+        self.image_combo = LayerCombo(v, Image)
+        self.recist_combo = LayerCombo(v, Shapes, allow_none=True, prefer=is_recist_layer)
+        self.new_button = QPushButton("New")
+        self.new_button.setToolTip("Add an empty RECIST layer over the chosen image")
+        self.new_button.clicked.connect(self.new_recist_layer)
+        self.draw_button = QPushButton("Draw lesion (long axis, then short axis)")
+        self.draw_button.setToolTip(
+            "Switch the RECIST layer to its line tool. Draw the long axis, then the short "
+            "axis: the two lines become one lesion."
+        )
+        self.draw_button.clicked.connect(self.start_drawing)
+
+        pick = QGridLayout()
+        pick.addWidget(QLabel("Image"), 0, 0)
+        pick.addWidget(self.image_combo, 0, 1, 1, 2)
+        pick.addWidget(QLabel("RECIST layer"), 1, 0)
+        pick.addWidget(self.recist_combo, 1, 1)
+        pick.addWidget(self.new_button, 1, 2)
+
+        self.model = LesionTableModel(self)
+        self.table = QTableView()
+        self.table.setModel(self.model)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.verticalHeader().setVisible(False)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setResizeContentsPrecision(50)  # size columns from the first rows only
+        header.setStretchLastSection(True)
+        self.table.setMinimumHeight(150)
+        self.table.clicked.connect(lambda index: self._on_cell_clicked(index.row()))
+
+        self.perpendicular_button = QPushButton("Make perpendicular")
+        self.perpendicular_button.setToolTip(
+            "Turn the selected lesion's short axis about its midpoint to 90 degrees to the "
+            "long axis, keeping its length"
+        )
+        self.perpendicular_button.clicked.connect(self.make_perpendicular)
+        self.undo_button = QPushButton("Undo")
+        self.undo_button.setToolTip("Undo the last 'make perpendicular'")
+        self.undo_button.setEnabled(False)
+        self.undo_button.clicked.connect(self.undo)
+        fixes = QHBoxLayout()
+        fixes.addWidget(self.perpendicular_button)
+        fixes.addWidget(self.undo_button)
+
+        io = QGroupBox("Import and export")
+        io_layout = QGridLayout(io)
+        self.import_button = QPushButton("Import RECIST file...")
+        self.import_button.clicked.connect(self._ask_import)
+        self.export_button = QPushButton("Export RECIST file...")
+        self.export_button.clicked.connect(self._ask_export)
+        self.deeplesion_button = QPushButton("Import DeepLesion rows...")
+        self.deeplesion_button.setToolTip(
+            "Add the RECIST of a DL_info.csv's rows that belong to the chosen image"
+        )
+        self.deeplesion_button.clicked.connect(self._ask_deeplesion)
+        self.labels_combo = LayerCombo(v, Labels)
+        self.simulate_button = QPushButton("Simulate RECIST")
+        self.simulate_button.setToolTip(
+            "Measure one RECIST per label of the Labels layer (on its largest slice in 3D)"
+        )
+        self.simulate_button.clicked.connect(self.simulate_from_labels)
+        io_layout.addWidget(self.import_button, 0, 0)
+        io_layout.addWidget(self.export_button, 0, 1)
+        io_layout.addWidget(self.deeplesion_button, 1, 0, 1, 2)
+        io_layout.addWidget(QLabel("From labels"), 2, 0)
+        io_layout.addWidget(self.labels_combo, 2, 1)
+        io_layout.addWidget(self.simulate_button, 3, 0, 1, 2)
+
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(pick)
+        layout.addWidget(self.draw_button)
+        layout.addWidget(self.table)
+        layout.addLayout(fixes)
+        layout.addWidget(io)
+        layout.addWidget(self.status)
+
+    # -- layers -----------------------------------------------------------------------------
+    def image_layer(self):
+        """The chosen image layer (None when there is none)."""
+        return self.image_combo.layer()
+
+    def recist_layer(self):
+        """The RECIST Shapes layer the widget keeps in order (None when there is none)."""
+        return self._layer
+
+    def spacing(self) -> tuple[float, float]:
+        """Pixel size (row, col) in mm: the image layer's, else the RECIST layer's."""
+        if self.image_layer() is not None:
+            return spacing_of(self.image_layer())
+        if self._layer is not None:
+            return spacing_of(self._layer)
+        return (1.0, 1.0)
+
+    def set_recist_layer(self, layer) -> None:
+        """Attach to ``layer`` (a Shapes layer): pair its lines and follow its edits."""
+        if layer is self._layer and layer is not None:
+            return
+        if self._layer is not None:
+            self._connections.disconnect_from(self._layer)
+            self._connections.disconnect_from(self._layer.selected_data)
+        self._layer = layer
+        self._undo.clear()
+        self.undo_button.setEnabled(False)
+        if layer is not None:
+            if self.recist_combo.layer() is not layer:
+                self.recist_combo.set_layer(layer)
+            self._connections.connect(layer.events.data, self._on_data)
+            self._connections.connect(layer.events.features, self._on_features)
+            self._connections.connect(
+                layer.selected_data.events.items_changed, self._on_layer_selection
+            )
+        self.sync()
+
+    def new_recist_layer(self):
+        """Add an empty RECIST layer aligned with the chosen image and attach to it."""
+        image = self.image_layer()
+        if image is None:
+            notify_error(
+                "RECIST annotation: choose an image layer first (open an image); RECIST "
+                "lengths in mm need its pixel size."
+            )
+            return None
+        features = {
+            "lesion_id": np.zeros(0, dtype=np.int64),
+            "axis": np.zeros(0, dtype=object),
+            "length_mm": np.zeros(0, dtype=float),
+            "measurement": np.zeros(0, dtype=object),
+        }
+        kwargs = recist_shapes_kwargs(
+            f"{image.name} RECIST", features, image.scale, image.translate, ndim=image.ndim
+        )
+        kwargs["feature_defaults"] = dict(RECIST_DEFAULTS)
+        kwargs["edge_color"] = "white"
+        layer = self.viewer.add_layer(Shapes(**kwargs))
+        self.set_recist_layer(layer)
+        return layer
+
+    def start_drawing(self) -> None:
+        """Select the RECIST layer (creating one if needed) and switch to its line tool."""
+        layer = self._layer or self.new_recist_layer()
+        if layer is None:
+            return
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add_line"
+
+    # -- keeping the layer in order ---------------------------------------------------------
+    def _on_data(self, event=None) -> None:
+        action = getattr(getattr(event, "action", None), "value", None)
+        if action is None or action in _SETTLED:
+            self.sync()
+
+    def _on_features(self, event=None) -> None:
+        if not self._busy:
+            self._refresh_table()
+
+    def sync(self) -> None:
+        """Pair new lines, update lengths, colours and labels, and refresh the table."""
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            layer = self._layer
+            if layer is None:
+                self.lesions = []
+            else:
+                spacing = self.spacing()
+                sync_recist_layer(layer, spacing)
+                self.lesions = describe_layer(layer, spacing, self._cache)
+            self._refresh_table()
+            self._update_status()
+        except RuntimeError:
+            # The widget's Qt objects are gone (the dock was closed); nothing to show.
+            pass
+        finally:
+            self._busy = False
+
+    def _on_image_changed(self, layer) -> None:
+        self.sync()
+
+    def _update_status(self) -> None:
+        layer, image = self._layer, self.image_layer()
+        notes = []
+        if layer is None:
+            notes.append("Choose or create a RECIST layer.")
+        else:
+            ok = sum(1 for info in self.lesions if info.ok)
+            notes.append(f"{len(self.lesions)} lesion(s), {ok} valid.")
+            if image is None:
+                notes.append("No image layer: lengths use the RECIST layer's scale.")
+            elif not np.allclose(np.asarray(image.scale)[-2:], np.asarray(layer.scale)[-2:]):
+                notes.append(
+                    "The RECIST layer's scale differs from the image's: lengths use the "
+                    "image's pixel size; lines may not sit on the image."
+                )
+        self.status.setText(" ".join(notes))
+
+    def _refresh_table(self) -> None:
+        selected = self._selected_row_lesion()
+        self.model.set_lesions(self.lesions)
+        if selected is not None:
+            self._select_row(selected)
+
+    def _selected_row_lesion(self):
+        model = self.table.selectionModel()
+        rows = model.selectedRows() if model is not None else []
+        if rows and 0 <= rows[0].row() < len(self.model.lesions):
+            return self.model.lesions[rows[0].row()].lesion_id
+        return None
+
+    # -- selection --------------------------------------------------------------------------
+    def lesion(self, lesion_id):
+        """The ``LesionInfo`` of a lesion id, or None."""
+        for info in self.lesions:
+            if info.lesion_id == int(lesion_id):
+                return info
+        return None
+
+    def _on_cell_clicked(self, row: int, _col: int = 0) -> None:
+        if 0 <= row < len(self.lesions):
+            self.select_lesion(self.lesions[row].lesion_id)
+
+    def select_lesion(self, lesion_id) -> None:
+        """Select the lesion's lines in the layer, go to its slice and centre the view on it."""
+        info, layer = self.lesion(lesion_id), self._layer
+        if info is None or layer is None:
+            return
+        self.viewer.layers.selection.active = layer
+        if layer.mode not in ("select", "direct"):
+            layer.mode = "select"
+        layer.selected_data = set(info.line_indices)
+        world = np.asarray(layer.data_to_world(np.asarray(info.centre, dtype=float)))
+        lead = layer.ndim - 2
+        offset = self.viewer.dims.ndim - layer.ndim
+        for k in range(lead):
+            self.viewer.dims.set_point(offset + k, float(world[k]))
+        # napari 0.9 moved the camera to viewer.scene; older versions have viewer.camera.
+        scene = getattr(self.viewer, "scene", None)
+        camera = scene.camera if scene is not None else self.viewer.camera
+        camera.center = tuple(float(x) for x in world[-2:])
+        self._select_row(info.lesion_id)
+
+    def _select_row(self, lesion_id) -> None:
+        for row, info in enumerate(self.lesions):
+            if info.lesion_id == lesion_id:
+                self.table.selectRow(row)
+                return
+
+    def _on_layer_selection(self, event=None) -> None:
+        layer = self._layer
+        if layer is None or self._busy:
+            return
+        selected = set(layer.selected_data)
+        for info in self.lesions:
+            if selected and selected <= set(info.line_indices):
+                try:
+                    self._select_row(info.lesion_id)
+                except RuntimeError:
+                    pass
+                return
+
+    def selected_lesion(self):
+        """The lesion of the table's current row, else the one whose line is selected."""
+        layer = self._layer
+        if layer is not None and layer.selected_data:
+            for info in self.lesions:
+                if set(layer.selected_data) & set(info.line_indices):
+                    return info
+        lesion_id = self._selected_row_lesion()
+        return None if lesion_id is None else self.lesion(lesion_id)
+
+    # -- fixes ------------------------------------------------------------------------------
+    def make_perpendicular(self) -> None:
+        """Turn the selected lesion's short axis to 90 degrees about its midpoint (undoable)."""
+        layer, info = self._layer, self.selected_lesion()
+        if layer is None or info is None:
+            notify_error(
+                "Make perpendicular: select a lesion first (click its row or one of its lines)."
+            )
+            return
+        if info.long_index is None or info.short_index is None:
+            notify_error(f"Make perpendicular: lesion {info.lesion_id} needs both axes.")
+            return
+        long_pts = np.asarray(layer.data[info.long_index], dtype=float)
+        short_pts = np.asarray(layer.data[info.short_index], dtype=float)
+        try:
+            fixed = perpendicular_short_axis(long_pts[:, -2:], short_pts[:, -2:], self.spacing())
+        except ValueError as exc:
+            notify_error(f"Make perpendicular: lesion {info.lesion_id}: {exc}")
+            return
+        new = short_pts.copy()
+        new[:, -2:] = fixed
+        self._edit_line(info.short_index, new)
+        self.select_lesion(info.lesion_id)
+
+    def _edit_line(self, index: int, vertices: np.ndarray) -> None:
+        # napari keeps no undo history for Shapes data, so the widget keeps its own.
+        layer = self._layer
+        data = [np.array(d, dtype=float) for d in layer.data]
+        old = data[index].copy()
+        data[index] = vertices
+        self._undo.append((layer, index, old, np.array(vertices, dtype=float)))
+        layer.data = data
+        self.undo_button.setEnabled(True)
+
+    def undo(self) -> None:
+        """Restore the line changed by the last 'make perpendicular'."""
+        if not self._undo:
+            return
+        layer, index, old, new = self._undo.pop()
+        self.undo_button.setEnabled(bool(self._undo))
+        if (
+            layer is not self._layer
+            or index >= len(layer.data)
+            or not np.allclose(layer.data[index], new)
+        ):
+            notify_warning("Undo: the line was edited since; nothing was changed.")
+            self._undo.clear()
+            self.undo_button.setEnabled(False)
+            return
+        data = [np.array(d, dtype=float) for d in layer.data]
+        data[index] = old
+        layer.data = data
+
+    # -- import and export ------------------------------------------------------------------
+    def _add_recist_layer(self, layer_tuple) -> Shapes:
+        layer = self.viewer.add_layer(Layer.create(*layer_tuple))
+        self.set_recist_layer(layer)
+        return layer
+
+    def _aligned(self, layer_tuple, ndim: int):
+        """Give new RECIST lines the image's scale and position when they fit it."""
+        image = self.image_layer()
+        data, kwargs, kind = layer_tuple
+        if image is not None and image.ndim == ndim:
+            file_spacing = np.asarray(kwargs["scale"])[-2:]
+            if not np.allclose(file_spacing, np.asarray(image.scale)[-2:]) and not np.allclose(
+                file_spacing, 1.0
+            ):
+                notify_warning(
+                    f"The RECIST pixel size {tuple(file_spacing)} mm differs from the image's "
+                    f"{tuple(np.asarray(image.scale)[-2:])} mm; lengths use the image's."
+                )
+            kwargs = {**kwargs, "scale": tuple(image.scale), "translate": tuple(image.translate)}
+        return (data, kwargs, kind)
+
+    def import_recist_file(self, path):
+        """Add the lesions of a RECIST ``.csv``/``.json`` file as a new RECIST layer."""
+        from ...data.recist_files import read_recists
+
+        try:
+            table = read_recists(path)
+        except ValueError as exc:
+            notify_error(f"Import RECIST file: {exc}")
+            return None
+        if not len(table):
+            notify_error(f"Import RECIST file: {path} holds no lesion.")
+            return None
+        ndim = 3 if table.slices is not None else 2
+        layer_tuple = table_layer_tuple(table, name=f"{Path(path).stem} RECIST")
+        return self._add_recist_layer(self._aligned(layer_tuple, ndim))
+
+    def export_recist_file(self, path):
+        """Write the RECIST layer to ``.csv`` or ``.json``, features included."""
+        from ..writer import write_recist_file
+
+        layer = self._layer
+        if layer is None:
+            notify_error("Export RECIST file: there is no RECIST layer to export.")
+            return None
+        self.sync()
+        data, meta, _ = layer.as_layer_data_tuple()
+        try:
+            written = write_recist_file(str(path), data, meta)
+        except ValueError as exc:
+            notify_error(f"Export RECIST file: {exc}")
+            return None
+        notify_info(f"Wrote {len(self.lesions)} lesion(s) to {written}")
+        return written
+
+    def import_deeplesion(self, path):
+        """Add the RECIST of DeepLesion rows that belong to the chosen image.
+
+        The rows of a stack opened from a DL_info.csv go to their slices; for a single image,
+        the rows whose ``File_name`` matches the layer's name.
+        """
+        from ...data.deeplesion import read_deeplesion
+        from ...data.recist_files import RecistTable
+
+        image = self.image_layer()
+        if image is None:
+            notify_error("Import DeepLesion rows: choose the image the rows belong to first.")
+            return None
+        try:
+            records = read_deeplesion(path, warn_missing=False)
+        except ValueError as exc:
+            notify_error(f"Import DeepLesion rows: {exc}")
+            return None
+        files = image.metadata.get("deeplesion_files")
+        if files and image.ndim == 3:
+            rows = [r for r in records if r.file_name in files]
+            slices = [files.index(r.file_name) for r in rows]
+        else:
+            name = image.name
+            rows = [
+                r
+                for r in records
+                if Path(r.file_name).stem == name
+                or (r.image_path is not None and Path(r.image_path).stem == name)
+            ]
+            slices = None
+            if rows and image.ndim == 3:
+                current = int(round(self.viewer.dims.current_step[-3]))
+                slices = [current] * len(rows)
+        if not rows:
+            notify_error(
+                f"Import DeepLesion rows: no row of {Path(path).name} belongs to image "
+                f"{image.name!r} (rows are matched by File_name); open the table with File > "
+                "Open to see all of its rows."
+            )
+            return None
+        table = RecistTable(
+            recists=[r.recist for r in rows],
+            lesion_ids=[r.csv_row - 1 for r in rows],
+            slices=slices,
+            images=[r.file_name for r in rows],
+            features={"lesion_type": [r.lesion_type_name for r in rows]},
+        )
+        layer_tuple = table_layer_tuple(table, name=f"{image.name} DeepLesion RECIST")
+        return self._add_recist_layer(self._aligned(layer_tuple, image.ndim))
+
+    def simulate_from_labels(self) -> None:
+        """Measure one RECIST per label of the chosen Labels layer (in a background thread)."""
+        from napari.qt.threading import create_worker
+
+        from ...data.recist_files import RecistTable
+
+        labels = self.labels_combo.layer()
+        if labels is None:
+            notify_error("Simulate RECIST: choose a Labels layer first.")
+            return
+        data = np.asarray(labels.data)
+        if data.ndim not in (2, 3) or not data.any():
+            notify_error(
+                f"Simulate RECIST: {labels.name!r} must be a 2D or 3D Labels layer with at "
+                "least one label."
+            )
+            return
+        spacing = spacing_of(labels)
+        name = f"{labels.name} RECIST"
+        scale, translate = tuple(labels.scale), tuple(labels.translate)
+
+        def done(result):
+            recists, values, slices, skipped = result
+            if skipped:
+                notify_warning("Simulate RECIST: " + "; ".join(skipped))
+            if not recists:
+                notify_error(f"Simulate RECIST: no label of {labels.name!r} could be measured.")
+                return
+            # Lesion i is label i + 1, as in the pseudo-mask preview.
+            table = RecistTable(recists, [v - 1 for v in values], slices)
+            layer_tuple = table_layer_tuple(table, name=name, scale=scale, translate=translate)
+            self._add_recist_layer(layer_tuple)
+
+        worker = create_worker(
+            recists_from_labels, data, spacing, _start_thread=False, _ignore_errors=True
+        )
+        worker.returned.connect(done)
+        worker.errored.connect(lambda exc: notify_error(f"Simulate RECIST: {exc}"))
+        self._worker = worker
+        worker.start()
+
+    def _ask_import(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Import RECIST file", "", "RECIST files (*.csv *.json)"
+        )
+        if path:
+            self.import_recist_file(path)
+
+    def _ask_export(self) -> None:
+        if self._layer is None:
+            notify_error("Export RECIST file: there is no RECIST layer to export.")
+            return
+        path, _ = QFileDialog.getSaveFileName(
+            self,
+            "Export RECIST file",
+            f"{self._layer.name}.csv",
+            "RECIST CSV (*.csv);;JSON (*.json)",
+        )
+        if path:
+            self.export_recist_file(path)
+
+    def _ask_deeplesion(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Import DeepLesion rows", "", "DeepLesion table (*.csv)"
+        )
+        if path:
+            self.import_deeplesion(path)

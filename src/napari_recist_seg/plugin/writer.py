@@ -1,0 +1,97 @@
+"""napari writer: a RECIST Shapes layer to this package's RECIST ``.csv`` or ``.json``.
+
+napari's own shapes CSV drops the per-shape feature table; this writer keeps it (lesion ids,
+groups and any user columns), so a layer written and read back is the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._layers import DERIVED_COLUMNS, notify_error
+
+__all__ = ["write_recist_file", "write_recist_layer"]
+
+
+def write_recist_layer(path: str, data, meta: dict) -> list[str]:
+    """napari's writer command: ``write_recist_file``, with problems shown as a notification.
+
+    napari takes a ``ValueError`` from a writer for "this writer does not apply", so the
+    reason would be lost; it is shown to the user instead and nothing is written.
+
+    Returns
+    -------
+    list of str
+        The path written, or an empty list when nothing was written.
+    """
+    try:
+        return [write_recist_file(path, data, meta)]
+    except (ValueError, OSError) as exc:
+        notify_error(str(exc))
+        return []
+
+
+def write_recist_file(path: str, data, meta: dict) -> str:
+    """Write a Shapes layer of RECIST lines to a RECIST ``.csv`` or ``.json`` file.
+
+    Parameters
+    ----------
+    path : str
+        Target file; ``.csv`` or ``.json`` chooses the format (``.csv`` is added otherwise).
+    data : list of arrays
+        The layer's shapes: one ``line`` per axis.
+    meta : dict
+        The layer's state: ``features`` (needs ``lesion_id`` and ``axis``), ``scale``
+        (the last two entries are the pixel size in mm), ``shape_type``, ``name``.
+
+    Returns
+    -------
+    str
+        The path written.
+
+    Raises
+    ------
+    ValueError
+        When the layer does not hold complete RECIST lesions (the problem is named).
+    """
+    from ..data.recist_files import table_from_layer_data, write_recists
+
+    name = meta.get("name", "layer")
+    target = Path(path)
+    if target.suffix.lower() not in (".csv", ".json"):
+        target = target.with_name(target.name + ".csv")
+    shape_types = list(meta.get("shape_type", ["line"] * len(data)))
+    others = sorted({t for t in shape_types if t != "line"})
+    if others:
+        raise ValueError(
+            f"cannot write {name!r} as RECIST: it holds {', '.join(others)} shapes; "
+            "RECIST layers hold lines only"
+        )
+    features = meta.get("features")
+    if features is None or "lesion_id" not in features or "axis" not in features:
+        raise ValueError(
+            f"cannot write {name!r} as RECIST: its lines have no lesion_id/axis features "
+            "(open the RECIST annotation widget to pair them)"
+        )
+    columns = {k: features[k] for k in features.keys() if k not in DERIVED_COLUMNS}
+    loose = sum(1 for v in list(columns["lesion_id"]) if _missing_or_negative(v))
+    if loose:
+        raise ValueError(
+            f"cannot write {name!r} as RECIST: {loose} line(s) are not part of a lesion "
+            "(open the RECIST annotation widget to pair them)"
+        )
+    try:
+        table = table_from_layer_data(data, columns, scale=meta.get("scale"))
+    except ValueError as exc:
+        raise ValueError(f"cannot write {name!r} as RECIST: {exc}") from None
+    try:
+        return str(write_recists(target, table))
+    except OSError as exc:
+        raise ValueError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+def _missing_or_negative(value) -> bool:
+    try:
+        return not (int(value) >= 0)
+    except (TypeError, ValueError):
+        return True

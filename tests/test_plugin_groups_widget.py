@@ -1,0 +1,184 @@
+"""The groups and pseudo-masks widget with a real viewer: K-means, plot, live preview."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from napari_recist_seg.core.recist import Recist
+from napari_recist_seg.plugin._layers import line_colours, recist_layer_tuple
+from napari_recist_seg.plugin.widgets.groups_widget import preview_name
+
+PLUGIN = "napari-recist-seg"
+
+
+def _widget(viewer):
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Groups and pseudo-masks")
+    return widget
+
+
+def _add_recist(viewer, recists, slices=None, scale=(0.5, 0.8), name="lesions"):
+    from napari.layers import Layer
+
+    from napari_recist_seg.core.recist import recists_to_shapes
+
+    data, features = recists_to_shapes(recists, slices=slices)
+    if slices is not None:
+        scale = (2.5, *scale[-2:])
+    return viewer.add_layer(Layer.create(*recist_layer_tuple(data, features, scale, name)))
+
+
+def _lesions():
+    """Three small lesions at the top left, three large ones at the bottom right."""
+    small = [
+        Recist([[8, 5 + 12 * i], [8, 11 + 12 * i]], [[6, 8 + 12 * i], [10, 8 + 12 * i]])
+        for i in range(3)
+    ]
+    large = [
+        Recist([[45, 10 + 22 * i], [45, 30 + 22 * i]], [[38, 20 + 22 * i], [52, 20 + 22 * i]])
+        for i in range(3)
+    ]
+    return small + large
+
+
+def test_kmeans_groups_recolour_lines_and_link_the_plot(viewer_2d, qtbot):
+    layer = _add_recist(viewer_2d, _lesions())
+    data_before = [np.array(d) for d in layer.data]
+    widget = _widget(viewer_2d)
+    assert widget.recist_layer() is layer
+    widget.k_spin.setValue(2)
+    widget.run_kmeans()
+    with qtbot.waitSignal(widget._worker.finished, timeout=20000):
+        pass
+    qtbot.waitUntil(lambda: "group" in layer.features, timeout=5000)
+    groups = layer.features["group"].to_numpy()
+    # Both lines of a lesion share its group; small and large lesions are apart.
+    assert np.all(groups[0::2] == groups[1::2])
+    per_lesion = groups[0::2]
+    assert len(set(per_lesion[:3])) == 1 and len(set(per_lesion[3:])) == 1
+    assert per_lesion[0] != per_lesion[3]
+    np.testing.assert_allclose(layer.edge_color, line_colours(["long"] * 12, list(groups)))
+    for before, after in zip(data_before, layer.data):
+        np.testing.assert_array_equal(before, after)  # grouping never moves a line
+    qtbot.waitUntil(lambda: len(widget._plot_ids) == 6, timeout=5000)
+    assert widget._scatter.get_offsets().shape == (6, 2)
+
+    # Clicking a point selects that lesion's lines; selecting lines highlights the point.
+    widget._on_pick(SimpleNamespace(artist=widget._scatter, ind=np.array([4])))
+    assert set(layer.selected_data) == {8, 9}
+    assert widget.highlighted() == [4]
+    layer.selected_data = {2}
+    assert widget.highlighted() == [1]
+    assert widget._highlight is not None
+
+    # Suggest K runs in a worker and sets the K box.
+    widget.k_spin.setValue(1)
+    widget.suggest()
+    with qtbot.waitSignal(widget._worker.finished, timeout=20000):
+        pass
+    qtbot.waitUntil(lambda: widget.k_spin.value() >= 2, timeout=5000)
+    assert 2 <= widget.k_spin.value() <= 5
+
+
+def test_preview_follows_edits_and_keep_freezes_it(viewer_2d, qtbot):
+    recists = _lesions()[:2] + _lesions()[3:5]
+    layer = _add_recist(viewer_2d, recists)
+    features_before = layer.features.copy()
+    widget = _widget(viewer_2d)
+    widget.method_combo.setCurrentText("quarter_ellipse")
+    widget.preview_button.setChecked(True)
+    qtbot.waitUntil(lambda: widget.preview_layer is not None, timeout=10000)
+    preview = widget.preview_layer
+    assert preview.name == preview_name("quarter_ellipse")
+    assert sorted(np.unique(preview.data)) == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(preview.scale, (0.5, 0.8))
+    assert layer.features.equals(features_before)
+
+    # Move lesion 3 by 5 rows: the preview follows, the RECIST layer holds what was set.
+    moved = [np.array(d) for d in layer.data]
+    for i in (6, 7):
+        moved[i][:, 0] += 5
+    layer.data = moved
+    old_rows = np.nonzero(preview.data == 4)[0].mean()
+    qtbot.waitUntil(
+        lambda: abs(np.nonzero(preview.data == 4)[0].mean() - old_rows - 5) < 0.5, timeout=10000
+    )
+    for a, b in zip(layer.data, moved):
+        np.testing.assert_array_equal(a, b)
+    assert layer.features[["lesion_id", "axis"]].equals(features_before[["lesion_id", "axis"]])
+
+    # Keep: an ordinary layer, no longer updated.
+    kept = widget.keep_preview()
+    assert kept is preview and kept.name == "pseudo-masks (quarter_ellipse)"
+    assert widget.preview_layer is None and not widget.preview_button.isChecked()
+    snapshot = kept.data.copy()
+    layer.data = [np.array(d) + 1 for d in layer.data]
+    qtbot.wait(2 * 150 + 100)
+    np.testing.assert_array_equal(kept.data, snapshot)
+
+
+def test_stack_preview_is_per_slice_and_bad_input_changes_nothing(
+    viewer_3d, qtbot, draw, notifications
+):
+    # A RECIST layer with one line: grouping and preview refuse, with a reason.
+    from napari.layers import Shapes
+
+    lone = viewer_3d.add_layer(Shapes(ndim=3, scale=(2.5, 0.7, 0.7), name="lone"))
+    draw(lone, [[2, 10, 10], [2, 10, 30]])
+    widget = _widget(viewer_3d)
+    widget.recist_combo.set_layer(lone)
+    n_layers = len(viewer_3d.layers)
+    widget.run_kmeans()
+    widget.suggest()
+    widget.preview_button.setChecked(True)
+    assert not widget.preview_button.isChecked()
+    assert len(viewer_3d.layers) == n_layers and "group" not in lone.features
+    errors = [text for level, text in notifications if level == "error"]
+    assert len(errors) == 3
+    assert "at least two complete lesions" in errors[0]
+    assert "no complete lesion" in errors[2]
+
+    # Lesions on slices 1 and 3 of the stack: labels only on those slices.
+    recists = [_lesions()[0], _lesions()[4]]
+    layer = _add_recist(viewer_3d, recists, slices=[1, 3], scale=(0.7, 0.7))
+    widget.recist_combo.set_layer(layer)
+    widget.preview_button.setChecked(True)
+    qtbot.waitUntil(lambda: widget.preview_layer is not None, timeout=10000)
+    labels = widget.preview_layer.data
+    assert labels.shape == (5, 64, 80)
+    assert [sorted(np.unique(labels[z])) for z in range(5)] == [
+        [0], [0, 1], [0], [0, 2], [0],
+    ]
+    np.testing.assert_allclose(widget.preview_layer.scale, (2.5, 0.7, 0.7))
+
+    # Without an image layer the preview cannot take a size: refused, nothing added.
+    widget.preview_button.setChecked(False)
+    assert widget.preview_layer is None
+    viewer_3d.layers.remove("ct stack")
+    n_layers = len(viewer_3d.layers)
+    widget.preview_button.setChecked(True)
+    assert not widget.preview_button.isChecked() and len(viewer_3d.layers) == n_layers
+    assert "choose an image layer" in notifications[-1][1]
+
+
+def test_plugin_modules_do_not_import_torch():
+    """napari must start fast: the plugin's modules leave torch unimported."""
+    import subprocess
+    import sys
+
+    modules = (
+        "napari_recist_seg.plugin.reader",
+        "napari_recist_seg.plugin.writer",
+        "napari_recist_seg.plugin.sample_data",
+        "napari_recist_seg.plugin.widgets.recist_widget",
+        "napari_recist_seg.plugin.widgets.groups_widget",
+    )
+    for name in modules:
+        __import__(name)
+    if "torch" not in sys.modules:
+        return  # nothing in this process has loaded it, the widgets' use included
+    # Another test loaded torch here; ask a fresh interpreter instead.
+    code = f"import sys; import {', '.join(modules)}; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

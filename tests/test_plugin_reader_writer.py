@@ -1,0 +1,256 @@
+"""The plugin's manifest, reader, writer and sample data, found and run through napari."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_recist_seg.core.recist import Recist
+from napari_recist_seg.data.recist_files import RecistTable, read_recists, write_recists
+from napari_recist_seg.plugin._layers import AXIS_COLOURS, SOFT_TISSUE_WINDOW, line_colours
+from napari_recist_seg.plugin.reader import get_reader
+
+PLUGIN = "napari-recist-seg"
+
+
+def _table(slices=None, spacing=(0.6, 0.6)):
+    recists = [
+        Recist([[10, 10], [10, 40]], [[2, 25], [18, 25]], spacing),
+        Recist([[30, 50], [50, 50]], [[40, 45], [40, 55]], spacing),
+    ]
+    return RecistTable(
+        recists,
+        lesion_ids=[3, 7],
+        slices=slices,
+        features={"group": [1, 0], "note": ["cyst", "node"], "score": [0.25, 1.5]},
+    )
+
+
+# -- manifest -----------------------------------------------------------------------------------
+def test_manifest_lists_every_contribution():
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    pm.discover()
+    manifest = pm.get_manifest(PLUGIN)
+    contrib = manifest.contributions
+    commands = {c.id for c in contrib.commands}
+    assert {
+        f"{PLUGIN}.get_reader",
+        f"{PLUGIN}.write_recist",
+        f"{PLUGIN}.sample_ct_slice",
+        f"{PLUGIN}.sample_ct_volume",
+        f"{PLUGIN}.sample_dermoscopy",
+        f"{PLUGIN}.recist_widget",
+        f"{PLUGIN}.groups_widget",
+    } <= commands
+    assert {w.display_name for w in contrib.widgets} >= {
+        "RECIST annotation",
+        "Groups and pseudo-masks",
+    }
+    assert {s.key for s in contrib.sample_data} == {
+        "ct_phantom_slice",
+        "ct_phantom_volume",
+        "dermoscopy",
+    }
+    (reader,) = contrib.readers
+    assert reader.accepts_directories
+    for pattern in ("*.csv", "*.json", "*.dcm", "*.nii", "*.nii.gz", "*.mha", "*.mhd", "*.nrrd"):
+        assert pattern in reader.filename_patterns
+    (writer,) = contrib.writers
+    assert set(writer.filename_extensions) == {".csv", ".json"}
+    for command in contrib.commands:
+        assert callable(pm.commands.get(command.id)), command.id
+
+
+# -- deciding what is ours ---------------------------------------------------------------------
+def test_get_reader_returns_none_for_foreign_files(tmp_path):
+    plain = tmp_path / "measurements.csv"
+    plain.write_text("a,b,c\n1,2,3\n")
+    other_json = tmp_path / "config.json"
+    other_json.write_text('{"format": "something-else"}')
+    binary = tmp_path / "noise.csv"
+    binary.write_bytes(bytes(range(256)) * 4)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    for path in (plain, other_json, binary, text, empty_dir, tmp_path / "missing.csv"):
+        assert get_reader(str(path)) is None, path
+    # Odd inputs are not ours either, and deciding never raises.
+    for odd in (None, 12, [str(plain), str(text)], "", b"\x00"):
+        assert get_reader(odd) is None
+
+
+def test_get_reader_claims_our_formats(tmp_path, deeplesion_folder):
+    write_recists(tmp_path / "r.csv", _table())
+    write_recists(tmp_path / "r.json", _table())
+    for path in (tmp_path / "r.csv", tmp_path / "r.json", deeplesion_folder,
+                 deeplesion_folder / "DL_info.csv"):
+        assert callable(get_reader(str(path))), path
+
+
+# -- reading through napari --------------------------------------------------------------------
+def _check_recist_layer(layer):
+    assert layer._type_string == "shapes"
+    assert list(layer.shape_type) == ["line"] * 4
+    np.testing.assert_allclose(layer.scale, (0.6, 0.6))
+    np.testing.assert_allclose(layer.data[0], [[10, 10], [10, 40]])
+    np.testing.assert_allclose(layer.data[3], [[40, 45], [40, 55]])
+    assert layer.features["lesion_id"].tolist() == [3, 3, 7, 7]
+    assert layer.features["axis"].tolist() == ["long", "short", "long", "short"]
+    np.testing.assert_allclose(layer.features["length_mm"], [18.0, 9.6, 12.0, 6.0])
+    assert list(layer.text.values) == ["18.0 x 9.6 mm", "", "12.0 x 6.0 mm", ""]
+
+
+def _check_nifti_layer(layer, vol):
+    assert layer._type_string == "image"
+    assert layer.data.shape == (4, 6, 5)
+    np.testing.assert_allclose(layer.scale, (2.5, 0.8, 0.7))
+    assert tuple(layer.contrast_limits) == SOFT_TISSUE_WINDOW
+    np.testing.assert_array_equal(np.asarray(layer.data), vol)
+
+
+def _check_deeplesion_layers(image, shapes):
+    assert image._type_string == "image" and shapes._type_string == "shapes"
+    # Two key slices stacked; HU = PNG value - 32768.
+    assert image.data.shape == (2, 48, 64)
+    np.testing.assert_allclose(np.asarray(image.data[0]), -50.0)
+    np.testing.assert_allclose(np.asarray(image.data[1]), 50.0)
+    np.testing.assert_allclose(image.scale, (1.0, 0.7, 0.7))
+    np.testing.assert_allclose(shapes.scale, image.scale)
+    assert tuple(image.contrast_limits) == (-175.0, 275.0)
+    # x, y, 1-based -> (slice, row, col), 0-based; each lesion on its key slice.
+    assert len(shapes.data) == 6
+    np.testing.assert_allclose(shapes.data[0], [[0, 20, 10], [0, 20, 40]])
+    np.testing.assert_allclose(shapes.data[1], [[0, 15, 25], [0, 25, 25]])
+    np.testing.assert_allclose(shapes.data[4], [[1, 10, 20], [1, 30, 20]])
+    assert shapes.features["lesion_id"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert shapes.features["lesion_type"].tolist()[0] == "liver"
+    np.testing.assert_allclose(shapes.features["length_mm"][0], 30 * 0.7)
+
+
+def test_each_format_opens_through_the_manifest(
+    make_napari_viewer, tmp_path, deeplesion_folder, notifications
+):
+    import SimpleITK as sitk
+
+    viewer = make_napari_viewer()
+    # Our RECIST files, CSV and JSON; a file with groups is coloured by group.
+    for suffix in (".csv", ".json"):
+        path = write_recists(tmp_path / f"lesions{suffix}", _table())
+        (layer,) = viewer.open(str(path), plugin=PLUGIN)
+        _check_recist_layer(layer)
+        assert layer.features["note"].tolist() == ["cyst", "cyst", "node", "node"]
+        np.testing.assert_allclose(layer.edge_color, line_colours(["long"] * 4, [1, 1, 0, 0]))
+    plain = _table()
+    plain.features = {}
+    path = write_recists(tmp_path / "plain.csv", plain)
+    (layer,) = viewer.open(str(path), plugin=PLUGIN)
+    np.testing.assert_allclose(layer.edge_color, line_colours(["long", "short"] * 2))
+    assert AXIS_COLOURS["long"] != AXIS_COLOURS["short"]
+
+    # A NIfTI volume: (slice, row, col) with its spacing, CT shown with a soft-tissue window.
+    vol = np.full((4, 6, 5), -1000, dtype=np.int16)
+    vol[:, 2:4, 1:4] = 40
+    img = sitk.GetImageFromArray(vol)
+    img.SetSpacing((0.7, 0.8, 2.5))  # x (col), y (row), z (slice)
+    sitk.WriteImage(img, str(tmp_path / "scan.nii.gz"))
+    (layer,) = viewer.open(str(tmp_path / "scan.nii.gz"), plugin=PLUGIN)
+    _check_nifti_layer(layer, vol)
+
+    # A DeepLesion folder (DL_info.csv + Images_png), and its CSV alone.
+    _check_deeplesion_layers(*viewer.open(str(deeplesion_folder), plugin=PLUGIN))
+    assert not [n for n in notifications if n[0] == "error"]
+
+    # A broken file of ours: a notification naming the problem, no layer, no crash.
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "# napari-recist-seg recist csv v1\n"
+        "lesion_id,long_r0,long_c0,long_r1,long_c1,short_r0,short_c0,short_r1,short_c1\n"
+        "0,1,1,1,1,x,0,0,0\n"
+    )
+    n_layers = len(viewer.layers)
+    assert callable(get_reader(str(bad)))
+    assert viewer.open(str(bad), plugin=PLUGIN) == []
+    assert len(viewer.layers) == n_layers
+    errors = [text for level, text in notifications if level == "error"]
+    assert len(errors) == 1 and "bad.csv" in errors[0] and "short_r0" in errors[0]
+
+
+# -- writing ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+@pytest.mark.parametrize("three_d", [False, True])
+def test_writer_round_trip_is_lossless(tmp_path, suffix, three_d):
+    import napari
+    from napari.layers import Layer
+
+    from napari_recist_seg.plugin.reader import read_path
+
+    table = _table(slices=[2, 4] if three_d else None)
+    from napari_recist_seg.plugin._layers import table_layer_tuple
+
+    layer = Layer.create(*table_layer_tuple(table, "lesions"))
+    path = tmp_path / f"out{suffix}"
+    written = napari.save_layers(str(path), [layer], plugin=PLUGIN)
+    assert written == [str(path)]
+    again = read_recists(path)
+    assert again.lesion_ids == [3, 7]
+    assert again.slices == ([2, 4] if three_d else None)
+    assert again.features == table.features
+    assert [r.spacing for r in again.recists] == [(0.6, 0.6)] * 2
+    (layer_data,) = read_path(str(path))
+    data, kwargs, kind = layer_data
+    assert kind == "shapes"
+    for a, b in zip(data, layer.data):
+        np.testing.assert_array_equal(a, b)
+    for name in ("lesion_id", "axis", "group", "note", "score"):
+        assert list(kwargs["features"][name]) == layer.features[name].tolist()
+    assert "length_mm" not in again.features and "measurement" not in again.features
+
+
+def test_writer_refuses_unpaired_lines(tmp_path, notifications):
+    import napari
+    from napari.layers import Shapes
+
+    layer = Shapes(
+        [np.array([[0, 0], [5, 5]])], shape_type="line",
+        features={"lesion_id": [-1], "axis": [""]},
+    )
+    with pytest.warns(UserWarning, match="did not return any written paths"):
+        assert napari.save_layers(str(tmp_path / "x.csv"), [layer], plugin=PLUGIN) == []
+    assert not (tmp_path / "x.csv").exists()
+    (level, text), = notifications
+    assert level == "error" and "not part of a lesion" in text
+
+
+# -- sample data --------------------------------------------------------------------------------
+def test_samples_open_from_the_manifest(make_napari_viewer):
+    from npe2 import PluginManager
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "ct_phantom_slice")
+    image, masks, recist = viewer.layers
+    assert (image._type_string, masks._type_string, recist._type_string) == (
+        "image", "labels", "shapes")
+    assert image.data.shape == (256, 256)
+    assert tuple(image.contrast_limits) == SOFT_TISSUE_WINDOW
+    np.testing.assert_allclose(recist.scale, image.scale)
+    n = len(recist.data) // 2
+    assert n >= 3 and masks.data.max() == n
+
+    # The other samples, from their manifest commands (the same data napari would add).
+    pm = PluginManager.instance()
+    (image, _, image_type), (masks, _, _), (lines, kwargs, _) = pm.get_command(
+        f"{PLUGIN}.sample_ct_volume"
+    ).exec()
+    assert image_type == "image" and image.ndim == 3
+    assert kwargs["scale"] == (2.5, 0.8, 0.8)
+    # Each lesion's lines lie on a slice where its true mask is.
+    for lid, pts in zip(kwargs["features"]["lesion_id"], lines):
+        z, r, c = np.round(pts.mean(axis=0)).astype(int)
+        assert masks[z, r, c] == lid + 1
+    (image, image_kwargs, _), _, (lines, _, _) = pm.get_command(
+        f"{PLUGIN}.sample_dermoscopy"
+    ).exec()
+    assert image.shape[-1] == 3 and image_kwargs["rgb"] and len(lines) == 2

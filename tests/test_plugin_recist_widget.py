@@ -1,0 +1,189 @@
+"""The RECIST annotation widget with a real viewer: pairing, measuring, fixing, import/export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_recist_seg.plugin._layers import AXIS_COLOURS, line_colours
+
+PLUGIN = "napari-recist-seg"
+
+
+def _widget(viewer):
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "RECIST annotation")
+    return widget
+
+
+def _row(widget, row):
+    model = widget.table.model()
+    return [model.index(row, c).data() for c in range(model.columnCount())]
+
+
+def _rows(widget):
+    return widget.table.model().rowCount()
+
+
+def test_two_lines_make_a_measured_lesion(viewer_2d, draw, mouse_draw, tmp_path):
+    widget = _widget(viewer_2d)
+    layer = widget.new_recist_layer()
+    assert layer.name == "ct RECIST"
+    np.testing.assert_allclose(layer.scale, (0.5, 0.8))
+    draw(layer, [[10, 10], [10, 50]])  # 40 columns of 0.8 mm
+    draw(layer, [[0, 30], [20, 30]])  # 20 rows of 0.5 mm
+    assert layer.features["lesion_id"].tolist() == [0, 0]
+    assert layer.features["axis"].tolist() == ["long", "short"]
+    assert _rows(widget) == 1
+    lesion_id, slice_, long_mm, short_mm, long_px, short_px, perp, status = _row(widget, 0)
+    assert (lesion_id, slice_, long_mm, short_mm) == ("0", "", "32.0", "10.0")
+    assert (long_px, short_px, perp, status) == ("40.0", "20.0", "0.0", "ok")
+    np.testing.assert_allclose(layer.edge_color, line_colours(["long", "short"]))
+    assert list(layer.text.values) == ["32.0 x 10.0 mm", ""]
+    # The second lesion drawn with the mouse, short axis first: the longer line becomes its
+    # long axis.
+    mouse_draw(layer, [40, 60], [50, 60])
+    mouse_draw(layer, [45, 55], [45, 75])
+    np.testing.assert_allclose(layer.data[3], [[45, 55], [45, 75]], atol=0.5)
+    assert layer.features["lesion_id"].tolist() == [0, 0, 1, 1]
+    assert layer.features["axis"].tolist()[2:] == ["short", "long"]
+    assert _row(widget, 1)[2:4] == ["16.0", "5.0"]
+    assert AXIS_COLOURS["long"] != AXIS_COLOURS["short"]
+
+    # A lone line is an incomplete lesion; a line far from it starts another one.
+    draw(layer, [[30, 5], [30, 15]])
+    assert _row(widget, 2)[-1] == "incomplete: draw the short axis"
+    assert layer.text.values[4] == "8.0 mm"
+    draw(layer, [[60, 60], [60, 75]])
+    assert layer.features["lesion_id"].tolist() == [0, 0, 1, 1, 2, 3]
+    assert [info.ok for info in widget.lesions] == [True, True, False, False]
+    # Removing lines keeps the table in step.
+    layer.selected_data = {4, 5}
+    layer.remove_selected()
+    assert _rows(widget) == 2
+
+    # Export, then import: the same lesions in a new layer.
+    path = widget.export_recist_file(tmp_path / "lesions.json")
+    assert path is not None
+    new = widget.import_recist_file(path)
+    assert new is not layer and widget.recist_layer() is new
+
+    def lines(shapes):
+        keys = zip(shapes.features["lesion_id"], shapes.features["axis"])
+        return {(int(i), a): np.asarray(d) for (i, a), d in zip(keys, shapes.data)}
+
+    old_lines, new_lines = lines(layer), lines(new)
+    assert old_lines.keys() == new_lines.keys()
+    for key, pts in old_lines.items():
+        np.testing.assert_allclose(new_lines[key], pts)
+    np.testing.assert_allclose(new.scale, layer.scale)
+    assert _row(widget, 0)[2:4] == ["32.0", "10.0"]
+
+
+def test_stack_lesions_get_their_slice_and_rows_centre_them(viewer_3d, draw):
+    widget = _widget(viewer_3d)
+    layer = widget.new_recist_layer()
+    assert layer.ndim == 3
+    draw(layer, [[3, 10, 10], [3, 10, 30]])
+    draw(layer, [[3, 5, 20], [3, 15, 20]])
+    draw(layer, [[1, 40, 40], [1, 40, 60]])  # another slice: a new lesion
+    draw(layer, [[1, 35, 50], [1, 45, 50]])
+    assert layer.features["lesion_id"].tolist() == [0, 0, 1, 1]
+    assert _row(widget, 0)[:4] == ["0", "3", "14.0", "7.0"]
+    assert _row(widget, 1)[1] == "1"
+    assert all(info.ok for info in widget.lesions)
+    widget._on_cell_clicked(1)
+    assert set(layer.selected_data) == {2, 3}
+    assert viewer_3d.dims.point[0] == pytest.approx(1 * 2.5)
+    camera = viewer_3d.scene.camera if hasattr(viewer_3d, "scene") else viewer_3d.camera
+    np.testing.assert_allclose(camera.center[-2:], (40 * 0.7, 50 * 0.7))
+
+
+def test_rule_violation_is_flagged_and_make_perpendicular_fixes_it(
+    viewer_2d, draw, tmp_path, notifications
+):
+    widget = _widget(viewer_2d)
+    layer = widget.new_recist_layer()
+    draw(layer, [[20, 10], [20, 50]])
+    draw(layer, [[10, 25], [30, 35]])  # well off perpendicular (in mm)
+    assert "from perpendicular" in _row(widget, 0)[-1]
+    before = np.array(layer.data[1])
+    widget.table.selectRow(0)
+    widget._on_cell_clicked(0)
+    widget.make_perpendicular()
+    after = np.array(layer.data[1])
+    assert _row(widget, 0)[-1] == "ok"
+    assert float(_row(widget, 0)[6]) == pytest.approx(0.0, abs=0.05)
+    np.testing.assert_allclose(after.mean(axis=0), before.mean(axis=0))
+    spacing = np.array([0.5, 0.8])
+    np.testing.assert_allclose(
+        np.linalg.norm((after[1] - after[0]) * spacing),
+        np.linalg.norm((before[1] - before[0]) * spacing),
+    )
+    np.testing.assert_allclose(layer.data[0], [[20, 10], [20, 50]])  # long axis untouched
+    assert widget.undo_button.isEnabled()
+    widget.undo()
+    np.testing.assert_allclose(layer.data[1], before)
+    assert "from perpendicular" in _row(widget, 0)[-1]
+    assert widget.export_recist_file(tmp_path / "x.csv") is None
+    assert "from perpendicular" in notifications[-1][1]
+
+    # A lone line cannot be exported: nothing is written, the reason is shown.
+    widget.make_perpendicular()
+    draw(layer, [[50, 60], [50, 75]])
+    assert widget.export_recist_file(tmp_path / "x.csv") is None
+    assert not (tmp_path / "x.csv").exists()
+    assert notifications[-1][0] == "error" and "no short axis" in notifications[-1][1]
+
+
+def test_no_image_layer_shows_a_notification_and_changes_nothing(
+    make_napari_viewer, notifications
+):
+    viewer = make_napari_viewer()
+    # Someone else's Shapes layer is not taken over as a RECIST layer.
+    boxes = viewer.add_shapes([np.array([[0, 0], [10, 10]])], shape_type="rectangle",
+                              edge_color="red", name="boxes")
+    widget = _widget(viewer)
+    assert widget.recist_layer() is None
+    assert widget.new_recist_layer() is None
+    widget.start_drawing()
+    widget.make_perpendicular()
+    widget.export_recist_file("unused.csv")
+    assert list(viewer.layers) == [boxes]
+    assert list(boxes.features.columns) == [] and np.all(boxes.text.values == "")
+    np.testing.assert_allclose(boxes.edge_color, [[1, 0, 0, 1]])
+    errors = [text for level, text in notifications if level == "error"]
+    assert len(errors) == 4
+    assert "choose an image layer" in errors[0]
+
+
+def test_simulate_recist_from_labels_and_import_deeplesion_rows(
+    viewer_2d, qtbot, deeplesion_folder, notifications
+):
+    labels = np.zeros((64, 80), dtype=np.int32)
+    rr, cc = np.mgrid[:64, :80]
+    labels[(rr - 20) ** 2 / 100 + (cc - 20) ** 2 / 225 <= 1] = 3
+    labels[(rr - 45) ** 2 + (cc - 60) ** 2 <= 36] = 5
+    viewer_2d.add_labels(labels, name="truth", scale=(0.5, 0.8))
+    widget = _widget(viewer_2d)
+    widget.simulate_from_labels()
+    qtbot.waitUntil(lambda: widget.recist_layer() is not None, timeout=10000)
+    layer = widget.recist_layer()
+    assert layer.name == "truth RECIST"
+    assert sorted(set(layer.features["lesion_id"])) == [2, 4]
+    assert all(info.ok for info in widget.lesions)
+    np.testing.assert_allclose(layer.scale, (0.5, 0.8))
+
+    # DeepLesion rows go onto the image whose name is their File_name.
+    viewer = viewer_2d
+    viewer.add_image(np.zeros((48, 64), np.float32), name="000001_01_01_109", scale=(0.7, 0.7))
+    widget.image_combo.set_layer(viewer.layers["000001_01_01_109"])
+    layer = widget.import_deeplesion(deeplesion_folder / "DL_info.csv")
+    assert layer is not None and len(layer.data) == 4
+    np.testing.assert_allclose(layer.data[0], [[20, 10], [20, 40]])
+    assert [info.lesion_id for info in widget.lesions] == [0, 1]
+    assert widget.lesions[0].long_mm == pytest.approx(30 * 0.7)
+    viewer.layers["000001_01_01_109"].name = "something else"
+    n_layers = len(viewer.layers)
+    assert widget.import_deeplesion(deeplesion_folder / "DL_info.csv") is None
+    assert len(viewer.layers) == n_layers
+    assert "no row" in notifications[-1][1]

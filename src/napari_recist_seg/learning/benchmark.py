@@ -36,7 +36,7 @@ class BenchmarkConfig:
 
     models: Sequence[str] = ("multitask", "a1", "coseg")
     seeds: int = 1
-    epochs: int = 12
+    epochs: int = 5
     size: int = 128
     n_train: int | None = None
     pseudo_mask: str = "ellipse"

@@ -41,7 +41,7 @@ def test_core_imports_no_torch_qt_or_napari():
     mods = _imported_after(
         "import napari_recist_seg, napari_recist_seg.core.recist, "
         "napari_recist_seg.core.pseudo_masks, napari_recist_seg.core.grouping, "
-        "napari_recist_seg.core.metrics"
+        "napari_recist_seg.core.metrics, napari_recist_seg.core.annotation"
     )
     for heavy in ("torch", "napari", "qtpy", "PyQt6"):
         assert heavy not in mods, f"{heavy} imported by the core"

@@ -1,7 +1,7 @@
 """RECIST annotation: draw long and short axes as lines, see them paired, measured and checked.
 
 The widget keeps a RECIST Shapes layer in order: each line the user draws is paired into a
-lesion (``lesion_id`` and ``axis`` features, see ``_layers.assign_lesions``), coloured by
+lesion (``lesion_id`` and ``axis`` features, see ``core.annotation.assign_lesions``), coloured by
 axis and labelled with its length in mm (from the image layer's pixel size). A table lists
 the lesions with their measurements and flags those that break the RECIST rules with the
 reason ``Recist`` gives.
@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ...core.annotation import perpendicular_short_axis, recists_from_labels
 from .._layers import (
     RECIST_DEFAULTS,
     describe_layer,
@@ -36,9 +37,7 @@ from .._layers import (
     notify_error,
     notify_info,
     notify_warning,
-    perpendicular_short_axis,
     recist_shapes_kwargs,
-    recists_from_labels,
     spacing_of,
     sync_recist_layer,
     table_layer_tuple,

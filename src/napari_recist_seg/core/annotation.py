@@ -1,0 +1,476 @@
+"""Hand-drawn RECIST lines as lesions: pairing, measuring, checking and fixing them.
+
+An annotation is a list of lines, each a ``(2, ndim)`` array of vertices whose last two
+columns are (row, col) pixels; leading columns, when present, give the slice (and any other
+non-spatial axis). Which lesion a line belongs to and which axis it is are kept beside the
+lines as two plain sequences, ``lesion_ids`` (-1 for a line not yet in a lesion) and ``axes``
+(``"long"``, ``"short"`` or ``""``), in the order of the lines. Spacing is (row, col) in mm.
+
+The measurement rules themselves are ``Recist``'s: a lesion here is valid exactly when
+``recists_from_shapes`` accepts its two lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .recist import Recist, recist_from_mask, recists_from_shapes
+
+__all__ = [
+    "LesionInfo",
+    "assign_lesions",
+    "describe_lesions",
+    "line_lengths_mm",
+    "perpendicular_short_axis",
+    "recists_from_labels",
+    "segment_distance",
+]
+
+_AXES = ("long", "short")
+
+
+# -- lengths ----------------------------------------------------------------------------------
+def _stack(data):
+    """All shapes as one (n, vertices, ndim) array when they have the same size, else None."""
+    try:
+        return np.stack([np.asarray(p, dtype=float) for p in data]) if len(data) else None
+    except ValueError:
+        return None
+
+
+def line_lengths_mm(data, spacing, per_line_spacing=None) -> np.ndarray:
+    """Length in mm of each line, from its first to its last vertex, in the image plane.
+
+    Parameters
+    ----------
+    data : sequence of array_like
+        One ``(vertices, ndim)`` array per line; only the last two columns (row, col) count.
+    spacing : tuple of float
+        (row, col) pixel size in mm, used for every line.
+    per_line_spacing : array_like, shape (n, 2), optional
+        One (row, col) pixel size per line, used instead of ``spacing`` (lines read from a
+        file may come from images with different pixel sizes).
+
+    Returns
+    -------
+    ndarray, shape (n,)
+    """
+    n = len(data)
+    if not n:
+        return np.zeros(0)
+    # First and last in-plane vertex of every line, gathered once, measured in one go: a
+    # layer may hold thousands of lines and is measured again after each edit.
+    stacked = _stack(data)
+    if stacked is not None:
+        ends = stacked[:, [0, -1], -2:]
+    else:
+        ends = np.array([np.asarray(p, dtype=float)[[0, -1], -2:] for p in data])
+    sp = np.broadcast_to(
+        np.asarray(spacing if per_line_spacing is None else per_line_spacing, dtype=float),
+        (n, 2),
+    )
+    return np.hypot(*((ends[:, 1] - ends[:, 0]) * sp).T)
+
+
+# -- pairing lines into lesions ---------------------------------------------------------------
+def _leading(pts: np.ndarray):
+    """Slice of a line (its leading coordinates, rounded), or None for 2D lines.
+
+    A line whose vertices are on different slices gets the key "mixed".
+    """
+    if pts.shape[1] <= 2:
+        return None
+    lead = pts[:, :-2].tolist()
+    first = lead[0]
+    if any(abs(a - b) > 1e-6 for row in lead[1:] for a, b in zip(row, first)):
+        return "mixed"
+    values = tuple(int(round(v)) for v in first)
+    return values[0] if len(values) == 1 else values
+
+
+def _point_segment_distance(p, a, b) -> float:
+    d = b - a
+    denom = float(d @ d)
+    t = 0.0 if denom == 0 else float(np.clip((p - a) @ d / denom, 0.0, 1.0))
+    return float(np.linalg.norm(p - (a + t * d)))
+
+
+def segment_distance(s1, s2) -> float:
+    """Shortest distance between two 2D segments.
+
+    Parameters
+    ----------
+    s1, s2 : array_like, shape (2, 2)
+        The endpoints of each segment.
+
+    Returns
+    -------
+    float
+        0 when the segments cross, else the smallest endpoint-to-segment distance.
+    """
+    a, b = np.asarray(s1, float)
+    c, d = np.asarray(s2, float)
+
+    def orient(p, q, r):
+        return (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])
+
+    o1, o2, o3, o4 = orient(a, b, c), orient(a, b, d), orient(c, d, a), orient(c, d, b)
+    if o1 * o2 < 0 and o3 * o4 < 0:
+        return 0.0
+    # Segments that do not cross are closest at an endpoint of one of them.
+    return min(
+        _point_segment_distance(a, c, d),
+        _point_segment_distance(b, c, d),
+        _point_segment_distance(c, a, b),
+        _point_segment_distance(d, a, b),
+    )
+
+
+def assign_lesions(data, lesion_ids, axes, spacing=(1.0, 1.0), shape_types=None):
+    """Give each line not yet in a lesion its ``lesion_id`` and ``axis``.
+
+    A line belongs to a lesion when it has a lesion id (>= 0) and an axis that the lesion has
+    not already got from an earlier line; other lines (new ones, or copies of a lesion's
+    lines) are taken in order: a line joins the most recently drawn lesion that has only one
+    line, is on the same slice and lies near it (their segments closer than half the longer
+    one's length); the longer of the two (in mm) becomes ``long``, so the axes may be drawn in
+    either order. Otherwise it starts a new lesion (the next free id) as its ``long`` axis.
+    Shapes other than lines are left out (id -1, axis "").
+
+    Parameters
+    ----------
+    data : sequence of array_like
+        ``(2, ndim)`` vertex arrays; leading columns, if any, are the slice.
+    lesion_ids, axes : sequence
+        Current per-line values (-1 and "" for lines not in a lesion).
+    spacing : tuple of float
+        (row, col) pixel size in mm, to compare lengths and distances physically.
+    shape_types : sequence of str, optional
+        napari shape type per entry of ``data``; only ``"line"`` shapes are paired.
+
+    Returns
+    -------
+    lesion_ids : list of int
+    axes : list of str
+    """
+    n = len(data)
+    ids = [int(v) for v in lesion_ids]
+    axes = [str(a) for a in axes]
+    if len(ids) != n or len(axes) != n:
+        raise ValueError(f"{n} lines but {len(ids)} lesion_ids and {len(axes)} axes")
+    sp = np.asarray(spacing, dtype=float)
+    pts = [np.asarray(p, dtype=float) for p in data]
+    is_line = [
+        (shape_types is None or shape_types[i] == "line") and pts[i].shape[0] == 2
+        for i in range(n)
+    ]
+    lengths = line_lengths_mm(pts, spacing)
+    keys = [_leading(p) if line else None for p, line in zip(pts, is_line)]
+    members: dict[int, dict[str, int]] = {}
+    pending = []
+    for i in range(n):
+        if not is_line[i]:
+            ids[i], axes[i] = -1, ""
+            continue
+        lid, axis = ids[i], axes[i]
+        if lid >= 0 and axis in _AXES and axis not in members.get(lid, {}):
+            members.setdefault(lid, {})[axis] = i
+        else:
+            pending.append(i)
+    next_id = max(members, default=-1) + 1
+
+    for i in pending:
+        partner = None
+        for lid, lines in members.items():
+            if len(lines) != 1:
+                continue
+            (j,) = lines.values()
+            if keys[j] != keys[i] or keys[i] == "mixed":
+                continue
+            # "Near" scales with the lesion: a short axis starts within its long axis' reach.
+            reach = 0.5 * max(lengths[i], lengths[j])
+            gap = segment_distance(pts[i][:, -2:] * sp, pts[j][:, -2:] * sp)
+            if gap <= reach and (partner is None or j > partner[1]):
+                partner = (lid, j)
+        if partner is None:
+            ids[i], axes[i] = next_id, "long"
+            members[next_id] = {"long": i}
+            next_id += 1
+            continue
+        lid, j = partner
+        if lengths[i] > lengths[j]:
+            axes[i], axes[j] = "long", "short"
+        else:
+            axes[i], axes[j] = "short", "long"
+        ids[i] = lid
+        members[lid] = {axes[i]: i, axes[j]: j}
+    return ids, axes
+
+
+# -- lesions for the table, grouping and pseudo-masks -----------------------------------------
+@dataclass
+class LesionInfo:
+    """One annotated lesion, measured and checked.
+
+    Attributes
+    ----------
+    lesion_id : int
+    slice : int, tuple of int, "mixed" or None
+        Slice of the lesion's lines (None for 2D lines, "mixed" when they disagree).
+    long_index, short_index : int or None
+        Position of the lesion's long and short line among all lines.
+    long_px, short_px, long_mm, short_mm : float
+        Axis lengths in pixels and in mm (NaN for a missing axis).
+    perpendicularity_error : float
+        Degrees from a right angle between the axes, in mm space (NaN without both axes).
+    recist : Recist or None
+        The measurement, when it is valid.
+    problem : str
+        Empty for a valid RECIST, else why it is incomplete or invalid (for a measurement
+        that breaks a rule, ``Recist``'s own message).
+    centre : ndarray
+        Leading coordinates then (row, col) of the axes' crossing when valid, else the mean
+        of the lesion's vertices.
+    """
+
+    lesion_id: int
+    slice: object = None
+    long_index: int | None = None
+    short_index: int | None = None
+    long_px: float = float("nan")
+    short_px: float = float("nan")
+    long_mm: float = float("nan")
+    short_mm: float = float("nan")
+    perpendicularity_error: float = float("nan")
+    recist: Recist | None = None
+    problem: str = ""
+    centre: np.ndarray = field(default_factory=lambda: np.zeros(2))
+
+    @property
+    def ok(self) -> bool:
+        """Whether the lesion is a valid RECIST."""
+        return not self.problem
+
+    @property
+    def line_indices(self) -> list[int]:
+        """Positions of the lesion's long and short line (those it has)."""
+        return [i for i in (self.long_index, self.short_index) if i is not None]
+
+    @property
+    def status(self) -> str:
+        """What the lesion table shows: "ok", or the problem."""
+        return "ok" if self.ok else self.problem
+
+
+def _perpendicularity(long_pts, short_pts, spacing) -> float:
+    # Recist measures this too, but only a valid Recist exists; the angle of a lesion that
+    # breaks the rules is what a reader needs to see to fix it.
+    d = (long_pts[1] - long_pts[0]) * spacing
+    e = (short_pts[1] - short_pts[0]) * spacing
+    norm = float(np.linalg.norm(d) * np.linalg.norm(e))
+    if norm == 0:
+        return float("nan")
+    cos = abs(float(d @ e)) / norm
+    return float(np.degrees(np.arcsin(min(1.0, cos))))
+
+
+def describe_lesions(
+    data, lesion_ids, axes, spacing=(1.0, 1.0), per_line_spacing=None, tolerance=15.0,
+    cache: dict | None = None,
+) -> list[LesionInfo]:
+    """Measure and check each lesion of an annotation (sorted by lesion id).
+
+    Lines with lesion id < 0 are not part of a lesion and are left out.
+
+    Parameters
+    ----------
+    data : sequence of array_like
+        ``(2, ndim)`` vertex arrays, one per line.
+    lesion_ids, axes : sequence
+        Lesion id and axis (``"long"``/``"short"``) of each line.
+    spacing : tuple of float
+        (row, col) pixel size in mm.
+    per_line_spacing : array_like, shape (n, 2), optional
+        Pixel size per line; a lesion takes that of its first line.
+    tolerance : float
+        Largest accepted deviation from a right angle between the axes, in degrees.
+    cache : dict, optional
+        Results of an earlier call (pass the same dict each time): lesions whose lines have
+        not changed are not validated again, so a layer with thousands of lesions stays quick
+        to follow while one is edited. It is left holding this call's lesions only.
+
+    Returns
+    -------
+    list of LesionInfo
+    """
+    if len(lesion_ids) != len(data) or len(axes) != len(data):
+        raise ValueError(
+            f"{len(data)} lines but {len(lesion_ids)} lesion_ids and {len(axes)} axes"
+        )
+    by_id: dict[int, dict[str, list[int]]] = {}
+    for i, (lid, axis) in enumerate(zip(lesion_ids, axes)):
+        lid = int(lid)
+        if lid < 0:
+            continue
+        by_id.setdefault(lid, {}).setdefault(str(axis), []).append(i)
+    out, used = [], {}
+    stacked = _stack(data)
+    # Each line's vertices as bytes (one C call for all lines): cheap to hash as a cache key.
+    if stacked is not None:
+        rows = np.ascontiguousarray(stacked.reshape(len(data), -1))
+        flat = rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel().tolist()
+    else:
+        flat = [np.asarray(p, dtype=float).tobytes() + bytes(np.shape(p)) for p in data]
+    spacings = None if per_line_spacing is None else np.asarray(per_line_spacing).tolist()
+    base = tuple(float(v) for v in spacing)
+    for lid in sorted(by_id):
+        lines = by_id[lid]
+        indices = sorted(i for group in lines.values() for i in group)
+        sp = base if spacings is None else tuple(spacings[indices[0]])
+        key = (
+            lid,
+            tuple(sorted((a, tuple(g)) for a, g in lines.items())),
+            tuple(flat[i] for i in indices),
+            sp,
+            float(tolerance),
+        )
+        info = cache.get(key) if cache is not None else None
+        if info is None:
+            arrays = {i: np.asarray(data[i], dtype=float) for i in indices}
+            info = _describe_one(lid, lines, arrays, np.asarray(sp), tolerance)
+        used[key] = info
+        out.append(info)
+    if cache is not None:
+        cache.clear()
+        cache.update(used)
+    return out
+
+
+def _describe_one(lid, lines, arrays, sp, tolerance) -> LesionInfo:
+    info = LesionInfo(lesion_id=lid)
+    longs, shorts = lines.get("long", []), lines.get("short", [])
+    info.long_index = longs[0] if longs else None
+    info.short_index = shorts[0] if shorts else None
+    idx = info.line_indices
+    keys = {_leading(arrays[i]) for i in idx}
+    info.slice = next(iter(keys)) if len(keys) == 1 else "mixed"
+    for name, i in zip(_AXES, (info.long_index, info.short_index)):
+        if i is not None:
+            d = arrays[i][-1, -2:] - arrays[i][0, -2:]
+            setattr(info, f"{name}_px", float(np.hypot(*d)))
+            setattr(info, f"{name}_mm", float(np.hypot(*(d * sp))))
+    centre_pts = np.vstack([arrays[i] for i in idx]) if idx else np.zeros((1, 2))
+    info.centre = centre_pts.mean(axis=0)
+    if len(longs) > 1 or len(shorts) > 1 or set(lines) - set(_AXES):
+        info.problem = "more than two lines share this lesion id"
+    elif info.long_index is None:
+        info.problem = "incomplete: no long axis"
+    elif info.short_index is None:
+        info.problem = "incomplete: draw the short axis"
+    else:
+        long_pts, short_pts = arrays[info.long_index], arrays[info.short_index]
+        info.perpendicularity_error = _perpendicularity(long_pts[:, -2:], short_pts[:, -2:], sp)
+        try:
+            (info.recist,), _, _ = recists_from_shapes(
+                [long_pts, short_pts],
+                {"lesion_id": [lid, lid], "axis": list(_AXES)},
+                tuple(sp),
+                tolerance,
+            )
+        except ValueError as exc:
+            # The table names the lesion already; its problem is the reason alone.
+            info.problem = str(exc).removeprefix(f"lesion {lid}: ")
+        else:
+            info.centre = np.concatenate([long_pts[0, :-2], info.recist.centre])
+    return info
+
+
+# -- fixes and simulation ---------------------------------------------------------------------
+def perpendicular_short_axis(long_axis, short_axis, spacing=(1.0, 1.0)) -> np.ndarray:
+    """The short axis turned about its midpoint to be perpendicular to the long axis.
+
+    Parameters
+    ----------
+    long_axis, short_axis : array_like, shape (2, 2)
+        (row, col) endpoints in pixels.
+    spacing : tuple of float
+        (row, col) pixel size in mm. The turn is made in mm, so the result is perpendicular
+        and as long as the drawn short axis physically, even with anisotropic pixels.
+
+    Returns
+    -------
+    ndarray, shape (2, 2)
+        The new short axis; its endpoints keep their order (the first stays on the same
+        side of the long axis).
+
+    Raises
+    ------
+    ValueError
+        When the long axis has zero length (there is no direction to be perpendicular to).
+    """
+    sp = np.asarray(spacing, dtype=float)
+    long_axis = np.asarray(long_axis, dtype=float)
+    short_axis = np.asarray(short_axis, dtype=float)
+    d = (long_axis[1] - long_axis[0]) * sp
+    if not np.linalg.norm(d):
+        raise ValueError("the long axis has zero length")
+    normal = np.array([-d[1], d[0]]) / np.linalg.norm(d)
+    e = (short_axis[1] - short_axis[0]) * sp
+    # Keep the short axis' sense, so its endpoints do not swap places.
+    if normal @ e < 0:
+        normal = -normal
+    half = 0.5 * float(np.linalg.norm(e)) * normal / sp
+    mid = short_axis.mean(axis=0)
+    return np.vstack([mid - half, mid + half])
+
+
+def recists_from_labels(labels, spacing=(1.0, 1.0)):
+    """One simulated RECIST per label of a 2D or 3D label image.
+
+    Each label is measured with ``recist_from_mask``; in 3D on the slice where its area is
+    largest (its key slice), as a reader would choose it.
+
+    Parameters
+    ----------
+    labels : array_like of int, 2D or 3D
+        0 is background; in 3D the first axis is the slice.
+    spacing : tuple of float
+        In-plane (row, col) pixel size in mm.
+
+    Returns
+    -------
+    recists : list of Recist
+    label_values : list of int
+        The label each RECIST measures.
+    slices : list of int or None
+        Key slice of each measured label in 3D, else None.
+    skipped : list of str
+        Labels that could not be measured, with the reason.
+
+    Raises
+    ------
+    ValueError
+        When ``labels`` is neither 2D nor 3D.
+    """
+    arr = np.asarray(labels)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"labels must be 2D or 3D, got {arr.ndim} dimensions")
+    values = [int(v) for v in np.unique(arr) if v != 0]
+    recists, kept, slices, skipped = [], [], [], []
+    for v in values:
+        if arr.ndim == 3:
+            areas = (arr == v).reshape(arr.shape[0], -1).sum(axis=1)
+            z = int(np.argmax(areas))
+            mask = arr[z] == v
+        else:
+            z, mask = None, arr == v
+        try:
+            recists.append(recist_from_mask(mask, spacing=spacing))
+        except ValueError as exc:
+            skipped.append(f"label {v}: {exc}")
+            continue
+        kept.append(v)
+        slices.append(z)
+    return recists, kept, (slices if arr.ndim == 3 else None), skipped

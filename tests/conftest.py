@@ -6,6 +6,16 @@ import numpy as np
 import pytest
 
 
+def pytest_collection_modifyitems(config, items):
+    """Leave ``slow`` tests out of the default run; ``-m slow`` selects them."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
 @pytest.fixture
 def notifications(monkeypatch):
     """Messages the plugin shows in napari's notification area, as (level, text) pairs."""

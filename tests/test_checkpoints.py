@@ -390,10 +390,15 @@ def test_read_checkpoint_config_does_not_need_the_weights(saved_a1, tmp_path):
     assert read_checkpoint_config(folder)["note"] == "x"
 
 
-def test_missing_folder_mentions_copies_left_by_an_interrupted_save(saved_a1, tmp_path):
+def test_missing_folder_is_read_from_the_copy_an_interrupted_save_left(saved_a1, tmp_path):
     leftover = tmp_path / ".last.old-x1y2"
     leftover.mkdir()
     for item in saved_a1.iterdir():
         (leftover / item.name).write_bytes(item.read_bytes())
+    with pytest.warns(UserWarning, match=r"\.last\.old-x1y2"):
+        model, config = load_checkpoint(tmp_path / "last")
+    assert config["note"] == "x"
+    # An incomplete copy is not used, only named.
+    (leftover / "model.safetensors").write_bytes(b"cut")
     with pytest.raises(ValueError, match=r"\.last\.old-x1y2"):
         load_checkpoint(tmp_path / "last")

@@ -8,19 +8,33 @@ import numpy as np
 
 from .recist import Recist
 
-__all__ = ["PSEUDO_MASK_METHODS", "pseudo_mask", "pseudo_mask_labels"]
+__all__ = ["MAX_PIXELS", "PSEUDO_MASK_METHODS", "pseudo_mask", "pseudo_mask_labels"]
 
 PSEUDO_MASK_METHODS = ("ellipse", "quarter_ellipse", "polygon")
+
+#: Largest output a pseudo-mask may have, in pixels (2**30: a 32768 x 32768 image, 1 GiB as
+#: bool, 4 GiB as int32 labels). A larger shape is far beyond any 2D image this package
+#: reads and is refused rather than allocated.
+MAX_PIXELS = 2**30
+# Pixels evaluated at once: the figure test needs about 50 bytes of temporaries per pixel,
+# so blocks keep them to some 10 MB however large the image and the lesion are.
+_BLOCK_PIXELS = 1 << 18
 
 
 def _check_shape(shape) -> tuple[int, int]:
     try:
-        shape = tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
+        values = tuple(shape)
+        ints = tuple(int(s) for s in values)
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"shape must be two positive integers, got {shape!r}") from None
-    if len(shape) != 2 or min(shape) <= 0:
+    if len(ints) != 2 or min(ints) <= 0 or any(i != v for i, v in zip(ints, values)):
         raise ValueError(f"shape must be two positive integers (rows, cols), got {shape!r}")
-    return shape
+    if ints[0] * ints[1] > MAX_PIXELS:
+        raise ValueError(
+            f"shape {ints} has {ints[0] * ints[1]:,} pixels, more than the {MAX_PIXELS:,} a "
+            f"pseudo-mask may have"
+        )
+    return ints
 
 
 def _check_method(method) -> None:
@@ -87,18 +101,34 @@ def pseudo_mask(recist: Recist, shape, method: str = "ellipse") -> np.ndarray:
     Returns
     -------
     numpy.ndarray of bool, shape ``shape``
+
+    Raises
+    ------
+    ValueError
+        For a ``recist`` that is not a Recist, an unknown method, or a shape that is not two
+        positive integers or has more than ``MAX_PIXELS`` pixels. Memory beyond the output is
+        bounded (the figure is evaluated in blocks of rows around the lesion).
     """
     if not isinstance(recist, Recist):
         raise ValueError(f"recist must be a Recist, got {type(recist).__name__}")
     shape = _check_shape(shape)
     _check_method(method)
     out = np.zeros(shape, dtype=bool)
+    for rows, cols, inside in _blocks(recist, shape, method):
+        out[rows, cols] = inside
+    return out
+
+
+def _blocks(recist: Recist, shape, method: str):
+    """(row slice, col slice, inside) for blocks of rows covering the measurement's window."""
     rs, re, cs, ce = _window(recist, shape)
     if rs >= re or cs >= ce:
-        return out
-    rr, cc = np.mgrid[rs:re, cs:ce].astype(float)
-    out[rs:re, cs:ce] = _inside(recist, rr, cc, method)
-    return out
+        return
+    step = max(1, _BLOCK_PIXELS // (ce - cs))
+    for r0 in range(rs, re, step):
+        r1 = min(re, r0 + step)
+        rr, cc = np.mgrid[r0:r1, cs:ce].astype(float)
+        yield slice(r0, r1), slice(cs, ce), _inside(recist, rr, cc, method)
 
 
 def _inside(recist: Recist, rr: np.ndarray, cc: np.ndarray, method: str) -> np.ndarray:
@@ -152,24 +182,37 @@ def pseudo_mask_labels(
     method : str
         See ``pseudo_mask``.
     labels : sequence of int, optional
-        Label value per lesion (default 1, 2, ...); 0 is background.
+        Label value per lesion (default 1, 2, ...); 0 is background. Each must fit in int32.
 
     Returns
     -------
     numpy.ndarray of int32
+
+    Raises
+    ------
+    ValueError
+        As ``pseudo_mask``, and for labels that are not integers of int32 range or whose
+        number differs from the number of lesions.
     """
     shape = _check_shape(shape)
     _check_method(method)
     recists = list(recists)
+    for i, r in enumerate(recists):
+        if not isinstance(r, Recist):
+            raise ValueError(f"recists[{i}] is not a Recist but {type(r).__name__}")
     labels = list(range(1, len(recists) + 1)) if labels is None else list(labels)
     if len(labels) != len(recists):
         raise ValueError(f"labels has {len(labels)} entries for {len(recists)} lesions")
+    info = np.iinfo(np.int32)
+    for i, lab in enumerate(labels):
+        try:
+            ok = int(lab) == lab and info.min <= int(lab) <= info.max
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise ValueError(f"labels[{i}] must be an integer of int32 range, got {lab!r}")
     out = np.zeros(shape, dtype=np.int32)
     for r, lab in zip(recists, labels):
-        rs, re, cs, ce = _window(r, shape)
-        if rs >= re or cs >= ce:
-            continue
-        rr, cc = np.mgrid[rs:re, cs:ce].astype(float)
-        inside = _inside(r, rr, cc, method)
-        out[rs:re, cs:ce][inside] = int(lab)
+        for rows, cols, inside in _blocks(r, shape, method):
+            out[rows, cols][inside] = int(lab)
     return out

@@ -302,7 +302,7 @@ def _parse_numbers(value, n: int, name: str) -> np.ndarray:
         raise ValueError(f"{name} needs {n} numbers, got {len(parts)}: {value!r}")
     try:
         arr = np.array([float(p) for p in parts])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{name} has a value that is not a number: {value!r}") from None
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} has non-finite values: {value!r}")
@@ -374,12 +374,22 @@ def recists_from_shapes(
         When a column is missing, a lesion lacks its long or short line, has two of one, its
         lines lie on different slices, or a measurement is invalid (the lesion id is named).
     """
+    try:
+        present = [col for col in ("lesion_id", "axis") if col in features]
+    except TypeError:
+        raise ValueError(
+            f"features must be a mapping of columns, got {type(features).__name__}"
+        ) from None
     for col in ("lesion_id", "axis"):
-        if col not in features:
+        if col not in present:
             raise ValueError(f"RECIST shapes need a '{col}' feature column")
-    ids = list(features["lesion_id"])
-    axes = [str(a) for a in features["axis"]]
-    data = list(data)
+    try:
+        ids = list(features["lesion_id"])
+        axes = [str(a) for a in features["axis"]]
+        data = list(data)
+    except TypeError as exc:
+        raise ValueError(f"RECIST shapes need sequences of shapes and feature values: {exc}"
+                         ) from None
     if not (len(ids) == len(axes) == len(data)):
         raise ValueError(
             f"{len(data)} shapes but {len(ids)} lesion_id and {len(axes)} axis values"
@@ -391,8 +401,11 @@ def recists_from_shapes(
         if pts.ndim != 2 or pts.shape[0] != 2 or pts.shape[1] < 2:
             raise ValueError(f"lesion {lid}: a RECIST axis must be a line of 2 points")
         try:
+            # 3.0 (a float column) is lesion 3; 3.5 is no lesion id, not lesion 3.
+            if not isinstance(lid, str) and int(lid) != lid:
+                raise ValueError
             lid = int(lid)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ValueError(f"lesion_id must be an integer, got {lid!r}") from None
         if axis not in ("long", "short"):
             raise ValueError(f"lesion {lid}: axis must be 'long' or 'short', got {axis!r}")
@@ -416,6 +429,8 @@ def recists_from_shapes(
                     f"lesion {lid}: its lines mix 2D and {max(long_pts.shape[1], 3)}D points"
                 )
             lead = np.concatenate([long_pts[:, :-2], short_pts[:, :-2]])
+            if not np.all(np.isfinite(lead)):
+                raise ValueError(f"lesion {lid}: its slice coordinate is not finite")
             if not np.allclose(lead, lead[0]):
                 raise ValueError(f"lesion {lid}: its two axes are not on the same slice")
             slices.append(int(round(float(lead[0, 0]))) if lead.shape[1] else 0)
@@ -495,13 +510,18 @@ def recist_from_mask(
     Raises
     ------
     ValueError
-        When ``mask`` is not 2D, is empty, or its lesion is a single pixel.
+        When ``mask`` is not 2D, not boolean or numeric, has NaN or inf, is empty, or its
+        lesion is a single pixel.
     """
     if ties not in ("middle", "first"):
         raise ValueError(f"ties must be 'middle' or 'first', got {ties!r}")
     arr = np.asarray(mask)
     if arr.ndim != 2:
         raise ValueError(f"mask must be 2D, got shape {arr.shape}")
+    if arr.dtype.kind not in "biuf":
+        # Anything else compares unequal to 0 everywhere ("0" != 0): the whole image would
+        # silently become the lesion.
+        raise ValueError(f"mask must have a boolean or numeric dtype, got {arr.dtype}")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise ValueError("mask has non-finite values")
     fg = arr != 0
@@ -527,10 +547,11 @@ def recist_from_mask(
     v = inside @ normal
     n_steps = length / step
     half = n_steps / 2
-    rel = np.rint(u - half).astype(np.int64)
-    lo_b = int(rel.min())
-    bins = rel - lo_b
-    n_bins = int(bins.max()) + 1
+    # Only occupied bins are kept: with very anisotropic pixels the long axis can span far
+    # more bins of the finer pitch than the lesion has pixels.
+    rel_bins, bins = np.unique(np.rint(u - half), return_inverse=True)
+    bins = bins.reshape(-1)
+    n_bins = len(rel_bins)
     vmin = np.full(n_bins, np.inf)
     vmax = np.full(n_bins, -np.inf)
     np.minimum.at(vmin, bins, v)
@@ -543,9 +564,9 @@ def recist_from_mask(
         best = np.flatnonzero(width >= width.max() - 1e-9 * step)
         # Equally long chords are common in symmetric lesions; a reader measures the one
         # across the middle, so by default the most central of them is taken.
-        k = int(best[np.argmin(np.abs(best + lo_b))] if ties == "middle" else best[0])
+        k = int(best[np.argmin(np.abs(rel_bins[best]))] if ties == "middle" else best[0])
         vmin_k, vmax_k = vmin[k], vmax[k]
-        pos = k + lo_b + half
+        pos = float(rel_bins[k]) + half
     u_k = float(np.clip(pos * step, 0, length))
     base = a + u_k * direction
     short = np.vstack([base + vmin_k * normal, base + vmax_k * normal])

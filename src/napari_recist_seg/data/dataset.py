@@ -55,7 +55,14 @@ _NORMALISE = (None, "image", "imagenet")
 def _read_image(path) -> np.ndarray:
     from skimage import io
 
-    return np.asarray(io.imread(os.fspath(path)))
+    if not os.path.isfile(path):
+        raise ValueError(f"{os.fspath(path)}: no such image file")
+    try:
+        return np.asarray(io.imread(os.fspath(path)))
+    except Exception as exc:  # each image library fails in its own way
+        # PIL raises OSError or SyntaxError, ITK RuntimeError, imageio ValueError: one clear
+        # error naming the file, so a bad file in a data set of thousands can be found.
+        raise ValueError(f"{os.fspath(path)}: cannot read image ({exc})") from None
 
 
 def _materialise(item, loader) -> np.ndarray:
@@ -217,8 +224,14 @@ def _parse_windows(window, n: int):
 
 
 # -- masks -------------------------------------------------------------------------------------
-def _pack(masks: np.ndarray) -> np.ndarray:
-    return np.packbits(masks.reshape(masks.shape[0], -1).astype(bool), axis=1)
+def _packed_store(n: int, size: int) -> np.ndarray:
+    """Room for ``n`` bit-packed ``size x size`` masks, one row each."""
+    return np.zeros((n, (size * size + 7) // 8), dtype=np.uint8)
+
+
+def _pack_into(store: np.ndarray, i: int, mask) -> None:
+    # astype(bool): a nonzero value is foreground, as when assigning into a bool array.
+    store[i] = np.packbits(np.asarray(mask).astype(bool).reshape(-1))
 
 
 def _resize_mask(mask: np.ndarray, shape) -> np.ndarray:
@@ -447,8 +460,9 @@ class LesionDataset(Dataset):
         gt_list = _check_gt_list(gt_masks, n)
         source = _SourceCache(items, loader, 0)
         stored = None if lazy else np.empty((n, 0, size, size), dtype=np.uint8)
-        masks = np.zeros((n, size, size), dtype=bool)
-        gts = np.zeros((n, size, size), dtype=bool)
+        # Packed as they are drawn: unpacked, n lesions would first take n * size**2 bytes each.
+        masks = _packed_store(n, size)
+        gts = _packed_store(n, size)
         has_gt = np.zeros(n, dtype=bool)
         out_recists, shapes = [], []
         n_channels = None
@@ -472,14 +486,15 @@ class LesionDataset(Dataset):
             r_out = r.translated((0.5, 0.5)).scaled(factor).translated((-0.5, -0.5))
             out_recists.append(r_out)
             if abs(factor[0] - factor[1]) <= 1e-9 * max(factor):
-                masks[i] = pseudo_mask(r_out, (size, size), pseudo_mask_method)
+                _pack_into(masks, i, pseudo_mask(r_out, (size, size), pseudo_mask_method))
             else:
-                masks[i] = _resize_mask(pseudo_mask(r, (h, w), pseudo_mask_method), (size, size))
+                _pack_into(masks, i, _resize_mask(pseudo_mask(r, (h, w), pseudo_mask_method),
+                                                  (size, size)))
             if gt_list[i] is not None:
                 gt = np.asarray(_materialise(gt_list[i], None))
                 if gt.shape != (h, w):
                     raise ValueError(f"gt_masks[{i}] has shape {gt.shape}, its image {(h, w)}")
-                gts[i] = _resize_mask(gt != 0, (size, size))
+                _pack_into(gts, i, _resize_mask(gt != 0, (size, size)))
                 has_gt[i] = True
         if lazy:
             images_src = _LazyWhole(_SourceCache(items, loader, cache_size), size, channel_axis)
@@ -487,9 +502,9 @@ class LesionDataset(Dataset):
             images_src = _Stored(stored)
         dataset = cls(
             images=images_src,
-            masks_packed=_pack(masks),
+            masks_packed=masks,
             groups=_resolve_groups(groups, recists),
-            gt_packed=_pack(gts),
+            gt_packed=gts,
             has_gt=has_gt,
             size=size,
             n_channels=int(n_channels),
@@ -605,16 +620,17 @@ class LesionDataset(Dataset):
         gt_list = _check_gt_list(gt_masks, n)
         transforms = [crop_transform_for(r, size, margin, field_of_view_mm) for r in recists]
         out_recists = [t.crop_recist(r) for t, r in zip(transforms, recists)]
-        masks = np.zeros((n, size, size), dtype=bool)
-        gts = np.zeros((n, size, size), dtype=bool)
+        # Packed as they are drawn: unpacked, n lesions would first take n * size**2 bytes each.
+        masks = _packed_store(n, size)
+        gts = _packed_store(n, size)
         has_gt = np.zeros(n, dtype=bool)
         shapes: list = [None] * n
         for i, r_out in enumerate(out_recists):
-            masks[i] = pseudo_mask(r_out, (size, size), pseudo_mask_method)
+            _pack_into(masks, i, pseudo_mask(r_out, (size, size), pseudo_mask_method))
             if gt_list[i] is not None:
                 key = None if slices is None else slices[i]
                 plane = _gt_plane(_materialise(gt_list[i], None), key)
-                gts[i] = transforms[i].crop_image(plane, order=1, pad_value=0)
+                _pack_into(gts, i, transforms[i].crop_image(plane, order=1, pad_value=0))
                 has_gt[i] = True
                 shapes[i] = plane.shape
         lesion_slices = [None] * n if slices is None else slices
@@ -653,9 +669,9 @@ class LesionDataset(Dataset):
             n_channels = lazy_src.n_channels_hint()
         dataset = cls(
             images=images_src,
-            masks_packed=_pack(masks),
+            masks_packed=masks,
             groups=_resolve_groups(groups, recists),
-            gt_packed=_pack(gts),
+            gt_packed=gts,
             has_gt=has_gt,
             size=size,
             n_channels=n_channels,

@@ -221,6 +221,22 @@ def _series_files(sitk, folder: Path) -> tuple[list[str], int]:
         sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids
     }
     best = max(series_ids, key=lambda sid: len(files_per_series[sid]))
+    # GDCM silently leaves out files it cannot parse (a cut or corrupt slice): name them, as a
+    # series with a slice missing is not what the folder holds.
+    listed = {os.path.realpath(f) for sid in series_ids for f in files_per_series[sid]}
+    left_out = sorted(
+        entry.name for entry in folder.iterdir()
+        if entry.is_file() and entry.name.upper() != "DICOMDIR"
+        and (entry.suffix.lower() in (".dcm", ".dicom", ".ima") or _has_dicom_preamble(entry))
+        and os.path.realpath(entry) not in listed
+    )
+    if left_out:
+        names = ", ".join(left_out[:_LIST_MAX]) + (", ..." if len(left_out) > _LIST_MAX else "")
+        warnings.warn(
+            f"{folder}: {len(left_out)} DICOM file(s) could not be read and were left out of "
+            f"the series: {names}",
+            stacklevel=3,
+        )
     if len(series_ids) > 1:
         counts = ", ".join(
             f"{sid} ({len(files_per_series[sid])} files)" for sid in series_ids[:_LIST_MAX]
@@ -286,7 +302,11 @@ def _check_nifti_complete(path: Path) -> None:
             with open(path, "rb") as fh:
                 header = fh.read(540)
         expected = _nifti_expected_size(header)
-    except (OSError, EOFError, zlib.error, struct.error):
+    except EOFError as exc:
+        # The compressed stream ends early. gzip reads ahead, so even a header that is there
+        # raises this for a small file; ITK would read what there is and pad it with zeros.
+        raise ValueError(f"{path}: compressed data is truncated ({exc})") from None
+    except (OSError, zlib.error, struct.error):
         return  # not readable as NIfTI at all: SimpleITK gives the reason
     if expected is None:
         return

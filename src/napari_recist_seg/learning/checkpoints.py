@@ -21,8 +21,9 @@ complete. The sibling is then renamed to ``<name>`` in one atomic step; an exist
 that name is first renamed aside (``.<name>.old-XXXX``) and deleted only after the new one is in
 place. A kill at any moment therefore leaves either the old or the new checkpoint complete under
 ``<name>`` - except between the two renames of a replacement, when ``<name>`` is briefly absent
-and both complete versions sit in the hidden siblings (``load_checkpoint`` names them). Hidden
-siblings left by a killed process can be deleted by hand.
+and both complete versions sit in the hidden siblings. Loading a missing ``<name>`` then reads the
+newest complete sibling, with a warning (:func:`interrupted_save_copy`), and the next save
+creates ``<name>`` again. Hidden siblings left by a killed process can be deleted by hand.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ from .models import MODEL_KINDS, build_model
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_FORMAT_VERSION",
+    "interrupted_save_copy",
     "load_checkpoint",
     "load_optimizer_state",
     "read_checkpoint_config",
@@ -65,6 +68,9 @@ _RESERVED_KEYS = frozenset({
     "has_training_state",
 })
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
+# config.json and training_state.json hold settings, history and the nesting of optimizer state:
+# kilobytes, even for long runs with a large grouping.
+_MAX_JSON_BYTES = 64 * 1024 * 1024
 
 # Markers of the JSON encoding of nested state: they cannot clash with plain dict keys because
 # dicts with keys starting with "__" are themselves stored as item lists.
@@ -219,9 +225,26 @@ def _decode(obj: Any, tensors: Mapping[str, torch.Tensor], where: str) -> Any:
 # --- saving ----------------------------------------------------------------------------------
 
 
+def _read_json(path: Path) -> Any:
+    """Parse a JSON file of a checkpoint; ValueError for anything that is not small valid JSON.
+
+    The size is checked before reading (a checkpoint's JSON files are kilobytes; a huge or
+    endless file is refused, not read into memory), and nesting too deep for the parser is an
+    error like any other malformed content.
+    """
+    size = path.stat().st_size
+    if size > _MAX_JSON_BYTES:
+        raise ValueError(f"{str(path)!r} is {size:,} bytes, more than any checkpoint file of "
+                         f"this kind ({_MAX_JSON_BYTES:,}): refusing to read it")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {exc}") from None
+
+
 def _is_checkpoint_folder(folder: Path) -> bool:
     try:
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        config = _read_json(folder / CONFIG_FILE)
     except (OSError, ValueError):
         return False
     return isinstance(config, dict) and config.get("format") == CHECKPOINT_FORMAT
@@ -363,8 +386,61 @@ def _leftover_hint(folder: Path) -> str:
     return f" (an interrupted save left complete copies in {siblings} next to it)"
 
 
+def interrupted_save_copy(folder: str | os.PathLike) -> Path | None:
+    """The newest complete copy of ``folder`` that an interrupted save left next to it.
+
+    Between the two renames of a replacement (see the module docstring) the checkpoint folder
+    is absent and complete versions sit in hidden siblings: the new one (``.<name>.tmp-*``)
+    and the one it replaces (``.<name>.old-*``). Copies from earlier interrupted saves may sit
+    there too. A copy counts when its config is of this format and every file matches its
+    recorded size and SHA-256; the newest config wins, i.e. the save that was in progress.
+
+    Returns None when ``folder`` exists or no complete copy is found.
+    """
+    path = Path(folder).expanduser().absolute()
+    if path.exists() or not path.parent.is_dir():
+        return None
+    found, newest = None, -1
+    for sibling in path.parent.glob(f".{glob.escape(path.name)}.*-*"):
+        try:
+            if not (sibling.is_dir() and (sibling / CONFIG_FILE).is_file()):
+                continue
+            config = _read_json(sibling / CONFIG_FILE)
+            if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
+                continue
+            files = config.get("files")
+            if not isinstance(files, dict) or MODEL_FILE not in files:
+                continue
+            for name in files:
+                _check_file(sibling, name, config)
+            stamp = (sibling / CONFIG_FILE).stat().st_mtime_ns
+        except (OSError, ValueError):
+            continue
+        if stamp > newest:
+            found, newest = sibling, stamp
+    return found
+
+
+def _resolve_folder(folder: str | os.PathLike) -> Path:
+    """``folder``, or the complete copy an interrupted save left when it is absent."""
+    path = Path(folder).expanduser()
+    copy = interrupted_save_copy(path)
+    if copy is None:
+        return path
+    warnings.warn(
+        f"checkpoint folder {str(path)!r} is missing because a save was interrupted; reading "
+        f"the complete copy {copy.name!r} next to it (rename it to {path.name!r} to keep it)",
+        UserWarning, stacklevel=3,
+    )
+    return copy
+
+
 def read_checkpoint_config(folder: str | os.PathLike) -> dict:
     """Read and validate ``config.json`` of a checkpoint folder, without loading tensors.
+
+    A missing folder is read from the complete copy an interrupted save left next to it, with
+    a warning (see :func:`interrupted_save_copy`); so are ``load_checkpoint`` and
+    ``load_optimizer_state``.
 
     Raises
     ------
@@ -372,18 +448,20 @@ def read_checkpoint_config(folder: str | os.PathLike) -> dict:
         The folder or its config is missing, unreadable, not of this format, or of a newer
         format version.
     """
-    path = Path(folder).expanduser()
+    path = _resolve_folder(folder)
     if not path.is_dir():
         raise ValueError(f"checkpoint folder {str(path)!r} does not exist or is not a folder"
                          f"{_leftover_hint(path.absolute())}")
     config_path = path / CONFIG_FILE
+    if config_path.exists() and not config_path.is_file():
+        raise ValueError(f"{str(config_path)!r} is not a regular file")
     if not config_path.is_file():
         raise ValueError(f"checkpoint folder {str(path)!r} has no {CONFIG_FILE}; it is not a "
                          f"(complete) checkpoint")
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"{str(config_path)!r} is not valid JSON: {exc}") from None
+        config = _read_json(config_path)
+    except OSError as exc:
+        raise ValueError(f"{str(config_path)!r} cannot be read: {exc}") from None
     if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{str(config_path)!r} is not a napari-recist-seg checkpoint config "
                          f"(format marker {CHECKPOINT_FORMAT!r} missing)")
@@ -397,10 +475,15 @@ def read_checkpoint_config(folder: str | os.PathLike) -> dict:
 def _check_file(folder: Path, name: str, config: dict) -> Path:
     path = folder / name
     if not path.is_file():
+        if path.exists():  # a device, a FIFO (which would block a reader forever), a folder
+            raise ValueError(f"checkpoint file {str(path)!r} is not a regular file")
         raise ValueError(f"checkpoint file {str(path)!r} is missing")
-    record = (config.get("files") or {}).get(name)
+    files = config.get("files")
+    record = files.get(name) if isinstance(files, dict) else None
     if isinstance(record, dict):
-        actual = _file_record(path)
+        # The size first: a file of the wrong size is not worth hashing (it may be huge).
+        size = path.stat().st_size
+        actual = {"size": size} if size != record.get("size") else _file_record(path)
         if actual["size"] != record.get("size") or actual["sha256"] != record.get("sha256"):
             raise ValueError(
                 f"checkpoint file {str(path)!r} does not match {CONFIG_FILE} (size "
@@ -414,6 +497,15 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    _check_safetensors_header(path)
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{str(path)!r} is truncated or corrupt: {exc}") from None
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Refuse, naming the problem, a file that does not start like a safetensors file."""
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(9)
@@ -426,10 +518,6 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
                              f"pickles are never loaded because they can run code")
         raise ValueError(f"{str(path)!r} is not a safetensors file (invalid header): it is "
                          f"truncated, corrupt, or in another format (a pickle is never loaded)")
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{str(path)!r} is truncated or corrupt: {exc}") from None
 
 
 def load_checkpoint(folder: str | os.PathLike, map_location: str | torch.device = "cpu"
@@ -457,7 +545,7 @@ def load_checkpoint(folder: str | os.PathLike, map_location: str | torch.device 
         unknown kind, weights that do not fit the recorded architecture, truncated or corrupt
         files, or a weights file that is not safetensors (pickles are never loaded).
     """
-    path = Path(folder).expanduser()
+    path = _resolve_folder(folder)
     config = read_checkpoint_config(path)
     config_path = path / CONFIG_FILE
     kind = config.get("kind")
@@ -474,12 +562,32 @@ def load_checkpoint(folder: str | os.PathLike, map_location: str | torch.device 
     if "encoder_weights" in model_config:
         raise ValueError(f"{str(config_path)!r}: model_config must not name encoder weights")
     model_config["kind"] = kind
+    weights_path = _check_file(path, MODEL_FILE, config)
+    _check_safetensors_header(weights_path)
+    # The architecture is first built on the meta device, which allocates nothing, so that a
+    # config describing a far larger network than the weights file holds is refused before
+    # gigabytes of parameters are allocated and initialised.
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(**model_config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{str(config_path)!r}: cannot rebuild the model: {exc}") from None
+    except (RuntimeError, NotImplementedError):  # an encoder computing values while built
+        skeleton = None
+    needed = 0 if skeleton is None else sum(
+        t.numel() * t.element_size() for t in skeleton.state_dict().values())
+    del skeleton
+    available = weights_path.stat().st_size
+    if needed > available:
+        raise ValueError(f"{str(config_path)!r} describes a {kind!r} model whose weights take "
+                         f"{needed / 1e6:.1f} MB, but {str(weights_path)!r} holds "
+                         f"{available / 1e6:.1f} MB: the weights are truncated, or the config "
+                         f"and the weights do not belong together")
     try:
         model = build_model(**model_config)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{str(config_path)!r}: cannot rebuild the model: {exc}") from None
 
-    weights_path = _check_file(path, MODEL_FILE, config)
     state = _read_safetensors(weights_path)
     try:
         model.load_state_dict(state, strict=True)
@@ -514,16 +622,16 @@ def load_optimizer_state(folder: str | os.PathLike, optimizer: torch.optim.Optim
     ValueError
         No training state in the checkpoint, corrupt files, or a state that does not fit.
     """
-    path = Path(folder).expanduser()
+    path = _resolve_folder(folder)
     config = read_checkpoint_config(path)
     if not config.get("has_training_state"):
         raise ValueError(f"checkpoint {str(path)!r} holds no optimizer or training state")
     json_path = _check_file(path, TRAINING_STATE_FILE, config)
     tensors_path = _check_file(path, OPTIMIZER_FILE, config)
     try:
-        training = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"{str(json_path)!r} is not valid JSON: {exc}") from None
+        training = _read_json(json_path)
+    except OSError as exc:
+        raise ValueError(f"{str(json_path)!r} cannot be read: {exc}") from None
     if not isinstance(training, dict) or training.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{str(json_path)!r} is not a napari-recist-seg training state")
     tensors = _read_safetensors(tensors_path)
@@ -536,7 +644,11 @@ def load_optimizer_state(folder: str | os.PathLike, optimizer: torch.optim.Optim
             raise ValueError(f"checkpoint {str(path)!r} holds no {name} state")
         try:
             target.load_state_dict(_decode(saved, tensors, where))
-        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        except (KeyError, RuntimeError, TypeError, ValueError, AttributeError,
+                RecursionError) as exc:
             raise ValueError(f"{where}: the saved {name} state does not fit: {exc}") from None
     saved_state = training.get("state")
-    return {} if saved_state is None else _decode(saved_state, tensors, where)
+    try:
+        return {} if saved_state is None else _decode(saved_state, tensors, where)
+    except (TypeError, RecursionError) as exc:
+        raise ValueError(f"{where}: the saved training state is malformed: {exc}") from None

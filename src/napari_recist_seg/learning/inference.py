@@ -12,7 +12,7 @@ from skimage.transform import resize
 from ..core.grouping import LesionGrouping
 from ..data.crops import crop_transform_for
 from ..data.dataset import crop_input, whole_image_input
-from .checkpoints import load_checkpoint
+from .checkpoints import interrupted_save_copy, load_checkpoint
 from .devices import pick_device
 
 __all__ = ["Prediction", "load_model", "predict", "predict_detailed", "resolve_checkpoint"]
@@ -24,6 +24,12 @@ def resolve_checkpoint(path) -> Path:
     if (p / "config.json").is_file():
         return p
     if (p / "best" / "config.json").is_file():
+        return p / "best"
+    # A save killed between its two renames leaves the folder absent and a complete copy
+    # next to it, which load_checkpoint reads.
+    if interrupted_save_copy(p) is not None:
+        return p
+    if p.is_dir() and interrupted_save_copy(p / "best") is not None:
         return p / "best"
     if not p.exists():
         raise ValueError(f"{p} does not exist")

@@ -245,6 +245,11 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
         raise ValueError(f"kind must be one of {list(MODEL_KINDS)}, got {kind!r}")
     if not isinstance(encoder, str) or not encoder:
         raise ValueError(f"encoder must be a non-empty encoder name, got {encoder!r}")
+    if any(c in encoder for c in ":/\\"):
+        # timm resolves "hf-hub:..." by downloading a configuration and "local-dir:..." by
+        # reading one from disk; encoder names (even with a ".tag") never hold these characters.
+        raise ValueError(f"encoder {encoder!r} names a hub or a path, not an encoder: nothing is "
+                         f"downloaded or read to build a network")
     in_channels = _check_int(in_channels, "in_channels", 1)
     input_size = _check_int(input_size, "input_size", 16)
     if input_size % 16:

@@ -352,6 +352,8 @@ def train(
     if resume is not None:
         resumed_model, saved = load_checkpoint(resume, map_location=device)
         saved_train = saved.get("train_config", {})
+        if not isinstance(saved_train, dict):
+            raise ValueError(f"checkpoint {resume}: 'train_config' is not an object")
         if saved_train.get("kind") != config.kind:
             raise ValueError(
                 f"checkpoint {resume} is a {saved_train.get('kind')!r} run, not {config.kind!r}"
@@ -364,17 +366,27 @@ def train(
         model.load_state_dict(resumed_model.state_dict())
         del resumed_model
         state = load_optimizer_state(resume, optimizer, scheduler)
-        history = list(saved.get("history") or [])
-        start_epoch = int(state.get("epoch", 0))
-        start_step = int(state.get("step_in_epoch", 0))
-        global_step = int(state.get("global_step", 0))
-        best_loss = float(state.get("best_loss", math.inf))
-        best_epoch = state.get("best_epoch")
-        bad_epochs = int(state.get("bad_epochs", 0))
-        elapsed_before = float(state.get("elapsed", 0.0))
-        resumed_running = dict(state.get("running") or {})
-        if state.get("rng") is not None:
-            _set_rng_state(state["rng"])
+        # The state comes from a file: anything malformed is a clear error, not a crash later.
+        try:
+            history = list(saved.get("history") or [])
+            start_epoch = int(state.get("epoch", 0))
+            start_step = int(state.get("step_in_epoch", 0))
+            global_step = int(state.get("global_step", 0))
+            best_loss = float(state.get("best_loss") if state.get("best_loss") is not None
+                              else math.inf)
+            best_epoch = state.get("best_epoch")
+            best_epoch = None if best_epoch is None else int(best_epoch)
+            bad_epochs = int(state.get("bad_epochs", 0))
+            elapsed_before = float(state.get("elapsed", 0.0))
+            resumed_running = {str(k): float(v) for k, v in dict(state.get("running") or {}
+                                                                 ).items()}
+            if min(start_epoch, start_step, global_step, bad_epochs) < 0:
+                raise ValueError(f"negative epoch or step counts ({start_epoch}, {start_step})")
+            if state.get("rng") is not None:
+                _set_rng_state(state["rng"])
+        except (AttributeError, TypeError, ValueError, RuntimeError, KeyError) as exc:
+            raise ValueError(f"checkpoint {resume}: its training state is invalid: {exc}"
+                             ) from None
 
     def save(kind_of: str, epoch: int, step_in_epoch: int, elapsed: float,
              running: dict | None = None) -> str:

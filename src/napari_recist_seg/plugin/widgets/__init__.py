@@ -12,6 +12,8 @@ from importlib import import_module
 _WIDGETS = {
     "RecistWidget": ".recist_widget",
     "GroupsWidget": ".groups_widget",
+    "TrainingWidget": ".training_widget",
+    "CompareWidget": ".compare_widget",
 }
 
 __all__ = list(_WIDGETS)

@@ -1,0 +1,661 @@
+"""Compare models: predict with several trained models and see, side by side, how they differ.
+
+Each chosen model (trained in the Training widget, or loaded from a checkpoint folder) predicts
+the chosen image in a worker (``learning.inference.predict_detailed``): whole-image models see
+the whole image (each slice of a volume), lesion-crop models a patch around each lesion of the
+chosen RECIST layer (on its slice). Every prediction becomes a Labels layer of its own, named
+after the model ("multitask prediction") and drawn as a contour in the model's fixed colour
+(``learning.report.MODEL_COLOURS``); predicting again replaces that layer's data. A chosen
+ground-truth Labels layer is shown the same way, on a copy: the user's layers are never changed.
+
+With a ground truth, a table gives the metrics of ``core.metrics.segmentation_metrics`` per
+model: for the whole image (a volume: the mean over the slices that were predicted) and per
+lesion. A lesion is one label of the ground truth (one connected component when the ground
+truth is a plain 0/1 mask) on one slice; it is scored in a window around it (its bounding box
+grown by half its size on each side), where the other lesions' pixels are left out of the
+prediction. A lesion-crop model is scored on the lesions that have a RECIST on that slice
+(the only ones it is asked about). The multitask model's predicted RECIST group is shown for
+each lesion (that of the RECIST lesion whose centre lies in it; in whole-image mode, the
+image's group).
+
+"Side by side" switches napari's grid mode on: one view per model (the image under that
+model's contour, and one for the ground truth), all sharing one camera, so zoom, pan and slice
+stay linked. The layer order and visibility are put back when it is switched off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image, Labels, Layer, Shapes
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QGridLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ...core.metrics import METRIC_NAMES, mean_metrics, segmentation_metrics
+from ...learning.report import MODEL_COLOURS
+from .._layers import (
+    META_KEY,
+    describe_layer,
+    is_recist_layer,
+    notify_error,
+    notify_info,
+    spacing_of,
+    spatial_shape,
+)
+from ..training_worker import KIND_NAMES, MODEL_REGISTRY, load_entry, prepare_torch_import
+from ._common import Connections, LayerCombo, bind_lifetime
+
+__all__ = ["CompareWidget", "lesion_labels", "lesion_metrics", "prediction_name",
+           "predict_models"]
+
+#: Metrics shown in the table (all of METRIC_NAMES go to the CSV file).
+TABLE_METRICS = (
+    ("dice", "Dice", 3), ("iou", "IoU", 3), ("hausdorff", "Hausdorff px", 1),
+    ("centre_error", "centre err px", 1), ("orientation_error", "orient. err deg", 1),
+    ("size_error", "size err", 3), ("shape_error", "shape err", 3),
+)
+_ID_COLUMNS = ("model", "lesion", "slice", "group")
+_CONTOUR = 2
+_TRUTH = "ground truth"
+
+
+def prediction_name(model_name: str) -> str:
+    """Name of the Labels layer that holds a model's prediction."""
+    return f"{model_name} prediction"
+
+
+def _role(layer) -> str:
+    return (getattr(layer, "metadata", {}) or {}).get(META_KEY, {}).get("role", "")
+
+
+def _is_ours(layer) -> bool:
+    return _role(layer) in ("prediction", "truth", "grid copy")
+
+
+def _contour_colormap(colour: str):
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: colour})
+
+
+# -- the work done in a worker (no Qt) ------------------------------------------------------------
+def lesion_labels(gt: np.ndarray) -> np.ndarray:
+    """The lesions of a 2D ground truth as labels: its own labels, or, when it holds a single
+    value (a plain mask), its connected components."""
+    from scipy import ndimage
+
+    gt = np.asarray(gt)
+    values = np.unique(gt[gt > 0])
+    if len(values) == 1:
+        return ndimage.label(gt > 0)[0]
+    return np.where(gt > 0, gt, 0).astype(np.int64)
+
+
+def _scores(pred: np.ndarray, labels: np.ndarray) -> list[tuple[int, dict]]:
+    from scipy import ndimage
+
+    pred = np.asarray(pred) > 0
+    boxes = ndimage.find_objects(labels)
+    out = []
+    for value in np.unique(labels[labels > 0]):
+        box = boxes[int(value) - 1]
+        window = tuple(slice(max(0, s.start - max(4, (s.stop - s.start) // 2)),
+                             min(n, s.stop + max(4, (s.stop - s.start) // 2)))
+                       for s, n in zip(box, labels.shape))
+        lab = labels[window]
+        mine = lab == value
+        others = (lab > 0) & ~mine
+        out.append((int(value), segmentation_metrics(pred[window] & ~others, mine)))
+    return out
+
+
+def lesion_metrics(pred: np.ndarray, gt: np.ndarray) -> list[tuple[int, dict]]:
+    """Metrics of a 2D prediction for each lesion of a 2D ground truth.
+
+    A lesion is a label of ``gt`` (a connected component when ``gt`` holds one value, see
+    ``lesion_labels``), scored in its bounding box grown by half its size on each side
+    (at least 4 pixels); other lesions' pixels in that window are left out of the prediction.
+    Returns ``(label, metrics)`` pairs.
+    """
+    return _scores(pred, lesion_labels(gt))
+
+
+def _label_at(labels: np.ndarray, point) -> int:
+    r, c = (int(round(float(v))) for v in point[-2:])
+    if 0 <= r < labels.shape[0] and 0 <= c < labels.shape[1]:
+        return int(labels[r, c])
+    return 0
+
+
+def predict_models(entries, image, lesions, gt=None, rgb: bool = False):
+    """Predict ``image`` with each model of ``entries``, yielding one result per model.
+
+    Parameters
+    ----------
+    entries : list of ModelEntry
+        Models are loaded (on the CPU) when they are not yet.
+    image : ndarray
+        2D (grey or, with ``rgb``, colour) or a volume ``(Z, H, W[, 3])``.
+    lesions : list of (slice or None, Recist, lesion id)
+        The RECIST of the image (needed by lesion-crop models).
+    gt : ndarray, optional
+        Ground-truth labels with the image's spatial shape: metrics are computed.
+
+    Yields
+    ------
+    ("loaded", name) while models load, then one ``("result", dict)`` per model with
+    ``name``, ``kind``, ``mode``, ``mask`` (uint8, the image's spatial shape), ``groups``
+    (multitask models: the predicted group per ``(slice, lesion id)``, or per ``(slice,
+    None)`` for a whole image) and ``rows`` (metrics rows; empty without ``gt``).
+    All models are loaded and checked before the first prediction, so a problem with any of
+    them stops the run before anything is shown.
+    """
+    prepare_torch_import()
+    from ...learning.inference import predict_detailed
+
+    volume = np.ndim(image) - (1 if rgb else 0) == 3
+    models = []
+    for entry in entries:
+        if entry.model is None:
+            entry.model = load_entry(entry.path, "cpu")[2]
+            yield ("loaded", entry.name)
+        mode = entry.model.preprocessing.get("mode", "whole_image")
+        if mode == "crops" and not lesions:
+            raise ValueError(
+                f"{entry.name!r} was trained on lesion crops: choose the image's RECIST layer "
+                "(with at least one complete lesion)"
+            )
+        models.append((entry, entry.model, mode))
+    planes = range(image.shape[0]) if volume else [None]
+    for entry, model, mode in models:
+        shape = image.shape[: 3 if volume else 2]
+        mask = np.zeros(shape, dtype=np.uint8)
+        groups: dict = {}  # (slice, lesion id or None) -> predicted group
+        done_planes = []
+        for z in planes:
+            plane = image if z is None else image[z]
+            if mode == "crops":
+                mine = [(lid, r) for s, r, lid in lesions if s == z]
+                if not mine:
+                    continue
+                pred = predict_detailed(model, plane, [r for _, r in mine])
+                if pred.groups is not None:
+                    for (lid, _), g in zip(mine, pred.groups):
+                        groups[(z, lid)] = int(g)
+            else:
+                pred = predict_detailed(model, plane)
+                if pred.groups is not None:
+                    groups[(z, None)] = int(pred.groups[0])
+            if z is None:
+                mask[...] = pred.mask
+            else:
+                mask[z] = pred.mask
+            done_planes.append(z)
+        rows = [] if gt is None else _metric_rows(entry.name, mask, gt, done_planes, lesions,
+                                                  groups, mode)
+        yield ("result", {"name": entry.name, "kind": entry.kind, "mask": mask,
+                          "groups": groups, "rows": rows, "mode": mode})
+
+
+def _metric_rows(name, mask, gt, planes, lesions, groups, mode) -> list[dict]:
+    """Metrics rows of one model: the image (mean over its predicted slices), then each
+    lesion. A lesion-crop model is only asked about the lesions that have a RECIST on a
+    slice, so only those ground-truth lesions are scored for it."""
+    rows, per_plane = [], []
+    for z in planes:
+        p = mask if z is None else mask[z]
+        labels = lesion_labels(gt if z is None else gt[z])
+        # The group of each ground-truth lesion: that of the RECIST lesion centred in it.
+        asked, group_of = set(), {}
+        for s, recist, lid in lesions:
+            value = _label_at(labels, recist.centre) if s == z else 0
+            if value:
+                asked.add(value)
+                if (z, lid) in groups:
+                    group_of.setdefault(value, groups[(z, lid)])
+        if mode == "crops":
+            labels = np.where(np.isin(labels, sorted(asked)), labels, 0)
+        per_plane.append(segmentation_metrics(p > 0, labels > 0))
+        image_group = groups.get((z, None))
+        for value, metrics in _scores(p, labels):
+            g = group_of.get(value, image_group)
+            rows.append({"model": name, "lesion": value, "slice": "" if z is None else z,
+                         "group": "" if g is None else g, **metrics})
+    if per_plane:
+        rows.insert(0, {"model": name, "lesion": "all",
+                        "slice": "" if planes == [None] else f"{len(planes)} slices",
+                        "group": " ".join(str(g) for g in sorted(set(groups.values()))),
+                        **mean_metrics(per_plane)})
+    return rows
+
+
+# -- the widget ------------------------------------------------------------------------------------
+class CompareWidget(QWidget):
+    """Dock widget: predictions of several models as contours, metrics, side-by-side views.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self._worker = None
+        self._load_worker = None
+        self.rows: list[dict] = []
+        self._grid_saved = None
+        self._last_image = None
+        self._connections = Connections()
+        bind_lifetime(self, self._connections)
+        self._build()
+        self._connections.connect(MODEL_REGISTRY.changed, self.refresh_models)
+        self.refresh_models()
+
+    # -- UI ---------------------------------------------------------------------------------
+    def _build(self) -> None:
+        v = self.viewer
+        self.image_combo = LayerCombo(v, Image, prefer=lambda layer: not _is_ours(layer))
+        self.recist_combo = LayerCombo(v, Shapes, allow_none=True, prefer=is_recist_layer)
+        # A ground truth is offered only among the user's own Labels (not predictions, copies
+        # or pseudo-mask previews, which carry the plugin's role).
+        self.gt_combo = LayerCombo(v, Labels, allow_none=True,
+                                   prefer=lambda layer: not _role(layer))
+        pick = QGridLayout()
+        pick.addWidget(QLabel("Image"), 0, 0)
+        pick.addWidget(self.image_combo, 0, 1)
+        pick.addWidget(QLabel("RECIST layer"), 1, 0)
+        pick.addWidget(self.recist_combo, 1, 1)
+        pick.addWidget(QLabel("Ground truth"), 2, 0)
+        pick.addWidget(self.gt_combo, 2, 1)
+        self.recist_combo.setToolTip("Needed by lesion-crop models: a patch around each lesion")
+        self.gt_combo.setToolTip("Optional: shown as a contour and used for the metrics")
+
+        self.models_list = QListWidget()
+        self.models_list.setMaximumHeight(110)
+        self.models_list.setToolTip("Models trained in this session or loaded from a folder")
+        self.load_button = QPushButton("Load model...")
+        self.load_button.clicked.connect(self._ask_load_model)
+        self.predict_button = QPushButton("Predict")
+        self.predict_button.clicked.connect(self.predict)
+        self.side_button = QPushButton("Side by side")
+        self.side_button.setCheckable(True)
+        self.side_button.setToolTip("One linked view per model (napari's grid mode)")
+        self.side_button.toggled.connect(self.set_side_by_side)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.load_button)
+        buttons.addWidget(self.predict_button)
+        buttons.addWidget(self.side_button)
+
+        self.table = QTableWidget(0, len(_ID_COLUMNS) + len(TABLE_METRICS))
+        self.table.setHorizontalHeaderLabels(
+            [*_ID_COLUMNS, *[title for _, title, _ in TABLE_METRICS]])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(
+            QHeaderView.ResizeMode.ResizeToContents)
+        self.table.setMinimumHeight(140)
+        self.export_button = QPushButton("Export CSV...")
+        self.export_button.clicked.connect(self._ask_export)
+
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addLayout(pick)
+        layout.addWidget(QLabel("Models"))
+        layout.addWidget(self.models_list)
+        layout.addLayout(buttons)
+        layout.addWidget(self.table)
+        layout.addWidget(self.export_button)
+        layout.addWidget(self.status)
+
+    # -- models -----------------------------------------------------------------------------
+    def refresh_models(self, *_args) -> None:
+        """List the registry's models, keeping the ticks (new models come ticked)."""
+        try:
+            old = {self.models_list.item(i).text(): self.models_list.item(i).checkState()
+                   for i in range(self.models_list.count())}
+            self.models_list.clear()
+            for entry in MODEL_REGISTRY:
+                item = QListWidgetItem(entry.name)
+                item.setFlags(Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsEnabled)
+                item.setCheckState(old.get(entry.name, Qt.CheckState.Checked))
+                item.setForeground(_qcolor(MODEL_COLOURS.get(entry.kind, "#ffffff")))
+                item.setToolTip(f"{KIND_NAMES.get(entry.kind, entry.kind)}: {entry.path}")
+                self.models_list.addItem(item)
+        except RuntimeError:  # the widget was closed
+            pass
+
+    def chosen_models(self) -> list:
+        names = {self.models_list.item(i).text() for i in range(self.models_list.count())
+                 if self.models_list.item(i).checkState() == Qt.CheckState.Checked}
+        return [entry for entry in MODEL_REGISTRY if entry.name in names]
+
+    def set_models(self, names) -> None:
+        """Tick exactly the models called ``names``."""
+        for i in range(self.models_list.count()):
+            item = self.models_list.item(i)
+            item.setCheckState(Qt.CheckState.Checked if item.text() in names
+                               else Qt.CheckState.Unchecked)
+
+    def load_model(self, path):
+        """Load a checkpoint folder in a worker and add it to the models."""
+        from napari.qt.threading import create_worker
+
+        path = str(path).strip()
+        if not path:
+            notify_error("Load model: choose a checkpoint folder.")
+            return None
+        worker = create_worker(load_entry, path, "cpu", _start_thread=False,
+                               _ignore_errors=True)
+        worker.returned.connect(self._on_loaded)
+        worker.errored.connect(lambda exc: notify_error(f"Load model: {exc}"))
+        worker.finished.connect(lambda: _enable(self.load_button))
+        self._load_worker = worker
+        self.load_button.setEnabled(False)
+        worker.start()
+        return worker
+
+    def _on_loaded(self, result) -> None:
+        kind, folder, model = result
+        entry = MODEL_REGISTRY.add(kind, folder, model)
+        notify_info(f"Loaded the {KIND_NAMES.get(kind, kind)} model {entry.name!r} from {folder}")
+
+    # -- predicting -------------------------------------------------------------------------
+    def _inputs(self):
+        """(image layer, array, lesions, ground truth or None, gt layer); ValueError if bad."""
+        image = self.image_combo.layer()
+        if image is None:
+            raise ValueError("there is no image layer; open an image first")
+        if image.multiscale:
+            raise ValueError(f"{image.name!r} is a multiscale image; choose a single-scale one")
+        if image.ndim not in (2, 3):
+            raise ValueError(f"{image.name!r} is {image.ndim}D; images must be 2D or 3D")
+        if not self.chosen_models():
+            raise ValueError("tick at least one model (train one, or use 'Load model...')")
+        lesions = []
+        layer = self.recist_combo.layer()
+        if layer is not None:
+            if layer.ndim != image.ndim:
+                raise ValueError(
+                    f"{layer.name!r} ({layer.ndim}D) does not fit {image.name!r} ({image.ndim}D)")
+            infos = describe_layer(layer, spacing_of(image))
+            valid = [i for i in infos if i.ok]
+            if not valid:
+                bad = next((f" (lesion {i.lesion_id}: {i.problem})" for i in infos), "")
+                raise ValueError(
+                    f"{layer.name!r} has no complete lesion (a long and a short axis){bad}")
+            depth = image.data.shape[0] if image.ndim == 3 else None
+            for info in valid:
+                z = None if depth is None else info.slice
+                if depth is not None and not (isinstance(z, int) and 0 <= z < depth):
+                    continue
+                lesions.append((z, info.recist, int(info.lesion_id)))
+        gt_layer = self.gt_combo.layer()
+        gt = None
+        if gt_layer is not None:
+            shape = spatial_shape(image)
+            gt = np.asarray(gt_layer.data)
+            if gt.shape != shape:
+                raise ValueError(
+                    f"the ground truth {gt_layer.name!r} is {gt.shape}, the image {shape}")
+            gt = np.array(gt)
+        return image, np.array(image.data), lesions, gt, gt_layer
+
+    def predict(self):
+        """Predict with the ticked models in a worker; returns the worker or None."""
+        from napari.qt.threading import create_worker
+
+        if self._worker is not None:
+            notify_error("Compare: a prediction is running; wait for it to finish.")
+            return None
+        try:
+            image, data, lesions, gt, gt_layer = self._inputs()
+        except ValueError as exc:
+            notify_error(f"Compare: {exc}")
+            return None
+        entries = self.chosen_models()
+        worker = create_worker(predict_models, entries, data, lesions, gt, bool(image.rgb),
+                               _start_thread=False, _ignore_errors=True)
+        results: list = []
+        failed: list = []
+        worker.yielded.connect(lambda message: self._on_message(message, results))
+        worker.errored.connect(lambda exc: (failed.append(exc),
+                                            notify_error(f"Compare: {exc}")))
+        worker.finished.connect(
+            lambda: self._on_finished(image, gt, gt_layer, [] if failed else results))
+        self._worker = worker
+        self.predict_button.setEnabled(False)
+        self.status.setText(f"Predicting {image.name!r} with "
+                            f"{', '.join(e.name for e in entries)}...")
+        worker.start()
+        return worker
+
+    def _on_message(self, message, results) -> None:
+        kind, payload = message
+        if kind == "loaded":
+            with contextlib.suppress(RuntimeError):
+                self.status.setText(f"Loaded {payload}")
+        elif kind == "result":
+            results.append(payload)
+
+    def _on_finished(self, image, gt, gt_layer, results) -> None:
+        self._worker = None
+        try:
+            self.predict_button.setEnabled(True)
+        except RuntimeError:  # the widget was closed: leave the viewer alone
+            return
+        # Results are shown together once every model has predicted: one that fails leaves
+        # the viewer as it was.
+        if not results or image not in self.viewer.layers:
+            return
+        was_side = self.side_button.isChecked()
+        if was_side:
+            self._restore_layout()
+        for result in results:
+            self._show_prediction(image, result)
+        if gt is not None:
+            self._show_truth(image, gt, gt_layer)
+        self._last_image = image
+        self.rows = [row for r in results for row in r["rows"]]
+        self._fill_table()
+        names = ", ".join(r["name"] for r in results)
+        self.status.setText(f"Predicted {image.name!r} with {names}" +
+                            (f"; metrics against {gt_layer.name!r}" if gt is not None else ""))
+        if was_side:
+            self._arrange_side_by_side()
+
+    def _find_ours(self, role: str, key: str):
+        for layer in self.viewer.layers:
+            meta = layer.metadata.get(META_KEY, {})
+            if meta.get("role") == role and meta.get("key") == key:
+                return layer
+        return None
+
+    def _put_labels(self, image, role: str, key: str, name: str, data, colour: str):
+        layer = self._find_ours(role, key)
+        ndim = data.ndim
+        scale = tuple(image.scale)[-ndim:]
+        translate = tuple(image.translate)[-ndim:]
+        if layer is None or layer.data.shape != data.shape:
+            if layer is not None:
+                self.viewer.layers.remove(layer)
+            layer = Labels(data, name=name, scale=scale, translate=translate, opacity=1.0,
+                           colormap=_contour_colormap(colour),
+                           metadata={META_KEY: {"role": role, "key": key}})
+            layer.contour = _CONTOUR
+            self.viewer.add_layer(layer)
+        else:
+            layer.data = data
+            layer.scale, layer.translate = scale, translate
+            layer.colormap = _contour_colormap(colour)
+        return layer
+
+    def _show_prediction(self, image, result) -> None:
+        colour = MODEL_COLOURS.get(result["kind"], "#ffffff")
+        self._put_labels(image, "prediction", result["name"], prediction_name(result["name"]),
+                         result["mask"], colour)
+
+    def _show_truth(self, image, gt, gt_layer) -> None:
+        data = (gt > 0).astype(np.uint8)
+        self._put_labels(image, "truth", _TRUTH, f"{gt_layer.name} ({_TRUTH})", data,
+                         MODEL_COLOURS["truth"])
+
+    def prediction_layers(self) -> list:
+        """The prediction layers this widget made (in layer order)."""
+        return [layer for layer in self.viewer.layers if _role(layer) == "prediction"]
+
+    # -- metrics ----------------------------------------------------------------------------
+    def _fill_table(self) -> None:
+        self.table.setRowCount(len(self.rows))
+        for r, row in enumerate(self.rows):
+            cells = [str(row[c]) for c in _ID_COLUMNS]
+            cells += [f"{float(row[key]):.{digits}f}" for key, _, digits in TABLE_METRICS]
+            for c, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if c >= 2:
+                    item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight
+                                              | Qt.AlignmentFlag.AlignVCenter))
+                self.table.setItem(r, c, item)
+
+    def export_csv(self, path):
+        """Write the metrics rows (all metrics) to a CSV file, atomically."""
+        from ...data._atomic import atomic_write
+
+        if not self.rows:
+            notify_error("Export: there are no metrics yet; choose a ground truth and predict.")
+            return None
+        path = Path(path)
+        try:
+            with atomic_write(path, newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=[*_ID_COLUMNS, *METRIC_NAMES],
+                                        extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(self.rows)
+        except OSError as exc:
+            notify_error(f"Export: cannot write {path}: {exc.strerror or exc}")
+            return None
+        notify_info(f"Metrics of {len(self.rows)} rows written to {path}")
+        return path
+
+    def _ask_export(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export metrics", "metrics.csv",
+                                              "CSV (*.csv)")
+        if path:
+            self.export_csv(path)
+
+    def _ask_load_model(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Checkpoint folder")
+        if folder:
+            self.load_model(folder)
+
+    # -- side by side -----------------------------------------------------------------------
+    def _grid(self):
+        canvas = getattr(self.viewer, "canvas", None)
+        grid = getattr(canvas, "grid", None)
+        return grid if grid is not None else self.viewer.grid
+
+    def set_side_by_side(self, on: bool) -> None:
+        """Grid mode with one view per model (and one for the ground truth), or back."""
+        if not on:
+            self._restore_layout()
+            return
+        if not self._arrange_side_by_side():
+            self.side_button.blockSignals(True)
+            self.side_button.setChecked(False)
+            self.side_button.blockSignals(False)
+
+    def _arrange_side_by_side(self) -> bool:
+        image = self._last_image
+        overlays = [layer for layer in self.viewer.layers
+                    if _role(layer) in ("prediction", "truth")]
+        if image is None or image not in self.viewer.layers or not overlays:
+            notify_error("Side by side: predict first; each model then gets its own view.")
+            return False
+        layers = self.viewer.layers
+        grid = self._grid()
+        # Layers are kept by name: the viewer a plugin gets hands out a new proxy object for
+        # a layer at each access, and napari keeps names unique.
+        if self._grid_saved is None:
+            active = layers.selection.active
+            self._grid_saved = {
+                "order": [layer.name for layer in layers],
+                "visible": {layer.name: layer.visible for layer in layers},
+                "grid": (grid.enabled, grid.stride, tuple(grid.shape)),
+                "active": None if active is None else active.name,
+            }
+        # Each view is the image (or a copy sharing its data) under one contour, so the
+        # layers go in pairs at the bottom of the list, stride 2; the rest is hidden above.
+        order = []
+        for i, overlay in enumerate(overlays):
+            under = image
+            if i:
+                data, state, kind = image.as_layer_data_tuple()
+                state = {**state, "name": f"{image.name} [{overlay.name}]",
+                         "metadata": {META_KEY: {"role": "grid copy"}}}
+                under = layers.append(Layer.create(data, state, kind)) or layers[-1]
+            under.visible = overlay.visible = True
+            order += [under.name, overlay.name]
+        rest = [layer.name for layer in layers if layer.name not in order]
+        for name in rest:
+            layers[name].visible = False
+        _reorder(layers, order + rest)
+        grid.stride = 2
+        grid.shape = (-1, -1)
+        grid.enabled = True
+        return True
+
+    def _restore_layout(self) -> None:
+        saved, self._grid_saved = self._grid_saved, None
+        layers = self.viewer.layers
+        for name in [layer.name for layer in layers if _role(layer) == "grid copy"]:
+            layers.remove(name)
+        if saved is None:
+            return
+        grid = self._grid()
+        grid.enabled, grid.stride, grid.shape = saved["grid"]
+        present = [layer.name for layer in layers]
+        kept = [name for name in saved["order"] if name in present]
+        order = kept + [name for name in present if name not in kept]
+        _reorder(layers, order)
+        for name in kept:
+            layers[name].visible = saved["visible"].get(name, layers[name].visible)
+        if saved["active"] in present:
+            layers.selection.active = layers[saved["active"]]
+
+
+def _reorder(layers, names) -> None:
+    """Put the layers called ``names`` in that order (bottom first), one move at a time
+    (napari's ``move_multiple`` mishandles some orders)."""
+    for target, name in enumerate(names):
+        current = layers.index(name)
+        if current != target:
+            layers.move(current, target)
+
+
+def _qcolor(colour: str):
+    from qtpy.QtGui import QColor
+
+    return QColor(colour)
+
+
+def _enable(button) -> None:
+    with contextlib.suppress(RuntimeError):
+        button.setEnabled(True)

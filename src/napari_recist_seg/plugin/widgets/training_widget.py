@@ -1,0 +1,861 @@
+"""Training: train the models on the viewer's RECIST (or an image+mask folder) in a worker.
+
+The widget gathers the ticked image/RECIST layer pairs into a ``TrainingJob`` and runs
+``training_worker.run_training_in_process`` (or, unticking "separate process",
+``run_training`` in a worker thread) inside a napari generator worker. The trainer's events
+come back to the GUI thread, where they move a napari progress bar per model and a plot of
+the losses and the validation Dice. Stop asks the trainer to end after its current step; the
+resumable ``last/`` checkpoint is kept. Trained models are added to ``MODEL_REGISTRY``, where
+the comparison widget finds them. The viewer's process imports torch only to load a model or
+to list the devices (when the device list is opened); training in a separate process never
+loads it there.
+
+Which protocol the layers get:
+
+- 2D images (RGB, or grey ``uint8``) with one lesion each: whole images
+  (``prepare_whole_images``), as for dermoscopy;
+- several lesions on an image, CT (grey images that are not ``uint8``) or volumes: lesion
+  crops (``prepare_crops``; a volume's lesions on their slices).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from napari.layers import Image, Shapes
+from qtpy.QtCore import QEvent, Qt, QTimer
+from qtpy.QtGui import QImage, QPixmap
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QApplication,
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ...learning.report import MODEL_COLOURS
+from .._layers import (
+    describe_layer,
+    is_recist_layer,
+    notify_error,
+    notify_info,
+    notify_warning,
+    spacing_of,
+)
+from ..training_worker import (
+    KIND_NAMES,
+    MODEL_KINDS,
+    MODEL_REGISTRY,
+    TrainingJob,
+    load_entry,
+    prepare_torch_import,
+    run_training,
+    run_training_in_process,
+)
+from ._common import Connections, bind_lifetime
+
+__all__ = ["CurvePlot", "TrainingWidget", "default_output_folder"]
+
+#: Encoders offered in the list (any encoder name smp knows can be typed in).
+ENCODERS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "efficientnet-b0")
+#: Least time between two redraws of the plot (ms); drawing costs CPU time that training needs.
+PLOT_INTERVAL_MS = 2000
+_SERIES = ("step_x", "step_seg", "step_cls", "epoch", "seg", "cls", "dice")
+_NONE = "(none)"
+
+
+def default_output_folder() -> str:
+    return str(Path.home() / "recist-seg-models")
+
+
+class _RunState:
+    """What a running training needs to be stopped from outside the widget.
+
+    The widget's ``destroyed`` signal and the application's ``aboutToQuit`` call ``stop``;
+    they hold this object, not the widget, so a closed widget is not kept alive.
+    """
+
+    def __init__(self):
+        self.stop_event: threading.Event | None = None
+        self.bars: dict = {}
+
+    def stop(self, *_args) -> bool:
+        if self.stop_event is not None:
+            self.stop_event.set()
+        return True
+
+    def close_bars(self) -> None:
+        for bar in self.bars.values():
+            with contextlib.suppress(Exception):
+                bar.close()
+        self.bars = {}
+
+
+class _DeviceCombo(QComboBox):
+    """Device choice; the devices torch sees are listed once torch is loaded anyway, or when
+    the list is first opened (looked up in a worker, so the viewer does not wait for torch)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.addItems(["auto", "cpu"])
+        self.setToolTip("auto: CUDA, then Apple MPS, then the CPU")
+        self._asked = False
+        self._worker = None
+        if "torch" in sys.modules:
+            self._fill(self._lookup())
+
+    @staticmethod
+    def _lookup() -> list[str]:
+        prepare_torch_import()
+        from ...learning.devices import available_devices
+
+        return available_devices()
+
+    def showPopup(self) -> None:  # noqa: N802 (Qt's name)
+        if not self._asked and "torch" not in sys.modules:
+            from napari.qt.threading import create_worker
+
+            self._asked = True
+            worker = create_worker(self._lookup, _start_thread=False, _ignore_errors=True)
+            worker.returned.connect(self._fill)
+            self._worker = worker
+            worker.start()
+        super().showPopup()
+
+    def _fill(self, devices) -> None:
+        self._asked = True
+        with contextlib.suppress(RuntimeError):  # the combo may be gone
+            current = self.currentText()
+            names = ["auto", *[d for d in devices if d != "auto"]]
+            self.blockSignals(True)
+            self.clear()
+            self.addItems(names)
+            self.setCurrentIndex(max(0, names.index(current) if current in names else 0))
+            self.blockSignals(False)
+
+
+class CurvePlot(QLabel):
+    """Training curves: loss terms per step and per epoch, and the validation Dice.
+
+    matplotlib draws the figure in a worker thread and the GUI thread only shows the finished
+    picture. Drawn in the GUI thread (as a ``FigureCanvasQTAgg`` does), this small figure took
+    30-100 ms on an idle two-core machine and 250-500 ms while training loaded the CPU: that
+    long, the viewer did not react (``benchmarks/gui_stall.py``). The figure is only touched
+    by one drawing at a time.
+    """
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setMinimumSize(280, 240)
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.figure = Figure(dpi=80)
+        FigureCanvasAgg(self.figure)
+        self.figure.subplots_adjust(left=0.17, right=0.97, top=0.91, bottom=0.13, hspace=0.28)
+        self.loss_axes = self.figure.add_subplot(211)
+        self.dice_axes = self.figure.add_subplot(212, sharex=self.loss_axes)
+        self._lines: dict = {}
+        self._style()
+        self._curves: dict = {}
+        self._reset = False
+        self._dirty = True
+        self._busy = False
+        self._worker = None
+        #: How many pictures have been shown (for tests and benchmarks).
+        self.rendered = 0
+        self._resize_timer = QTimer(self)
+        self._resize_timer.setSingleShot(True)
+        self._resize_timer.setInterval(200)
+        self._resize_timer.timeout.connect(self.refresh)
+
+    def _style(self) -> None:
+        for ax in (self.loss_axes, self.dice_axes):
+            ax.tick_params(labelsize=7)
+        self.loss_axes.set_ylabel("loss", fontsize=8)
+        self.loss_axes.set_title("seg (solid), group (dashed); dots: epoch means", fontsize=8)
+        self.dice_axes.set_ylabel("val. Dice", fontsize=8)
+        self.dice_axes.set_xlabel("epoch", fontsize=8)
+        self.dice_axes.set_ylim(0, 1)
+
+    def has_curves(self) -> bool:
+        """Whether any curve is drawn or waiting to be drawn."""
+        return bool(self._lines or self._curves)
+
+    def set_curves(self, curves: dict, reset: bool = False) -> None:
+        """Draw ``curves`` (per model kind, the series of ``TrainingWidget.curves``) next."""
+        self._curves = {k: {n: list(v) for n, v in c.items()} for k, c in curves.items()}
+        self._reset = self._reset or reset
+        self._dirty = True
+
+    def refresh(self) -> None:
+        """Start drawing in a worker when something changed and no drawing is running."""
+        from napari.qt.threading import create_worker
+
+        if not self._dirty or self._busy:
+            return
+        ratio = self.devicePixelRatioF()
+        width = max(1, int(self.width() * ratio))
+        height = max(1, int(self.height() * ratio))
+        curves, reset = self._curves, self._reset
+        self._dirty = self._reset = False
+        self._busy = True
+        worker = create_worker(self._draw, curves, reset, width, height,
+                               _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(lambda picture: self._show(picture, ratio))
+        worker.finished.connect(self._finished)
+        self._worker = worker
+        worker.start()
+
+    def _draw(self, curves, reset, width, height):
+        """Draw the figure at ``width`` x ``height`` pixels (in a worker); returns RGBA."""
+        if reset:
+            self.loss_axes.clear()
+            self.dice_axes.clear()
+            self._lines = {}
+            self._style()
+        self.figure.set_size_inches(width / self.figure.dpi, height / self.figure.dpi)
+        for kind, c in curves.items():
+            lines = self._lines.get(kind)
+            if lines is None:
+                colour = MODEL_COLOURS.get(kind)
+                la, lo = self.loss_axes, self.dice_axes
+                lines = {
+                    "step_seg": la.plot([], [], "-", lw=0.8, alpha=0.5, color=colour)[0],
+                    "step_cls": la.plot([], [], "--", lw=0.8, alpha=0.5, color=colour)[0],
+                    "seg": la.plot([], [], "o-", ms=3, color=colour,
+                                   label=KIND_NAMES.get(kind, kind))[0],
+                    "cls": la.plot([], [], "o--", ms=3, color=colour)[0],
+                    "dice": lo.plot([], [], "o-", ms=3, color=colour)[0],
+                }
+                self._lines[kind] = lines
+                la.legend(fontsize=7, loc="upper right")
+            lines["step_seg"].set_data(c["step_x"], c["step_seg"])
+            lines["step_cls"].set_data(c["step_x"], c["step_cls"])
+            lines["seg"].set_data(c["epoch"], c["seg"])
+            lines["cls"].set_data(c["epoch"], c["cls"])
+            lines["dice"].set_data(c["epoch"], c["dice"])
+        for ax in (self.loss_axes, self.dice_axes):
+            ax.relim()
+            ax.autoscale_view()
+        self.dice_axes.set_ylim(0, 1)
+        canvas = self.figure.canvas
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba()).copy()
+
+    def _show(self, picture: np.ndarray, ratio: float) -> None:
+        with contextlib.suppress(RuntimeError):  # the plot may be gone
+            h, w = picture.shape[:2]
+            image = QImage(picture.data, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()
+            pixmap = QPixmap.fromImage(image)
+            pixmap.setDevicePixelRatio(ratio)
+            self.setPixmap(pixmap)
+            self.rendered += 1
+
+    def _finished(self) -> None:
+        self._busy = False
+        with contextlib.suppress(RuntimeError):
+            if self._dirty:
+                self.refresh()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().resizeEvent(event)
+        self._dirty = True
+        self._resize_timer.start()
+
+    def lines(self, kind: str) -> dict:
+        """The drawn series of ``kind``: name -> (x, y) as last drawn."""
+        return {name: (list(line.get_xdata()), list(line.get_ydata()))
+                for name, line in self._lines.get(kind, {}).items()}
+
+
+class TrainingWidget(QWidget):
+    """Dock widget: train models from RECIST in a worker; load saved models.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self._worker = None
+        self._load_worker = None
+        self._state = _RunState()
+        self._curves: dict[str, dict[str, list]] = {}
+        self._plot_dirty = False
+        self._last_checkpoints: dict[str, str] = {}
+        self._connections = Connections()
+        bind_lifetime(self, self._connections)
+        state = self._state
+        # A dock or viewer closed during training stops it after its current step (see also
+        # ``event``).
+        self.destroyed.connect(state.stop)
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(state.stop)
+            self.destroyed.connect(lambda *_: _disconnect(app.aboutToQuit, state.stop))
+        self._plot_timer = QTimer(self)
+        self._plot_timer.setInterval(PLOT_INTERVAL_MS)
+        self._plot_timer.timeout.connect(self._redraw_if_dirty)
+        self._build()
+        events = napari_viewer.layers.events
+        for name in ("inserted", "removed", "moved", "reordered"):
+            emitter = getattr(events, name, None)
+            if emitter is not None:
+                self._connections.connect(emitter, self.refresh_pairs)
+        self.refresh_pairs()
+
+    def event(self, event) -> bool:
+        # napari takes a closed dock's widget out of the window (its parent becomes None)
+        # instead of deleting it: a run must not go on without anyone watching it.
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self._state.stop()
+        return super().event(event)
+
+    # -- UI ---------------------------------------------------------------------------------
+    def _build(self) -> None:
+        source = QGroupBox("Training data")
+        s = QGridLayout(source)
+        self.layers_radio = QRadioButton("Open layers")
+        self.layers_radio.setToolTip("Tick the images to train on and pick each one's RECIST")
+        self.folder_radio = QRadioButton("Image+mask folder")
+        self.folder_radio.setToolTip(
+            "A folder of images and masks (ISIC style); RECIST are simulated from the masks and "
+            "only they are used for training"
+        )
+        self.layers_radio.setChecked(True)
+        group = QButtonGroup(self)
+        group.addButton(self.layers_radio)
+        group.addButton(self.folder_radio)
+        self.pairs = QTableWidget(0, 2)
+        self.pairs.setHorizontalHeaderLabels(["Image", "RECIST layer"])
+        self.pairs.verticalHeader().setVisible(False)
+        self.pairs.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.pairs.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        header = self.pairs.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.pairs.setMinimumHeight(90)
+        self._rows: list[tuple] = []  # (image layer, checkbox item, RECIST combo, shapes list)
+        self._touched: list = []  # image layers whose row the user changed
+        self.pairs.itemChanged.connect(self._on_pair_item_changed)
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("image+mask folder")
+        folder_button = QPushButton("...")
+        folder_button.setMaximumWidth(32)
+        folder_button.clicked.connect(self._ask_data_folder)
+        s.addWidget(self.layers_radio, 0, 0, 1, 3)
+        s.addWidget(self.pairs, 1, 0, 1, 3)
+        s.addWidget(self.folder_radio, 2, 0, 1, 3)
+        s.addWidget(self.folder_edit, 3, 0, 1, 2)
+        s.addWidget(folder_button, 3, 2)
+
+        options = QGroupBox("Models and settings")
+        o = QGridLayout(options)
+        kinds = QHBoxLayout()
+        self.kind_boxes = {}
+        for kind in MODEL_KINDS:
+            box = QCheckBox(KIND_NAMES[kind])
+            box.setChecked(kind == "multitask")
+            box.setStyleSheet(f"QCheckBox {{ color: {MODEL_COLOURS[kind]}; }}")
+            self.kind_boxes[kind] = box
+            kinds.addWidget(box)
+        self.encoder_combo = QComboBox()
+        self.encoder_combo.setEditable(True)
+        self.encoder_combo.addItems(list(ENCODERS))
+        self.size_spin = QSpinBox()
+        self.size_spin.setRange(16, 1024)
+        self.size_spin.setSingleStep(16)
+        self.size_spin.setValue(128)
+        self.size_spin.setToolTip("Network input side in pixels (a multiple of 16)")
+        self.epochs_spin = QSpinBox()
+        self.epochs_spin.setRange(1, 10000)
+        self.epochs_spin.setValue(30)
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(2, 1024)
+        self.batch_spin.setValue(10)
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(6)
+        self.lr_spin.setRange(1e-6, 1.0)
+        self.lr_spin.setSingleStep(1e-4)
+        self.lr_spin.setValue(1e-3)
+        self.k_spin = QSpinBox()
+        self.k_spin.setRange(1, 500)
+        self.k_spin.setSpecialValueText("auto")
+        self.k_spin.setValue(1)
+        self.k_spin.setToolTip("Number of RECIST groups (auto: about 20 lesions a group)")
+        self.device_combo = _DeviceCombo()
+        self.out_edit = QLineEdit(default_output_folder())
+        self.out_edit.setToolTip("One subfolder per model kind, each with best/ and last/")
+        out_button = QPushButton("...")
+        out_button.setMaximumWidth(32)
+        out_button.clicked.connect(self._ask_output_folder)
+        self.process_box = QCheckBox("Separate process")
+        self.process_box.setChecked(True)
+        self.process_box.setToolTip(
+            "Train in a child process, so that the viewer stays responsive (recommended)"
+        )
+        o.addLayout(kinds, 0, 0, 1, 4)
+        o.addWidget(QLabel("Encoder"), 1, 0)
+        o.addWidget(self.encoder_combo, 1, 1)
+        o.addWidget(QLabel("Input size"), 1, 2)
+        o.addWidget(self.size_spin, 1, 3)
+        o.addWidget(QLabel("Epochs"), 2, 0)
+        o.addWidget(self.epochs_spin, 2, 1)
+        o.addWidget(QLabel("Batch"), 2, 2)
+        o.addWidget(self.batch_spin, 2, 3)
+        o.addWidget(QLabel("Learning rate"), 3, 0)
+        o.addWidget(self.lr_spin, 3, 1)
+        o.addWidget(QLabel("K"), 3, 2)
+        o.addWidget(self.k_spin, 3, 3)
+        o.addWidget(QLabel("Device"), 4, 0)
+        o.addWidget(self.device_combo, 4, 1)
+        o.addWidget(self.process_box, 4, 2, 1, 2)
+        out_row = QHBoxLayout()
+        out_row.addWidget(self.out_edit)
+        out_row.addWidget(out_button)
+        o.addWidget(QLabel("Output"), 5, 0)
+        o.addLayout(out_row, 5, 1, 1, 3)
+
+        buttons = QHBoxLayout()
+        self.start_button = QPushButton("Start")
+        self.start_button.clicked.connect(self.start)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop after the current step; the last/ checkpoint is kept")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        self.load_button = QPushButton("Load model...")
+        self.load_button.setToolTip("Load a checkpoint folder for the comparison widget")
+        self.load_button.clicked.connect(self._ask_load_model)
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.stop_button)
+        buttons.addWidget(self.load_button)
+
+        self.plot = CurvePlot()
+
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout = QVBoxLayout(self)
+        layout.addWidget(source)
+        layout.addWidget(options)
+        layout.addLayout(buttons)
+        layout.addWidget(self.plot)
+        layout.addWidget(self.status)
+
+    # -- image/RECIST pairs -----------------------------------------------------------------
+    def refresh_pairs(self, event=None) -> None:
+        """List the image layers, keeping the user's ticks and RECIST choices."""
+        try:
+            self._refresh_pairs()
+        except RuntimeError:  # the widget was closed
+            pass
+
+    def _refresh_pairs(self) -> None:
+        # Rows the user changed keep their tick and RECIST choice; the others are matched
+        # again, so a RECIST layer added after its image is still found. (Layers are compared
+        # with ==: a plugin's viewer hands out a new proxy object at each access.)
+        previous = {row[0].name: row for row in self._rows if row[0] in self._touched}
+        images = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+        shapes = [layer for layer in self.viewer.layers if isinstance(layer, Shapes)]
+        self._touched = [layer for layer in self._touched if layer in images]
+        self.pairs.blockSignals(True)
+        self.pairs.setRowCount(len(images))
+        self._rows = []
+        for r, image in enumerate(images):
+            item = QTableWidgetItem(image.name)
+            item.setFlags(Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsEnabled)
+            combo = QComboBox()
+            combo.addItems([_NONE, *[layer.name for layer in shapes]])
+            old = previous.get(image.name)
+            if old is not None:
+                _, old_item, old_combo, old_shapes = old
+                check, index = old_item.checkState(), old_combo.currentIndex()
+                chosen = old_shapes[index - 1] if 0 < index <= len(old_shapes) else None
+                chosen = chosen if chosen in shapes else None
+            else:
+                chosen = self._match_recist(image, shapes)
+                check = Qt.CheckState.Checked if chosen is not None else Qt.CheckState.Unchecked
+            if chosen is not None:
+                combo.setCurrentIndex(shapes.index(chosen) + 1)
+            item.setCheckState(check)
+            self.pairs.setItem(r, 0, item)
+            self.pairs.setCellWidget(r, 1, combo)
+            combo.currentIndexChanged.connect(lambda _i, layer=image: self._touch(layer))
+            self._rows.append((image, item, combo, shapes))
+        self.pairs.blockSignals(False)
+
+    def _touch(self, layer) -> None:
+        if layer not in self._touched:
+            self._touched.append(layer)
+
+    def _on_pair_item_changed(self, item) -> None:
+        for image, row_item, _combo, _shapes in self._rows:
+            if row_item is item:  # Qt items, not layers: identity is right
+                self._touch(image)
+
+    def _match_recist(self, image, shapes):
+        """The RECIST layer that most likely belongs to ``image`` (or None)."""
+        candidates = [s for s in shapes if is_recist_layer(s) and s.ndim == image.ndim]
+        named = [s for s in candidates if image.name.lower() in s.name.lower()]
+        if named:
+            return min(named, key=lambda s: len(s.name))
+        n_images = sum(isinstance(layer, Image) for layer in self.viewer.layers)
+        if n_images == 1 and candidates:
+            return candidates[-1]
+        return None
+
+    def checked_pairs(self) -> list[tuple]:
+        """(image layer, RECIST layer or None) for each ticked image."""
+        out = []
+        for image, item, combo, shapes in self._rows:
+            if item.checkState() == Qt.CheckState.Checked:
+                i = combo.currentIndex()
+                out.append((image, shapes[i - 1] if 0 < i <= len(shapes) else None))
+        return out
+
+    def set_pair(self, image, recist_layer, checked: bool = True) -> None:
+        """Tick ``image`` and pair it with ``recist_layer`` (as the user would in the list)."""
+        self.refresh_pairs()
+        for row_image, item, combo, shapes in self._rows:
+            if row_image == image:
+                combo.setCurrentIndex(0 if recist_layer is None else shapes.index(recist_layer) + 1)
+                item.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
+                return
+        raise ValueError(f"{image!r} is not an image layer of the viewer")
+
+    # -- the job ----------------------------------------------------------------------------
+    def settings(self) -> dict:
+        """The training settings of the form (``TrainingJob`` fields)."""
+        k = int(self.k_spin.value())
+        return dict(
+            kinds=tuple(kind for kind, box in self.kind_boxes.items() if box.isChecked()),
+            out_dir=self.out_edit.text().strip(),
+            encoder=self.encoder_combo.currentText().strip() or "resnet18",
+            input_size=int(self.size_spin.value()),
+            epochs=int(self.epochs_spin.value()),
+            batch_size=int(self.batch_spin.value()),
+            lr=float(self.lr_spin.value()),
+            device=self.device_combo.currentText(),
+            k=None if k < 2 else k,
+        )
+
+    def make_job(self) -> TrainingJob:
+        """A ``TrainingJob`` from the form and the layers; ValueError says what is missing."""
+        settings = self.settings()
+        if self.folder_radio.isChecked():
+            folder = self.folder_edit.text().strip()
+            if not folder:
+                raise ValueError("choose the image+mask folder to train on")
+            if not Path(folder).expanduser().is_dir():
+                raise ValueError(f"{folder} is not a folder")
+            job = TrainingJob(folder=str(Path(folder).expanduser()), source=folder, **settings)
+        else:
+            job = TrainingJob(**settings, **self._layer_data())
+        job.validate()
+        return job
+
+    def _layer_data(self) -> dict:
+        pairs = self.checked_pairs()
+        if not pairs:
+            if not any(isinstance(layer, Image) for layer in self.viewer.layers):
+                raise ValueError("there is no image layer: open images and their RECIST first")
+            raise ValueError("tick at least one image and choose its RECIST layer")
+        images, recists, image_index, slices = [], [], [], []
+        skipped: list[str] = []
+        is_3d = {image.ndim == 3 for image, _ in pairs}
+        if len(is_3d) > 1:
+            raise ValueError("the ticked images mix 2D images and volumes; train them apart")
+        needs_crops = False
+        for image, layer in pairs:
+            if layer is None:
+                raise ValueError(f"{image.name!r}: choose its RECIST layer")
+            if image.multiscale:
+                raise ValueError(f"{image.name!r} is a multiscale image; training needs one scale")
+            if image.ndim not in (2, 3):
+                raise ValueError(f"{image.name!r} is {image.ndim}D; images must be 2D or 3D")
+            if image.rgb and image.ndim == 3:
+                raise ValueError(f"{image.name!r} is a stack of colour images; open them as "
+                                 "separate 2D images")
+            if layer.ndim != image.ndim:
+                raise ValueError(
+                    f"{layer.name!r} ({layer.ndim}D) does not fit {image.name!r} ({image.ndim}D)"
+                )
+            infos = describe_layer(layer, spacing_of(image))
+            depth = image.data.shape[0] if image.ndim == 3 else None
+            valid = []
+            for info in infos:
+                if not info.ok:
+                    skipped.append(f"{layer.name} lesion {info.lesion_id}: {info.problem}")
+                elif depth is not None and not (isinstance(info.slice, int)
+                                                and 0 <= info.slice < depth):
+                    skipped.append(f"{layer.name} lesion {info.lesion_id}: outside the volume")
+                else:
+                    valid.append(info)
+            if not valid:
+                detail = f" ({skipped[-1]})" if skipped else ""
+                raise ValueError(
+                    f"{layer.name!r} has no complete lesion (a long and a short axis){detail}"
+                )
+            data = np.array(image.data)  # a copy: the user may edit the layer while training
+            grey_ct = not image.rgb and data.dtype != np.uint8
+            needs_crops |= image.ndim == 3 or len(valid) > 1 or grey_ct
+            images.append(data)
+            for info in valid:
+                recists.append(info.recist)
+                image_index.append(len(images) - 1)
+                slices.append(int(info.slice) if image.ndim == 3 else None)
+        if skipped:
+            more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+            notify_warning(f"Training: {len(skipped)} lesion(s) left out: "
+                           f"{'; '.join(skipped[:3])}{more}")
+        source = ", ".join(image.name for image, _ in pairs)
+        if needs_crops:
+            return dict(images=images, recists=recists, image_index=image_index,
+                        slices=slices if True in is_3d else None, mode="crops", source=source)
+        return dict(images=images, recists=recists, mode="whole_image", source=source)
+
+    # -- running ----------------------------------------------------------------------------
+    def is_running(self) -> bool:
+        return self._worker is not None
+
+    def start(self, job: TrainingJob | None = None):
+        """Start training (``job`` defaults to the form's); returns the worker or None."""
+        from napari.qt.threading import create_worker
+
+        if self._worker is not None:
+            notify_error("Training: a training run is already going; stop it first.")
+            return None
+        try:
+            job = job if job is not None else self.make_job()
+            job.validate()
+        except ValueError as exc:
+            notify_error(f"Training: {exc}")
+            return None
+        stop = threading.Event()
+        self._state.stop_event = stop
+        if self.process_box.isChecked():
+            worker = create_worker(run_training_in_process, job, stop, _start_thread=False,
+                                   _ignore_errors=True)
+        else:
+            worker = create_worker(run_training, job, stop.is_set, _start_thread=False,
+                                   _ignore_errors=True)
+        worker.yielded.connect(self._on_message)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._curves = {}
+        self._last_checkpoints = {}
+        self._clear_plot()
+        self._set_running(True)
+        self.status.setText(f"Starting: {', '.join(KIND_NAMES[k] for k in job.kinds)} "
+                            f"-> {job.out_dir}")
+        self._plot_timer.start()
+        worker.start()
+        return worker
+
+    def stop(self) -> None:
+        """Ask the run to stop after its current step (its last/ checkpoint is kept)."""
+        if self._worker is None:
+            return
+        self._state.stop()
+        self.stop_button.setEnabled(False)
+        self.status.setText("Stopping after the current step...")
+
+    def _set_running(self, running: bool) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.start_button.setEnabled(not running)
+            self.stop_button.setEnabled(running)
+
+    # -- messages from the worker (GUI thread) ----------------------------------------------
+    def _on_message(self, message) -> None:
+        try:
+            kind, payload = message
+            if kind == "status":
+                self.status.setText(str(payload))
+            elif kind == "prepared":
+                p = payload
+                self.status.setText(
+                    f"{p['n_train']} training and {p['n_val']} validation lesions "
+                    f"({'lesion crops' if p['mode'] == 'crops' else 'whole images'}), "
+                    f"{p['k']} RECIST groups"
+                )
+            elif kind == "event":
+                self._on_event(payload)
+            elif kind == "model":
+                self._on_model(payload)
+        except RuntimeError:  # the widget was closed while the worker ran
+            self._state.close_bars()
+
+    def _on_event(self, e: dict) -> None:
+        from napari.utils import progress
+
+        kind = e["model_kind"]
+        bars = self._state.bars
+        total = max(1, int(e["epochs"]) * int(e["steps_per_epoch"]))
+        if e["kind"] == "start":
+            if kind in bars:
+                bars.pop(kind).close()
+            bars[kind] = progress(total=total, desc=f"training {KIND_NAMES[kind]}")
+            bars[kind].update(int(e["global_step"]))
+            self._curves.setdefault(kind, {n: [] for n in _SERIES})
+            self.status.setText(e.get("message", ""))
+            return
+        curves = self._curves.setdefault(kind, {n: [] for n in _SERIES})
+        bar = bars.get(kind)
+        if bar is not None and int(e["global_step"]) > bar.n:
+            bar.update(int(e["global_step"]) - bar.n)
+        steps = max(1, int(e["steps_per_epoch"]))
+        losses = e.get("losses") or {}
+        if e["kind"] == "step":
+            curves["step_x"].append(int(e["epoch"]) - 1 + int(e["step"]) / steps)
+            curves["step_seg"].append(losses.get("seg", np.nan))
+            curves["step_cls"].append(losses.get("cls", np.nan))
+            self._plot_dirty = True
+            terms = ", ".join(f"{k} {v:.3g}" for k, v in losses.items() if k != "total")
+            self.status.setText(
+                f"{KIND_NAMES[kind]}: epoch {e['epoch']}/{e['epochs']}, step {e['step']}/"
+                f"{steps} ({terms}; {e['images_per_second']:.1f} images/s)"
+            )
+        elif e["kind"] == "epoch":
+            val = e.get("val") or {}
+            curves["epoch"].append(int(e["epoch"]))
+            curves["seg"].append(losses.get("seg", np.nan))
+            curves["cls"].append(losses.get("cls", np.nan))
+            curves["dice"].append(val.get("dice", np.nan))
+            self._plot_dirty = True
+            self._redraw_if_dirty()
+            self.status.setText(
+                f"{KIND_NAMES[kind]}: epoch {e['epoch']}/{e['epochs']}: validation loss "
+                f"{val.get('loss', np.nan):.4g}, Dice {val.get('dice', np.nan):.3f} "
+                f"(best epoch {e.get('best_epoch')})"
+            )
+        elif e["kind"] in ("stopped", "finished"):
+            if bar is not None:
+                bars.pop(kind).close()
+            self._last_checkpoints[kind] = e.get("checkpoint") or ""
+            if e["kind"] == "stopped":
+                notify_info(
+                    f"Training {KIND_NAMES[kind]} stopped at epoch {e['epoch']}, step "
+                    f"{e['step']}; its checkpoint (resumable) is in {e.get('checkpoint')}"
+                )
+            else:
+                self.status.setText(f"{KIND_NAMES[kind]}: {e.get('message', 'done')}")
+            self._redraw_if_dirty()
+
+    def _on_model(self, info: dict) -> None:
+        entry = MODEL_REGISTRY.add(info["kind"], info["path"])
+        word = "stopped" if info["stopped"] else "trained"
+        self.status.setText(f"{entry.name} {word}: {info['path']} (offered for comparison)")
+
+    def _on_error(self, exc) -> None:
+        notify_error(f"Training: {exc}")
+        with contextlib.suppress(RuntimeError):
+            self.status.setText(f"Training failed: {exc}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._state.close_bars()
+        self._state.stop_event = None
+        with contextlib.suppress(RuntimeError):
+            self._plot_timer.stop()
+            self._redraw_if_dirty()
+            self._set_running(False)
+        _release_accelerator_memory()
+
+    # -- plot -------------------------------------------------------------------------------
+    def curves(self) -> dict:
+        """Per model kind: the loss and Dice series drawn in the plot."""
+        return {k: {n: list(v) for n, v in c.items()} for k, c in self._curves.items()}
+
+    def _clear_plot(self) -> None:
+        if self.plot.has_curves():  # an empty plot needs no drawing
+            self.plot.set_curves({}, reset=True)
+            self.plot.refresh()
+
+    def _redraw_if_dirty(self) -> None:
+        if not self._plot_dirty:
+            return
+        self._plot_dirty = False
+        with contextlib.suppress(RuntimeError):
+            self.plot.set_curves(self._curves)
+            self.plot.refresh()
+
+    # -- loading a saved model --------------------------------------------------------------
+    def load_model(self, path):
+        """Load a checkpoint folder in a worker and offer it to the comparison widget."""
+        from napari.qt.threading import create_worker
+
+        path = str(path).strip()
+        if not path:
+            notify_error("Load model: choose a checkpoint folder.")
+            return None
+        worker = create_worker(load_entry, path, "cpu", _start_thread=False,
+                               _ignore_errors=True)
+        worker.returned.connect(self._on_loaded)
+        worker.errored.connect(lambda exc: notify_error(f"Load model: {exc}"))
+        worker.finished.connect(lambda: self._enable(self.load_button))
+        self._load_worker = worker
+        self.load_button.setEnabled(False)
+        worker.start()
+        return worker
+
+    def _on_loaded(self, result) -> None:
+        kind, folder, model = result
+        entry = MODEL_REGISTRY.add(kind, folder, model)
+        notify_info(f"Loaded the {KIND_NAMES.get(kind, kind)} model {entry.name!r} from {folder}")
+
+    def _enable(self, button) -> None:
+        with contextlib.suppress(RuntimeError):
+            button.setEnabled(True)
+
+    # -- dialogs ----------------------------------------------------------------------------
+    def _ask_data_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Image+mask folder")
+        if folder:
+            self.folder_edit.setText(folder)
+            self.folder_radio.setChecked(True)
+
+    def _ask_output_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Output folder", self.out_edit.text())
+        if folder:
+            self.out_edit.setText(folder)
+
+    def _ask_load_model(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Checkpoint folder")
+        if folder:
+            self.load_model(folder)
+
+
+def _disconnect(signal, slot) -> None:
+    with contextlib.suppress(TypeError, RuntimeError):
+        signal.disconnect(slot)
+
+
+def _release_accelerator_memory() -> None:
+    """Give cached GPU memory back once training has ended (the trainer moved its model to
+    the CPU already). Nothing to do when torch was never loaded in this process."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,308 @@
+"""The training widget with a real viewer: tiny runs on generated data, stop, errors, loading.
+
+Runs are kept tiny for a shared two-core CPU: a 32-pixel input, ResNet-18, batch 4, one epoch,
+one torch thread, on two CT phantom slices (about ten lesions) or ten small dermoscopy images.
+"""
+
+from __future__ import annotations
+
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from napari_recist_seg.plugin.training_worker import (
+    MODEL_REGISTRY,
+    TrainingJob,
+    _child_main,
+    run_training,
+    run_training_in_process,
+)
+
+from ._folders import make_isic_folder
+from ._learning_data import quick
+
+PLUGIN = "napari-recist-seg"
+
+
+@pytest.fixture(autouse=True)
+def empty_registry():
+    MODEL_REGISTRY.clear()
+    yield
+    MODEL_REGISTRY.clear()
+
+
+@pytest.fixture
+def tiny():
+    """One torch thread, checkpoints not forced to disk (see ``_learning_data.quick``)."""
+    with quick():
+        yield
+
+
+def _widget(viewer):
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Training")
+    return widget
+
+
+def _ct_layers(viewer, seeds=(0, 1)):
+    """CT phantom slices with their RECIST layers, as the sample data makes them."""
+    from napari.layers import Layer
+
+    from napari_recist_seg.data.recist_files import RecistTable
+    from napari_recist_seg.data.samples import ct_phantom_slice
+    from napari_recist_seg.plugin._layers import table_layer_tuple
+
+    for seed in seeds:
+        s = ct_phantom_slice(seed)
+        viewer.add_image(s["image"], name=f"slice {seed}", scale=s["spacing"])
+        viewer.add_layer(Layer.create(*table_layer_tuple(
+            RecistTable(recists=list(s["recists"])), name=f"slice {seed} RECIST",
+            scale=s["spacing"])))
+
+
+def _tiny_settings(widget, out, kinds=("multitask",), process=False, epochs=1, batch=4):
+    for kind, box in widget.kind_boxes.items():
+        box.setChecked(kind in kinds)
+    widget.size_spin.setValue(32)
+    widget.epochs_spin.setValue(epochs)
+    widget.batch_spin.setValue(batch)
+    widget.device_combo.setCurrentText("cpu")
+    widget.out_edit.setText(str(out))
+    widget.process_box.setChecked(process)
+
+
+def _snapshot(viewer):
+    return {layer.name: [np.array(d) for d in layer.data] if isinstance(layer.data, list)
+            else np.array(layer.data) for layer in viewer.layers}
+
+
+def _same(before, after):
+    assert before.keys() == after.keys()
+    for name, data in before.items():
+        if isinstance(data, list):
+            assert len(data) == len(after[name])
+            for a, b in zip(data, after[name]):
+                np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_array_equal(data, after[name])
+
+
+def test_training_runs_reports_progress_and_stops_with_a_loadable_checkpoint(
+        make_napari_viewer, qtbot, tmp_path, tiny, notifications, monkeypatch):
+    from napari_recist_seg.learning.inference import load_model
+    from napari_recist_seg.plugin.widgets import training_widget
+
+    def stamped(job, stop):
+        # When the trainer made each message, to count the steps done after Stop was pressed.
+        for kind, payload in run_training(job, stop):
+            if kind == "event":
+                payload["made"] = time.perf_counter()
+            yield kind, payload
+
+    monkeypatch.setattr(training_widget, "run_training", stamped)
+    viewer = make_napari_viewer()
+    _ct_layers(viewer)
+    widget = _widget(viewer)
+    # Each image found its RECIST layer and is ticked.
+    pairs = widget.checked_pairs()
+    assert [(i.name, r.name) for i, r in pairs] == [("slice 0", "slice 0 RECIST"),
+                                                    ("slice 1", "slice 1 RECIST")]
+    before = _snapshot(viewer)
+    # Batch 2 and three epochs: many steps, so that Stop comes well before the end.
+    _tiny_settings(widget, tmp_path / "models", epochs=3, batch=2)
+    events, advanced, pressed = [], [], []
+
+    def on_message(message):
+        kind, payload = message
+        events.append(payload if kind == "event" else {"kind": kind})
+        if kind == "event" and payload["kind"] == "step" and not pressed:
+            advanced.append(widget._state.bars["multitask"].n)
+            pressed.append(time.perf_counter())
+            widget.stop_button.click()
+
+    worker = widget.start()
+    assert worker is not None and not widget.start_button.isEnabled()
+    worker.yielded.connect(on_message)
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        pass
+    seen = [e["kind"] for e in events]
+    assert seen[:3] == ["status", "prepared", "start"]
+    assert seen[-2:] == ["stopped", "model"]
+    # Stop ends the run within one step: at most the step in progress is finished.
+    assert sum(e["kind"] == "step" and e["made"] > pressed[0] for e in events) <= 1
+    stopped = events[-2]
+    assert stopped["global_step"] < stopped["epochs"] * stopped["steps_per_epoch"]
+    assert advanced and advanced[0] >= 1  # the napari progress bar moved with the steps
+    curves = widget.curves()["multitask"]
+    assert curves["step_x"] and np.all(np.isfinite(curves["step_seg"]))
+    assert np.all(np.isfinite(curves["step_cls"]))  # the group loss of the multitask model
+    # The plot is drawn in a worker thread and shown as a picture.
+    qtbot.waitUntil(lambda: len(widget.plot.lines("multitask").get("step_seg", ([], []))[0])
+                    == len(curves["step_x"]) and not widget.plot._busy, timeout=20000)
+    assert widget.plot.rendered >= 1 and not widget.plot.pixmap().isNull()
+    qtbot.waitUntil(lambda: widget.start_button.isEnabled(), timeout=5000)
+    assert not widget._state.bars  # progress bars closed
+
+    info = [text for level, text in notifications if level == "info"]
+    last = tmp_path / "models" / "multitask" / "last"
+    assert any("stopped" in text and str(last) in text for text in info)
+    (entry,) = MODEL_REGISTRY.entries()
+    assert entry.name == "multitask" and entry.path == str(last.resolve())
+    model = load_model(entry.path)
+    assert model.kind == "multitask" and model.preprocessing["mode"] == "crops"
+    assert model.config["in_channels"] == 1  # CT crops: one channel
+    _same(before, _snapshot(viewer))
+
+
+def test_training_in_a_child_process_from_an_image_mask_folder(
+        make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    from napari_recist_seg.learning.inference import load_model
+    from napari_recist_seg.plugin.widgets import training_widget
+
+    def not_niced(job, stop):
+        job.niceness = 0  # the shared test machine is busy enough without lowering priority
+        yield from run_training_in_process(job, stop)
+
+    monkeypatch.setattr(training_widget, "run_training_in_process", not_niced)
+    folder = make_isic_folder(tmp_path / "isic", n=10, size=48)
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    widget.folder_radio.setChecked(True)
+    widget.folder_edit.setText(str(folder))
+    _tiny_settings(widget, tmp_path / "models", kinds=("a1",), process=True)
+    assert widget.process_box.isChecked()
+    messages = []
+    worker = widget.start()
+    worker.yielded.connect(messages.append)
+    with qtbot.waitSignal(worker.finished, timeout=80000):
+        pass
+    kinds = [m[1]["kind"] if m[0] == "event" else m[0] for m in messages]
+    assert kinds[0] == "status" and "prepared" in kinds
+    assert kinds[-3:] == ["epoch", "finished", "model"]
+    assert [m[1] for m in messages if m[0] == "prepared"][0]["mode"] == "whole_image"
+    curves = widget.curves()["a1"]
+    assert curves["epoch"] == [1] and 0.0 <= curves["dice"][0] <= 1.0
+    qtbot.waitUntil(lambda: widget.plot.lines("a1").get("dice", ([], []))[1]
+                    == curves["dice"], timeout=20000)
+    (entry,) = MODEL_REGISTRY.entries()
+    assert entry.path.endswith("a1/best")
+    assert load_model(entry.path).kind == "a1"
+    qtbot.waitUntil(lambda: widget.start_button.isEnabled(), timeout=5000)
+
+
+def test_an_error_in_the_worker_is_a_notification(make_napari_viewer, qtbot, tmp_path, tiny,
+                                                  notifications):
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    viewer = make_napari_viewer()
+    _ct_layers(viewer)
+    widget = _widget(viewer)
+    _tiny_settings(widget, blocker / "models", kinds=("a1",))
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: not widget.is_running(), timeout=60000)
+    errors = [text for level, text in notifications if level == "error"]
+    assert len(errors) == 1 and "not writable" in errors[0] and str(blocker) in errors[0]
+    assert "Traceback" not in errors[0]
+    qtbot.waitUntil(lambda: widget.start_button.isEnabled(), timeout=5000)
+    assert not MODEL_REGISTRY.entries()
+
+
+def test_the_child_process_reports_errors_as_messages(tmp_path):
+    """What the training process sends when it fails: a message with the reason."""
+    job = TrainingJob(kinds=("a1",), out_dir=str(tmp_path), images=[np.zeros((8, 8))] * 2,
+                      recists=[object()] * 3, niceness=0)
+    messages = queue.Queue()
+    _child_main(job, messages, threading.Event())
+    kind, text = messages.get_nowait()
+    assert kind == "status"
+    kind, text = messages.get_nowait()
+    assert kind == "error" and "2 images but 3 RECIST" in text
+
+
+def test_closing_the_dock_stops_training(make_napari_viewer, qtbot, tmp_path, tiny):
+    viewer = make_napari_viewer()
+    _ct_layers(viewer)
+    widget = _widget(viewer)
+    _tiny_settings(widget, tmp_path / "models", kinds=("a1", "coseg"), epochs=3, batch=2)
+    seen = []
+    worker = widget.start()
+    worker.yielded.connect(lambda m: seen.append(m[1]["kind"] if m[0] == "event" else m[0]))
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        viewer.window.remove_dock_widget(widget)  # what the dock's close button does
+    # The run was asked to stop at once: no model was trained, nothing was written.
+    assert "start" not in seen and "model" not in seen
+    assert not (tmp_path / "models").exists()
+    assert not MODEL_REGISTRY.entries()
+
+
+def test_bad_inputs_notify_and_change_nothing(make_napari_viewer, tmp_path, notifications,
+                                              qtbot):
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    _tiny_settings(widget, tmp_path / "models")
+    assert widget.start() is None
+    assert "no image layer" in notifications[-1][1]
+
+    image = viewer.add_image(np.zeros((64, 64), np.float32), name="ct")
+    recist = viewer.add_shapes([np.array([[10.0, 10.0], [10.0, 40.0]])], shape_type="line",
+                               name="ct RECIST",
+                               features={"lesion_id": [0], "axis": ["long"]})
+    widget.set_pair(image, recist)
+    before = _snapshot(viewer)
+    assert widget.start() is None
+    assert notifications[-1][0] == "error"
+    assert "no complete lesion" in notifications[-1][1] and "ct RECIST" in notifications[-1][1]
+    assert widget.start_button.isEnabled() and not widget.is_running()
+    _same(before, _snapshot(viewer))
+
+    # A folder that is no checkpoint: a notification naming it, and no model is added.
+    bad = tmp_path / "not a checkpoint"
+    bad.mkdir()
+    (bad / "config.json").write_text("{ not json")
+    widget.load_model(bad)
+    qtbot.waitUntil(lambda: widget.load_button.isEnabled(), timeout=30000)
+    assert notifications[-1][0] == "error" and str(bad) in notifications[-1][1]
+    assert not MODEL_REGISTRY.entries()
+    widget.load_model(tmp_path / "missing")
+    qtbot.waitUntil(lambda: widget.load_button.isEnabled(), timeout=30000)
+    assert "does not exist" in notifications[-1][1]
+    assert not MODEL_REGISTRY.entries()
+
+
+def test_run_training_needs_enough_lesions(tmp_path):
+    job = TrainingJob(kinds=("a1",), out_dir=str(tmp_path), images=[], recists=[])
+    with pytest.raises(ValueError, match="at least 3"):
+        next(run_training(job))
+
+
+_AFTER_DRAWING = """
+import sys
+import numpy as np
+import napari_recist_seg.plugin.widgets.training_widget
+import napari_recist_seg.plugin.widgets.compare_widget
+import napari_recist_seg.plugin.training_worker as tw
+print("torch imported:", "torch" in sys.modules)
+import napari
+viewer = napari.Viewer(show=True)
+viewer.add_image(np.zeros((16, 16)))
+viewer.screenshot(canvas_only=True)  # the OpenGL driver is loaded and has drawn
+tw.prepare_torch_import()  # loads triton (torchvision imports it) when it is installed
+viewer.add_image(np.ones((16, 16)))
+viewer.screenshot(canvas_only=True)
+viewer.close()
+print("ok")
+"""
+
+
+def test_no_torch_at_import_and_no_crash_when_it_comes_after_drawing():
+    """The widgets' modules leave torch alone (napari starts fast), and loading torch's
+    triton after the viewer has drawn with Mesa's LLVM-based OpenGL does not crash it."""
+    out = subprocess.run([sys.executable, "-c", _AFTER_DRAWING], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "torch imported: False" and lines[-1] == "ok"

@@ -152,7 +152,7 @@ def measure(mode: str, args, app) -> dict:
     widget.plot.refresh = timed(widget.plot.refresh, "plot update")
     widget.make_job = timed(widget.make_job, "reading the layers")
     widget.start = timed(widget.start, "Start")
-    widget.plot._show = timed(widget.plot._show, "plot shown")
+    widget.plot.show_picture = timed(widget.plot.show_picture, "plot shown")
     widget.plot._draw = timed(widget.plot._draw, "plot drawn (worker thread)")
 
     stamps: list[float] = []

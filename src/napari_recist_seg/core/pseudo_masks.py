@@ -164,7 +164,10 @@ def _inside(recist: Recist, rr: np.ndarray, cc: np.ndarray, method: str) -> np.n
     for i in range(4):
         p, q = poly[i], poly[(i + 1) % 4]
         cross = (q[0] - p[0]) * (cc - p[1]) - (q[1] - p[1]) * (rr - p[0])
-        inside &= sign * cross >= -1e-9
+        # cross is the distance to the edge times its length: the slack for pixels on the edge
+        # is 1e-9 pixel whatever the edge's length (a flat 1e-9 let pixels up to 1e-3 pixel
+        # outside a micro-pixel edge in).
+        inside &= sign * cross >= -1e-9 * float(np.hypot(*(q - p)))
     return inside
 
 

@@ -8,8 +8,8 @@ torch and the data preparation then never hold the GUI process's interpreter loc
 ``benchmarks/gui_stall.py`` for the measurement), and the child's exit frees all the memory,
 GPU memory included, that training used.
 
-Messages are ``(kind, payload)`` tuples of picklable built-in values, so the GUI process needs
-neither torch nor the trainer's classes to read them:
+Messages are ``(kind, payload)`` tuples of built-in values and numpy arrays, so the GUI
+process needs neither torch nor the trainer's classes to read them:
 
 ``("status", text)``
     What the run is doing before training starts.
@@ -20,6 +20,9 @@ neither torch nor the trainer's classes to read them:
 ``("model", dict)``
     A model kind is done: ``kind``, ``path`` (the checkpoint to use: ``best/``, or ``last/``
     when no epoch finished), ``last`` (the resumable ``last/``) and ``stopped``.
+``("plot", ndarray)``
+    Child process only, with ``TrainingJob.plot_size``: the training curves drawn there
+    (``CurveFigure``, RGBA), so that the viewer's process does no drawing while training.
 
 Nothing here imports Qt, napari or torch at import time.
 """
@@ -30,6 +33,7 @@ import os
 import queue as queue_module
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +41,7 @@ from pathlib import Path
 from psygnal import Signal
 
 __all__ = [
+    "CurveFigure",
     "MODEL_REGISTRY",
     "ModelEntry",
     "ModelRegistry",
@@ -91,6 +96,10 @@ class TrainingJob:
     torch_threads: int | None = None
     #: Scheduling niceness added to a child process, so the viewer wins the CPU when it needs it.
     niceness: int = 5
+    #: (width, height) in pixels: a child process draws the training curves at this size and
+    #: sends them (no more often than every ``plot_interval`` seconds, and at each epoch's end).
+    plot_size: tuple[int, int] | None = None
+    plot_interval: float = 5.0
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -221,6 +230,113 @@ def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> It
         _release_accelerator_memory()
 
 
+# -- the training curves ---------------------------------------------------------------------------
+#: Series kept per model kind: per-step loss terms at fractional epochs, per-epoch means, Dice.
+SERIES = ("step_x", "step_seg", "step_cls", "epoch", "seg", "cls", "dice")
+
+
+def add_event(curves: dict, event: dict) -> bool:
+    """Add a training event (``TrainEvent.to_dict()``) to ``curves``; True when it changed."""
+    kind = event["model_kind"]
+    c = curves.setdefault(kind, {name: [] for name in SERIES})
+    losses = event.get("losses") or {}
+    nan = float("nan")
+    if event["kind"] == "step":
+        steps = max(1, int(event["steps_per_epoch"]))
+        c["step_x"].append(int(event["epoch"]) - 1 + int(event["step"]) / steps)
+        c["step_seg"].append(float(losses.get("seg", nan)))
+        c["step_cls"].append(float(losses.get("cls", nan)))
+        return True
+    if event["kind"] == "epoch":
+        c["epoch"].append(int(event["epoch"]))
+        c["seg"].append(float(losses.get("seg", nan)))
+        c["cls"].append(float(losses.get("cls", nan)))
+        c["dice"].append(float((event.get("val") or {}).get("dice", nan)))
+        return True
+    return False
+
+
+class CurveFigure:
+    """The training curves as a matplotlib figure drawn off screen (Agg, no Qt).
+
+    Top: segmentation loss (solid) and group loss (dashed) per step (thin) and per epoch
+    (dots); bottom: validation Dice per epoch; one colour per model kind
+    (``learning.report.MODEL_COLOURS``). Drawing takes tens to hundreds of milliseconds, so it
+    is done away from the viewer's GUI thread: in the training process, or in a worker thread.
+    One drawing at a time.
+    """
+
+    def __init__(self, dpi: int = 80):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(dpi=dpi)
+        FigureCanvasAgg(self.figure)
+        self.figure.subplots_adjust(left=0.17, right=0.97, top=0.91, bottom=0.13, hspace=0.28)
+        self.loss_axes = self.figure.add_subplot(211)
+        self.dice_axes = self.figure.add_subplot(212, sharex=self.loss_axes)
+        self._lines: dict = {}
+        self._style()
+
+    def _style(self) -> None:
+        for ax in (self.loss_axes, self.dice_axes):
+            ax.tick_params(labelsize=7)
+        self.loss_axes.set_ylabel("loss", fontsize=8)
+        self.loss_axes.set_title("seg (solid), group (dashed); dots: epoch means", fontsize=8)
+        self.dice_axes.set_ylabel("val. Dice", fontsize=8)
+        self.dice_axes.set_xlabel("epoch", fontsize=8)
+        self.dice_axes.set_ylim(0, 1)
+
+    def reset(self) -> None:
+        self.loss_axes.clear()
+        self.dice_axes.clear()
+        self._lines = {}
+        self._style()
+
+    def lines(self, kind: str) -> dict:
+        """The drawn series of ``kind``: name -> (x, y), as last drawn."""
+        return {name: (list(line.get_xdata()), list(line.get_ydata()))
+                for name, line in self._lines.get(kind, {}).items()}
+
+    def render(self, curves: dict, width: int, height: int):
+        """Draw ``curves`` (per model kind, the ``SERIES``) at ``width`` x ``height`` pixels.
+
+        Returns an RGBA uint8 array of shape (height, width, 4).
+        """
+        import numpy as np
+
+        from ..learning.report import MODEL_COLOURS
+
+        self.figure.set_size_inches(max(1, width) / self.figure.dpi,
+                                    max(1, height) / self.figure.dpi)
+        for kind, c in curves.items():
+            lines = self._lines.get(kind)
+            if lines is None:
+                colour = MODEL_COLOURS.get(kind)
+                la, lo = self.loss_axes, self.dice_axes
+                lines = {
+                    "step_seg": la.plot([], [], "-", lw=0.8, alpha=0.5, color=colour)[0],
+                    "step_cls": la.plot([], [], "--", lw=0.8, alpha=0.5, color=colour)[0],
+                    "seg": la.plot([], [], "o-", ms=3, color=colour,
+                                   label=KIND_NAMES.get(kind, kind))[0],
+                    "cls": la.plot([], [], "o--", ms=3, color=colour)[0],
+                    "dice": lo.plot([], [], "o-", ms=3, color=colour)[0],
+                }
+                self._lines[kind] = lines
+                la.legend(fontsize=7, loc="upper right")
+            for name in ("step_seg", "step_cls"):
+                lines[name].set_data(c["step_x"], c[name])
+            for name in ("seg", "cls", "dice"):
+                lines[name].set_data(c["epoch"], c[name])
+        for ax in (self.loss_axes, self.dice_axes):
+            ax.relim()
+            ax.autoscale_view()
+        self.dice_axes.set_ylim(0, 1)
+        canvas = self.figure.canvas
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba()).copy()
+
+
 # -- the same generator in a child process ------------------------------------------------------
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ValueError | OSError | FloatingPointError | TrainingFailed):
@@ -236,8 +352,16 @@ def _child_main(job: TrainingJob, messages, stop_event) -> None:
         except (AttributeError, OSError):  # not on every platform
             pass
     try:
+        figure, curves, drawn, changed = None, {}, 0.0, False
         for message in run_training(job, stop_event.is_set):
             messages.put(message)
+            if job.plot_size and message[0] == "event":
+                changed = add_event(curves, message[1]) or changed
+                end = message[1]["kind"] in ("epoch", "stopped", "finished")
+                if changed and (end or time.monotonic() - drawn >= job.plot_interval):
+                    figure = figure or CurveFigure()
+                    messages.put(("plot", figure.render(curves, *job.plot_size)))
+                    drawn, changed = time.monotonic(), False
         messages.put(("done", None))
     except BaseException as exc:  # reported to the parent, which raises it there
         messages.put(("error", _describe(exc)))

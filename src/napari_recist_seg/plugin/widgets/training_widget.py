@@ -26,8 +26,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from napari.layers import Image, Shapes
 from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtGui import QImage, QPixmap
@@ -67,7 +65,10 @@ from ..training_worker import (
     KIND_NAMES,
     MODEL_KINDS,
     MODEL_REGISTRY,
+    SERIES,
+    CurveFigure,
     TrainingJob,
+    add_event,
     load_entry,
     prepare_torch_import,
     run_training,
@@ -81,7 +82,6 @@ __all__ = ["CurvePlot", "TrainingWidget", "default_output_folder"]
 ENCODERS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "efficientnet-b0")
 #: Least time between two redraws of the plot (ms); drawing costs CPU time that training needs.
 PLOT_INTERVAL_MS = 2000
-_SERIES = ("step_x", "step_seg", "step_cls", "epoch", "seg", "cls", "dice")
 _NONE = "(none)"
 
 
@@ -156,26 +156,20 @@ class _DeviceCombo(QComboBox):
 
 
 class CurvePlot(QLabel):
-    """Training curves: loss terms per step and per epoch, and the validation Dice.
+    """Training curves (``training_worker.CurveFigure``), shown as a picture.
 
-    matplotlib draws the figure in a worker thread and the GUI thread only shows the finished
-    picture. Drawn in the GUI thread (as a ``FigureCanvasQTAgg`` does), this small figure took
-    30-100 ms on an idle two-core machine and 250-500 ms while training loaded the CPU: that
-    long, the viewer did not react (``benchmarks/gui_stall.py``). The figure is only touched
-    by one drawing at a time.
+    The figure is never drawn in the GUI thread: drawn there (as a ``FigureCanvasQTAgg`` does),
+    it took 30-100 ms on an idle two-core machine and 250-500 ms while training loaded the CPU,
+    and the viewer did not react for as long (``benchmarks/gui_stall.py``). A training process
+    draws it itself and sends the picture (``show_picture``); otherwise ``refresh`` draws it in
+    a worker thread.
     """
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setMinimumSize(280, 240)
         self.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.figure = Figure(dpi=80)
-        FigureCanvasAgg(self.figure)
-        self.figure.subplots_adjust(left=0.17, right=0.97, top=0.91, bottom=0.13, hspace=0.28)
-        self.loss_axes = self.figure.add_subplot(211)
-        self.dice_axes = self.figure.add_subplot(212, sharex=self.loss_axes)
-        self._lines: dict = {}
-        self._style()
+        self.figure = CurveFigure()
         self._curves: dict = {}
         self._reset = False
         self._dirty = True
@@ -188,21 +182,17 @@ class CurvePlot(QLabel):
         self._resize_timer.setInterval(200)
         self._resize_timer.timeout.connect(self.refresh)
 
-    def _style(self) -> None:
-        for ax in (self.loss_axes, self.dice_axes):
-            ax.tick_params(labelsize=7)
-        self.loss_axes.set_ylabel("loss", fontsize=8)
-        self.loss_axes.set_title("seg (solid), group (dashed); dots: epoch means", fontsize=8)
-        self.dice_axes.set_ylabel("val. Dice", fontsize=8)
-        self.dice_axes.set_xlabel("epoch", fontsize=8)
-        self.dice_axes.set_ylim(0, 1)
+    def picture_size(self) -> tuple[int, int]:
+        """The size to draw at, in device pixels."""
+        ratio = self.devicePixelRatioF()
+        return max(1, int(self.width() * ratio)), max(1, int(self.height() * ratio))
 
     def has_curves(self) -> bool:
         """Whether any curve is drawn or waiting to be drawn."""
-        return bool(self._lines or self._curves)
+        return bool(self._curves) or self.rendered > 1
 
     def set_curves(self, curves: dict, reset: bool = False) -> None:
-        """Draw ``curves`` (per model kind, the series of ``TrainingWidget.curves``) next."""
+        """Draw ``curves`` (per model kind, ``training_worker.SERIES``) next time."""
         self._curves = {k: {n: list(v) for n, v in c.items()} for k, c in curves.items()}
         self._reset = self._reset or reset
         self._dirty = True
@@ -214,56 +204,26 @@ class CurvePlot(QLabel):
         if not self._dirty or self._busy:
             return
         ratio = self.devicePixelRatioF()
-        width = max(1, int(self.width() * ratio))
-        height = max(1, int(self.height() * ratio))
+        width, height = self.picture_size()
         curves, reset = self._curves, self._reset
         self._dirty = self._reset = False
         self._busy = True
         worker = create_worker(self._draw, curves, reset, width, height,
                                _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(lambda picture: self._show(picture, ratio))
+        worker.returned.connect(lambda picture: self.show_picture(picture, ratio))
         worker.finished.connect(self._finished)
         self._worker = worker
         worker.start()
 
     def _draw(self, curves, reset, width, height):
-        """Draw the figure at ``width`` x ``height`` pixels (in a worker); returns RGBA."""
         if reset:
-            self.loss_axes.clear()
-            self.dice_axes.clear()
-            self._lines = {}
-            self._style()
-        self.figure.set_size_inches(width / self.figure.dpi, height / self.figure.dpi)
-        for kind, c in curves.items():
-            lines = self._lines.get(kind)
-            if lines is None:
-                colour = MODEL_COLOURS.get(kind)
-                la, lo = self.loss_axes, self.dice_axes
-                lines = {
-                    "step_seg": la.plot([], [], "-", lw=0.8, alpha=0.5, color=colour)[0],
-                    "step_cls": la.plot([], [], "--", lw=0.8, alpha=0.5, color=colour)[0],
-                    "seg": la.plot([], [], "o-", ms=3, color=colour,
-                                   label=KIND_NAMES.get(kind, kind))[0],
-                    "cls": la.plot([], [], "o--", ms=3, color=colour)[0],
-                    "dice": lo.plot([], [], "o-", ms=3, color=colour)[0],
-                }
-                self._lines[kind] = lines
-                la.legend(fontsize=7, loc="upper right")
-            lines["step_seg"].set_data(c["step_x"], c["step_seg"])
-            lines["step_cls"].set_data(c["step_x"], c["step_cls"])
-            lines["seg"].set_data(c["epoch"], c["seg"])
-            lines["cls"].set_data(c["epoch"], c["cls"])
-            lines["dice"].set_data(c["epoch"], c["dice"])
-        for ax in (self.loss_axes, self.dice_axes):
-            ax.relim()
-            ax.autoscale_view()
-        self.dice_axes.set_ylim(0, 1)
-        canvas = self.figure.canvas
-        canvas.draw()
-        return np.asarray(canvas.buffer_rgba()).copy()
+            self.figure.reset()
+        return self.figure.render(curves, width, height)
 
-    def _show(self, picture: np.ndarray, ratio: float) -> None:
+    def show_picture(self, picture: np.ndarray, ratio: float | None = None) -> None:
+        """Show an RGBA picture of the curves."""
         with contextlib.suppress(RuntimeError):  # the plot may be gone
+            ratio = self.devicePixelRatioF() if ratio is None else ratio
             h, w = picture.shape[:2]
             image = QImage(picture.data, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()
             pixmap = QPixmap.fromImage(image)
@@ -283,9 +243,8 @@ class CurvePlot(QLabel):
         self._resize_timer.start()
 
     def lines(self, kind: str) -> dict:
-        """The drawn series of ``kind``: name -> (x, y) as last drawn."""
-        return {name: (list(line.get_xdata()), list(line.get_ydata()))
-                for name, line in self._lines.get(kind, {}).items()}
+        """The series of ``kind`` as last drawn in this process: name -> (x, y)."""
+        return self.figure.lines(kind)
 
 
 class TrainingWidget(QWidget):
@@ -304,6 +263,7 @@ class TrainingWidget(QWidget):
         self._state = _RunState()
         self._curves: dict[str, dict[str, list]] = {}
         self._plot_dirty = False
+        self._remote_plot = False  # the training process draws the curves
         self._last_checkpoints: dict[str, str] = {}
         self._connections = Connections()
         bind_lifetime(self, self._connections)
@@ -655,7 +615,10 @@ class TrainingWidget(QWidget):
             return None
         stop = threading.Event()
         self._state.stop_event = stop
-        if self.process_box.isChecked():
+        self._remote_plot = self.process_box.isChecked()
+        if self._remote_plot:
+            if job.plot_size is None:
+                job.plot_size = self.plot.picture_size()
             worker = create_worker(run_training_in_process, job, stop, _start_thread=False,
                                    _ignore_errors=True)
         else:
@@ -705,6 +668,8 @@ class TrainingWidget(QWidget):
                 self._on_event(payload)
             elif kind == "model":
                 self._on_model(payload)
+            elif kind == "plot":
+                self.plot.show_picture(payload)
         except RuntimeError:  # the widget was closed while the worker ran
             self._state.close_bars()
 
@@ -719,20 +684,16 @@ class TrainingWidget(QWidget):
                 bars.pop(kind).close()
             bars[kind] = progress(total=total, desc=f"training {KIND_NAMES[kind]}")
             bars[kind].update(int(e["global_step"]))
-            self._curves.setdefault(kind, {n: [] for n in _SERIES})
+            self._curves.setdefault(kind, {n: [] for n in SERIES})
             self.status.setText(e.get("message", ""))
             return
-        curves = self._curves.setdefault(kind, {n: [] for n in _SERIES})
+        self._plot_dirty = add_event(self._curves, e) or self._plot_dirty
         bar = bars.get(kind)
         if bar is not None and int(e["global_step"]) > bar.n:
             bar.update(int(e["global_step"]) - bar.n)
         steps = max(1, int(e["steps_per_epoch"]))
         losses = e.get("losses") or {}
         if e["kind"] == "step":
-            curves["step_x"].append(int(e["epoch"]) - 1 + int(e["step"]) / steps)
-            curves["step_seg"].append(losses.get("seg", np.nan))
-            curves["step_cls"].append(losses.get("cls", np.nan))
-            self._plot_dirty = True
             terms = ", ".join(f"{k} {v:.3g}" for k, v in losses.items() if k != "total")
             self.status.setText(
                 f"{KIND_NAMES[kind]}: epoch {e['epoch']}/{e['epochs']}, step {e['step']}/"
@@ -740,11 +701,6 @@ class TrainingWidget(QWidget):
             )
         elif e["kind"] == "epoch":
             val = e.get("val") or {}
-            curves["epoch"].append(int(e["epoch"]))
-            curves["seg"].append(losses.get("seg", np.nan))
-            curves["cls"].append(losses.get("cls", np.nan))
-            curves["dice"].append(val.get("dice", np.nan))
-            self._plot_dirty = True
             self._redraw_if_dirty()
             self.status.setText(
                 f"{KIND_NAMES[kind]}: epoch {e['epoch']}/{e['epochs']}: validation loss "
@@ -782,6 +738,7 @@ class TrainingWidget(QWidget):
             self._plot_timer.stop()
             self._redraw_if_dirty()
             self._set_running(False)
+        self._remote_plot = False
         _release_accelerator_memory()
 
     # -- plot -------------------------------------------------------------------------------
@@ -800,7 +757,8 @@ class TrainingWidget(QWidget):
         self._plot_dirty = False
         with contextlib.suppress(RuntimeError):
             self.plot.set_curves(self._curves)
-            self.plot.refresh()
+            if not self._remote_plot:
+                self.plot.refresh()
 
     # -- loading a saved model --------------------------------------------------------------
     def load_model(self, path):

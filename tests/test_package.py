@@ -1,6 +1,7 @@
 """Packaging and layering: the manifest, the console script, and what imports what."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _imported_after(code: str) -> set[str]:
     script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True,
+                         encoding="utf-8", errors="replace")
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -26,14 +27,18 @@ def test_manifest_validates_through_the_entry_point():
 
     manifest = PluginManifest.from_distribution("napari-recist-seg")
     assert manifest.name == "napari-recist-seg"
+    # Qt may have switched this process' locale to ASCII; npe2 prints a check mark.
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     result = subprocess.run([str(Path(sys.executable).parent / "npe2"), "validate",
-                             "napari-recist-seg"], capture_output=True, text=True)
+                             "napari-recist-seg"], capture_output=True, encoding="utf-8",
+                            errors="replace", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_console_script_version():
     exe = Path(sys.executable).parent / "recist-seg"
-    out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run([str(exe), "--version"], capture_output=True, check=True,
+                         encoding="utf-8", errors="replace")
     assert out.stdout.startswith("recist-seg ")
 
 

@@ -16,9 +16,9 @@ arguments and its weights are loaded with ``strict=True``.
 
 Crash safety. Every file is written to a temporary file in its folder, flushed to disk and moved
 into place with ``os.replace``. The files are written into a fresh hidden sibling folder
-(``.<name>.tmp-XXXX``), ``config.json`` last, so a folder with a consistent ``config.json`` is
+(``.<name>.tmp-<random>``), ``config.json`` last, so a folder with a consistent ``config.json`` is
 complete. The sibling is then renamed to ``<name>`` in one atomic step; an existing checkpoint of
-that name is first renamed aside (``.<name>.old-XXXX``) and deleted only after the new one is in
+that name is first renamed aside (``.<name>.old-<random>``) and deleted only after the new one is in
 place. A kill at any moment therefore leaves either the old or the new checkpoint complete under
 ``<name>`` - except between the two renames of a replacement, when ``<name>`` is briefly absent
 and both complete versions sit in the hidden siblings. Loading a missing ``<name>`` then reads the

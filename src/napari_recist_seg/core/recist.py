@@ -561,9 +561,11 @@ def recist_from_mask(
         vmin_k, vmax_k = -0.5 * step, 0.5 * step
         pos = half
     else:
-        best = np.flatnonzero(width >= width.max() - 1e-9 * step)
         # Equally long chords are common in symmetric lesions; a reader measures the one
-        # across the middle, so by default the most central of them is taken.
+        # across the middle, so by default the most central of them is taken. Pixel rounding
+        # makes such chords differ by fractions of a pixel, so within half a pixel is "equal".
+        slack = 0.5 * step if ties == "middle" else 1e-9 * step
+        best = np.flatnonzero(width >= width.max() - slack)
         k = int(best[np.argmin(np.abs(rel_bins[best]))] if ties == "middle" else best[0])
         vmin_k, vmax_k = vmin[k], vmax[k]
         pos = float(rel_bins[k]) + half

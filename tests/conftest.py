@@ -30,6 +30,16 @@ def notifications(monkeypatch):
 
 
 @pytest.fixture
+def empty_model_registry():
+    """The plugin's list of trained and loaded models, empty before and after the test."""
+    from napari_recist_seg.plugin.training_worker import MODEL_REGISTRY
+
+    MODEL_REGISTRY.clear()
+    yield MODEL_REGISTRY
+    MODEL_REGISTRY.clear()
+
+
+@pytest.fixture
 def ct_image():
     """A small 2D CT-like slice in HU: air around a soft-tissue disc."""
     rr, cc = np.mgrid[:64, :80]

@@ -74,3 +74,19 @@ def test_groups_errors_are_clear(tmp_path, capsys):
     assert "more than the 3 lesions" in capsys.readouterr().err
     assert main(["groups", str(tmp_path / "missing"), "--k", "2", "--out", "x.csv"]) == 2
     assert not (tmp_path / "g.csv").exists()
+
+
+def test_file_system_errors_are_one_line_naming_the_path(tmp_path, capsys):
+    data = make_isic_folder(tmp_path / "data", n=3)
+    # The output is a folder, not a file; then a path under a regular file.
+    taken = tmp_path / "taken.csv"
+    taken.mkdir()
+    blocker = tmp_path / "a file"
+    blocker.write_text("keep me")
+    for out in (taken, blocker / "groups.csv"):
+        assert main(["groups", str(data), "--k", "2", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        last = err.strip().splitlines()[-1]  # after the progress bar's line
+        assert last.startswith("recist-seg groups: error: ") and str(out) in last, err
+    assert blocker.read_text() == "keep me" and not any(taken.iterdir())

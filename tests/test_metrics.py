@@ -304,3 +304,28 @@ def test_mean_metrics_rejects_empty_and_mismatched_input():
         mean_metrics([])
     with pytest.raises(ValueError, match=r"metrics\[1\]"):
         mean_metrics([{"dice": 1.0, "iou": 1.0}, {"dice": 0.5}])
+
+
+def test_lesion_metrics_scores_each_lesion_in_its_window():
+    from napari_recist_seg.core.metrics import lesion_labels, lesion_metrics
+
+    gt = np.zeros((40, 60), np.int32)
+    gt[5:15, 5:15] = 1
+    gt[20:30, 35:55] = 2
+    pred = gt > 0
+    pred[20:30, 35:45] = False  # half of lesion 2 missed
+    pred[0:3, 50:60] = True  # a false positive far from both lesions
+    out = dict(lesion_metrics(pred, gt))
+    assert sorted(out) == [1, 2]
+    assert out[1]["dice"] == pytest.approx(1.0)  # the far false positive is outside its window
+    assert out[2]["dice"] == pytest.approx(2 * 100 / (100 + 200))
+    # A plain 0/1 mask: each 8-connected component is a lesion, in raster order.
+    labels = lesion_labels((gt > 0).astype(np.uint8))
+    np.testing.assert_array_equal(labels, gt)
+    touching = np.zeros((10, 10), bool)
+    touching[2:4, 2:4] = touching[4:6, 4:6] = True  # corners touch: one lesion
+    assert lesion_labels(touching).max() == 1
+    with pytest.raises(ValueError, match="differ in shape"):
+        lesion_metrics(pred[:, :50], gt)
+    with pytest.raises(ValueError, match="2D"):
+        lesion_labels(np.zeros((2, 4, 4)))

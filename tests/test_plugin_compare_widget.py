@@ -14,7 +14,7 @@ import pytest
 from napari_recist_seg.learning.report import MODEL_COLOURS
 from napari_recist_seg.plugin._layers import META_KEY
 from napari_recist_seg.plugin.training_worker import MODEL_REGISTRY
-from napari_recist_seg.plugin.widgets.compare_widget import lesion_metrics, prediction_name
+from napari_recist_seg.plugin.widgets.compare_widget import prediction_name
 
 from ._learning_data import crop_preprocessing, quick, saved_model, whole_preprocessing
 
@@ -35,11 +35,7 @@ def checkpoints(tmp_path_factory):
         }
 
 
-@pytest.fixture(autouse=True)
-def empty_registry():
-    MODEL_REGISTRY.clear()
-    yield
-    MODEL_REGISTRY.clear()
+pytestmark = pytest.mark.usefixtures("empty_model_registry")
 
 
 def _widget(viewer):
@@ -219,21 +215,6 @@ def test_bad_inputs_notify_and_change_nothing(make_napari_viewer, qtbot, checkpo
     qtbot.waitUntil(lambda: widget.models_list.count() == 2, timeout=5000)
     assert [e.name for e in widget.chosen_models()] == ["A1", "multitask"]
     _assert_unchanged(before, viewer)
-
-
-def test_lesion_metrics_scores_each_lesion_in_its_window():
-    gt = np.zeros((40, 60), np.int32)
-    gt[5:15, 5:15] = 1
-    gt[20:30, 35:55] = 2
-    pred = gt > 0
-    pred = pred.copy()
-    pred[20:30, 35:45] = False  # half of lesion 2 missed
-    out = dict(lesion_metrics(pred, gt))
-    assert out[1]["dice"] == pytest.approx(1.0)
-    assert out[2]["dice"] == pytest.approx(2 * 100 / (100 + 200))
-    # A plain 0/1 mask: each connected component is a lesion.
-    out = dict(lesion_metrics(pred, (gt > 0).astype(np.uint8)))
-    assert sorted(out) == [1, 2]
 
 
 def _rgb(colour: str) -> np.ndarray:

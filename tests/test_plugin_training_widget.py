@@ -29,11 +29,7 @@ from ._learning_data import quick
 PLUGIN = "napari-recist-seg"
 
 
-@pytest.fixture(autouse=True)
-def empty_registry():
-    MODEL_REGISTRY.clear()
-    yield
-    MODEL_REGISTRY.clear()
+pytestmark = pytest.mark.usefixtures("empty_model_registry")
 
 
 @pytest.fixture
@@ -73,6 +69,13 @@ def _tiny_settings(widget, out, kinds=("multitask",), process=False, epochs=1, b
     widget.device_combo.setCurrentText("cpu")
     widget.out_edit.setText(str(out))
     widget.process_box.setChecked(process)
+
+
+def _spinners(viewer):
+    from qtpy.QtWidgets import QLabel
+
+    return [label.movie() for label in viewer.window._qt_window.findChildren(QLabel)
+            if label.movie() is not None]
 
 
 def _snapshot(viewer):
@@ -124,8 +127,13 @@ def test_training_runs_reports_progress_and_stops_with_a_loadable_checkpoint(
             pressed.append(time.perf_counter())
             widget.stop_button.click()
 
+    spinners = _spinners(viewer)
+    assert spinners and all(movie.speed() == 100 for movie in spinners)
     worker = widget.start()
     assert worker is not None and not widget.start_button.isEnabled()
+    # napari's busy spinner repaints the window at each frame: slowed while training.
+    assert all(movie.speed() == training_widget.SPINNER_SPEED_WHILE_TRAINING
+               for movie in spinners)
     worker.yielded.connect(on_message)
     with qtbot.waitSignal(worker.finished, timeout=60000):
         pass
@@ -146,6 +154,7 @@ def test_training_runs_reports_progress_and_stops_with_a_loadable_checkpoint(
     assert widget.plot.rendered >= 1 and not widget.plot.pixmap().isNull()
     qtbot.waitUntil(lambda: widget.start_button.isEnabled(), timeout=5000)
     assert not widget._state.bars  # progress bars closed
+    assert all(movie.speed() == 100 for movie in spinners)
 
     info = [text for level, text in notifications if level == "info"]
     last = tmp_path / "models" / "multitask" / "last"
@@ -309,3 +318,71 @@ def test_no_torch_at_import_and_no_crash_when_it_comes_after_drawing():
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
     assert lines[0] == "torch imported: False" and lines[-1] == "ok"
+
+
+def test_the_curve_plot_rests_once_drawn(make_napari_viewer, qtbot):
+    # A picture that resized its label made it redraw for ever, using a core of the CPU.
+    nan = float("nan")
+    viewer = make_napari_viewer(show=True)
+    widget = _widget(viewer)
+    plot = widget.plot
+    plot.set_curves({"a1": {"step_x": [1, 2, 3], "step_seg": [0.9, 0.6, 0.5],
+                            "step_cls": [nan] * 3, "epoch": [1], "seg": [0.55], "cls": [nan],
+                            "dice": [0.7]}})
+    plot.refresh()
+    qtbot.waitUntil(lambda: plot.rendered >= 1 and not plot._busy, timeout=10000)
+    qtbot.wait(1500)  # resize events settle
+    settled = plot.rendered
+    qtbot.wait(2000)
+    assert plot.rendered == settled
+    # A real resize draws once more, at the new size.
+    plot.resize(plot.width() + 60, plot.height() + 40)
+    qtbot.waitUntil(lambda: plot.rendered > settled, timeout=10000)
+    qtbot.waitUntil(lambda: not plot._busy and plot._drawn_size == plot.picture_size(),
+                    timeout=10000)
+
+
+
+_PARENT = """
+import multiprocessing, sys, time
+from napari_recist_seg.plugin.training_worker import TrainingJob, run_training_in_process
+
+job = TrainingJob(kinds=("a1",), out_dir=sys.argv[2], folder=sys.argv[1], input_size=32,
+                  epochs=200, batch_size=2, device="cpu", torch_threads=1)
+for kind, payload in run_training_in_process(job):
+    if kind == "event" and payload["kind"] == "step":
+        (child,) = multiprocessing.active_children()
+        print(child.pid, flush=True)
+        time.sleep(600)  # killed here, while its child trains
+"""
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:  # a zombie has ended, only its record is left
+        return fh.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_a_training_process_whose_viewer_died_stops_and_keeps_its_checkpoint(tmp_path):
+    import signal
+
+    from napari_recist_seg.learning.inference import load_model
+
+    folder = make_isic_folder(tmp_path / "isic", n=10, size=48)
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(folder),
+                               str(tmp_path / "models")], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(30)
+    deadline = time.monotonic() + 60
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child), "the training process went on without its viewer"
+    assert load_model(tmp_path / "models" / "a1" / "last").kind == "a1"

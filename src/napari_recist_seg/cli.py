@@ -51,12 +51,22 @@ def main(argv=None) -> int:
         return 0
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as exc:
-        print(f"recist-seg {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        # Bad input and file-system trouble (missing, unreadable, read-only, full disk) are
+        # the user's to fix: one line naming the problem, not a traceback.
+        print(f"recist-seg {args.command}: error: {_describe(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"recist-seg {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _describe(exc: Exception) -> str:
+    """``exc`` as one line; an OSError without a message gets its file name and reason."""
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    return text or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -242,20 +242,36 @@ def _configure_benchmark(p) -> None:
     d = BenchmarkConfig()
     p.add_argument("--train", required=True, help="image+mask folder to train on (RECIST only)")
     p.add_argument("--test", required=True, nargs="+", help="image+mask folders to score on")
-    p.add_argument("--out", required=True)
-    p.add_argument("--models", default=",".join(d.models))
-    p.add_argument("--seeds", type=int, default=d.seeds)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--size", type=int, default=d.size)
-    p.add_argument("--n-train", type=int, default=None)
-    p.add_argument("--pseudo-mask", default=d.pseudo_mask, choices=PSEUDO_MASK_METHODS)
-    p.add_argument("--encoder", default=d.encoder)
-    p.add_argument("--batch", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--patience", type=int, default=d.patience)
-    p.add_argument("--k", type=int, default=None)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--tta", action="store_true")
+    p.add_argument("--out", required=True,
+                   help="folder for results.json, report.md, figures and the runs")
+    p.add_argument("--models", default=",".join(d.models),
+                   help="comma-separated model kinds (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=d.seeds,
+                   help="training runs per model; std is over seeds (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help="most epochs per run (default: %(default)s)")
+    p.add_argument("--size", type=int, default=d.size,
+                   help="network input size in pixels (default: %(default)s)")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="train on a seeded random subset of this many images (default: all)")
+    p.add_argument("--pseudo-mask", default=d.pseudo_mask, choices=PSEUDO_MASK_METHODS,
+                   help="the training target drawn from each RECIST (default: %(default)s)")
+    p.add_argument("--encoder", default=d.encoder,
+                   help="segmentation-models-pytorch encoder, no pretrained weights "
+                        "(default: %(default)s)")
+    p.add_argument("--batch", type=int, default=d.batch_size,
+                   help="batch size (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr,
+                   help="Adam learning rate, cosine schedule (default: %(default)s)")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="early stopping: epochs without a better validation loss "
+                        "(default: %(default)s)")
+    p.add_argument("--k", type=int, default=None,
+                   help="RECIST groups for the multitask model (default: one per 20 training "
+                        "lesions, 2 to 45)")
+    p.add_argument("--device", default=d.device,
+                   help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    p.add_argument("--tta", action="store_true", help="average with flipped predictions")
 
 
 def _print_summary(results: dict) -> None:

@@ -16,7 +16,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from skimage.measure import regionprops
 
-__all__ = ["METRIC_NAMES", "mean_metrics", "segmentation_metrics"]
+__all__ = ["METRIC_NAMES", "lesion_labels", "lesion_metrics", "mean_metrics",
+           "segmentation_metrics"]
 
 METRIC_NAMES: tuple[str, ...] = (
     "dice",
@@ -264,3 +265,66 @@ def mean_metrics(metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
                 f"{sorted(key_set)}"
             )
     return {key: float(np.mean([float(entry[key]) for entry in metrics])) for key in keys}
+
+
+def lesion_labels(truth: np.ndarray) -> np.ndarray:
+    """The lesions of a 2D ground truth as labels.
+
+    Parameters
+    ----------
+    truth : ndarray
+        Labels (one value per lesion) or a plain mask.
+
+    Returns
+    -------
+    ndarray of int64
+        ``truth``'s own labels, or its 8-connected components when it holds a single
+        non-zero value (a plain mask with several lesions).
+    """
+    truth = np.asarray(truth)
+    if truth.ndim != 2:
+        raise ValueError(f"the ground truth must be 2D, got shape {truth.shape}")
+    values = np.unique(truth[truth > 0])
+    if len(values) == 1:
+        return ndimage.label(truth > 0, structure=np.ones((3, 3), dtype=bool))[0].astype(
+            np.int64)
+    return np.where(truth > 0, truth, 0).astype(np.int64)
+
+
+def lesion_metrics(pred: np.ndarray, labels: np.ndarray) -> list[tuple[int, dict]]:
+    """``segmentation_metrics`` of a 2D prediction for each lesion of a labelled ground truth.
+
+    Each lesion is scored in its bounding box grown by half its size on each side (at
+    least 4 pixels), so that distances and errors speak of that lesion; the pixels of other
+    lesions in the window are left out of the prediction.
+
+    Parameters
+    ----------
+    pred : ndarray
+        Predicted mask (non-zero is lesion), the shape of ``labels``.
+    labels : ndarray
+        Ground truth, one label per lesion (``lesion_labels`` makes one from a mask).
+
+    Returns
+    -------
+    list of (label, metrics)
+        In increasing label order.
+    """
+    pred = np.asarray(pred) > 0
+    labels = np.asarray(labels)
+    if pred.shape != labels.shape:
+        raise ValueError(
+            f"prediction {pred.shape} and ground truth {labels.shape} differ in shape"
+        )
+    boxes = ndimage.find_objects(labels)
+    out = []
+    for value in np.unique(labels[labels > 0]):
+        box = boxes[int(value) - 1]
+        window = tuple(slice(max(0, s.start - max(4, (s.stop - s.start) // 2)),
+                             min(n, s.stop + max(4, (s.stop - s.start) // 2)))
+                       for s, n in zip(box, labels.shape))
+        lab = labels[window]
+        mine = lab == value
+        others = (lab > 0) & ~mine
+        out.append((int(value), segmentation_metrics(pred[window] & ~others, mine)))
+    return out

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "fsync_folder"]
 
 
 def _current_umask() -> int:
@@ -48,7 +49,12 @@ def atomic_write(path, mode: str = "w", encoding: str | None = "utf-8", newline:
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
-        raise ValueError(f"cannot write {path}: folder {folder} does not exist")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise ValueError(f"cannot write {path}: folder {folder} {what}")
+    if path.is_dir():
+        # Checked first: the rename would fail only after the whole file was written, and
+        # its error would name the temporary file.
+        raise IsADirectoryError(errno.EISDIR, "is a folder; name a file to write", str(path))
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     tmp = Path(tmp_name)
     try:
@@ -73,11 +79,11 @@ def atomic_write(path, mode: str = "w", encoding: str | None = "utf-8", newline:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_folder(folder)
+    fsync_folder(folder)
 
 
-def _fsync_folder(folder: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform (Windows), so best effort.
+def fsync_folder(folder) -> None:
+    """Make renames in ``folder`` durable (best effort: not possible on every platform)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data._atomic import fsync_folder
 from .models import MODEL_KINDS, build_model
 
 __all__ = [
@@ -90,17 +91,7 @@ def _package_version() -> str:
 
 
 def _fsync_dir(path: Path) -> None:
-    # Makes renames durable on POSIX; directories cannot be opened this way on Windows.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_folder(path)
 
 
 def _fsync_file(path: Path) -> None:

@@ -351,9 +351,16 @@ def _child_main(job: TrainingJob, messages, stop_event) -> None:
             os.nice(int(job.niceness))
         except (AttributeError, OSError):  # not on every platform
             pass
+    parent = os.getppid()
+
+    def stop() -> bool:
+        # A viewer that was killed cannot ask: an orphan is adopted by another process, and
+        # stops after its step like a run whose Stop was pressed (its checkpoint is kept).
+        return stop_event.is_set() or os.getppid() != parent
+
     try:
         figure, curves, drawn, changed = None, {}, 0.0, False
-        for message in run_training(job, stop_event.is_set):
+        for message in run_training(job, stop):
             messages.put(message)
             if job.plot_size and message[0] == "event":
                 changed = add_event(curves, message[1]) or changed

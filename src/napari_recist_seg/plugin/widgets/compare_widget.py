@@ -48,7 +48,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ...core.metrics import METRIC_NAMES, mean_metrics, segmentation_metrics
+from ...core.metrics import (
+    METRIC_NAMES,
+    lesion_labels,
+    lesion_metrics,
+    mean_metrics,
+    segmentation_metrics,
+)
 from ...learning.report import MODEL_COLOURS
 from .._layers import (
     META_KEY,
@@ -62,7 +68,7 @@ from .._layers import (
 from ..training_worker import KIND_NAMES, MODEL_REGISTRY, load_entry, prepare_torch_import
 from ._common import Connections, LayerCombo, bind_lifetime
 
-__all__ = ["CompareWidget", "lesion_labels", "lesion_metrics", "prediction_name",
+__all__ = ["CompareWidget", "prediction_name",
            "predict_models"]
 
 #: Metrics shown in the table (all of METRIC_NAMES go to the CSV file).
@@ -96,47 +102,6 @@ def _contour_colormap(colour: str):
 
 
 # -- the work done in a worker (no Qt) ------------------------------------------------------------
-def lesion_labels(gt: np.ndarray) -> np.ndarray:
-    """The lesions of a 2D ground truth as labels: its own labels, or, when it holds a single
-    value (a plain mask), its connected components."""
-    from scipy import ndimage
-
-    gt = np.asarray(gt)
-    values = np.unique(gt[gt > 0])
-    if len(values) == 1:
-        return ndimage.label(gt > 0)[0]
-    return np.where(gt > 0, gt, 0).astype(np.int64)
-
-
-def _scores(pred: np.ndarray, labels: np.ndarray) -> list[tuple[int, dict]]:
-    from scipy import ndimage
-
-    pred = np.asarray(pred) > 0
-    boxes = ndimage.find_objects(labels)
-    out = []
-    for value in np.unique(labels[labels > 0]):
-        box = boxes[int(value) - 1]
-        window = tuple(slice(max(0, s.start - max(4, (s.stop - s.start) // 2)),
-                             min(n, s.stop + max(4, (s.stop - s.start) // 2)))
-                       for s, n in zip(box, labels.shape))
-        lab = labels[window]
-        mine = lab == value
-        others = (lab > 0) & ~mine
-        out.append((int(value), segmentation_metrics(pred[window] & ~others, mine)))
-    return out
-
-
-def lesion_metrics(pred: np.ndarray, gt: np.ndarray) -> list[tuple[int, dict]]:
-    """Metrics of a 2D prediction for each lesion of a 2D ground truth.
-
-    A lesion is a label of ``gt`` (a connected component when ``gt`` holds one value, see
-    ``lesion_labels``), scored in its bounding box grown by half its size on each side
-    (at least 4 pixels); other lesions' pixels in that window are left out of the prediction.
-    Returns ``(label, metrics)`` pairs.
-    """
-    return _scores(pred, lesion_labels(gt))
-
-
 def _label_at(labels: np.ndarray, point) -> int:
     r, c = (int(round(float(v))) for v in point[-2:])
     if 0 <= r < labels.shape[0] and 0 <= c < labels.shape[1]:
@@ -234,7 +199,7 @@ def _metric_rows(name, mask, gt, planes, lesions, groups, mode) -> list[dict]:
             labels = np.where(np.isin(labels, sorted(asked)), labels, 0)
         per_plane.append(segmentation_metrics(p > 0, labels > 0))
         image_group = groups.get((z, None))
-        for value, metrics in _scores(p, labels):
+        for value, metrics in lesion_metrics(p, labels):
             g = group_of.get(value, image_group)
             rows.append({"model": name, "lesion": value, "slice": "" if z is None else z,
                          "group": "" if g is None else g, **metrics})

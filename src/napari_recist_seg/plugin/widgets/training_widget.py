@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QPushButton,
     QRadioButton,
+    QSizePolicy,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -82,6 +84,14 @@ __all__ = ["CurvePlot", "TrainingWidget", "default_output_folder"]
 ENCODERS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "efficientnet-b0")
 #: Least time between two redraws of the plot (ms); drawing costs CPU time that training needs.
 PLOT_INTERVAL_MS = 2000
+#: Least time between two step updates of the status line and progress bar (s): each one
+#: repaints the window, which costs tens of milliseconds where OpenGL is drawn in software.
+STEP_UPDATE_INTERVAL_S = 0.5
+#: Speed (percent) of the window's animated busy indicators while a run trains. Each frame
+#: of napari's activity spinner repaints the whole window: where OpenGL is drawn in software
+#: (Xvfb, remote desktops, machines without a GPU driver) that took 0.85 of a CPU core from
+#: training; at 10% it takes about a tenth of that and still moves.
+SPINNER_SPEED_WHILE_TRAINING = 10
 _NONE = "(none)"
 
 
@@ -99,6 +109,7 @@ class _RunState:
     def __init__(self):
         self.stop_event: threading.Event | None = None
         self.bars: dict = {}
+        self.spinners: list = []  # (QMovie, its speed before the run)
 
     def stop(self, *_args) -> bool:
         if self.stop_event is not None:
@@ -110,6 +121,23 @@ class _RunState:
             with contextlib.suppress(Exception):
                 bar.close()
         self.bars = {}
+        self.restore_spinners()
+
+    def slow_spinners(self, window) -> None:
+        """Slow the animated indicators (``QLabel`` movies) of ``window`` while training."""
+        self.restore_spinners()
+        with contextlib.suppress(RuntimeError):
+            for label in window.findChildren(QLabel):
+                movie = label.movie()
+                if movie is not None:
+                    self.spinners.append((movie, movie.speed()))
+                    movie.setSpeed(SPINNER_SPEED_WHILE_TRAINING)
+
+    def restore_spinners(self) -> None:
+        for movie, speed in self.spinners:
+            with contextlib.suppress(RuntimeError):  # the window may be gone
+                movie.setSpeed(speed)
+        self.spinners = []
 
 
 class _DeviceCombo(QComboBox):
@@ -168,6 +196,9 @@ class CurvePlot(QLabel):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setMinimumSize(280, 240)
+        # The picture must not size the label: a label that grows to fit its pixmap by a
+        # frame's width gets a resize, a new picture, another resize, and never rests.
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
         self.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.figure = CurveFigure()
         self._curves: dict = {}
@@ -177,10 +208,11 @@ class CurvePlot(QLabel):
         self._worker = None
         #: How many pictures have been shown (for tests and benchmarks).
         self.rendered = 0
+        self._drawn_size: tuple[int, int] | None = None  # of the picture shown
         self._resize_timer = QTimer(self)
         self._resize_timer.setSingleShot(True)
         self._resize_timer.setInterval(200)
-        self._resize_timer.timeout.connect(self.refresh)
+        self._resize_timer.timeout.connect(self._on_resized)
 
     def picture_size(self) -> tuple[int, int]:
         """The size to draw at, in device pixels."""
@@ -229,6 +261,7 @@ class CurvePlot(QLabel):
             pixmap = QPixmap.fromImage(image)
             pixmap.setDevicePixelRatio(ratio)
             self.setPixmap(pixmap)
+            self._drawn_size = (w, h)
             self.rendered += 1
 
     def _finished(self) -> None:
@@ -239,8 +272,13 @@ class CurvePlot(QLabel):
 
     def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         super().resizeEvent(event)
-        self._dirty = True
         self._resize_timer.start()
+
+    def _on_resized(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            if self.picture_size() != self._drawn_size:
+                self._dirty = True
+                self.refresh()
 
     def lines(self, kind: str) -> dict:
         """The series of ``kind`` as last drawn in this process: name -> (x, y)."""
@@ -264,6 +302,7 @@ class TrainingWidget(QWidget):
         self._curves: dict[str, dict[str, list]] = {}
         self._plot_dirty = False
         self._remote_plot = False  # the training process draws the curves
+        self._last_step_update = 0.0
         self._last_checkpoints: dict[str, str] = {}
         self._connections = Connections()
         bind_lifetime(self, self._connections)
@@ -317,6 +356,7 @@ class TrainingWidget(QWidget):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         self.pairs.setMinimumHeight(90)
+        self.pairs.setMaximumHeight(200)  # many images scroll; the plot below stays in view
         self._rows: list[tuple] = []  # (image layer, checkbox item, RECIST combo, shapes list)
         self._touched: list = []  # image layers whose row the user changed
         self.pairs.itemChanged.connect(self._on_pair_item_changed)
@@ -421,7 +461,7 @@ class TrainingWidget(QWidget):
         layout.addWidget(source)
         layout.addWidget(options)
         layout.addLayout(buttons)
-        layout.addWidget(self.plot)
+        layout.addWidget(self.plot, 1)  # the plot takes the room left
         layout.addWidget(self.status)
 
     # -- image/RECIST pairs -----------------------------------------------------------------
@@ -441,6 +481,10 @@ class TrainingWidget(QWidget):
         shapes = [layer for layer in self.viewer.layers if isinstance(layer, Shapes)]
         self._touched = [layer for layer in self._touched if layer in images]
         self.pairs.blockSignals(True)
+        for _image, _item, old_combo, _shapes in self._rows:
+            # Replaced cell widgets are deleted later, by the event loop; until then they
+            # would still be drawn, stacked at the table's corner.
+            old_combo.hide()
         self.pairs.setRowCount(len(images))
         self._rows = []
         for r, image in enumerate(images):
@@ -630,6 +674,8 @@ class TrainingWidget(QWidget):
         self._worker = worker
         self._curves = {}
         self._last_checkpoints = {}
+        self._last_step_update = 0.0
+        self._state.slow_spinners(self.window())
         self._clear_plot()
         self._set_running(True)
         self.status.setText(f"Starting: {', '.join(KIND_NAMES[k] for k in job.kinds)} "
@@ -688,6 +734,11 @@ class TrainingWidget(QWidget):
             self.status.setText(e.get("message", ""))
             return
         self._plot_dirty = add_event(self._curves, e) or self._plot_dirty
+        if e["kind"] == "step":
+            now = time.monotonic()
+            if now - self._last_step_update < STEP_UPDATE_INTERVAL_S:
+                return
+            self._last_step_update = now
         bar = bars.get(kind)
         if bar is not None and int(e["global_step"]) > bar.n:
             bar.update(int(e["global_step"]) - bar.n)

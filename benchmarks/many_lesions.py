@@ -1,0 +1,170 @@
+"""The plugin with thousands of lesions in one RECIST layer: how long each update takes.
+
+A CT-like stack gets a RECIST layer of ``--lesions`` lesions (two lines each), spread over
+its slices. In a real viewer (under Xvfb: run with ``xvfb-run -a``), the script times what a
+user waits for: docking the RECIST widget (pairing, lengths, colours, the lesion table),
+a vertex edit (the table and labels follow), selecting a lesion from the table, K-means with
+recolouring, the first pseudo-mask preview and the preview following an edit. A 10 ms timer
+stamps the event loop throughout; its longest gap is how long the viewer froze.
+
+    xvfb-run -a python benchmarks/many_lesions.py                 # 5,000 lesions
+    xvfb-run -a python benchmarks/many_lesions.py --lesions 20000 --slices 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+class Ticks:
+    """Time stamps of a 10 ms timer on the GUI thread; gaps are freezes."""
+
+    def __init__(self):
+        from qtpy.QtCore import Qt, QTimer
+
+        self.stamps: list[float] = []
+        self.timer = QTimer()
+        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(lambda: self.stamps.append(time.perf_counter()))
+        self.timer.start()
+
+    def longest_gap_ms(self, start: float, end: float) -> float:
+        inside = [s for s in self.stamps if start <= s <= end]
+        # The gaps before the first and after the last tick count: the action itself.
+        edges = np.diff([start, *inside, end])
+        return float(edges.max() * 1000.0)
+
+
+def pump(until, timeout: float = 300.0) -> float:
+    """Run the event loop until ``until()`` holds; the seconds it took."""
+    from qtpy.QtWidgets import QApplication
+
+    start = time.perf_counter()
+    while not until():
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError("the plugin did not finish within the time limit")
+        QApplication.processEvents()
+        time.sleep(0.001)
+    return time.perf_counter() - start
+
+
+def random_lesions(n: int, n_slices: int, size: int, seed: int = 0):
+    """``n`` perpendicular RECIST spread over a grid on each slice: (recists, slices)."""
+    from napari_recist_seg.core.recist import Recist
+
+    rng = np.random.default_rng(seed)
+    per_slice = int(np.ceil(n / n_slices))
+    side = int(np.ceil(np.sqrt(per_slice)))
+    cell = size / side
+    recists, slices = [], []
+    for i in range(n):
+        z, k = divmod(i, per_slice)
+        centre = (np.array(divmod(k, side)) + 0.5) * cell
+        half_long = rng.uniform(0.15, 0.4) * cell
+        half_short = half_long * rng.uniform(0.3, 0.95)
+        t = rng.uniform(0, np.pi)
+        u = np.array([np.sin(t), np.cos(t)])
+        v = np.array([u[1], -u[0]])
+        recists.append(Recist([centre - half_long * u, centre + half_long * u],
+                              [centre - half_short * v, centre + half_short * v]))
+        slices.append(z)
+    return recists, slices
+
+
+def move_vertex(layer, index: int, shift) -> None:
+    """Move the first vertex of line ``index`` as napari's vertex tool does on release."""
+    from napari.layers.base._base_constants import ActionType
+
+    vertices = np.array(layer.data[index])
+    vertices[0, -2:] += shift
+    with layer.events.set_data.blocker():
+        layer._data_view.edit(index, vertices)
+    layer.events.data(value=layer.data, action=ActionType.CHANGED, data_indices=(index,),
+                      vertex_indices=((0,),))
+    layer.refresh()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lesions", type=int, default=5000)
+    parser.add_argument("--slices", type=int, default=100)
+    parser.add_argument("--size", type=int, default=512, help="rows and columns of a slice")
+    parser.add_argument("--k", type=int, default=10)
+    args = parser.parse_args(argv)
+
+    import napari
+    from napari.layers import Layer
+
+    from napari_recist_seg.core.recist import recists_to_shapes
+    from napari_recist_seg.plugin._layers import recist_layer_tuple
+
+    viewer = napari.Viewer(show=True)
+    ticks = Ticks()
+    rng = np.random.default_rng(1)
+    volume = rng.normal(40, 20, size=(args.slices, args.size, args.size)).astype(np.float32)
+    scale = (2.5, 0.7, 0.7)
+    viewer.add_image(volume, name="CT", scale=scale, contrast_limits=(-160, 240))
+    recists, slices = random_lesions(args.lesions, args.slices, args.size)
+    rows = []
+
+    def timed(label, action, until=lambda: True):
+        start = time.perf_counter()
+        action()
+        pump(until)
+        end = time.perf_counter()
+        rows.append((label, end - start, ticks.longest_gap_ms(start, end)))
+
+    data, features = recists_to_shapes(recists, slices=slices)
+    holder = {}
+    timed("add the RECIST layer",
+          lambda: holder.setdefault("layer", viewer.add_layer(
+              Layer.create(*recist_layer_tuple(data, features, scale, "CT RECIST")))))
+    layer = viewer.layers["CT RECIST"]
+    timed("dock RECIST annotation (pair, measure, table)",
+          lambda: holder.setdefault("recist", viewer.window.add_plugin_dock_widget(
+              "napari-recist-seg", "RECIST annotation")[1]),
+          lambda: len(holder["recist"].lesions) == args.lesions)
+    annotate = holder["recist"]
+    assert all(info.ok for info in annotate.lesions)
+    last = 2 * (args.lesions - 1)
+    before = annotate.lesions[-1].long_mm
+    timed("edit a vertex: table and labels follow",
+          lambda: move_vertex(layer, last, (0.0, -3.0)),
+          lambda: annotate.lesions[-1].long_mm != before)
+    timed("select a lesion from the table (and centre it)",
+          lambda: annotate.select_lesion(args.lesions // 2))
+
+    holder["groups"] = viewer.window.add_plugin_dock_widget("napari-recist-seg",
+                                                            "Groups and pseudo-masks")[1]
+    groups = holder["groups"]
+    groups.set_recist_layer(layer)
+    groups.k_spin.setValue(args.k)
+    pump(lambda: not groups._timer.isActive())
+    timed(f"K-means (K={args.k}) and recolour the lines", groups.run_kmeans,
+          lambda: "groups (sizes" in groups.status.text())
+    groups.method_combo.setCurrentText("ellipse")
+    timed("first pseudo-mask preview (all slices)",
+          lambda: groups.preview_button.setChecked(True),
+          lambda: groups.preview_layer is not None)
+    pump(lambda: not groups._preview_running and not groups._timer.isActive())
+    preview = groups.preview_layer
+    z = slices[-1]
+    old = int((preview.data[z] == args.lesions).sum())
+    timed("edit a vertex: preview follows (incl. 150 ms debounce)",
+          lambda: move_vertex(layer, last + 1, (2.0, 2.0)),
+          lambda: int((preview.data[z] == args.lesions).sum()) != old)
+
+    print(f"{args.lesions} lesions ({2 * args.lesions} lines) on {args.slices} slices of "
+          f"{args.size}x{args.size}")
+    print(f"{'action':55s} {'seconds':>8s} {'longest freeze ms':>18s}")
+    for label, seconds, gap in rows:
+        print(f"{label:55s} {seconds:8.3f} {gap:18.0f}")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""The README's screenshots of the four dock widgets, taken from a real viewer.
+
+Walks the path a user takes on the CT phantom sample: the RECIST table, K-means groups and
+an ellipse pseudo-mask preview, a short training of the three models on other phantom slices
+(in the widget, as a user starts it), and their predictions compared against the true masks,
+overlaid and side by side. napari draws with OpenGL, so run it under a virtual display:
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/widget_screenshots.py
+
+Takes two to four minutes on 2 CPU cores (most of it training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+PLUGIN = "napari-recist-seg"
+
+
+def run_loop(ms: int) -> None:
+    """Run Qt's event loop for ``ms`` milliseconds, as napari's own loop would run it
+    (unlike ``processEvents``, this also deletes the widgets Qt was asked to delete)."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    QTimer.singleShot(ms, loop.quit)
+    loop.exec()
+
+
+def wait_for(condition, what: str, timeout: float = 900.0) -> None:
+    """Run the event loop until ``condition()`` holds (the viewer stays live meanwhile)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f} s")
+        run_loop(20)
+
+
+def settle(seconds: float = 0.5) -> None:
+    """Let pending redraws happen before a screenshot."""
+    run_loop(int(seconds * 1000))
+
+
+def camera(viewer):
+    """The camera the canvas draws with (napari 0.9 marks ``viewer.camera`` as deprecated
+    but still draws with it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return viewer.camera
+
+
+class Shooter:
+    """Docks one widget at a time and saves screenshots of the whole window."""
+
+    def __init__(self, viewer, out: Path):
+        self.viewer = viewer
+        self.out = out
+        self.dock = None
+
+    def show(self, name: str):
+        if self.dock is not None:
+            self.viewer.window.remove_dock_widget(self.dock)
+        self.dock, widget = self.viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        settle()
+        return widget
+
+    def shoot(self, filename: str) -> None:
+        settle()
+        path = self.out / filename
+        image = self.viewer.screenshot(path=str(path), canvas_only=False, flash=False)
+        print(f"{path}: {image.shape[1]}x{image.shape[0]}")
+
+
+def add_training_slices(viewer, seeds):
+    """Other phantom slices with their RECIST, hidden: the training set."""
+    from napari.layers import Layer
+
+    from napari_recist_seg.data.recist_files import RecistTable
+    from napari_recist_seg.data.samples import ct_phantom_slice
+    from napari_recist_seg.plugin._layers import SOFT_TISSUE_WINDOW, table_layer_tuple
+
+    pairs = []
+    for seed in seeds:
+        s = ct_phantom_slice(seed)
+        image = viewer.add_image(s["image"], name=f"training slice {seed}", scale=s["spacing"],
+                                 contrast_limits=SOFT_TISSUE_WINDOW, visible=False)
+        recist = viewer.add_layer(Layer.create(*table_layer_tuple(
+            RecistTable(recists=list(s["recists"])), name=f"training slice {seed} RECIST",
+            scale=s["spacing"])))
+        recist.visible = False
+        pairs.append((image, recist))
+    return pairs
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="docs/images", help="folder for the PNG files")
+    parser.add_argument("--train-slices", type=int, default=12,
+                        help="phantom slices to train on (about 5 lesions each)")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--size", type=int, default=64, help="network input size")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    import napari
+
+    from napari_recist_seg.plugin.training_worker import prepare_torch_import
+
+    viewer = napari.Viewer(title="napari-recist-seg", show=True)
+    # Once the viewer's OpenGL (and Mesa's LLVM) is loaded, torch must be imported the safe
+    # way; the plugin does this itself, and this script imports nothing of torch before it.
+    prepare_torch_import()
+    viewer.window._qt_window.resize(1500, 950)
+    viewer.open_sample(PLUGIN, "ct_phantom_slice")
+    layers = viewer.layers
+    image, truth, recist = (layers["CT phantom"], layers["CT phantom true masks"],
+                            layers["CT phantom RECIST"])
+    truth.visible = False
+    shots = Shooter(viewer, out)
+
+    # 1. RECIST annotation: the lesion table, one lesion selected and centred.
+    widget = shots.show("RECIST annotation")
+    widget.select_lesion(0)
+    camera(viewer).zoom = 2.2
+    shots.shoot("widget_recist.png")
+
+    # 2. Groups: K-means recolours the lines; the ellipse pseudo-masks are previewed.
+    widget = shots.show("Groups and pseudo-masks")
+    widget.k_spin.setValue(2)
+    widget.run_kmeans()
+    wait_for(lambda: "groups (sizes" in widget.status.text(), "K-means")
+    widget.method_combo.setCurrentText("ellipse")
+    widget.preview_button.setChecked(True)
+    wait_for(lambda: widget.preview_layer is not None, "the pseudo-mask preview")
+    viewer.reset_view()
+    camera(viewer).zoom *= 1.6
+    shots.shoot("widget_groups.png")
+    widget.preview_button.setChecked(False)
+
+    # 3. Training: the three models on other slices, one after another, with the live plot.
+    pairs = add_training_slices(viewer, range(1, args.train_slices + 1))
+    widget = shots.show("Training")
+    widget.set_pair(image, recist, checked=False)
+    for slice_image, slice_recist in pairs:
+        widget.set_pair(slice_image, slice_recist)
+    for box in widget.kind_boxes.values():
+        box.setChecked(True)
+    widget.size_spin.setValue(args.size)
+    widget.epochs_spin.setValue(args.epochs)
+    widget.batch_spin.setValue(8)
+    with tempfile.TemporaryDirectory() as models:
+        widget.out_edit.setText(models)
+        started = time.monotonic()
+        if widget.start() is None:
+            raise SystemExit("training did not start (see the notification above)")
+        wait_for(lambda: not widget.is_running(), "training")
+        print(f"trained three models in {time.monotonic() - started:.0f} s")
+        shots.shoot("widget_training.png")
+
+        # 4. Comparison on the sample slice (not trained on), against its true masks.
+        for slice_image, slice_recist in pairs:
+            viewer.layers.remove(slice_image)
+            viewer.layers.remove(slice_recist)
+        widget = shots.show("Compare models")
+        widget.image_combo.setCurrentText(image.name)
+        widget.recist_combo.setCurrentText(recist.name)
+        widget.gt_combo.setCurrentText(truth.name)
+        if widget.predict() is None:
+            raise SystemExit("prediction did not start (see the notification above)")
+        wait_for(lambda: widget._worker is None and widget.predict_button.isEnabled(),
+                 "predictions")
+        centre = np.mean([r.centre for r in _lesions(recist)], axis=0)
+        camera(viewer).center = tuple(centre * np.asarray(image.scale))
+        camera(viewer).zoom = 3.0
+        shots.shoot("widget_compare.png")
+        widget.side_button.setChecked(True)
+        viewer.reset_view()
+        camera(viewer).zoom *= 1.5
+        shots.shoot("compare_side_by_side.png")
+        print(mean_dice_by_model(widget))
+    viewer.close()
+
+
+def _lesions(recist_layer):
+    from napari_recist_seg.core.recist import recists_from_shapes
+
+    return recists_from_shapes(recist_layer.data, recist_layer.features)[0]
+
+
+def mean_dice_by_model(widget) -> str:
+    """Each model's Dice over the whole image and its mean over lesions, as text."""
+    parts = []
+    for name in dict.fromkeys(row["model"] for row in widget.rows):
+        rows = [row for row in widget.rows if row["model"] == name]
+        whole = [row["dice"] for row in rows if row["lesion"] == "all"]
+        lesions = [row["dice"] for row in rows if row["lesion"] != "all"]
+        parts.append(f"{name}: Dice {whole[0]:.3f} (image), {np.mean(lesions):.3f} "
+                     f"(mean of {len(lesions)} lesions)")
+    return "; ".join(parts)
+
+
+if __name__ == "__main__":
+    main()

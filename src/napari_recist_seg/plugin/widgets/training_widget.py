@@ -645,7 +645,10 @@ class TrainingWidget(QWidget):
         return self._worker is not None
 
     def start(self, job: TrainingJob | None = None):
-        """Start training (``job`` defaults to the form's); returns the worker or None."""
+        """Start training (``job`` defaults to the form's); returns the worker or None.
+
+        The worker starts when the event loop next runs: connect to its signals first.
+        """
         from napari.qt.threading import create_worker
 
         if self._worker is not None:
@@ -681,7 +684,9 @@ class TrainingWidget(QWidget):
         self.status.setText(f"Starting: {', '.join(KIND_NAMES[k] for k in job.kinds)} "
                             f"-> {job.out_dir}")
         self._plot_timer.start()
-        worker.start()
+        # The thread starts when the event loop next runs, so that whoever called ``start``
+        # can connect to the worker's signals before its first message.
+        QTimer.singleShot(0, worker.start)
         return worker
 
     def stop(self) -> None:

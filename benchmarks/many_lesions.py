@@ -14,7 +14,9 @@ stamps the event loop throughout; its longest gap is how long the viewer froze.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -50,6 +52,12 @@ def pump(until, timeout: float = 300.0) -> float:
         QApplication.processEvents()
         time.sleep(0.001)
     return time.perf_counter() - start
+
+
+def settle(seconds: float) -> None:
+    """Let the viewer idle (paint, lay out) as it would between a user's clicks."""
+    end = time.perf_counter() + seconds
+    pump(lambda: time.perf_counter() >= end)
 
 
 def random_lesions(n: int, n_slices: int, size: int, seed: int = 0):
@@ -94,6 +102,8 @@ def main(argv=None) -> None:
     parser.add_argument("--slices", type=int, default=100)
     parser.add_argument("--size", type=int, default=512, help="rows and columns of a slice")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--profile", metavar="FOLDER",
+                        help="write a cProfile file per action into FOLDER")
     args = parser.parse_args(argv)
 
     import napari
@@ -112,10 +122,17 @@ def main(argv=None) -> None:
     rows = []
 
     def timed(label, action, until=lambda: True):
+        profiler = cProfile.Profile() if args.profile else None
         start = time.perf_counter()
+        if profiler:
+            profiler.enable()
         action()
         pump(until)
         end = time.perf_counter()
+        if profiler:
+            profiler.disable()
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
+            profiler.dump_stats(Path(args.profile) / f"{len(rows)}.prof")
         rows.append((label, end - start, ticks.longest_gap_ms(start, end)))
 
     data, features = recists_to_shapes(recists, slices=slices)
@@ -138,12 +155,16 @@ def main(argv=None) -> None:
     timed("select a lesion from the table (and centre it)",
           lambda: annotate.select_lesion(args.lesions // 2))
 
-    holder["groups"] = viewer.window.add_plugin_dock_widget("napari-recist-seg",
-                                                            "Groups and pseudo-masks")[1]
+    def dock_groups():
+        holder["groups"] = viewer.window.add_plugin_dock_widget(
+            "napari-recist-seg", "Groups and pseudo-masks")[1]
+        holder["groups"].set_recist_layer(layer)
+
+    timed("dock Groups and pseudo-masks (plot)", dock_groups)
     groups = holder["groups"]
-    groups.set_recist_layer(layer)
     groups.k_spin.setValue(args.k)
     pump(lambda: not groups._timer.isActive())
+    settle(1.0)
     timed(f"K-means (K={args.k}) and recolour the lines", groups.run_kmeans,
           lambda: "groups (sizes" in groups.status.text())
     groups.method_combo.setCurrentText("ellipse")

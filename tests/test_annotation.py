@@ -75,6 +75,52 @@ def test_assigned_lines_keep_their_lesion_and_copies_start_new_ones():
     assert axes == ["long", "short", "long", "long"]
 
 
+def _pair_by_rule(data):
+    """The pairing rule written out plainly: each new line against every waiting lesion."""
+
+    def length(p):
+        return np.linalg.norm(p[1, 1:] - p[0, 1:])
+
+    ids, axes, lesions = [], [], []
+    for i, p in enumerate(np.asarray(d, dtype=float) for d in data):
+        flat = p[0, 0] == p[1, 0]
+        best = None
+        for lid, members in enumerate(lesions):
+            j, q = members[0]
+            if len(members) != 1 or not flat or q[0, 0] != q[1, 0] or q[0, 0] != p[0, 0]:
+                continue
+            near = segment_distance(p[:, 1:], q[:, 1:]) <= 0.5 * max(length(p), length(q))
+            if near and (best is None or j > best[1]):
+                best = (lid, j)
+        if best is None:
+            ids.append(len(lesions))
+            axes.append("long")
+            lesions.append([(i, p)])
+            continue
+        lid, j = best
+        longer = length(p) > length(lesions[lid][0][1])
+        ids.append(lid)
+        axes.append("long" if longer else "short")
+        axes[j] = "short" if longer else "long"
+        lesions[lid].append((i, p))
+    return ids, axes
+
+
+def test_pairing_many_new_lines_follows_the_rule_line_by_line():
+    rng = np.random.default_rng(3)
+    data = []
+    for _ in range(400):
+        z = float(rng.integers(0, 4))
+        start = rng.uniform(0, 60, 2)
+        end = start + rng.uniform(-15, 15, 2)
+        # A few lines run across slices; they never pair.
+        z_end = z + 1 if rng.random() < 0.05 else z
+        data.append(np.array([[z, *start], [z_end, *end]]))
+    ids, axes = _new(data)
+    assert (ids, axes) == _pair_by_rule(data)
+    assert 50 < len(set(ids)) < 400  # the data has both pairs and lone lines
+
+
 def test_shapes_other_than_lines_are_left_out():
     rectangle = [[0.0, 0.0], [0.0, 5.0], [5.0, 5.0], [5.0, 0.0]]
     ids, axes = assign_lesions(

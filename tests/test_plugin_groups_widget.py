@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from napari_recist_seg.core.pseudo_masks import pseudo_mask_labels
 from napari_recist_seg.core.recist import Recist
 from napari_recist_seg.plugin._layers import line_colours, recist_layer_tuple
 from napari_recist_seg.plugin.widgets.groups_widget import preview_name
@@ -160,6 +161,62 @@ def test_stack_preview_is_per_slice_and_bad_input_changes_nothing(
     widget.preview_button.setChecked(True)
     assert not widget.preview_button.isChecked() and len(viewer_3d.layers) == n_layers
     assert "choose an image layer" in notifications[-1][1]
+
+
+def test_stack_preview_recomputes_only_the_slices_whose_lesions_changed(
+    viewer_3d, qtbot, monkeypatch
+):
+    from napari_recist_seg.plugin.widgets import groups_widget as module
+
+    asked: list[set] = []
+    real = module._pseudo_mask_slices
+
+    def recording(jobs, shape2d, method):
+        asked.append(set(jobs))
+        return real(jobs, shape2d, method)
+
+    monkeypatch.setattr(module, "_pseudo_mask_slices", recording)
+    recists = [_lesions()[0], _lesions()[4], _lesions()[1]]
+    layer = _add_recist(viewer_3d, recists, slices=[1, 3, 4], scale=(0.7, 0.7))
+    widget = _widget(viewer_3d)
+    widget.recist_combo.set_layer(layer)
+    widget.preview_button.setChecked(True)
+    qtbot.waitUntil(lambda: widget.preview_layer is not None, timeout=10000)
+    labels = widget.preview_layer.data
+    assert asked == [{1, 3, 4}]
+    slice_1, slice_4 = labels[1].copy(), labels[4].copy()
+
+    # Move lesion 2 (slice 3) by 4 columns: only slice 3 is computed again.
+    moved = [np.array(d) for d in layer.data]
+    for i in (2, 3):
+        moved[i][:, 2] += 4
+    layer.data = moved
+    old_cols = np.nonzero(labels[3] == 2)[1].mean()
+    qtbot.waitUntil(lambda: np.nonzero(labels[3] == 2)[1].mean() > old_cols + 3.5, timeout=10000)
+    qtbot.waitUntil(lambda: not widget._preview_running, timeout=10000)
+    assert asked[1:] == [{3}]
+    np.testing.assert_array_equal(labels[1], slice_1)
+    np.testing.assert_array_equal(labels[4], slice_4)
+
+    # Move lesion 1 from slice 1 to slice 2: slice 1 is cleared, slice 2 computed.
+    moved = [np.array(d) for d in layer.data]
+    for i in (0, 1):
+        moved[i][:, 0] = 2
+    layer.data = moved
+    qtbot.waitUntil(lambda: not labels[1].any() and (labels[2] == 1).any(), timeout=10000)
+    qtbot.waitUntil(lambda: not widget._preview_running, timeout=10000)
+    assert asked[-1] == {2}
+    np.testing.assert_array_equal(labels[2], slice_1)
+
+    # Another pseudo-mask method: every slice again.
+    widget.method_combo.setCurrentText("quarter_ellipse")
+    qtbot.waitUntil(lambda: asked[-1] == {2, 3, 4} and not widget._preview_running,
+                    timeout=10000)
+    assert widget.preview_layer.name == preview_name("quarter_ellipse")
+    for info in widget.lesions():
+        expected = pseudo_mask_labels([info.recist], (64, 80), method="quarter_ellipse",
+                                      labels=[info.lesion_id + 1])
+        np.testing.assert_array_equal(labels[info.slice], expected)
 
 
 def test_plugin_modules_do_not_import_torch():

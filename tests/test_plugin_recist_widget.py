@@ -98,6 +98,43 @@ def test_stack_lesions_get_their_slice_and_rows_centre_them(viewer_3d, draw):
     np.testing.assert_allclose(camera.center[-2:], (40 * 0.7, 50 * 0.7))
 
 
+def test_length_labels_show_on_small_layers_and_start_hidden_on_large_ones(viewer_3d, draw):
+    from napari.layers import Layer
+
+    from napari_recist_seg.core.recist import Recist, recists_to_shapes
+    from napari_recist_seg.plugin._layers import LABEL_LIMIT, recist_layer_tuple
+
+    widget = _widget(viewer_3d)
+    small = widget.new_recist_layer()
+    draw(small, [[3, 10, 10], [3, 10, 30]])
+    draw(small, [[3, 5, 20], [3, 15, 20]])
+    assert small.text.visible and widget.labels_check.isChecked()
+    assert small.features["measurement"].tolist() == ["14.0 x 7.0 mm", ""]
+
+    # One lesion more than the limit allows labels for: they start hidden, and say so.
+    n = LABEL_LIMIT // 2 + 1
+    recists = [Recist([[10, 10], [10, 30]], [[5, 20], [15, 20]])] * n
+    data, features = recists_to_shapes(recists, slices=[i % 5 for i in range(n)])
+    large = viewer_3d.add_layer(
+        Layer.create(*recist_layer_tuple(data, features, (2.5, 0.7, 0.7), "many"))
+    )
+    widget.recist_combo.set_layer(large)
+    assert len(widget.lesions) == n
+    assert not large.text.visible and not widget.labels_check.isChecked()
+    assert "Lengths on lines are off" in widget.status.text()
+    # The lengths are still there, for the table and for when labels are turned on.
+    assert large.features["measurement"].tolist()[:2] == ["14.0 x 7.0 mm", ""]
+
+    widget.labels_check.setChecked(True)
+    assert large.text.visible
+    assert "Lengths on lines are off" not in widget.status.text()
+    large.text.visible = False  # napari's own "display text" box
+    assert not widget.labels_check.isChecked()
+
+    widget.recist_combo.set_layer(small)
+    assert widget.labels_check.isChecked() and not large.text.visible
+
+
 def test_rule_violation_is_flagged_and_make_perpendicular_fixes_it(
     viewer_2d, draw, tmp_path, notifications
 ):

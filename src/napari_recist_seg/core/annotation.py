@@ -167,7 +167,15 @@ def assign_lesions(data, lesion_ids, axes, spacing=(1.0, 1.0), shape_types=None)
         for i in range(n)
     ]
     lengths = line_lengths_mm(pts, spacing)
-    keys = [_leading(p) if line else None for p, line in zip(pts, is_line)]
+    # Slices are needed only for lines still to pair and lesions waiting for a second line;
+    # a layer of thousands of lesions has few of either.
+    keys: dict[int, object] = {}
+
+    def key_of(i):
+        if i not in keys:
+            keys[i] = _leading(pts[i])
+        return keys[i]
+
     members: dict[int, dict[str, int]] = {}
     pending = []
     for i in range(n):
@@ -180,15 +188,19 @@ def assign_lesions(data, lesion_ids, axes, spacing=(1.0, 1.0), shape_types=None)
         else:
             pending.append(i)
     next_id = max(members, default=-1) + 1
+    # Lesions with one line, by slice: {slice: {lesion id: line}}. Lines across slices
+    # ("mixed") never pair.
+    waiting: dict[object, dict[int, int]] = {}
+    for lid, lines in members.items():
+        if len(lines) == 1:
+            (j,) = lines.values()
+            if key_of(j) != "mixed":
+                waiting.setdefault(key_of(j), {})[lid] = j
 
     for i in pending:
+        key = key_of(i)
         partner = None
-        for lid, lines in members.items():
-            if len(lines) != 1:
-                continue
-            (j,) = lines.values()
-            if keys[j] != keys[i] or keys[i] == "mixed":
-                continue
+        for lid, j in waiting.get(key, {}).items() if key != "mixed" else ():
             # "Near" scales with the lesion: a short axis starts within its long axis' reach.
             reach = 0.5 * max(lengths[i], lengths[j])
             gap = segment_distance(pts[i][:, -2:] * sp, pts[j][:, -2:] * sp)
@@ -197,6 +209,8 @@ def assign_lesions(data, lesion_ids, axes, spacing=(1.0, 1.0), shape_types=None)
         if partner is None:
             ids[i], axes[i] = next_id, "long"
             members[next_id] = {"long": i}
+            if key != "mixed":
+                waiting.setdefault(key, {})[next_id] = i
             next_id += 1
             continue
         lid, j = partner
@@ -206,6 +220,7 @@ def assign_lesions(data, lesion_ids, axes, spacing=(1.0, 1.0), shape_types=None)
             axes[i], axes[j] = "short", "long"
         ids[i] = lid
         members[lid] = {axes[i]: i, axes[j]: j}
+        del waiting[key][lid]
     return ids, axes
 
 

@@ -42,7 +42,7 @@ from .._layers import (
     spatial_shape,
     write_columns,
 )
-from ._common import Connections, LayerCombo, bind_lifetime
+from ._common import Connections, LayerCombo, bind_lifetime, unproxied
 
 __all__ = ["GroupsWidget", "preview_name"]
 
@@ -65,6 +65,14 @@ def _pseudo_mask_slices(jobs: dict, shape2d, method: str) -> dict:
     }
 
 
+def _slice_signature(recists, labels) -> tuple:
+    """What a preview plane depends on: each lesion's label, axes and pixel size."""
+    return tuple(sorted(
+        (label, r.long_axis.tobytes(), r.short_axis.tobytes(), tuple(r.spacing))
+        for r, label in zip(recists, labels)
+    ))
+
+
 class GroupsWidget(QWidget):
     """Dock widget: K-means groups of the lesions and pseudo-mask previews.
 
@@ -78,7 +86,9 @@ class GroupsWidget(QWidget):
         self.viewer = napari_viewer
         self._layer: Shapes | None = None
         self.preview_layer: Labels | None = None
-        self._preview_keys: set = set()
+        # What each plane of the preview layer shows now: {slice key: signature}, so that an
+        # edit recomputes only the slices whose lesions changed.
+        self._preview_shown: dict = {}
         self._preview_seq = 0
         self._preview_running = False
         self._preview_dirty = False
@@ -192,6 +202,7 @@ class GroupsWidget(QWidget):
 
     def set_recist_layer(self, layer) -> None:
         """Read ``layer`` and follow its edits."""
+        layer = unproxied(layer)
         if layer is self._layer and layer is not None:
             return
         if self._layer is not None:
@@ -426,17 +437,18 @@ class GroupsWidget(QWidget):
 
     def _refresh(self) -> None:
         try:
-            self._draw_plot([i for i in self.lesions() if i.ok])
+            infos = self.lesions()
+            self._draw_plot([i for i in infos if i.ok])
         except RuntimeError:
             return
         if self.preview_layer is not None:
-            self.update_preview(quiet=True)
+            self.update_preview(quiet=True, infos=infos)
 
     def _on_layer_removed(self, event=None) -> None:
         removed = getattr(event, "value", None)
         if removed is not None and removed is self.preview_layer:
             self.preview_layer = None
-            self._preview_keys = set()
+            self._preview_shown = {}
             try:
                 self.preview_button.setChecked(False)
             except RuntimeError:
@@ -453,7 +465,7 @@ class GroupsWidget(QWidget):
         self._preview_seq += 1  # results still on their way are dropped
         if self.preview_layer is not None:
             layer, self.preview_layer = self.preview_layer, None
-            self._preview_keys = set()
+            self._preview_shown = {}
             if layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
 
@@ -462,11 +474,13 @@ class GroupsWidget(QWidget):
             self.preview_layer.name = preview_name(method)
             self.update_preview(quiet=True)
 
-    def update_preview(self, quiet: bool = False) -> bool:
+    def update_preview(self, quiet: bool = False, infos=None) -> bool:
         """Compute the pseudo-masks of the valid lesions into the preview layer (in a thread).
 
-        The preview layer is created when the first result arrives. Returns False (after a
-        notification, unless ``quiet``) when there is nothing to preview.
+        The preview layer is created when the first result arrives; afterwards only the
+        slices whose lesions changed are computed again. ``infos`` are the layer's lesions
+        when the caller has them already. Returns False (after a notification, unless
+        ``quiet``) when there is nothing to preview.
         """
         from napari.qt.threading import create_worker
 
@@ -485,7 +499,7 @@ class GroupsWidget(QWidget):
                 f"the RECIST layer ({layer.ndim}D) and the image ({image.ndim}D) must both be "
                 "2D or both 3D."
             )
-        valid = [i for i in self.lesions() if i.ok]
+        valid = [i for i in (self.lesions() if infos is None else infos) if i.ok]
         if not valid and self.preview_layer is None:
             return fail(f"{layer.name!r} has no complete lesion (a long and a short axis).")
         if self._preview_running:
@@ -500,13 +514,25 @@ class GroupsWidget(QWidget):
             recists, labels = jobs.setdefault(key, ([], []))
             recists.append(info.recist)
             labels.append(int(info.lesion_id) + 1)
+        method = self.method_combo.currentText()
+        signatures = {key: (method, _slice_signature(*job)) for key, job in jobs.items()}
+        preview = self.preview_layer
+        shown = self._preview_shown
+        if preview is None or preview.data.shape != shape or preview not in self.viewer.layers:
+            shown = {}
+        todo = {key: job for key, job in jobs.items() if shown.get(key) != signatures[key]}
+        cleared = set(shown) - set(jobs)
+        if preview is not None and shown and not todo and not cleared:
+            return True
         self._preview_seq += 1
-        seq, method = self._preview_seq, self.method_combo.currentText()
+        seq = self._preview_seq
         worker = create_worker(
-            _pseudo_mask_slices, jobs, shape[-2:], method, _start_thread=False,
+            _pseudo_mask_slices, todo, shape[-2:], method, _start_thread=False,
             _ignore_errors=True,
         )
-        worker.returned.connect(lambda result: self._apply_preview(seq, result, image, method))
+        worker.returned.connect(
+            lambda planes: self._apply_preview(seq, planes, cleared, signatures, image, method)
+        )
         worker.errored.connect(lambda exc: notify_error(f"Pseudo-mask preview: {exc}"))
         worker.finished.connect(self._preview_finished)
         self._preview_running = True
@@ -527,32 +553,32 @@ class GroupsWidget(QWidget):
         except RuntimeError:
             return False
 
-    def _apply_preview(self, seq, result: dict, image, method) -> None:
+    def _apply_preview(self, seq, planes: dict, cleared, signatures, image, method) -> None:
         if seq != self._preview_seq or image not in self.viewer.layers:
             return
         shape = spatial_shape(image)
         preview = self.preview_layer
         if preview is None or preview.data.shape != shape or preview not in self.viewer.layers:
-            data = np.zeros(shape, dtype=np.int32)
             preview = Labels(
-                data, name=preview_name(method), scale=image.scale, translate=image.translate,
-                opacity=0.45, metadata={META_KEY: {"role": "pseudo-mask preview"}},
+                np.zeros(shape, dtype=np.int32), name=preview_name(method), scale=image.scale,
+                translate=image.translate, opacity=0.45,
+                metadata={META_KEY: {"role": "pseudo-mask preview"}},
             )
             self.preview_layer = preview
-            self._preview_keys = set()
             self.viewer.add_layer(preview)
             # Keep the RECIST lines on top of the masks.
             if self._layer is not None and self._layer in self.viewer.layers:
                 self.viewer.layers.selection.active = self._layer
         data = preview.data
         if image.ndim == 2:
-            data[...] = result.get(None, 0)
+            if planes or cleared:
+                data[...] = planes.get(None, 0)
         else:
-            for key in self._preview_keys - set(result):
+            for key in cleared:
                 data[key] = 0
-            for key, plane in result.items():
+            for key, plane in planes.items():
                 data[key] = plane
-        self._preview_keys = set(result)
+        self._preview_shown = dict(signatures)
         preview.refresh()
 
     def keep_preview(self):
@@ -563,7 +589,7 @@ class GroupsWidget(QWidget):
             return None
         method = self.method_combo.currentText()
         self.preview_layer = None
-        self._preview_keys = set()
+        self._preview_shown = {}
         self._preview_seq += 1  # a result still on its way must not touch the kept layer
         preview.name = f"pseudo-masks ({method})"
         preview.metadata[META_KEY] = {"role": "pseudo-masks", "method": method}

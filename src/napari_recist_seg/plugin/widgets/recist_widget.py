@@ -17,6 +17,7 @@ from qtpy.QtCore import QAbstractTableModel, QModelIndex, Qt
 from qtpy.QtGui import QBrush, QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QFileDialog,
     QGridLayout,
     QGroupBox,
@@ -31,6 +32,7 @@ from qtpy.QtWidgets import (
 
 from ...core.annotation import perpendicular_short_axis, recists_from_labels
 from .._layers import (
+    LABEL_LIMIT,
     RECIST_DEFAULTS,
     describe_layer,
     is_recist_layer,
@@ -42,7 +44,7 @@ from .._layers import (
     sync_recist_layer,
     table_layer_tuple,
 )
-from ._common import Connections, LayerCombo, bind_lifetime
+from ._common import Connections, LayerCombo, bind_lifetime, unproxied
 
 __all__ = ["RecistWidget"]
 
@@ -185,9 +187,18 @@ class RecistWidget(QWidget):
         self.undo_button.setToolTip("Undo the last 'make perpendicular'")
         self.undo_button.setEnabled(False)
         self.undo_button.clicked.connect(self.undo)
+        self.labels_check = QCheckBox("Lengths on lines")
+        self.labels_check.setToolTip(
+            "Show each lesion's 'long x short mm' beside its long axis. Layers of more than "
+            f"{LABEL_LIMIT} lines start without them: napari redraws every label on each "
+            "edit, recolouring or zoom, which slows large layers down. The table lists "
+            "every length either way."
+        )
+        self.labels_check.toggled.connect(self._on_labels_toggled)
         fixes = QHBoxLayout()
         fixes.addWidget(self.perpendicular_button)
         fixes.addWidget(self.undo_button)
+        fixes.addWidget(self.labels_check)
 
         io = QGroupBox("Import and export")
         io_layout = QGridLayout(io)
@@ -243,11 +254,13 @@ class RecistWidget(QWidget):
 
     def set_recist_layer(self, layer) -> None:
         """Attach to ``layer`` (a Shapes layer): pair its lines and follow its edits."""
+        layer = unproxied(layer)
         if layer is self._layer and layer is not None:
             return
         if self._layer is not None:
             self._connections.disconnect_from(self._layer)
             self._connections.disconnect_from(self._layer.selected_data)
+            self._connections.disconnect_from(self._layer.text)
         self._layer = layer
         self._undo.clear()
         self.undo_button.setEnabled(False)
@@ -259,7 +272,25 @@ class RecistWidget(QWidget):
             self._connections.connect(
                 layer.selected_data.events.items_changed, self._on_layer_selection
             )
+            # napari's own layer controls can show or hide the labels too.
+            self._connections.connect(layer.text.events.visible, self._show_labels_state)
         self.sync()
+        self._show_labels_state()
+
+    def _show_labels_state(self, event=None) -> None:
+        layer = self._layer
+        try:
+            self.labels_check.blockSignals(True)
+            self.labels_check.setEnabled(layer is not None)
+            self.labels_check.setChecked(layer is not None and bool(layer.text.visible))
+            self.labels_check.blockSignals(False)
+            self._update_status()
+        except RuntimeError:  # the widget was closed
+            pass
+
+    def _on_labels_toggled(self, on: bool) -> None:
+        if self._layer is not None:
+            self._layer.text.visible = bool(on)
 
     def new_recist_layer(self):
         """Add an empty RECIST layer aligned with the chosen image and attach to it."""
@@ -281,7 +312,8 @@ class RecistWidget(QWidget):
         )
         kwargs["feature_defaults"] = dict(RECIST_DEFAULTS)
         kwargs["edge_color"] = "white"
-        layer = self.viewer.add_layer(Shapes(**kwargs))
+        layer = Shapes(**kwargs)
+        self.viewer.add_layer(layer)
         self.set_recist_layer(layer)
         return layer
 
@@ -341,6 +373,11 @@ class RecistWidget(QWidget):
                 notes.append(
                     "The RECIST layer's scale differs from the image's: lengths use the "
                     "image's pixel size; lines may not sit on the image."
+                )
+            if len(layer.data) > LABEL_LIMIT and not layer.text.visible:
+                notes.append(
+                    f"Lengths on lines are off for layers over {LABEL_LIMIT} lines (napari "
+                    "redraws them on every update); the table lists them."
                 )
         self.status.setText(" ".join(notes))
 
@@ -473,7 +510,8 @@ class RecistWidget(QWidget):
 
     # -- import and export ------------------------------------------------------------------
     def _add_recist_layer(self, layer_tuple) -> Shapes:
-        layer = self.viewer.add_layer(Layer.create(*layer_tuple))
+        layer = Layer.create(*layer_tuple)
+        self.viewer.add_layer(layer)
         self.set_recist_layer(layer)
         return layer
 

@@ -285,4 +285,15 @@ def test_describe_lesions_cache_reuses_only_unchanged_lesions():
     assert second[0] is first[0]
     assert second[1] is not first[1]
     assert second[1].centre == pytest.approx([110.0, 135.0])
-    assert len(cache) == 2
+    # Lines drawn after the others leave those reusable; the new lesion is measured.
+    third = describe_lesions([*moved, np.asarray(LONG) + 50.0], [*ids, 2], [*axes, "long"],
+                             cache=cache)
+    assert third[0] is first[0] and third[1] is second[1]
+    assert third[2].problem.startswith("incomplete")
+    # Lesion 0's lines deleted: lesion 1's lines move up, so it is measured again.
+    fourth = describe_lesions(moved[2:], ids[2:], axes[2:], cache=cache)
+    assert [info.line_indices for info in fourth] == [[0, 1]]
+    assert fourth[0].centre == pytest.approx(second[1].centre)
+    # Another angle tolerance: every lesion is checked again.
+    fifth = describe_lesions(moved[2:], ids[2:], axes[2:], tolerance=5.0, cache=cache)
+    assert fifth[0] is not fourth[0]

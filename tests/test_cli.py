@@ -25,6 +25,18 @@ def test_help_lists_subcommands(capsys):
         assert name in out
 
 
+@pytest.mark.parametrize("module", ["napari_recist_seg", "napari_recist_seg.cli"])
+def test_python_dash_m_runs_the_commands(module):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for name in ("pseudo-masks", "train", "predict", "benchmark", "demo"):
+        assert name in done.stdout
+
+
 def test_pseudo_masks_from_folder(tmp_path, capsys):
     import imageio.v3 as iio
 

@@ -89,6 +89,19 @@ def test_load_model_on_a_run_folder_uses_best(multitask_run):
     assert model.checkpoint_config["train_config"]["kind"] == "multitask"
 
 
+def test_a_training_output_folder_resolves_to_its_one_run(multitask_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(multitask_run, out / "multitask")
+    assert resolve_checkpoint(out) == out / "multitask" / "best"
+    shutil.copytree(multitask_run, out / "a1")
+    with pytest.raises(ValueError, match="holds 2 trained models; choose one of .*a1.*multitask"):
+        resolve_checkpoint(out)
+    with pytest.raises(ValueError, match="is not a checkpoint folder"):
+        resolve_checkpoint(tmp_path)
+
+
 def test_load_model_without_grouping(models):
     assert models["ct_a1"].grouping is None
     assert models["ct_a1"].preprocessing["mode"] == "crops"

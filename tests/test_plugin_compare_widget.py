@@ -13,7 +13,7 @@ import pytest
 
 from napari_recist_seg.learning.report import MODEL_COLOURS
 from napari_recist_seg.plugin._layers import META_KEY
-from napari_recist_seg.plugin.training_worker import MODEL_REGISTRY
+from napari_recist_seg.plugin.training_worker import MODEL_REGISTRY, prepare_torch_import
 from napari_recist_seg.plugin.widgets.compare_widget import prediction_name
 
 from ._learning_data import crop_preprocessing, quick, saved_model, whole_preprocessing
@@ -23,6 +23,8 @@ PLUGIN = "napari-recist-seg"
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
+    # Earlier tests may have drawn with Mesa: the models' imports must go the plugin's way.
+    prepare_torch_import()
     root = tmp_path_factory.mktemp("compare-models")
     with quick():
         return {

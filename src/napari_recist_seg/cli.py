@@ -70,4 +70,8 @@ def _describe(exc: Exception) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run as ``python -m napari_recist_seg.cli``, this file is ``__main__`` while the commands
+    # register themselves in the imported ``napari_recist_seg.cli``: use that one's main.
+    from napari_recist_seg.cli import main as _main
+
+    raise SystemExit(_main())

@@ -34,10 +34,13 @@ _AXES = ("long", "short")
 # -- lengths ----------------------------------------------------------------------------------
 def _stack(data):
     """All shapes as one (n, vertices, ndim) array when they have the same size, else None."""
-    try:
-        return np.stack([np.asarray(p, dtype=float) for p in data]) if len(data) else None
-    except ValueError:
+    if not len(data):
         return None
+    try:
+        stacked = np.asarray(list(data), dtype=float)
+    except ValueError:  # shapes of different sizes
+        return None
+    return stacked if stacked.ndim == 3 else None
 
 
 def line_lengths_mm(data, spacing, per_line_spacing=None) -> np.ndarray:
@@ -314,7 +317,7 @@ def describe_lesions(
     cache : dict, optional
         Results of an earlier call (pass the same dict each time): lesions whose lines have
         not changed are not validated again, so a layer with thousands of lesions stays quick
-        to follow while one is edited. It is left holding this call's lesions only.
+        to follow while one is edited. It is left holding this call's input and lesions.
 
     Returns
     -------
@@ -324,15 +327,14 @@ def describe_lesions(
         raise ValueError(
             f"{len(data)} lines but {len(lesion_ids)} lesion_ids and {len(axes)} axes"
         )
+    ids = [int(v) for v in lesion_ids]
+    kinds = [str(a) for a in axes]
     by_id: dict[int, dict[str, list[int]]] = {}
-    for i, (lid, axis) in enumerate(zip(lesion_ids, axes)):
-        lid = int(lid)
-        if lid < 0:
-            continue
-        by_id.setdefault(lid, {}).setdefault(str(axis), []).append(i)
-    out, used = [], {}
+    for i, (lid, axis) in enumerate(zip(ids, kinds)):
+        if lid >= 0:
+            by_id.setdefault(lid, {}).setdefault(axis, []).append(i)
     stacked = _stack(data)
-    # Each line's vertices as bytes (one C call for all lines): cheap to hash as a cache key.
+    # Each line's vertices as bytes (one C call for all lines): cheap to compare.
     if stacked is not None:
         rows = np.ascontiguousarray(stacked.reshape(len(data), -1))
         flat = rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel().tolist()
@@ -340,27 +342,49 @@ def describe_lesions(
         flat = [np.asarray(p, dtype=float).tobytes() + bytes(np.shape(p)) for p in data]
     spacings = None if per_line_spacing is None else np.asarray(per_line_spacing).tolist()
     base = tuple(float(v) for v in spacing)
+    settings = (base, float(tolerance), spacings is None)
+    known = _unchanged_lesions(cache, settings, flat, ids, kinds, spacings)
+    out = []
     for lid in sorted(by_id):
-        lines = by_id[lid]
-        indices = sorted(i for group in lines.values() for i in group)
-        sp = base if spacings is None else tuple(spacings[indices[0]])
-        key = (
-            lid,
-            tuple(sorted((a, tuple(g)) for a, g in lines.items())),
-            tuple(flat[i] for i in indices),
-            sp,
-            float(tolerance),
-        )
-        info = cache.get(key) if cache is not None else None
+        info = known.get(lid)
         if info is None:
+            lines = by_id[lid]
+            indices = sorted(i for group in lines.values() for i in group)
+            sp = base if spacings is None else tuple(spacings[indices[0]])
             arrays = {i: np.asarray(data[i], dtype=float) for i in indices}
             info = _describe_one(lid, lines, arrays, np.asarray(sp), tolerance)
-        used[key] = info
         out.append(info)
     if cache is not None:
         cache.clear()
-        cache.update(used)
+        cache["previous"] = {
+            "settings": settings, "flat": flat, "ids": ids, "axes": kinds,
+            "spacings": spacings, "infos": {info.lesion_id: info for info in out},
+        }
     return out
+
+
+def _unchanged_lesions(cache, settings, flat, ids, kinds, spacings) -> dict:
+    """Lesions of the previous call (kept in ``cache``) none of whose lines changed.
+
+    Lines are compared by position: a lesion is reused when each line that belongs to it,
+    before or now, has the same vertices, lesion id, axis and pixel size at the same index,
+    so its line indices hold too. Lines added at the end leave the others reusable.
+    """
+    previous = (cache or {}).get("previous")
+    if previous is None or previous["settings"] != settings:
+        return {}
+    old_flat, old_ids, old_kinds = previous["flat"], previous["ids"], previous["axes"]
+    old_spacings = previous["spacings"]
+    common = min(len(flat), len(old_flat))
+    dirty = set(ids[common:]) | set(old_ids[common:])
+    for i in range(common):
+        if (
+            flat[i] != old_flat[i] or ids[i] != old_ids[i] or kinds[i] != old_kinds[i]
+            or (spacings is not None and spacings[i] != old_spacings[i])
+        ):
+            dirty.add(ids[i])
+            dirty.add(old_ids[i])
+    return {lid: info for lid, info in previous["infos"].items() if lid not in dirty}
 
 
 def _describe_one(lid, lines, arrays, sp, tolerance) -> LesionInfo:

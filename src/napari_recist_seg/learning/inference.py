@@ -19,7 +19,8 @@ __all__ = ["Prediction", "load_model", "predict", "predict_detailed", "resolve_c
 
 
 def resolve_checkpoint(path) -> Path:
-    """The checkpoint folder for ``path``: the folder itself, or a training run's ``best/``."""
+    """The checkpoint folder for ``path``: the folder itself, a training run's ``best/``, or
+    the ``best/`` of the one run in a training output folder."""
     p = Path(path).expanduser()
     if (p / "config.json").is_file():
         return p
@@ -33,6 +34,14 @@ def resolve_checkpoint(path) -> Path:
         return p / "best"
     if not p.exists():
         raise ValueError(f"{p} does not exist")
+    # ``recist-seg train --out`` holds one run per model kind.
+    runs = sorted(c for c in p.iterdir() if (c / "best" / "config.json").is_file()) \
+        if p.is_dir() else []
+    if len(runs) == 1:
+        return runs[0] / "best"
+    if runs:
+        names = ", ".join(str(r) for r in runs)
+        raise ValueError(f"{p} holds {len(runs)} trained models; choose one of {names}")
     raise ValueError(f"{p} is not a checkpoint folder (no config.json, nor best/config.json)")
 
 

@@ -13,6 +13,7 @@ lesion's long axis) are derived from them and never written to files.
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import numpy as np
 
@@ -234,22 +235,31 @@ def recist_layer_tuple(data, features: dict, scale, name: str, translate=None):
 def measurement_labels(lesion_ids, axes, lengths) -> list[str]:
     """Text label per line: "long x short mm" on a lesion's long axis, nothing on its short
     axis, and its own length for a line that is not (yet) half of a pair."""
-    pairs: dict[int, dict[str, int]] = {}
-    for i, (lid, axis) in enumerate(zip(lesion_ids, axes)):
-        if int(lid) >= 0 and axis in ("long", "short"):
-            pairs.setdefault(int(lid), {}).setdefault(axis, i)
+    ids = np.asarray(lesion_ids, dtype=np.int64).reshape(-1)
+    kinds = np.asarray(axes, dtype=object).reshape(-1)
+    lengths = np.asarray(lengths, dtype=float).reshape(-1)
+    n = len(ids)
+    # The first long and the first short line of each lesion make its pair.
+    partner = np.full(n, -1)
+    firsts = {}
+    for axis in ("long", "short"):
+        lines = np.nonzero((kinds == axis) & (ids >= 0))[0]
+        unique, first = np.unique(ids[lines], return_index=True)
+        firsts[axis] = dict(zip(unique.tolist(), lines[first].tolist()))
+    for lid, i in firsts["long"].items():
+        j = firsts["short"].get(lid)
+        if j is not None:
+            partner[i], partner[j] = j, i
     labels = []
-    for i, (lid, axis) in enumerate(zip(lesion_ids, axes)):
-        length = float(lengths[i])
-        pair = pairs.get(int(lid), {})
-        if not np.isfinite(length):
+    for length, other, axis in zip(lengths.tolist(), partner.tolist(), kinds):
+        if length != length or length in (np.inf, -np.inf):
             labels.append("")
-        elif axis == "long" and pair.get("long") == i and "short" in pair:
-            labels.append(f"{length:.1f} x {float(lengths[pair['short']]):.1f} mm")
-        elif axis == "short" and pair.get("short") == i and "long" in pair:
-            labels.append("")
-        else:
+        elif other < 0:
             labels.append(f"{length:.1f} mm")
+        elif axis == "long":
+            labels.append(f"{length:.1f} x {lengths[other]:.1f} mm")
+        else:
+            labels.append("")
     return labels
 
 
@@ -287,7 +297,7 @@ def is_recist_layer(layer) -> bool:
 
 def layer_columns(layer) -> tuple[list[int], list[str]]:
     """``lesion_id`` and ``axis`` per shape of a layer (-1 and "" where missing)."""
-    n = len(layer.data)
+    n = layer.nshapes
     feats = layer.features
     ids = _int_values(feats["lesion_id"]).tolist() if "lesion_id" in feats else [-1] * n
     axes = feats["axis"].fillna("").astype(str).tolist() if "axis" in feats else [""] * n
@@ -354,11 +364,12 @@ def sync_recist_layer(layer, spacing) -> bool:
     Only the layer's features and colours change, never its data. Returns True when any
     feature column changed.
     """
-    n = len(layer.data)
+    data = layer.data  # napari builds this list anew on each access
+    n = len(data)
     ids, axes = layer_columns(layer)
     shape_types = list(layer.shape_type)
-    new_ids, new_axes = assign_lesions(layer.data, ids, axes, spacing, shape_types)
-    lengths = line_lengths_mm(layer.data, spacing, per_line_spacing(layer, spacing))
+    new_ids, new_axes = assign_lesions(data, ids, axes, spacing, shape_types)
+    lengths = line_lengths_mm(data, spacing, per_line_spacing(layer, spacing))
     feats = layer.features
     columns = {}
     if "lesion_id" not in feats or new_ids != ids:
@@ -398,7 +409,7 @@ def recolour(layer) -> None:
 
     Shapes other than lines keep their colour.
     """
-    if not len(layer.data):
+    if not layer.nshapes:
         return
     _, axes = layer_columns(layer)
     groups = None
@@ -414,8 +425,19 @@ def recolour(layer) -> None:
 
 
 # -- lesions for the table, grouping and pseudo-masks -----------------------------------------
+# What each layer's lesions were last measured as, shared by every widget that reads the layer:
+# the second widget to look after an edit finds them measured.
+_MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def describe_layer(layer, spacing, cache: dict | None = None) -> list[LesionInfo]:
-    """``describe_lesions`` for a napari Shapes layer."""
+    """``describe_lesions`` for a napari Shapes layer.
+
+    Without ``cache``, the layer's own (kept while the layer lives) is used, so lesions
+    whose lines have not changed since any earlier call are not measured again.
+    """
+    if cache is None:
+        cache = _MEASURED.setdefault(layer, {})
     ids, axes = layer_columns(layer)
     return describe_lesions(
         layer.data, ids, axes, spacing, per_line_spacing(layer, spacing), cache=cache

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from napari.layers import Image, Labels, Shapes
 from qtpy.QtCore import QTimer
@@ -96,7 +97,6 @@ class GroupsWidget(QWidget):
         self._picking = False
         self._worker = None
         self._preview_worker = None
-        self._cache: dict = {}  # lesions already validated, see describe_lesions
         self._connections = Connections()
         bind_lifetime(self, self._connections)
         self._timer = QTimer(self)
@@ -148,11 +148,15 @@ class GroupsWidget(QWidget):
         g.addWidget(self.seed_spin, 2, 1)
         g.addWidget(self.run_button, 2, 2)
 
-        self.figure = Figure(figsize=(3.2, 2.6), tight_layout=True)
+        self.figure = Figure(figsize=(3.2, 2.6))
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(200)
         self.axes = self.figure.add_subplot(111)
         self.canvas.mpl_connect("pick_event", self._on_pick)
+        # Fixed margins in inches, set again when the plot changes size: a tight layout at
+        # every redraw measures every tick label again.
+        self._fit_margins()
+        self.canvas.mpl_connect("resize_event", lambda _event: self._fit_margins())
         self._scatter = None
         self._highlight = None
         g.addWidget(self.canvas, 3, 0, 1, 3)
@@ -223,7 +227,7 @@ class GroupsWidget(QWidget):
         """All lesions of the RECIST layer (``LesionInfo``), valid or not."""
         if self._layer is None:
             return []
-        return describe_layer(self._layer, self.spacing(), self._cache)
+        return describe_layer(self._layer, self.spacing())
 
     def _valid(self, action: str):
         """Valid lesions, or None after telling the user why there are too few."""
@@ -286,7 +290,7 @@ class GroupsWidget(QWidget):
             return
         by_id = dict(zip(lesion_ids, (int(g) for g in grouping.labels_)))
         feats = layer.features
-        ids = feats["lesion_id"].tolist() if "lesion_id" in feats else [-1] * len(layer.data)
+        ids = feats["lesion_id"].tolist() if "lesion_id" in feats else [-1] * layer.nshapes
         groups = np.array([by_id.get(int(i), -1) for i in ids], dtype=np.int64)
         write_columns(layer, {"group": groups}, defaults={"group": -1})
         meta = layer.metadata.setdefault(META_KEY, {})
@@ -355,20 +359,35 @@ class GroupsWidget(QWidget):
         self._highlight = None
         if infos:
             groups = self._lesion_groups(infos)
-            colours = [
-                _NO_GROUP if g is None or g != g or int(g) < 0 else group_colour(g)
-                for g in groups
-            ]
+            palette = {}
+            for g in groups:
+                if g not in palette:
+                    no_group = g is None or g != g or int(g) < 0
+                    palette[g] = to_rgba(_NO_GROUP if no_group else group_colour(g))
             self._scatter = ax.scatter(
-                [i.long_mm for i in infos], [i.short_mm for i in infos], c=colours, s=28,
-                picker=True, pickradius=5, edgecolors="none",
+                np.fromiter((i.long_mm for i in infos), float, len(infos)),
+                np.fromiter((i.short_mm for i in infos), float, len(infos)),
+                c=np.array([palette[g] for g in groups]), s=28, picker=True, pickradius=5,
+                edgecolors="none",
             )
+            # Fitting the margins need not measure thousands of points inside the axes.
+            self._scatter.set_in_layout(False)
         else:
             self._scatter = None
             ax.text(0.5, 0.5, "no complete lesion", ha="center", va="center",
                     transform=ax.transAxes, fontsize=8, color="grey")
         self._update_highlight(redraw=False)
         self.canvas.draw_idle()
+
+    def _fit_margins(self) -> None:
+        width, height = self.figure.get_size_inches()
+        if width <= 0 or height <= 0:
+            return
+        # Room for four-digit tick labels and the axis titles at the plot's font sizes.
+        self.figure.subplots_adjust(
+            left=min(0.45, 0.62 / width), right=1 - min(0.2, 0.12 / width),
+            bottom=min(0.45, 0.5 / height), top=1 - min(0.2, 0.1 / height),
+        )
 
     def _on_pick(self, event) -> None:
         if event.artist is not self._scatter or not len(event.ind):

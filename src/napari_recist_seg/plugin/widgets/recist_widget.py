@@ -133,7 +133,6 @@ class RecistWidget(QWidget):
         self._undo: list[tuple] = []
         self._busy = False
         self._worker = None
-        self._cache: dict = {}  # lesions already validated, see describe_lesions
         self._connections = Connections()
         bind_lifetime(self, self._connections)
         self._build()
@@ -347,7 +346,7 @@ class RecistWidget(QWidget):
             else:
                 spacing = self.spacing()
                 sync_recist_layer(layer, spacing)
-                self.lesions = describe_layer(layer, spacing, self._cache)
+                self.lesions = describe_layer(layer, spacing)
             self._refresh_table()
             self._update_status()
         except RuntimeError:
@@ -374,7 +373,7 @@ class RecistWidget(QWidget):
                     "The RECIST layer's scale differs from the image's: lengths use the "
                     "image's pixel size; lines may not sit on the image."
                 )
-            if len(layer.data) > LABEL_LIMIT and not layer.text.visible:
+            if layer.nshapes > LABEL_LIMIT and not layer.text.visible:
                 notes.append(
                     f"Lengths on lines are off for layers over {LABEL_LIMIT} lines (napari "
                     "redraws them on every update); the table lists them."

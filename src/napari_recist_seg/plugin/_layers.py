@@ -83,6 +83,16 @@ def text_style(n_shapes: int) -> dict:
     return {**_TEXT, "visible": n_shapes <= LABEL_LIMIT}
 
 
+def unproxied(obj):
+    """The object itself where napari handed it to the plugin behind a proxy.
+
+    napari gives plugin widgets a proxy of the viewer, and what its methods return (the
+    layer ``add_layer`` returns, say) is a new proxy each time, never ``is`` the layer the
+    layer list holds. The plugin compares and keys layers by identity, so it keeps real ones.
+    """
+    return getattr(obj, "__wrapped__", obj)
+
+
 # -- notifications ----------------------------------------------------------------------------
 def notify_error(message: str) -> None:
     """Show an error in napari's notification area (and the log), without raising."""
@@ -437,7 +447,7 @@ def describe_layer(layer, spacing, cache: dict | None = None) -> list[LesionInfo
     whose lines have not changed since any earlier call are not measured again.
     """
     if cache is None:
-        cache = _MEASURED.setdefault(layer, {})
+        cache = _MEASURED.setdefault(unproxied(layer), {})
     ids, axes = layer_columns(layer)
     return describe_lesions(
         layer.data, ids, axes, spacing, per_line_spacing(layer, spacing), cache=cache

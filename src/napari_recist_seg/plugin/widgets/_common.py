@@ -7,17 +7,9 @@ import contextlib
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox
 
+from .._layers import unproxied
+
 __all__ = ["Connections", "LayerCombo", "unproxied"]
-
-
-def unproxied(obj):
-    """The object itself where napari handed it to the plugin behind a proxy.
-
-    napari gives plugin widgets a proxy of the viewer, and what its methods return (the
-    layer ``add_layer`` returns, say) is a new proxy each time, never ``is`` the layer the
-    layer list holds. The widgets compare layers by identity, so they keep real ones.
-    """
-    return getattr(obj, "__wrapped__", obj)
 
 
 class Connections:

@@ -370,8 +370,6 @@ class GroupsWidget(QWidget):
                 c=np.array([palette[g] for g in groups]), s=28, picker=True, pickradius=5,
                 edgecolors="none",
             )
-            # Fitting the margins need not measure thousands of points inside the axes.
-            self._scatter.set_in_layout(False)
         else:
             self._scatter = None
             ax.text(0.5, 0.5, "no complete lesion", ha="center", va="center",

@@ -216,6 +216,26 @@ def test_bad_spacing_raises(spacing):
         Recist(_LONG, _SHORT, spacing=spacing)
 
 
+def test_coordinates_and_pixel_sizes_too_large_to_measure_are_named():
+    # A well-drawn RECIST scaled up: its lengths would overflow, and it used to be rejected
+    # as "parallel" or "90 degrees from perpendicular".
+    huge = 1e200
+    with pytest.raises(ValueError, match=r"long_axis has coordinates beyond 1e\+15 pixels"):
+        Recist(np.asarray(_LONG) * huge, np.asarray(_SHORT) * huge)
+    with pytest.raises(ValueError, match=r"between 1e-09 and 1e\+06 mm per pixel"):
+        Recist(_LONG, _SHORT, spacing=(1e-300, 1.0))
+    with pytest.raises(ValueError, match=r"between 1e-09 and 1e\+06 mm per pixel"):
+        Recist(_LONG, _SHORT, spacing=(1.0, 1e300))
+    # At the bounds the measurement still holds.
+    big = Recist(np.asarray(_LONG) * 1e13, np.asarray(_SHORT) * 1e13, spacing=(1e6, 1e6))
+    small = Recist(np.asarray(_LONG) * 1e-3, np.asarray(_SHORT) * 1e-3, spacing=(1e-9, 1e-9))
+    reference = Recist(_LONG, _SHORT)
+    for r, factor in ((big, 1e19), (small, 1e-12)):
+        assert r.long_mm == pytest.approx(reference.long_mm * factor)
+        assert r.perpendicularity_error == pytest.approx(reference.perpendicularity_error,
+                                                         abs=1e-6)
+
+
 # -- DeepLesion ----------------------------------------------------------------------------
 
 _DL = [11.0, 21.0, 51.0, 21.0, 31.0, 11.0, 31.0, 31.0]

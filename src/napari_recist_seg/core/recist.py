@@ -23,6 +23,14 @@ _MIN_LENGTH = 1e-6
 _CROSS_TOL = 1e-6
 
 
+# Bounds that keep every product of the measurement finite in float64: no image has 10^15
+# pixels along a side, and a pixel between a picometre and a kilometre covers microscopy to
+# any scan. Beyond them lengths and angles would overflow or vanish and a perfectly drawn
+# RECIST would be rejected for the wrong reason.
+_MAX_COORD = 1e15
+_SPACING_RANGE = (1e-9, 1e6)
+
+
 def _as_axis(value, name: str) -> np.ndarray:
     try:
         arr = np.array(value, dtype=float)
@@ -34,6 +42,10 @@ def _as_axis(value, name: str) -> np.ndarray:
         )
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} has non-finite coordinates: {arr.tolist()}")
+    if np.abs(arr).max() > _MAX_COORD:
+        raise ValueError(
+            f"{name} has coordinates beyond {_MAX_COORD:.0e} pixels: {arr.tolist()}"
+        )
     return arr
 
 
@@ -45,6 +57,11 @@ def _as_spacing(value) -> np.ndarray:
     if arr.shape != (2,) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
         raise ValueError(
             f"spacing must be two positive finite numbers (row, col) in mm, got {value!r}"
+        )
+    low, high = _SPACING_RANGE
+    if np.any(arr < low) or np.any(arr > high):
+        raise ValueError(
+            f"spacing must be between {low:.0e} and {high:.0e} mm per pixel, got {value!r}"
         )
     return arr
 
@@ -80,7 +97,8 @@ class Recist:
     Raises
     ------
     ValueError
-        For non-finite coordinates, zero-length axes, axes further from perpendicular than the
+        For non-finite coordinates or coordinates beyond 10^15 pixels, a pixel size outside
+        10^-9 to 10^6 mm, zero-length axes, axes further from perpendicular than the
         tolerance, a short axis longer than the long axis, or axes whose segments do not cross.
     """
 

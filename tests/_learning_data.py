@@ -68,13 +68,13 @@ def quick():
     """One torch thread, and checkpoint files not forced to disk: the tests never lose power,
     and flushing some hundred megabytes a checkpoint is most of a tiny run's time."""
     previous = torch.get_num_threads()
-    flush = checkpoints._fsync_file, checkpoints._fsync_dir
+    flush = checkpoints._fsync_file, checkpoints.fsync_folder
     torch.set_num_threads(1)
-    checkpoints._fsync_file = checkpoints._fsync_dir = lambda path: None
+    checkpoints._fsync_file = checkpoints.fsync_folder = lambda path: None
     try:
         yield
     finally:
-        checkpoints._fsync_file, checkpoints._fsync_dir = flush
+        checkpoints._fsync_file, checkpoints.fsync_folder = flush
         torch.set_num_threads(previous)
 
 

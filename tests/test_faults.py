@@ -111,7 +111,7 @@ _SAVER = textwrap.dedent("""
     from napari_recist_seg.learning import checkpoints
     from napari_recist_seg.learning.models import build_model
 
-    checkpoints._fsync_file = checkpoints._fsync_dir = lambda path: None
+    checkpoints._fsync_file = checkpoints.fsync_folder = lambda path: None
     folder, first, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     if mode == "between-renames":
         # Killed right after the old checkpoint is moved aside, before the new one moves in.

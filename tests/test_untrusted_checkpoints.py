@@ -163,6 +163,8 @@ def _all_refused(out: Path, words: str, names=None) -> list[str]:
             call()
         assert str(out) in str(info.value) or "checkpoint" in str(info.value), name
         reached.append(name)
+    if names is not None:
+        assert set(reached) == set(names), f"entry points never run: {set(names) - set(reached)}"
     return reached
 
 
@@ -261,8 +263,8 @@ def test_tensors_of_the_wrong_shape_are_refused(run_folder, tmp_path, no_unpickl
         weights[name] = weights[name].transpose(0, 1).contiguous()
         save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
         _forge_records(folder)
-    _all_refused(out, "does not fit", {"load_checkpoint", "load_model(run folder)",
-                                       "train(resume=...)"})
+    names = {"load_checkpoint", "load_model(run folder)", "train(resume=...)"}
+    assert set(_all_refused(out, "does not fit", names)) == names
 
 
 def test_a_config_for_a_giant_network_is_refused_before_building_it(run_folder, tmp_path,
@@ -318,7 +320,7 @@ def test_a_tampered_training_state_is_refused(run_folder, tmp_path, no_unpicklin
     names = {"train(resume=...)"}
     if "invalid" not in words:
         names.add("load_optimizer_state")
-    _all_refused(out, words, names)
+    assert set(_all_refused(out, words, names)) == names
 
 
 def test_json_nested_beyond_the_parser_is_a_value_error(run_folder, tmp_path, no_unpickling):
@@ -326,9 +328,11 @@ def test_json_nested_beyond_the_parser_is_a_value_error(run_folder, tmp_path, no
     deep = "[" * 200_000 + "]" * 200_000
     (out / "last" / "training_state.json").write_text('{"format": ' + deep + "}")
     _forge_records(out / "last")
-    _all_refused(out, "not valid JSON", {"load_optimizer_state", "train(resume=...)"})
+    names = {"load_optimizer_state", "train(resume=...)"}
+    assert set(_all_refused(out, "not valid JSON", names)) == names
     (out / "last" / "config.json").write_text('{"format": ' + deep + "}")
-    _all_refused(out, "not valid JSON", {"load_checkpoint", "train(resume=...)"})
+    names = {"load_checkpoint", "train(resume=...)"}
+    assert set(_all_refused(out, "not valid JSON", names)) == names
 
 
 # -- truncated and oversized files ------------------------------------------------------------
@@ -350,7 +354,7 @@ def test_a_file_cut_mid_way_is_refused(run_folder, tmp_path, no_unpickling, targ
     names = {"model.safetensors": {"load_checkpoint", "train(resume=...)"},
              "config.json": {"load_checkpoint", "load_optimizer_state", "train(resume=...)"}}.get(
         target, {"load_optimizer_state", "train(resume=...)"})
-    _all_refused(out, words, names)
+    assert set(_all_refused(out, words, names)) == names
 
 
 def test_a_declared_header_length_beyond_the_file_is_refused_without_allocating(

@@ -90,10 +90,6 @@ def _package_version() -> str:
 # --- atomic writes -------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fsync_folder(path)
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
@@ -341,7 +337,7 @@ def save_checkpoint(folder: str | os.PathLike, model: nn.Module, extra_config: d
         config["files"] = files
         config["has_training_state"] = training is not None
         _atomic_write_bytes(staging / CONFIG_FILE, _dumps(config, "config"))
-        _fsync_dir(staging)
+        fsync_folder(staging)
         _swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -352,7 +348,7 @@ def save_checkpoint(folder: str | os.PathLike, model: nn.Module, extra_config: d
 def _swap_into_place(staging: Path, target: Path) -> None:
     if not target.exists():
         os.rename(staging, target)
-        _fsync_dir(target.parent)
+        fsync_folder(target.parent)
         return
     aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
     aside.rmdir()  # only the unique name is wanted; rename needs it absent on Windows
@@ -362,7 +358,7 @@ def _swap_into_place(staging: Path, target: Path) -> None:
     except BaseException:
         os.rename(aside, target)
         raise
-    _fsync_dir(target.parent)
+    fsync_folder(target.parent)
     shutil.rmtree(aside, ignore_errors=True)
 
 

@@ -440,14 +440,13 @@ def recolour(layer) -> None:
 _MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def describe_layer(layer, spacing, cache: dict | None = None) -> list[LesionInfo]:
+def describe_layer(layer, spacing) -> list[LesionInfo]:
     """``describe_lesions`` for a napari Shapes layer.
 
-    Without ``cache``, the layer's own (kept while the layer lives) is used, so lesions
-    whose lines have not changed since any earlier call are not measured again.
+    The layer's record of its last measurement (kept while the layer lives) is reused, so
+    lesions whose lines have not changed since any earlier call are not measured again.
     """
-    if cache is None:
-        cache = _MEASURED.setdefault(unproxied(layer), {})
+    cache = _MEASURED.setdefault(unproxied(layer), {})
     ids, axes = layer_columns(layer)
     return describe_lesions(
         layer.data, ids, axes, spacing, per_line_spacing(layer, spacing), cache=cache

@@ -9,7 +9,7 @@ from qtpy.QtWidgets import QComboBox
 
 from .._layers import unproxied
 
-__all__ = ["Connections", "LayerCombo", "unproxied"]
+__all__ = ["Connections", "LayerCombo"]
 
 
 class Connections:

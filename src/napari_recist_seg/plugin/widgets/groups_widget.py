@@ -41,9 +41,10 @@ from .._layers import (
     recolour,
     spacing_of,
     spatial_shape,
+    unproxied,
     write_columns,
 )
-from ._common import Connections, LayerCombo, bind_lifetime, unproxied
+from ._common import Connections, LayerCombo, bind_lifetime
 
 __all__ = ["GroupsWidget", "preview_name"]
 

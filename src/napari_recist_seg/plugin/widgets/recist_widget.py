@@ -43,8 +43,9 @@ from .._layers import (
     spacing_of,
     sync_recist_layer,
     table_layer_tuple,
+    unproxied,
 )
-from ._common import Connections, LayerCombo, bind_lifetime, unproxied
+from ._common import Connections, LayerCombo, bind_lifetime
 
 __all__ = ["RecistWidget"]
 

@@ -144,3 +144,45 @@ def deeplesion_folder(tmp_path):
         )
     (root / "DL_info.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+@pytest.fixture(autouse=True)
+def fail_on_unhandled_gui_errors():
+    """Fail any test in which an exception reached napari's error handler or sys.excepthook.
+
+    napari turns exceptions raised in Qt slots (a button's click handler, a layer event) into
+    an ``ErrorNotification`` instead of raising them, so a click that fails would otherwise
+    leave the test green.
+    """
+    import sys
+
+    from napari.utils.notifications import ErrorNotification, notification_manager
+
+    caught: list[str] = []
+
+    def on_notification(event):
+        notification = getattr(event, "value", event)
+        if isinstance(notification, ErrorNotification):
+            caught.append(f"{notification.message}")
+
+    notification_manager.notification_ready.connect(on_notification)
+    previous_hook = sys.excepthook
+
+    def hook(kind, value, tb):
+        caught.append(f"{kind.__name__}: {value}")
+        previous_hook(kind, value, tb)
+
+    sys.excepthook = hook
+    yield caught
+    sys.excepthook = previous_hook
+    notification_manager.notification_ready.disconnect(on_notification)
+    if caught:
+        pytest.fail("unhandled exception(s) in the GUI: " + "; ".join(caught), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def remembered_settings_folder(tmp_path_factory, monkeypatch):
+    """Each test's widgets remember their settings in a fresh folder, never the user's."""
+    folder = tmp_path_factory.mktemp("settings")
+    monkeypatch.setenv("NAPARI_RECIST_SEG_SETTINGS_DIR", str(folder))
+    return folder

@@ -297,3 +297,24 @@ def test_describe_lesions_cache_reuses_only_unchanged_lesions():
     # Another angle tolerance: every lesion is checked again.
     fifth = describe_lesions(moved[2:], ids[2:], axes[2:], tolerance=5.0, cache=cache)
     assert fifth[0] is not fourth[0]
+
+
+def test_fill_line_spacing_takes_the_slice_then_a_neighbour_then_the_fallback():
+    from napari_recist_seg.core.annotation import fill_line_spacing
+
+    data = [_on_slice(0, LONG), _on_slice(1, LONG), _on_slice(1, SHORT), _on_slice(2, LONG)]
+    given = [[0.7, 0.7], [np.nan, np.nan], [0.3, 0.3], [np.nan, 0.0]]
+    filled, missing = fill_line_spacing(data, given, {0: (9.0, 9.0)}, fallback=(1.0, 2.0))
+    np.testing.assert_allclose(filled, [[0.7, 0.7], [0.3, 0.3], [0.3, 0.3], [1.0, 2.0]])
+    assert missing.tolist() == [False, True, False, True]
+    filled, _ = fill_line_spacing(data, given, {1: (0.5, 0.5), 2: (0.25, 0.25)})
+    np.testing.assert_allclose(filled[[1, 3]], [[0.5, 0.5], [0.25, 0.25]])
+
+
+def test_describe_lesions_labels_lengths_px_where_no_pixel_size_is_known():
+    longer_short = [[-20.0, 30.0], [40.0, 30.0]]  # 60 px against the 40 px long axis
+    (info,) = describe_lesions([LONG, longer_short], [0, 0], ["long", "short"], unit="px")
+    assert "longer than the long axis" in info.problem
+    assert " px" in info.problem and " mm" not in info.problem
+    with pytest.raises(ValueError, match="unit"):
+        describe_lesions([LONG, SHORT], [0, 0], ["long", "short"], unit="cm")

@@ -1,18 +1,26 @@
 """A user's walk through the plugin, end to end, in a real viewer under Xvfb.
 
-Open the CT sample, draw two more lesions with the mouse, group the lesions, preview their
-pseudo-masks, train the three models briefly (in a separate process, the default) and
-compare their predictions with the true masks. Each step goes through the widgets, as a user
-would; the run is kept tiny (32-pixel input, one epoch) for a two-core CPU.
+Open the CT sample from the File menu, open each widget from the Plugins menu, draw two more
+lesions with the mouse, group the lesions, preview their pseudo-masks, train the three models
+briefly (in a separate process, the default), stop and resume, and compare their predictions
+with the true masks. Every step is a click, a key or a mouse drag, as a user does it; the run
+is kept tiny (32-pixel input, three epochs) for a two-core CPU. An exception that reaches napari's
+error handler fails the walk (``conftest.fail_on_unhandled_gui_errors``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 
-from napari_recist_seg.plugin.training_worker import MODEL_REGISTRY
-from napari_recist_seg.plugin.widgets.compare_widget import prediction_name
+from napari_recist_seg.plugin.model_registry import MODEL_REGISTRY
+from napari_recist_seg.plugin.widgets.compare_widget import CompareWidget, prediction_name
+from napari_recist_seg.plugin.widgets.groups_widget import GroupsWidget
+from napari_recist_seg.plugin.widgets.recist_widget import RecistWidget
+from napari_recist_seg.plugin.widgets.training_widget import TrainingWidget
+
+from ._gui import click, fill_training_form, open_dock, pick, set_checked, trigger_menu, type_number
 
 PLUGIN = "napari-recist-seg"
 
@@ -33,18 +41,20 @@ def _lines(layer):
 def test_sample_draw_group_preview_train_compare(make_napari_viewer, qtbot, mouse_draw,
                                                  notifications, tmp_path):
     viewer = make_napari_viewer()
-    viewer.open_sample(PLUGIN, "ct_phantom_slice")
+    trigger_menu(viewer, "File", "Open Sample", "RECIST Segmentation",
+                 "CT phantom slice (lesions, masks, RECIST)")
     image = viewer.layers["CT phantom"]
     recist = viewer.layers["CT phantom RECIST"]
     truth = viewer.layers["CT phantom true masks"]
+    assert [str(u) for u in image.units] == ["millimeter"] * 2  # the scale bar reads mm
     image_before, truth_before = np.array(image.data), np.array(truth.data)
     lines_before = _lines(recist)
     n_sample = len(lines_before) // 2
 
     # Draw two lesions: long axis, then short axis.
-    _dock, annotate = viewer.window.add_plugin_dock_widget(PLUGIN, "RECIST annotation")
+    annotate = open_dock(viewer, "RECIST annotation", RecistWidget)
     assert annotate.recist_layer() is recist
-    annotate.start_drawing()
+    click(qtbot, annotate.draw_button)
     assert recist.mode == "add_line"
     for long_axis, short_axis in DRAWN:
         mouse_draw(recist, *long_axis)
@@ -52,57 +62,73 @@ def test_sample_draw_group_preview_train_compare(make_napari_viewer, qtbot, mous
     infos = annotate.lesions
     assert len(infos) == n_sample + 2 and all(info.ok for info in infos)
     table = annotate.table.model()
-    drawn_rows = [[table.index(r, c).data() for c in (2, 3)]
+    headers = [table.headerData(c, Qt.Orientation.Horizontal) for c in range(table.columnCount())]
+    long_col = next(c for c, h in enumerate(headers) if str(h).startswith("long"))
+    short_col = next(c for c, h in enumerate(headers) if str(h).startswith("short"))
+    assert "mm" in str(headers[long_col])
+    drawn_rows = [[table.index(r, c).data() for c in (long_col, short_col)]
                   for r in range(n_sample, n_sample + 2)]
     assert drawn_rows == [["24.0", "12.8"], ["22.6", "13.6"]]
 
     # Group them: K-means in two groups recolours the lines.
-    _dock, groups = viewer.window.add_plugin_dock_widget(PLUGIN, "Groups and pseudo-masks")
-    groups.set_recist_layer(recist)
-    groups.k_spin.setValue(2)
-    groups.run_kmeans()
+    groups = open_dock(viewer, "Groups and pseudo-masks", GroupsWidget)
+    pick(groups.recist_combo, recist.name)
+    type_number(qtbot, groups.k_spin, 2)
+    click(qtbot, groups.run_button)
     qtbot.waitUntil(lambda: "groups (sizes" in groups.status.text(), timeout=20000)
     assert sorted(set(recist.features["group"])) == [0, 1]
     colours = {tuple(np.round(c, 3)) for c in recist.edge_color}
     assert len(colours) >= 2
 
     # Preview the ellipse pseudo-masks: one label per lesion, the user's layer untouched.
-    groups.method_combo.setCurrentText("ellipse")
-    groups.preview_button.setChecked(True)
+    pick(groups.method_combo, "ellipse")
+    set_checked(qtbot, groups.preview_button, True)
     qtbot.waitUntil(lambda: groups.preview_layer is not None, timeout=20000)
     preview = viewer.layers[groups.preview_layer.name]
     qtbot.waitUntil(lambda: len(np.unique(preview.data)) == n_sample + 3, timeout=20000)
     row, col = np.asarray(DRAWN[0][0]).mean(axis=0).astype(int)
     assert preview.data[row, col] > 0  # the drawn lesion's centre is in its pseudo-mask
-    groups.preview_button.setChecked(False)
+    set_checked(qtbot, groups.preview_button, False)
     assert groups.preview_layer is None
 
-    # Train the three models briefly on the slice's RECIST (all but the true masks).
-    _dock, training = viewer.window.add_plugin_dock_widget(PLUGIN, "Training")
-    training.set_pair(image, recist)
-    for box in training.kind_boxes.values():
-        box.setChecked(True)
-    training.size_spin.setValue(32)
-    training.epochs_spin.setValue(1)
-    training.batch_spin.setValue(4)
-    training.device_combo.setCurrentText("cpu")
-    training.out_edit.setText(str(tmp_path / "models"))
-    assert training.process_box.isChecked()  # the default: the viewer stays responsive
-    worker = training.start()
+    # Train the three models briefly on the slice's RECIST (all but the true masks), in a
+    # separate process (the default): Start, Stop at the first step, then Resume.
+    training = open_dock(viewer, "Training", TrainingWidget)
+    assert [(i.name, r.name) for i, r in training.checked_pairs()] == [(image.name, recist.name)]
+    assert training.form.separate_process.value  # the default: the viewer stays responsive
+    fill_training_form(qtbot, training, tmp_path / "models",
+                       kinds=("multitask", "a1", "coseg"), process=True, epochs=3, batch=2)
+    click(qtbot, training.start_button)
+    worker = training.worker
+    assert worker is not None, notifications
+
+    def stop_at_first_step(message):
+        if (message[0] == "event" and message[1]["kind"] == "step"
+                and training.stop_button.isEnabled()):
+            click(qtbot, training.stop_button)
+
+    worker.yielded.connect(stop_at_first_step)
+    with qtbot.waitSignal(worker.finished, timeout=240000):
+        pass
+    qtbot.waitUntil(lambda: training.start_button.isEnabled(), timeout=10000)
+    assert [e.name for e in MODEL_REGISTRY] == ["multitask (stopped at epoch 1)"]
+    click(qtbot, training.resume_button)
+    worker = training.worker
     assert worker is not None, notifications
     with qtbot.waitSignal(worker.finished, timeout=240000):
         pass
     assert not [n for n in notifications if n[0] == "error"], notifications
     assert sorted(entry.kind for entry in MODEL_REGISTRY) == ["a1", "coseg", "multitask"]
+    assert all("of 3)" in entry.name for entry in MODEL_REGISTRY)  # e.g. best epoch 2 of 3
     curves = training.curves()
-    assert all(curves[kind]["epoch"] == [1] for kind in ("a1", "coseg", "multitask"))
+    assert all(curves[kind]["epoch"] == [1, 2, 3] for kind in ("a1", "coseg", "multitask"))
 
     # Compare the three models against the true masks, overlaid and side by side.
-    _dock, compare = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare models")
+    compare = open_dock(viewer, "Compare models", CompareWidget)
     assert compare.image_combo.layer().name == image.name
     assert compare.gt_combo.layer().name == truth.name
     assert len(compare.chosen_models()) == 3
-    assert compare.predict() is not None
+    click(qtbot, compare.predict_button)
     qtbot.waitUntil(lambda: compare._worker is None and compare.predict_button.isEnabled(),
                     timeout=60000)
     for entry in MODEL_REGISTRY:
@@ -111,9 +137,9 @@ def test_sample_draw_group_preview_train_compare(make_napari_viewer, qtbot, mous
     n_truth = len(np.unique(truth_before)) - 1
     assert len(compare.rows) == 3 * (1 + n_truth)
     assert all(0.0 <= row["dice"] <= 1.0 for row in compare.rows)
-    compare.side_button.setChecked(True)
+    set_checked(qtbot, compare.side_button, True)
     assert viewer.canvas.grid.enabled
-    compare.side_button.setChecked(False)
+    set_checked(qtbot, compare.side_button, False)
     assert not viewer.canvas.grid.enabled
 
     # Nothing the user had was changed: the image, the true masks, and the sample's lines

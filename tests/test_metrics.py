@@ -7,7 +7,13 @@ from skimage.draw import ellipse
 from skimage.measure import regionprops
 
 from napari_recist_seg.core import metrics as metrics_module
-from napari_recist_seg.core.metrics import METRIC_NAMES, mean_metrics, segmentation_metrics
+from napari_recist_seg.core.metrics import (
+    EMPTY_UNDEFINED,
+    METRIC_NAMES,
+    lesion_metrics,
+    mean_metrics,
+    segmentation_metrics,
+)
 
 SHAPE = (64, 64)
 
@@ -329,3 +335,59 @@ def test_lesion_metrics_scores_each_lesion_in_its_window():
         lesion_metrics(pred[:, :50], gt)
     with pytest.raises(ValueError, match="2D"):
         lesion_labels(np.zeros((2, 4, 4)))
+
+
+# -- empty="nan": undefined metrics stay undefined ---------------------------------------------
+@pytest.mark.parametrize("swap", [False, True])
+def test_empty_nan_leaves_distances_and_shape_undefined(swap):
+    gt = square(10, 10, 20)
+    empty = np.zeros(SHAPE, dtype=bool)
+    pred, truth = (gt, empty) if swap else (empty, gt)
+    worst = segmentation_metrics(pred, truth)
+    result = segmentation_metrics(pred, truth, empty="nan")
+    assert tuple(result) == METRIC_NAMES
+    for key in EMPTY_UNDEFINED:
+        assert math.isnan(result[key]), key
+        assert math.isfinite(worst[key]), key
+    # Overlap is defined: nothing overlaps. The perimeter error follows its formula.
+    for key in ("dice", "iou", "vs", "thresholded_jaccard", "perimeter_error"):
+        assert result[key] == worst[key], key
+    assert result["dice"] == 0.0 and result["perimeter_error"] == (4 * 20 - 4) / 2
+    # An empty reference leaves the relative size error undefined; an empty prediction
+    # misses all of the lesion's area.
+    if swap:
+        assert math.isnan(result["size_error"])
+    else:
+        assert result["size_error"] == 1.0
+
+
+def test_empty_nan_changes_nothing_when_both_or_neither_is_empty():
+    a, b = square(10, 10, 20), square(14, 12, 16)
+    assert segmentation_metrics(a, b, empty="nan") == segmentation_metrics(a, b)
+    none = np.zeros(SHAPE, dtype=bool)
+    assert segmentation_metrics(none, none, empty="nan") == segmentation_metrics(none, none)
+
+
+def test_unknown_empty_mode_is_refused():
+    with pytest.raises(ValueError, match="empty must be 'worst' or 'nan', got 'zero'"):
+        segmentation_metrics(square(1, 1, 3), square(1, 1, 3), empty="zero")
+
+
+def test_mean_metrics_leaves_out_undefined_values():
+    defined = {"dice": 0.5, "hausdorff": 4.0, "shape_error": float("nan")}
+    missed = {"dice": 0.0, "hausdorff": float("nan"), "shape_error": float("nan")}
+    mean = mean_metrics([defined, missed, {**defined, "hausdorff": 2.0}])
+    assert mean["dice"] == pytest.approx(1 / 3)
+    assert mean["hausdorff"] == pytest.approx(3.0)  # over the two images that define it
+    assert math.isnan(mean["shape_error"])  # no image defines it
+
+
+def test_lesion_metrics_passes_the_empty_mode_on():
+    labels = np.zeros(SHAPE, dtype=np.int64)
+    labels[5:15, 5:15] = 1
+    labels[40:50, 40:50] = 2
+    pred = labels == 1  # lesion 2 missed
+    worst = dict(lesion_metrics(pred, labels))
+    undefined = dict(lesion_metrics(pred, labels, empty="nan"))
+    assert undefined[1] == worst[1] and undefined[1]["dice"] == 1.0
+    assert math.isnan(undefined[2]["hausdorff"]) and math.isfinite(worst[2]["hausdorff"])

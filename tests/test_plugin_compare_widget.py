@@ -1,24 +1,31 @@
-"""The comparison widget with a real viewer: predictions as contours, metrics, side by side.
+"""The comparison widget with a real viewer, driven the way a user drives it.
 
-The models are untrained checkpoints of the test input size (32 pixels): what is checked is
-the plumbing (layers, colours, table, CSV, grid), not the quality of the masks.
+Every control is used through Qt: buttons are clicked, the threshold typed, combo entries
+picked, model ticks clicked. Most tests use models with known outputs (``_compare_stubs``);
+the untrained checkpoints of the test input size (32 pixels) check the loading and the
+plumbing with real networks, not the quality of their masks.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFileDialog, QStyle, QStyleOptionViewItem
 
 from napari_recist_seg.learning.report import MODEL_COLOURS
 from napari_recist_seg.plugin._layers import META_KEY
 from napari_recist_seg.plugin.training_worker import MODEL_REGISTRY, prepare_torch_import
-from napari_recist_seg.plugin.widgets.compare_widget import prediction_name
+from napari_recist_seg.plugin.widgets.compare_widget import TABLE_METRICS, prediction_name
 
+from ._compare_stubs import ConstantModel, RampModel
 from ._learning_data import crop_preprocessing, quick, saved_model, whole_preprocessing
 
 PLUGIN = "napari-recist-seg"
+LEFT = Qt.MouseButton.LeftButton
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +59,11 @@ def _ct_viewer(make_napari_viewer):
     return viewer
 
 
+def _stub(kind, model, folder):
+    """Register a model with known outputs (``folder`` only names it)."""
+    return MODEL_REGISTRY.add(kind, folder, model)
+
+
 def _snapshot(viewer):
     return {layer.name: ([np.array(d) for d in layer.data] if isinstance(layer.data, list)
                          else np.array(layer.data)) for layer in viewer.layers}
@@ -68,19 +80,60 @@ def _assert_unchanged(before, viewer):
             np.testing.assert_array_equal(data, now)
 
 
-def _predict(widget, qtbot):
-    assert widget.predict() is not None
-    _wait(widget, qtbot)
-
-
 def _wait(widget, qtbot):
     """Until the widget's workers are done (their signals may come before a waitSignal)."""
     qtbot.waitUntil(lambda: widget._worker is None and widget.predict_button.isEnabled()
                     and widget.load_button.isEnabled(), timeout=60000)
 
 
+def _click_predict(widget, qtbot):
+    qtbot.mouseClick(widget.predict_button, LEFT)
+    _wait(widget, qtbot)
+
+
+def _click_tick(qtbot, models_list, row: int) -> None:
+    """Click the check box of a row of the models list, where the style draws it."""
+    item = models_list.item(row)
+    option = QStyleOptionViewItem()
+    option.initFrom(models_list)
+    option.rect = models_list.visualItemRect(item)
+    option.features |= QStyleOptionViewItem.ViewItemFeature.HasCheckIndicator
+    box = models_list.style().subElementRect(
+        QStyle.SubElement.SE_ItemViewItemCheckIndicator, option, models_list)
+    qtbot.mouseClick(models_list.viewport(), LEFT, pos=box.center())
+
+
+def _table(widget) -> list[dict]:
+    """The metrics table as the user reads it: header title -> cell text, per row."""
+    table = widget.table
+    titles = [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
+    return [{t: table.item(r, c).text() for c, t in enumerate(titles)}
+            for r in range(table.rowCount())]
+
+
+def _type_threshold(widget, qtbot, text: str) -> None:
+    spin = widget.threshold_spin
+    spin.setFocus()
+    spin.selectAll()
+    qtbot.keyClicks(spin, text)
+    qtbot.keyClick(spin, Qt.Key.Key_Enter)
+
+
+def _patch_save_dialog(monkeypatch, path):
+    chosen = "" if path is None else str(path)
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        staticmethod(lambda *args, **kwargs: (chosen, "CSV (*.csv)")))
+
+
+def _patch_folder_dialog(monkeypatch, path):
+    chosen = "" if path is None else str(path)
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory",
+                        staticmethod(lambda *args, **kwargs: chosen))
+
+
+# -- real checkpoints ---------------------------------------------------------------------------
 def test_one_contour_layer_per_model_metrics_and_csv(make_napari_viewer, qtbot, checkpoints,
-                                                     tmp_path):
+                                                     tmp_path, monkeypatch):
     viewer = _ct_viewer(make_napari_viewer)
     before = _snapshot(viewer)
     n_user = len(viewer.layers)
@@ -92,7 +145,7 @@ def test_one_contour_layer_per_model_metrics_and_csv(make_napari_viewer, qtbot, 
     assert widget.gt_combo.layer().name == "CT phantom true masks"
     assert [e.name for e in widget.chosen_models()] == ["A1", "multitask"]
 
-    _predict(widget, qtbot)
+    _click_predict(widget, qtbot)
     names = [layer.name for layer in viewer.layers]
     assert len(viewer.layers) == n_user + 3  # two models and the ground-truth copy
     for name, kind in (("A1", "a1"), ("multitask", "multitask")):
@@ -115,36 +168,265 @@ def test_one_contour_layer_per_model_metrics_and_csv(make_napari_viewer, qtbot, 
     assert all(isinstance(row["group"], int) for row in multitask[1:])
     assert all(row["group"] == "" for row in a1)
     assert all(0.0 <= row["dice"] <= 1.0 for row in widget.rows)
-    assert widget.table.item(0, 0).text() == "A1"
+    assert _table(widget)[0]["model"] == "A1"
 
-    path = widget.export_csv(tmp_path / "metrics.csv")
-    with open(path, newline="") as fh:
+    _patch_save_dialog(monkeypatch, tmp_path / "metrics.csv")
+    qtbot.mouseClick(widget.export_button, LEFT)
+    with open(tmp_path / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(widget.rows)
-    assert {"model", "lesion", "group", "dice", "hausdorff95"} <= set(rows[0])
+    assert {"model", "lesion", "group", "dice", "hausdorff95", "note"} <= set(rows[0])
 
     # Predicting again replaces the models' layers instead of adding new ones.
-    _predict(widget, qtbot)
+    _click_predict(widget, qtbot)
     assert [layer.name for layer in viewer.layers] == names
     _assert_unchanged(before, viewer)
 
 
-def test_side_by_side_grid_on_and_off(make_napari_viewer, qtbot, checkpoints):
-    viewer = _ct_viewer(make_napari_viewer)
-    MODEL_REGISTRY.add("a1", checkpoints["a1"])
-    MODEL_REGISTRY.add("multitask", checkpoints["multitask"])
+def test_whole_image_model_on_an_rgb_image(make_napari_viewer, qtbot, checkpoints):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "dermoscopy")
+    MODEL_REGISTRY.add("a1", checkpoints["whole"])
     widget = _widget(viewer)
-    widget.side_button.setChecked(True)  # nothing to show yet: refused
+    _click_predict(widget, qtbot)
+    layer = viewer.layers[prediction_name("A1")]
+    assert layer.data.shape == (256, 256)
+    assert len(widget.rows) == 2 == widget.table.rowCount()  # the image and its one lesion
+
+
+def test_load_model_button(make_napari_viewer, qtbot, checkpoints, tmp_path, monkeypatch,
+                           notifications):
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+
+    _patch_folder_dialog(monkeypatch, None)  # cancelled: nothing happens
+    qtbot.mouseClick(widget.load_button, LEFT)
+    _wait(widget, qtbot)
+    assert widget.models_list.count() == 0 and not notifications
+
+    bad = tmp_path / "broken"
+    bad.mkdir()
+    (bad / "config.json").write_text("[]")
+    _patch_folder_dialog(monkeypatch, bad)
+    qtbot.mouseClick(widget.load_button, LEFT)
+    qtbot.waitUntil(lambda: bool(notifications), timeout=60000)
+    _wait(widget, qtbot)
+    assert notifications[-1][0] == "error" and str(bad) in notifications[-1][1]
+    assert widget.models_list.count() == 0
+
+    _patch_folder_dialog(monkeypatch, checkpoints["multitask"])
+    qtbot.mouseClick(widget.load_button, LEFT)
+    qtbot.waitUntil(lambda: widget.models_list.count() == 1, timeout=60000)
+    _wait(widget, qtbot)
+    item = widget.models_list.item(0)
+    assert item.text() == "multitask" and item.checkState() == Qt.CheckState.Checked
+    assert MODEL_REGISTRY.get("multitask").model is not None  # loaded, ready to predict
+
+
+# -- models with known outputs -------------------------------------------------------------------
+def test_threshold_spin_box_cuts_the_probability_map(make_napari_viewer, qtbot, tmp_path):
+    viewer = _ct_viewer(make_napari_viewer)
+    _stub("a1", RampModel(), tmp_path / "ramp")
+    widget = _widget(viewer)
+    assert widget.threshold_spin.value() == 0.5
+    assert (widget.threshold_spin.minimum(), widget.threshold_spin.maximum()) == (0.05, 0.95)
+
+    _click_predict(widget, qtbot)
+    layer = viewer.layers[prediction_name("A1")]
+    assert layer.data.mean() == pytest.approx(0.5, abs=0.03)
+
+    _type_threshold(widget, qtbot, "0.8")
+    assert widget.threshold_spin.value() == pytest.approx(0.8)
+    _click_predict(widget, qtbot)
+    assert layer.data.mean() == pytest.approx(0.2, abs=0.03)
+    assert "threshold 0.8" not in widget.status.text()  # the run is over: its result shows
+    assert widget.status.text().startswith("Predicted 'CT phantom' with A1")
+
+    # The arrow key steps by 0.05; the range stops at 0.95.
+    qtbot.keyClick(widget.threshold_spin, Qt.Key.Key_Up)
+    assert widget.threshold_spin.value() == pytest.approx(0.85)
+    _type_threshold(widget, qtbot, "0.99")
+    assert widget.threshold_spin.value() <= 0.95
+
+
+def test_empty_prediction_is_blank_with_a_note_in_table_and_csv(make_napari_viewer, qtbot,
+                                                                tmp_path, monkeypatch):
+    viewer = _ct_viewer(make_napari_viewer)
+    _stub("a1", ConstantModel(-8.0), tmp_path / "nothing")
+    widget = _widget(viewer)
+    _click_predict(widget, qtbot)
+    assert not viewer.layers[prediction_name("A1")].data.any()
+    assert "empty prediction: A1" in widget.status.text()
+
+    rows = _table(widget)
+    n_lesions = len(np.unique(viewer.layers["CT phantom true masks"].data)) - 1
+    assert len(rows) == 1 + n_lesions
+    undefined = ("Hausdorff px", "centre err px", "orient. err deg", "shape err")
+    for row in rows:
+        assert row["Dice"] == "0.000" and row["note"] == "empty prediction"
+        for title in undefined:
+            assert row[title] == "", (title, row)  # not the diagonal, nor 90 degrees
+    column = [title for _, title, _ in TABLE_METRICS].index("Hausdorff px") + 4
+    assert "empty prediction" in widget.table.item(0, column).toolTip()
+
+    _patch_save_dialog(monkeypatch, tmp_path / "empty.csv")
+    qtbot.mouseClick(widget.export_button, LEFT)
+    with open(tmp_path / "empty.csv", newline="") as fh:
+        saved = list(csv.DictReader(fh))
+    assert len(saved) == len(rows)
+    assert all(r["hausdorff"] == "" and r["orientation_error"] == "" for r in saved)
+    assert all(r["note"] == "empty prediction" and float(r["dice"]) == 0.0 for r in saved)
+
+
+def test_export_button_cancelled_or_without_metrics_writes_nothing(
+        make_napari_viewer, qtbot, tmp_path, monkeypatch, notifications):
+    viewer = _ct_viewer(make_napari_viewer)
+    _stub("a1", RampModel(), tmp_path / "ramp")
+    widget = _widget(viewer)
+    target = tmp_path / "out.csv"
+    _patch_save_dialog(monkeypatch, target)
+    qtbot.mouseClick(widget.export_button, LEFT)  # nothing predicted yet
+    assert not target.exists()
+    assert notifications[-1][0] == "error" and "no metrics yet" in notifications[-1][1]
+
+    _click_predict(widget, qtbot)
+    _patch_save_dialog(monkeypatch, None)  # the dialog is cancelled
+    qtbot.mouseClick(widget.export_button, LEFT)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_ticks_choose_the_models_that_predict(make_napari_viewer, qtbot, tmp_path):
+    viewer = _ct_viewer(make_napari_viewer)
+    _stub("a1", RampModel(), tmp_path / "ramp")
+    _stub("multitask", ConstantModel(5.0, kind="multitask", mode="crops"), tmp_path / "mt")
+    widget = _widget(viewer)
+    viewer.show()  # the ticks are clicked where they are drawn
+    qtbot.waitUntil(lambda: widget.models_list.isVisible(), timeout=5000)
+    assert [widget.models_list.item(i).text() for i in range(2)] == ["A1", "multitask"]
+
+    _click_tick(qtbot, widget.models_list, 0)
+    assert widget.models_list.item(0).checkState() == Qt.CheckState.Unchecked
+    _click_predict(widget, qtbot)
+    assert prediction_name("multitask") in viewer.layers
+    assert prediction_name("A1") not in viewer.layers
+    assert {row["model"] for row in _table(widget)} == {"multitask"}
+    # The crop model segmented the marked lesions (a square around each) and gave groups.
+    assert _table(widget)[1]["group"] == "1"
+
+    _click_tick(qtbot, widget.models_list, 0)
+    _click_tick(qtbot, widget.models_list, 1)
+    _click_predict(widget, qtbot)
+    assert prediction_name("A1") in viewer.layers
+    assert {row["model"] for row in _table(widget)} == {"A1"}
+
+    # No model ticked: refused, and the status line says why.
+    _click_tick(qtbot, widget.models_list, 0)
+    qtbot.mouseClick(widget.predict_button, LEFT)
+    assert widget._worker is None
+    assert "tick at least one model" in widget.status.text()
+
+
+def test_combo_choices_image_and_ground_truth(make_napari_viewer, qtbot, tmp_path):
+    viewer = _ct_viewer(make_napari_viewer)
+    other = viewer.add_image(np.zeros((40, 50), np.float32), name="other")
+    _stub("a1", RampModel(), tmp_path / "ramp")
+    widget = _widget(viewer)
+    image_combo = widget.image_combo
+    assert image_combo.layer().name == "other"  # the topmost image comes first
+    image_combo.setCurrentIndex([image_combo.itemText(i) for i in range(image_combo.count())]
+                                .index("CT phantom"))
+    # Without a ground truth: a contour but no metrics.
+    gt_combo = widget.gt_combo
+    gt_combo.setCurrentIndex([gt_combo.itemText(i) for i in range(gt_combo.count())]
+                             .index("(none)"))
+    assert gt_combo.layer() is None
+    _click_predict(widget, qtbot)
+    assert widget.table.rowCount() == 0 and widget.rows == []
+    assert not any("ground truth" in layer.name for layer in viewer.layers)
+    assert viewer.layers[prediction_name("A1")].data.shape == (256, 256)
+
+    # Another image (the true masks no longer fit it): its prediction replaces the layer.
+    image_combo.setCurrentIndex([image_combo.itemText(i) for i in range(image_combo.count())]
+                                .index("other"))
+    assert image_combo.layer().name == other.name
+    _click_predict(widget, qtbot)
+    assert viewer.layers[prediction_name("A1")].data.shape == (40, 50)
+
+    gt_combo.setCurrentIndex([gt_combo.itemText(i) for i in range(gt_combo.count())]
+                             .index("CT phantom true masks"))
+    n_layers = len(viewer.layers)
+    qtbot.mouseClick(widget.predict_button, LEFT)
+    assert widget._worker is None and len(viewer.layers) == n_layers
+    assert widget.status.text().startswith("Not predicted: the ground truth")
+
+
+def test_status_line_is_replaced_after_a_failed_prediction(make_napari_viewer, qtbot, tmp_path,
+                                                            notifications):
+    viewer = _ct_viewer(make_napari_viewer)
+    before = _snapshot(viewer)
+    _stub("a1", ConstantModel(5.0, mode="crops"), tmp_path / "crops")
+    widget = _widget(viewer)
+    recist = widget.recist_combo
+    recist.setCurrentIndex([recist.itemText(i) for i in range(recist.count())].index("(none)"))
+    # A lesion-crop model without RECIST: refused in the worker, before anything is shown.
+    qtbot.mouseClick(widget.predict_button, LEFT)
+    assert widget.status.text().startswith("Predicting")
+    _wait(widget, qtbot)
+    status = widget.status.text()
+    assert status.startswith("Prediction failed:") and "lesion crops" in status
+    assert "Predicting" not in status
+    assert "lesion crops" in notifications[-1][1]
+    assert len(viewer.layers) == len(before)
+    _assert_unchanged(before, viewer)
+
+    # Choosing the RECIST layer again, the same click works.
+    recist.setCurrentIndex([recist.itemText(i) for i in range(recist.count())]
+                           .index("CT phantom RECIST"))
+    _click_predict(widget, qtbot)
+    assert widget.status.text().startswith("Predicted 'CT phantom' with A1")
+
+
+def test_bad_inputs_notify_and_change_nothing(make_napari_viewer, qtbot, tmp_path,
+                                              notifications):
+    viewer = make_napari_viewer()
+    _stub("a1", RampModel(), tmp_path / "ramp")
+    widget = _widget(viewer)
+    qtbot.mouseClick(widget.predict_button, LEFT)
+    assert notifications[-1][0] == "error" and "no image layer" in notifications[-1][1]
+    assert "no image layer" in widget.status.text()
+
+    image = viewer.add_image(np.zeros((64, 64), np.float32), name="ct")
+    viewer.add_shapes([np.array([[10.0, 10.0], [10.0, 40.0]])], shape_type="line",
+                      name="ct RECIST", features={"lesion_id": [0], "axis": ["long"]})
+    recist = widget.recist_combo
+    recist.setCurrentIndex([recist.itemText(i) for i in range(recist.count())]
+                           .index("ct RECIST"))
+    before = _snapshot(viewer)
+    qtbot.mouseClick(widget.predict_button, LEFT)
+    assert widget._worker is None
+    assert "no complete lesion" in notifications[-1][1]
+    assert "ct RECIST" in notifications[-1][1]
+    assert len(viewer.layers) == len(before)
+    _assert_unchanged(before, viewer)
+    assert image.data.shape == (64, 64)
+
+
+def test_side_by_side_views_named_after_their_models(make_napari_viewer, qtbot, tmp_path):
+    viewer = _ct_viewer(make_napari_viewer)
+    _stub("a1", RampModel(), tmp_path / "ramp")
+    _stub("multitask", ConstantModel(5.0, kind="multitask", mode="crops"), tmp_path / "mt")
+    widget = _widget(viewer)
+    qtbot.mouseClick(widget.side_button, LEFT)  # nothing to show yet: refused
     assert not widget.side_button.isChecked() and not viewer.canvas.grid.enabled
-    _predict(widget, qtbot)
+    _click_predict(widget, qtbot)
     order = [layer.name for layer in viewer.layers]
     visible = [layer.visible for layer in viewer.layers]
 
-    widget.side_button.setChecked(True)
+    qtbot.mouseClick(widget.side_button, LEFT)
+    assert widget.side_button.isChecked()
     grid = viewer.canvas.grid
     assert grid.enabled and grid.stride == 2
     layers = list(viewer.layers)
-    # Every view holds the image (or a copy sharing its data) under one contour.
     overlays = [la for la in layers if la.metadata.get(META_KEY, {}).get("role")
                 in ("prediction", "truth")]
     assert len(overlays) == 3
@@ -154,69 +436,41 @@ def test_side_by_side_grid_on_and_off(make_napari_viewer, qtbot, checkpoints):
         if layer.visible:
             cells.setdefault(grid.position(i, layers), []).append(layer)
     assert len(cells) == 3
+    titles = {}
     for content in cells.values():
         under, over = content
+        # The image (or a copy sharing its data) under one contour, whose name the view
+        # shows in its corner, in the model's colour.
         assert under.data is image_data and over in overlays
+        assert over.name_overlay.visible
+        np.testing.assert_allclose(np.asarray(over.name_overlay.color)[:3],
+                                   over.colormap.map(np.array([1]))[0][:3], atol=1e-6)
+        titles[over.name] = over
+    assert set(titles) == {prediction_name("A1"), prediction_name("multitask"),
+                           "CT phantom true masks (ground truth)"}
 
-    widget.side_button.setChecked(False)
-    assert not viewer.canvas.grid.enabled
+    qtbot.mouseClick(widget.side_button, LEFT)
+    assert not widget.side_button.isChecked() and not viewer.canvas.grid.enabled
     assert [layer.name for layer in viewer.layers] == order
     assert [layer.visible for layer in viewer.layers] == visible
+    assert not any(layer.name_overlay.visible for layer in viewer.layers)
 
 
-def test_whole_image_model_on_an_rgb_image(make_napari_viewer, qtbot, checkpoints):
-    viewer = make_napari_viewer()
-    viewer.open_sample(PLUGIN, "dermoscopy")
-    MODEL_REGISTRY.add("a1", checkpoints["whole"])
+def test_predicting_in_side_by_side_keeps_the_views(make_napari_viewer, qtbot, tmp_path):
+    viewer = _ct_viewer(make_napari_viewer)
+    _stub("a1", RampModel(), tmp_path / "ramp")
     widget = _widget(viewer)
-    _predict(widget, qtbot)
-    layer = viewer.layers[prediction_name("A1")]
-    assert layer.data.shape == (256, 256)
-    assert len(widget.rows) == 2  # the image and its one lesion
-
-
-def test_bad_inputs_notify_and_change_nothing(make_napari_viewer, qtbot, checkpoints, tmp_path,
-                                              notifications):
-    viewer = make_napari_viewer()
-    MODEL_REGISTRY.add("a1", checkpoints["a1"])
-    widget = _widget(viewer)
-    assert widget.predict() is None
-    assert notifications[-1][0] == "error" and "no image layer" in notifications[-1][1]
-
-    image = viewer.add_image(np.zeros((64, 64), np.float32), name="ct")
-    viewer.add_shapes([np.array([[10.0, 10.0], [10.0, 40.0]])], shape_type="line",
-                      name="ct RECIST", features={"lesion_id": [0], "axis": ["long"]})
-    widget.recist_combo.set_layer(viewer.layers["ct RECIST"])
-    before = _snapshot(viewer)
-    assert widget.predict() is None
-    assert "no complete lesion" in notifications[-1][1]
-    assert "ct RECIST" in notifications[-1][1]
-
-    # A lesion-crop model without RECIST: refused in the worker, before anything is shown.
-    widget.recist_combo.setCurrentIndex(0)
-    assert widget.recist_combo.layer() is None
-    assert widget.predict() is not None
-    _wait(widget, qtbot)
-    assert "lesion crops" in notifications[-1][1] and "RECIST" in notifications[-1][1]
-    assert len(viewer.layers) == len(before)
-    _assert_unchanged(before, viewer)
-    assert image.data.shape == (64, 64)
-
-    bad = tmp_path / "broken"
-    bad.mkdir()
-    (bad / "config.json").write_text("[]")
-    widget.load_model(bad)
-    _wait(widget, qtbot)
-    assert notifications[-1][0] == "error" and str(bad) in notifications[-1][1]
-    assert [e.name for e in MODEL_REGISTRY] == ["A1"]
-    assert widget.models_list.count() == 1
-
-    # A good folder is added to the list (ticked), through the same button.
-    widget.load_model(checkpoints["multitask"])
-    _wait(widget, qtbot)
-    qtbot.waitUntil(lambda: widget.models_list.count() == 2, timeout=5000)
-    assert [e.name for e in widget.chosen_models()] == ["A1", "multitask"]
-    _assert_unchanged(before, viewer)
+    _click_predict(widget, qtbot)
+    qtbot.mouseClick(widget.side_button, LEFT)
+    n_layers = len(viewer.layers)
+    _type_threshold(widget, qtbot, "0.3")
+    _click_predict(widget, qtbot)
+    assert viewer.canvas.grid.enabled and len(viewer.layers) == n_layers
+    assert viewer.layers[prediction_name("A1")].data.mean() == pytest.approx(0.7, abs=0.03)
+    assert viewer.layers[prediction_name("A1")].name_overlay.visible
+    qtbot.mouseClick(widget.side_button, LEFT)
+    assert not viewer.canvas.grid.enabled
+    assert math.isfinite(widget.rows[0]["hausdorff"])
 
 
 def _rgb(colour: str) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 
 from napari_recist_seg.plugin._layers import AXIS_COLOURS, line_colours
 
@@ -16,8 +17,15 @@ def _widget(viewer):
 
 
 def _row(widget, row):
+    """A table row as (lesion, slice, long, short, long px, short px, perp., status)."""
     model = widget.table.model()
-    return [model.index(row, c).data() for c in range(model.columnCount())]
+    cells = {
+        model.headerData(c, Qt.Orientation.Horizontal): model.index(row, c).data()
+        for c in range(model.columnCount())
+    }
+    unit = model.unit
+    return [cells[k] for k in ("lesion", "slice", f"long ({unit})", f"short ({unit})",
+                                "long (px)", "short (px)", "perp. (deg)", "status")]
 
 
 def _rows(widget):

@@ -15,15 +15,12 @@ import time
 import numpy as np
 import pytest
 
-from napari_recist_seg.plugin.training_worker import (
-    MODEL_REGISTRY,
-    TrainingJob,
-    _child_main,
-    run_training,
-    run_training_in_process,
-)
+from napari_recist_seg.plugin.model_registry import MODEL_REGISTRY
+from napari_recist_seg.plugin.training_job import TrainingJob, run_training
+from napari_recist_seg.plugin.training_process import _child_main, run_training_in_process
 
 from ._folders import make_isic_folder
+from ._gui import click, fill_training_form
 from ._learning_data import quick
 
 PLUGIN = "napari-recist-seg"
@@ -60,15 +57,10 @@ def _ct_layers(viewer, seeds=(0, 1)):
             scale=s["spacing"])))
 
 
-def _tiny_settings(widget, out, kinds=("multitask",), process=False, epochs=1, batch=4):
-    for kind, box in widget.kind_boxes.items():
-        box.setChecked(kind in kinds)
-    widget.size_spin.setValue(32)
-    widget.epochs_spin.setValue(epochs)
-    widget.batch_spin.setValue(batch)
-    widget.device_combo.setCurrentText("cpu")
-    widget.out_edit.setText(str(out))
-    widget.process_box.setChecked(process)
+def _start(qtbot, widget):
+    """Click Start; the worker it started (None when it did not start)."""
+    click(qtbot, widget.start_button)
+    return widget.worker
 
 
 def _spinners(viewer):
@@ -116,7 +108,7 @@ def test_training_runs_reports_progress_and_stops_with_a_loadable_checkpoint(
                                                     ("slice 1", "slice 1 RECIST")]
     before = _snapshot(viewer)
     # Batch 2 and three epochs: many steps, so that Stop comes well before the end.
-    _tiny_settings(widget, tmp_path / "models", epochs=3, batch=2)
+    fill_training_form(qtbot, widget, tmp_path / "models", epochs=3, batch=2)
     events, advanced, pressed = [], [], []
 
     def on_message(message):
@@ -129,7 +121,7 @@ def test_training_runs_reports_progress_and_stops_with_a_loadable_checkpoint(
 
     spinners = _spinners(viewer)
     assert spinners and all(movie.speed() == 100 for movie in spinners)
-    worker = widget.start()
+    worker = _start(qtbot, widget)
     assert worker is not None and not widget.start_button.isEnabled()
     # napari's busy spinner repaints the window at each frame: slowed while training.
     assert all(movie.speed() == training_widget.SPINNER_SPEED_WHILE_TRAINING
@@ -160,7 +152,7 @@ def test_training_runs_reports_progress_and_stops_with_a_loadable_checkpoint(
     last = tmp_path / "models" / "multitask" / "last"
     assert any("stopped" in text and str(last) in text for text in info)
     (entry,) = MODEL_REGISTRY.entries()
-    assert entry.name == "multitask" and entry.path == str(last.resolve())
+    assert entry.name == "multitask (stopped at epoch 1)" and entry.path == str(last.resolve())
     model = load_model(entry.path)
     assert model.kind == "multitask" and model.preprocessing["mode"] == "crops"
     assert model.config["in_channels"] == 1  # CT crops: one channel
@@ -181,12 +173,14 @@ def test_training_in_a_child_process_from_an_image_mask_folder(
     folder = make_isic_folder(tmp_path / "isic", n=10, size=48)
     viewer = make_napari_viewer()
     widget = _widget(viewer)
-    widget.folder_radio.setChecked(True)
-    widget.folder_edit.setText(str(folder))
-    _tiny_settings(widget, tmp_path / "models", kinds=("a1",), process=True)
-    assert widget.process_box.isChecked()
+    monkeypatch.setattr(training_widget.QFileDialog, "getExistingDirectory",
+                        lambda *a, **k: str(folder))
+    click(qtbot, widget.folder_button)  # "..." beside the folder field: a chooser
+    assert widget.folder_radio.isChecked() and widget.folder_edit.text() == str(folder)
+    fill_training_form(qtbot, widget, tmp_path / "models", kinds=("a1",), process=True)
+    assert widget.form.separate_process.value
     messages = []
-    worker = widget.start()
+    worker = _start(qtbot, widget)
     worker.yielded.connect(messages.append)
     with qtbot.waitSignal(worker.finished, timeout=80000):
         pass
@@ -201,7 +195,7 @@ def test_training_in_a_child_process_from_an_image_mask_folder(
     assert pictures and pictures[-1].shape == (*widget.plot.picture_size()[::-1], 4)
     assert widget.plot.rendered >= len(pictures) and not widget.plot.pixmap().isNull()
     (entry,) = MODEL_REGISTRY.entries()
-    assert entry.path.endswith("a1/best")
+    assert entry.path.endswith("a1/best") and entry.name == "A1 (best epoch 1 of 1)"
     assert load_model(entry.path).kind == "a1"
     qtbot.waitUntil(lambda: widget.start_button.isEnabled(), timeout=5000)
 
@@ -213,8 +207,8 @@ def test_an_error_in_the_worker_is_a_notification(make_napari_viewer, qtbot, tmp
     viewer = make_napari_viewer()
     _ct_layers(viewer)
     widget = _widget(viewer)
-    _tiny_settings(widget, blocker / "models", kinds=("a1",))
-    assert widget.start() is not None
+    fill_training_form(qtbot, widget, blocker / "models", kinds=("a1",))
+    assert _start(qtbot, widget) is not None
     qtbot.waitUntil(lambda: not widget.is_running(), timeout=60000)
     errors = [text for level, text in notifications if level == "error"]
     assert len(errors) == 1 and "not writable" in errors[0] and str(blocker) in errors[0]
@@ -239,9 +233,9 @@ def test_closing_the_dock_stops_training(make_napari_viewer, qtbot, tmp_path, ti
     viewer = make_napari_viewer()
     _ct_layers(viewer)
     widget = _widget(viewer)
-    _tiny_settings(widget, tmp_path / "models", kinds=("a1", "coseg"), epochs=3, batch=2)
+    fill_training_form(qtbot, widget, tmp_path / "models", kinds=("a1", "coseg"), epochs=3, batch=2)
     seen = []
-    worker = widget.start()
+    worker = _start(qtbot, widget)
     worker.yielded.connect(lambda m: seen.append(m[1]["kind"] if m[0] == "event" else m[0]))
     with qtbot.waitSignal(worker.finished, timeout=60000):
         viewer.window.remove_dock_widget(widget)  # what the dock's close button does
@@ -252,11 +246,13 @@ def test_closing_the_dock_stops_training(make_napari_viewer, qtbot, tmp_path, ti
 
 
 def test_bad_inputs_notify_and_change_nothing(make_napari_viewer, tmp_path, notifications,
-                                              qtbot):
+                                              qtbot, monkeypatch):
+    from napari_recist_seg.plugin.widgets import training_widget
+
     viewer = make_napari_viewer()
     widget = _widget(viewer)
-    _tiny_settings(widget, tmp_path / "models")
-    assert widget.start() is None
+    fill_training_form(qtbot, widget, tmp_path / "models")
+    assert _start(qtbot, widget) is None
     assert "no image layer" in notifications[-1][1]
 
     image = viewer.add_image(np.zeros((64, 64), np.float32), name="ct")
@@ -265,7 +261,7 @@ def test_bad_inputs_notify_and_change_nothing(make_napari_viewer, tmp_path, noti
                                features={"lesion_id": [0], "axis": ["long"]})
     widget.set_pair(image, recist)
     before = _snapshot(viewer)
-    assert widget.start() is None
+    assert _start(qtbot, widget) is None
     assert notifications[-1][0] == "error"
     assert "no complete lesion" in notifications[-1][1] and "ct RECIST" in notifications[-1][1]
     assert widget.start_button.isEnabled() and not widget.is_running()
@@ -275,11 +271,15 @@ def test_bad_inputs_notify_and_change_nothing(make_napari_viewer, tmp_path, noti
     bad = tmp_path / "not a checkpoint"
     bad.mkdir()
     (bad / "config.json").write_text("{ not json")
-    widget.load_model(bad)
+    chosen = [str(bad)]
+    monkeypatch.setattr(training_widget.QFileDialog, "getExistingDirectory",
+                        lambda *a, **k: chosen[0])
+    click(qtbot, widget.load_button)
     qtbot.waitUntil(lambda: widget.load_button.isEnabled(), timeout=30000)
     assert notifications[-1][0] == "error" and str(bad) in notifications[-1][1]
     assert not MODEL_REGISTRY.entries()
-    widget.load_model(tmp_path / "missing")
+    chosen[0] = str(tmp_path / "missing")
+    click(qtbot, widget.load_button)
     qtbot.waitUntil(lambda: widget.load_button.isEnabled(), timeout=30000)
     assert "does not exist" in notifications[-1][1]
     assert not MODEL_REGISTRY.entries()
@@ -296,7 +296,7 @@ import sys
 import numpy as np
 import napari_recist_seg.plugin.widgets.training_widget
 import napari_recist_seg.plugin.widgets.compare_widget
-import napari_recist_seg.plugin.training_worker as tw
+import napari_recist_seg.plugin.training_job as tw
 print("torch imported:", "torch" in sys.modules)
 import napari
 viewer = napari.Viewer(show=True)
@@ -345,7 +345,8 @@ def test_the_curve_plot_rests_once_drawn(make_napari_viewer, qtbot):
 
 _PARENT = """
 import multiprocessing, sys, time
-from napari_recist_seg.plugin.training_worker import TrainingJob, run_training_in_process
+from napari_recist_seg.plugin.training_job import TrainingJob
+from napari_recist_seg.plugin.training_process import run_training_in_process
 
 job = TrainingJob(kinds=("a1",), out_dir=sys.argv[2], folder=sys.argv[1], input_size=32,
                   epochs=200, batch_size=2, device="cpu", torch_threads=1)

@@ -595,3 +595,21 @@ def test_shapes_mixing_2d_and_3d_lines_name_the_lesion():
     data = [np.array([[0.0, 10, 0], [0, 10, 40]]), np.array([[0.0, 20], [20, 20]])]
     with pytest.raises(ValueError, match="lesion 7: its lines mix 2D and 3D"):
         recists_from_shapes(data, {"lesion_id": [7, 7], "axis": ["long", "short"]})
+
+
+def test_one_axis_order_rule_labels_unlabelled_lines_and_flags_labelled_ones():
+    from napari_recist_seg.core.annotation import assign_lesions
+    from napari_recist_seg.core.recist import order_axes, short_exceeds_long
+
+    assert short_exceeds_long(10.0, 12.0) and not short_exceeds_long(10.0, 10.0)
+    # 30 rows of 0.5 mm (15 mm) against 20 columns of 1 mm (20 mm): the second is longer.
+    first, second = [[0, 20], [30, 20]], [[15, 10], [15, 30]]
+    long_axis, short_axis, swapped = order_axes(first, second, (0.5, 1.0))
+    assert swapped and np.array_equal(long_axis, second) and np.array_equal(short_axis, first)
+    assert not order_axes(second, first, (0.5, 1.0))[2]
+    # Drawn, unlabelled: the pairing labels them by the same rule.
+    assert assign_lesions([first, second], [-1, -1], ["", ""], (0.5, 1.0))[1] == [
+        "short", "long"]
+    # Labelled the other way round (an edited line, a file's row): a violation, not a swap.
+    with pytest.raises(ValueError, match="longer than the long axis"):
+        Recist(first, second, spacing=(0.5, 1.0))

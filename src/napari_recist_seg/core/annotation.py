@@ -12,16 +12,18 @@ The measurement rules themselves are ``Recist``'s: a lesion here is valid exactl
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .recist import Recist, recist_from_mask, recists_from_shapes
+from .recist import Recist, recist_from_mask, recists_from_shapes, short_exceeds_long
 
 __all__ = [
     "LesionInfo",
     "assign_lesions",
     "describe_lesions",
+    "fill_line_spacing",
     "line_lengths_mm",
     "perpendicular_short_axis",
     "recists_from_labels",
@@ -29,6 +31,8 @@ __all__ = [
 ]
 
 _AXES = ("long", "short")
+# A length in mm inside a message ("12.5 mm"), to relabel where the pixel size is unknown.
+_MM_IN_TEXT = re.compile(r"(\d) mm\b")
 
 
 # -- lengths ----------------------------------------------------------------------------------
@@ -75,6 +79,54 @@ def line_lengths_mm(data, spacing, per_line_spacing=None) -> np.ndarray:
         (n, 2),
     )
     return np.hypot(*((ends[:, 1] - ends[:, 0]) * sp).T)
+
+
+def fill_line_spacing(data, per_line_spacing, slice_spacing=None, fallback=(1.0, 1.0)):
+    """Per-line pixel sizes with the missing ones filled from the slice each line is on.
+
+    A stack of key slices may have a different pixel size on each slice; a line drawn on
+    one takes that slice's. A line without a valid spacing (NaN, zero or negative, as a newly
+    drawn line has) gets, in this order: ``slice_spacing`` of its slice, the spacing of
+    another line on the same slice, ``fallback``.
+
+    Parameters
+    ----------
+    data : sequence of array_like
+        ``(2, ndim)`` vertex arrays; leading columns, if any, are the slice.
+    per_line_spacing : array_like, shape (n, 2)
+        (row, col) pixel size per line in mm; NaN where unknown.
+    slice_spacing : mapping, optional
+        ``{slice: (row, col)}``; for a stack, the slice is the line's rounded first
+        coordinate (a tuple of them with more than one leading axis).
+    fallback : tuple of float
+        (row, col) pixel size for lines nothing else gives one.
+
+    Returns
+    -------
+    spacing : ndarray, shape (n, 2)
+    filled : ndarray of bool, shape (n,)
+        Which lines had no valid spacing.
+    """
+    n = len(data)
+    values = np.array(per_line_spacing, dtype=float).reshape(n, 2)
+    bad = ~np.all(np.isfinite(values) & (values > 0), axis=1)
+    if not bad.any():
+        return values, bad
+    slices = slice_spacing or {}
+    keys = [_leading(np.asarray(p, dtype=float)) for p in data]
+    known: dict = {}
+    for key, ok, sp in zip(keys, ~bad, values):
+        if ok and key != "mixed":
+            known.setdefault(key, sp)
+    for i in np.flatnonzero(bad):
+        key = keys[i]
+        if key in slices:
+            values[i] = np.asarray(slices[key], dtype=float)
+        elif key in known:
+            values[i] = known[key]
+        else:
+            values[i] = np.asarray(fallback, dtype=float)
+    return values, bad
 
 
 # -- pairing lines into lesions ---------------------------------------------------------------
@@ -131,15 +183,18 @@ def segment_distance(s1, s2) -> float:
     )
 
 
-def assign_lesions(data, lesion_ids, axes, spacing=(1.0, 1.0), shape_types=None):
+def assign_lesions(
+    data, lesion_ids, axes, spacing=(1.0, 1.0), shape_types=None, per_line_spacing=None
+):
     """Give each line not yet in a lesion its ``lesion_id`` and ``axis``.
 
     A line belongs to a lesion when it has a lesion id (>= 0) and an axis that the lesion has
     not already got from an earlier line; other lines (new ones, or copies of a lesion's
     lines) are taken in order: a line joins the most recently drawn lesion that has only one
     line, is on the same slice and lies near it (their segments closer than half the longer
-    one's length); the longer of the two (in mm) becomes ``long``, so the axes may be drawn in
-    either order. Otherwise it starts a new lesion (the next free id) as its ``long`` axis.
+    one's length); the longer of the two (in mm) becomes ``long`` (``core.recist.order_axes``'s
+    rule), so the axes may be drawn in either order. Otherwise it starts a new lesion (the
+    next free id) as its ``long`` axis.
     Shapes other than lines are left out (id -1, axis "").
 
     Parameters
@@ -152,6 +207,9 @@ def assign_lesions(data, lesion_ids, axes, spacing=(1.0, 1.0), shape_types=None)
         (row, col) pixel size in mm, to compare lengths and distances physically.
     shape_types : sequence of str, optional
         napari shape type per entry of ``data``; only ``"line"`` shapes are paired.
+    per_line_spacing : array_like, shape (n, 2), optional
+        Pixel size of each line (lines on a stack of slices with different pixel sizes),
+        used instead of ``spacing``.
 
     Returns
     -------
@@ -163,13 +221,16 @@ def assign_lesions(data, lesion_ids, axes, spacing=(1.0, 1.0), shape_types=None)
     axes = [str(a) for a in axes]
     if len(ids) != n or len(axes) != n:
         raise ValueError(f"{n} lines but {len(ids)} lesion_ids and {len(axes)} axes")
-    sp = np.asarray(spacing, dtype=float)
+    sp = np.broadcast_to(
+        np.asarray(spacing if per_line_spacing is None else per_line_spacing, dtype=float),
+        (n, 2),
+    )
     pts = [np.asarray(p, dtype=float) for p in data]
     is_line = [
         (shape_types is None or shape_types[i] == "line") and pts[i].shape[0] == 2
         for i in range(n)
     ]
-    lengths = line_lengths_mm(pts, spacing)
+    lengths = line_lengths_mm(pts, spacing, per_line_spacing)
     # Slices are needed only for lines still to pair and lesions waiting for a second line;
     # a layer of thousands of lesions has few of either.
     keys: dict[int, object] = {}
@@ -206,7 +267,7 @@ def assign_lesions(data, lesion_ids, axes, spacing=(1.0, 1.0), shape_types=None)
         for lid, j in waiting.get(key, {}).items() if key != "mixed" else ():
             # "Near" scales with the lesion: a short axis starts within its long axis' reach.
             reach = 0.5 * max(lengths[i], lengths[j])
-            gap = segment_distance(pts[i][:, -2:] * sp, pts[j][:, -2:] * sp)
+            gap = segment_distance(pts[i][:, -2:] * sp[i], pts[j][:, -2:] * sp[j])
             if gap <= reach and (partner is None or j > partner[1]):
                 partner = (lid, j)
         if partner is None:
@@ -217,7 +278,7 @@ def assign_lesions(data, lesion_ids, axes, spacing=(1.0, 1.0), shape_types=None)
             next_id += 1
             continue
         lid, j = partner
-        if lengths[i] > lengths[j]:
+        if short_exceeds_long(lengths[j], lengths[i]):
             axes[i], axes[j] = "long", "short"
         else:
             axes[i], axes[j] = "short", "long"
@@ -296,7 +357,7 @@ def _perpendicularity(long_pts, short_pts, spacing) -> float:
 
 def describe_lesions(
     data, lesion_ids, axes, spacing=(1.0, 1.0), per_line_spacing=None, tolerance=15.0,
-    cache: dict | None = None,
+    cache: dict | None = None, unit: str = "mm",
 ) -> list[LesionInfo]:
     """Measure and check each lesion of an annotation (sorted by lesion id).
 
@@ -318,6 +379,9 @@ def describe_lesions(
         Results of an earlier call (pass the same dict each time): lesions whose lines have
         not changed are not validated again, so a layer with thousands of lesions stays quick
         to follow while one is edited. It is left holding this call's input and lesions.
+    unit : {"mm", "px"}
+        Unit of lengths in the problems' text: "px" where the pixel size is not known (the
+        spacing is then one pixel, and a length in "mm" would claim what nobody measured).
 
     Returns
     -------
@@ -342,7 +406,9 @@ def describe_lesions(
         flat = [np.asarray(p, dtype=float).tobytes() + bytes(np.shape(p)) for p in data]
     spacings = None if per_line_spacing is None else np.asarray(per_line_spacing).tolist()
     base = tuple(float(v) for v in spacing)
-    settings = (base, float(tolerance), spacings is None)
+    if unit not in ("mm", "px"):
+        raise ValueError(f"unit must be 'mm' or 'px', got {unit!r}")
+    settings = (base, float(tolerance), spacings is None, unit)
     known = _unchanged_lesions(cache, settings, flat, ids, kinds, spacings)
     out = []
     for lid in sorted(by_id):
@@ -353,6 +419,8 @@ def describe_lesions(
             sp = base if spacings is None else tuple(spacings[indices[0]])
             arrays = {i: np.asarray(data[i], dtype=float) for i in indices}
             info = _describe_one(lid, lines, arrays, np.asarray(sp), tolerance)
+            if unit != "mm":
+                info.problem = _MM_IN_TEXT.sub(rf"\1 {unit}", info.problem)
         out.append(info)
     if cache is not None:
         cache.clear()

@@ -3,8 +3,11 @@
 The set follows the evaluation used for RECIST-supervised lesion segmentation: overlap
 (Dice, IoU, volumetric similarity, the ISIC 2018 thresholded Jaccard), position (bounding-box
 centre error), boundary (perimeter error, Hausdorff distance and its 95th percentile) and shape
-(orientation, relative size and eccentricity differences). Every metric is computed per image
-and stays finite for empty masks, so that averages over a data set are always defined.
+(orientation, relative size and eccentricity differences). By default every metric is computed
+per image and stays finite for empty masks, so that averages over a data set are always
+defined; ``empty="nan"`` leaves the metrics that an empty mask does not define as NaN instead
+(a table shown to a person should say "undefined", not a made-up worst value), and
+``mean_metrics`` then averages over the images that define each metric.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from skimage.measure import regionprops
 
-__all__ = ["METRIC_NAMES", "lesion_labels", "lesion_metrics", "mean_metrics",
+__all__ = ["EMPTY_UNDEFINED", "METRIC_NAMES", "lesion_labels", "lesion_metrics", "mean_metrics",
            "segmentation_metrics"]
 
 METRIC_NAMES: tuple[str, ...] = (
@@ -32,6 +35,17 @@ METRIC_NAMES: tuple[str, ...] = (
     "size_error",
     "shape_error",
 )
+
+#: Metrics that need both masks to be non-empty: NaN with ``empty="nan"`` when exactly one is.
+#: ``size_error`` is only undefined when the reference is empty (its area is the denominator).
+EMPTY_UNDEFINED: tuple[str, ...] = (
+    "centre_error",
+    "hausdorff",
+    "hausdorff95",
+    "orientation_error",
+    "shape_error",
+)
+_EMPTY_MODES = ("worst", "nan")
 
 # ISIC 2018 task 1: a per-image Jaccard below this counts as a complete failure.
 THRESHOLDED_JACCARD_CUTOFF = 0.65
@@ -98,7 +112,7 @@ def _directed_distances(
     return a_to_b, b_to_a
 
 
-def segmentation_metrics(pred, gt) -> dict[str, float]:
+def segmentation_metrics(pred, gt, *, empty: str = "worst") -> dict[str, float]:
     """Compare a predicted 2D mask with a reference mask.
 
     Parameters
@@ -107,6 +121,10 @@ def segmentation_metrics(pred, gt) -> dict[str, float]:
         Predicted mask. Any boolean or numeric dtype; nonzero pixels are foreground.
     gt : array_like, shape (rows, cols)
         Reference (ground-truth) mask, same shape and conventions as `pred`.
+    empty : {"worst", "nan"}
+        What the metrics that need two non-empty masks are when exactly one mask is empty:
+        finite worst values (the default, see Notes) or NaN (``EMPTY_UNDEFINED``, and
+        ``size_error`` when `gt` is empty).
 
     Returns
     -------
@@ -145,12 +163,12 @@ def segmentation_metrics(pred, gt) -> dict[str, float]:
     ------
     ValueError
         If `pred` or `gt` is not 2D, has size zero, has a non-numeric dtype or contains NaN
-        or inf, or if the two shapes differ.
+        or inf, if the two shapes differ, or if `empty` is not "worst" or "nan".
 
     Notes
     -----
-    Empty masks give finite values so that means over images stay defined. With D the
-    length of the image diagonal, ``hypot(rows, cols)``:
+    With ``empty="worst"``, empty masks give finite values so that plain means over images
+    stay defined. With D the length of the image diagonal, ``hypot(rows, cols)``:
 
     - both empty: a perfect score; ``dice``, ``iou``, ``vs`` and ``thresholded_jaccard``
       are 1 and every error and distance is 0.
@@ -162,7 +180,13 @@ def segmentation_metrics(pred, gt) -> dict[str, float]:
       empty, the fraction of the image that `pred` covers, in (0, 1]: a stray false
       positive costs little, a prediction filling the image costs as much as missing a
       lesion entirely.
+
+    With ``empty="nan"``, both empty is still a perfect score, and when exactly one is
+    empty the metrics of ``EMPTY_UNDEFINED`` are NaN, as is ``size_error`` when `gt` is
+    empty; the overlap metrics and ``perimeter_error`` keep the values above.
     """
+    if empty not in _EMPTY_MODES:
+        raise ValueError(f"empty must be 'worst' or 'nan', got {empty!r}")
     p = _as_mask(pred, "pred")
     g = _as_mask(gt, "gt")
     if p.shape != g.shape:
@@ -198,6 +222,10 @@ def segmentation_metrics(pred, gt) -> dict[str, float]:
         "thresholded_jaccard": float(thresholded),
     }
 
+    if (area_p == 0 or area_g == 0) and empty == "nan":
+        result.update(dict.fromkeys(EMPTY_UNDEFINED, float("nan")),
+                      size_error=1.0 if area_p == 0 else float("nan"))
+        return {name: float(result[name]) for name in METRIC_NAMES}
     if area_p == 0 or area_g == 0:
         result.update(
             centre_error=diagonal,
@@ -235,7 +263,7 @@ def segmentation_metrics(pred, gt) -> dict[str, float]:
 
 
 def mean_metrics(metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """Average per-image metric dictionaries key by key.
+    """Average per-image metric dictionaries key by key, leaving out undefined (NaN) values.
 
     Parameters
     ----------
@@ -246,7 +274,9 @@ def mean_metrics(metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
     Returns
     -------
     dict of str to float
-        Arithmetic mean of each key, in the key order of the first dictionary.
+        Mean of each key over the images where it is not NaN (NaN where no image defines
+        it), in the key order of the first dictionary. Without NaN values this is the
+        arithmetic mean.
 
     Raises
     ------
@@ -264,7 +294,13 @@ def mean_metrics(metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
                 f"metrics[{index}] has keys {sorted(entry)}, expected the keys of metrics[0] "
                 f"{sorted(key_set)}"
             )
-    return {key: float(np.mean([float(entry[key]) for entry in metrics])) for key in keys}
+    out = {}
+    for key in keys:
+        values = np.array([float(entry[key]) for entry in metrics])
+        defined = values[~np.isnan(values)]
+        # np.nanmean warns on an all-NaN column; an undefined mean is simply NaN here.
+        out[key] = float(defined.mean()) if defined.size else float("nan")
+    return out
 
 
 def lesion_labels(truth: np.ndarray) -> np.ndarray:
@@ -291,7 +327,8 @@ def lesion_labels(truth: np.ndarray) -> np.ndarray:
     return np.where(truth > 0, truth, 0).astype(np.int64)
 
 
-def lesion_metrics(pred: np.ndarray, labels: np.ndarray) -> list[tuple[int, dict]]:
+def lesion_metrics(pred: np.ndarray, labels: np.ndarray, *,
+                   empty: str = "worst") -> list[tuple[int, dict]]:
     """``segmentation_metrics`` of a 2D prediction for each lesion of a labelled ground truth.
 
     Each lesion is scored in its bounding box grown by half its size on each side (at
@@ -304,6 +341,9 @@ def lesion_metrics(pred: np.ndarray, labels: np.ndarray) -> list[tuple[int, dict
         Predicted mask (non-zero is lesion), the shape of ``labels``.
     labels : ndarray
         Ground truth, one label per lesion (``lesion_labels`` makes one from a mask).
+    empty : {"worst", "nan"}
+        Passed to ``segmentation_metrics``: how a lesion with no predicted pixel in its
+        window is scored.
 
     Returns
     -------
@@ -326,5 +366,6 @@ def lesion_metrics(pred: np.ndarray, labels: np.ndarray) -> list[tuple[int, dict
         lab = labels[window]
         mine = lab == value
         others = (lab > 0) & ~mine
-        out.append((int(value), segmentation_metrics(pred[window] & ~others, mine)))
+        out.append((int(value),
+                    segmentation_metrics(pred[window] & ~others, mine, empty=empty)))
     return out

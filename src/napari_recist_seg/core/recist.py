@@ -10,7 +10,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 __all__ = [
+    "AXIS_ORDER_RULE",
     "Recist",
+    "order_axes",
+    "short_exceeds_long",
     "recist_from_mask",
     "recists_from_shapes",
     "recists_to_shapes",
@@ -21,6 +24,61 @@ _MIN_LENGTH = 1e-6
 # Slack for "the short axis crosses the long axis" so that endpoints placed exactly on the
 # other axis (common when a mark is snapped to a pixel) still count as crossing.
 _CROSS_TOL = 1e-6
+
+
+#: The one rule for a short axis longer than the long one, whichever path a lesion comes by
+#: (drawn, read from a file, read from DeepLesion). Lines not yet labelled are labelled by it:
+#: the longer of the two, in mm, is the long axis (``order_axes``). Axes that are labelled
+#: already (a line edited after pairing, a row of a file) are the reader's marks and are never
+#: relabelled behind their back: such a lesion is a rule violation, with ``Recist``'s message.
+AXIS_ORDER_RULE = (
+    "the longer axis in mm is the long axis: unlabelled lines are labelled so, labelled axes "
+    "that break it are flagged"
+)
+# Relative slack of the comparison: equal axes (a round lesion) are in order.
+_LENGTH_SLACK = 1e-9
+
+
+def short_exceeds_long(long_mm: float, short_mm: float) -> bool:
+    """Whether a short axis of ``short_mm`` breaks RECIST against a long axis of ``long_mm``.
+
+    Parameters
+    ----------
+    long_mm, short_mm : float
+        Axis lengths in the same unit (mm where the pixel size is known).
+
+    Returns
+    -------
+    bool
+        True when the short axis is longer (beyond a relative 1e-9, so equal axes pass).
+    """
+    return float(short_mm) > float(long_mm) * (1 + _LENGTH_SLACK)
+
+
+def order_axes(first, second, spacing=(1.0, 1.0)):
+    """Two unlabelled axes as (long, short) by ``AXIS_ORDER_RULE``.
+
+    Parameters
+    ----------
+    first, second : array_like, shape (2, 2)
+        (row, col) endpoints in pixels.
+    spacing : tuple of float
+        (row, col) pixel size in mm: the lengths are compared physically.
+
+    Returns
+    -------
+    long_axis, short_axis : ndarray, shape (2, 2)
+    swapped : bool
+        True when ``second`` was the longer (and so became the long axis).
+    """
+    a = np.asarray(first, dtype=float)
+    b = np.asarray(second, dtype=float)
+    sp = np.asarray(spacing, dtype=float)
+    a_mm = float(np.linalg.norm((a[-1, -2:] - a[0, -2:]) * sp))
+    b_mm = float(np.linalg.norm((b[-1, -2:] - b[0, -2:]) * sp))
+    if short_exceeds_long(a_mm, b_mm):
+        return b, a, True
+    return a, b, False
 
 
 # Bounds that keep every product of the measurement finite in float64: no image has 10^15
@@ -130,7 +188,7 @@ class Recist:
             raise ValueError(
                 f"axes are {perp:.1f} degrees from perpendicular (tolerance {tol:g} degrees)"
             )
-        if self.short_mm > self.long_mm * (1 + 1e-9):
+        if short_exceeds_long(self.long_mm, self.short_mm):
             raise ValueError(
                 f"short axis ({self.short_mm:.3g} mm) is longer than the long axis "
                 f"({self.long_mm:.3g} mm)"

@@ -22,6 +22,7 @@ from ..core.annotation import (
     LesionInfo,
     assign_lesions,
     describe_lesions,
+    fill_line_spacing,
     line_lengths_mm,
     perpendicular_short_axis,
     recists_from_labels,
@@ -36,6 +37,7 @@ __all__ = [
     "ct_contrast_limits",
     "describe_lesions",
     "group_colour",
+    "length_unit",
     "line_colours",
     "notify_error",
     "notify_info",
@@ -45,6 +47,7 @@ __all__ = [
     "recists_from_labels",
     "sync_recist_layer",
     "table_layer_tuple",
+    "units_for",
 ]
 
 #: Edge colour of each axis kind; lines that are not part of a lesion yet are white.
@@ -62,8 +65,13 @@ SOFT_TISSUE_WINDOW = (-160.0, 240.0)
 DERIVED_COLUMNS = ("length_mm", "measurement")
 #: Defaults napari gives new lines: -1 marks a line the pairing has not seen yet.
 RECIST_DEFAULTS = {"lesion_id": -1, "axis": "", "length_mm": np.nan, "measurement": ""}
+#: Per-line pixel size columns: NaN for a new line, until it takes its slice's pixel size.
+SPACING_DEFAULTS = {"spacing_row": np.nan, "spacing_col": np.nan}
 #: Key of the plugin's entry in a layer's ``metadata``.
 META_KEY = "napari-recist-seg"
+#: The plugin's unit of length where the pixel size is known, and where it is not.
+MM = "mm"
+PX = "px"
 _TEXT = {
     "string": "{measurement}",
     "size": 9,
@@ -145,6 +153,77 @@ def spacing_of(layer) -> tuple[float, float]:
     return (float(scale[-2]), float(scale[-1]))
 
 
+def units_for(scale, spacing_known: bool = True, stacked: bool = False) -> dict:
+    """napari ``units`` keyword for a layer whose pixel size is ``scale`` in mm.
+
+    Parameters
+    ----------
+    scale : sequence of float
+        The layer's scale; its last two entries are the (row, col) pixel size.
+    spacing_known : bool
+        False where the scale is not a physical pixel size (then no unit is claimed and
+        napari keeps "pixel").
+    stacked : bool
+        Whether the leading axes index a stack of separate images rather than a distance.
+
+    Returns
+    -------
+    dict
+        ``{"units": (...)}`` to merge into a layer's keyword arguments, or ``{}``.
+    """
+    ndim = len(tuple(scale))
+    if not spacing_known or ndim < 2:
+        return {}
+    lead = ("pixel" if stacked else MM,) * (ndim - 2)
+    return {"units": (*lead, MM, MM)}
+
+
+def _is_mm(unit) -> bool:
+    return str(unit) in ("mm", "millimeter", "millimetre")
+
+
+def pixel_size_known(layer) -> bool:
+    """Whether a layer's scale is a physical pixel size.
+
+    It is when the layer's in-plane ``units`` are millimetres, or (for layers from
+    elsewhere, which keep napari's default unit) when its scale is not the default one.
+    """
+    if layer is None:
+        return False
+    if hasattr(layer, "nshapes") and per_line_spacing(layer) is not None:
+        return True
+    units = getattr(layer, "units", None)
+    if units is not None and len(tuple(units)) >= 2 and all(
+        _is_mm(u) for u in tuple(units)[-2:]
+    ):
+        return True
+    return not np.allclose(spacing_of(layer), 1.0)
+
+
+def length_unit(*layers) -> str:
+    """"mm" when the first layer given (not None) has a known pixel size, else "px"."""
+    for layer in layers:
+        if layer is not None:
+            return MM if pixel_size_known(layer) else PX
+    return PX
+
+
+def slice_spacing_of(*layers) -> dict | None:
+    """``{slice: (row, col)}`` pixel sizes of a stack of key slices, from layer metadata.
+
+    The DeepLesion reader stacks key slices of different pixel sizes; their sizes are kept
+    in the image's and the RECIST layer's metadata (``slice_spacing``, one pair per slice).
+    The first of ``layers`` (None ones skipped) that has them gives them.
+    """
+    for layer in layers:
+        if layer is None:
+            continue
+        table = (getattr(layer, "metadata", None) or {}).get(META_KEY, {}).get("slice_spacing")
+        if table:
+            return {i: (float(sp[0]), float(sp[1])) for i, sp in enumerate(table)}
+    return None
+
+
 # -- RECIST layers ----------------------------------------------------------------------------
 def _hex_to_rgba(colour: str) -> np.ndarray:
     colour = colour.lstrip("#")
@@ -183,8 +262,14 @@ def _int_values(values, default: int = -1) -> np.ndarray:
     return numbers.fillna(default).astype(np.int64).to_numpy()
 
 
-def recist_shapes_kwargs(name: str, features: dict, scale, translate=None, ndim=None) -> dict:
-    """Keyword arguments for a RECIST Shapes layer (lines, colours, text labels in mm)."""
+def recist_shapes_kwargs(
+    name: str, features: dict, scale, translate=None, ndim=None, units=None
+) -> dict:
+    """Keyword arguments for a RECIST Shapes layer (lines, colours, text labels in mm).
+
+    ``units`` are napari's per-axis units (e.g. those of the image the lines go on); by
+    default millimetres where ``scale`` is a pixel size (see ``units_for``).
+    """
     axes = list(features.get("axis", []))
     groups = features.get("group")
     kwargs = {
@@ -205,7 +290,34 @@ def recist_shapes_kwargs(name: str, features: dict, scale, translate=None, ndim=
         kwargs["translate"] = tuple(float(t) for t in translate)
     if ndim is not None:
         kwargs["ndim"] = int(ndim)
+    if units is not None:
+        kwargs["units"] = tuple(str(u) for u in units)
+    else:
+        kwargs.update(default_units(scale))
     return kwargs
+
+
+def default_units(scale) -> dict:
+    """``units_for`` a scale nothing else is known about: mm where it is not the default.
+
+    A leading axis with a scale of 1 indexes a stack of slices (a distance between slices is
+    never exactly 1 mm by chance often enough to assume it).
+    """
+    scale = tuple(float(s) for s in scale)
+    known = len(scale) >= 2 and not np.allclose(scale[-2:], 1.0)
+    stacked = len(scale) > 2 and np.allclose(scale[:-2], 1.0)
+    return units_for(scale, known, stacked)
+
+
+def derived_units(image) -> dict:
+    """``units`` for a layer made over ``image`` (a preview, a new RECIST layer): the image's.
+
+    Images the plugin opens are in mm, so what is made over them is too. An image added
+    elsewhere keeps napari's "pixel" even with a scale; a layer over it in mm would make the
+    viewer's units inconsistent, and napari then drops units for every layer.
+    """
+    units = tuple(str(u) for u in getattr(image, "units", ()) or ())
+    return {"units": units} if units else {}
 
 
 def _defaults_for(features) -> dict:
@@ -226,25 +338,37 @@ def _defaults_for(features) -> dict:
     return defaults
 
 
-def recist_layer_tuple(data, features: dict, scale, name: str, translate=None):
+def recist_layer_tuple(data, features: dict, scale, name: str, translate=None, units=None,
+                       metadata=None):
     """A napari LayerData tuple ``(data, kwargs, "shapes")`` for RECIST lines.
 
     ``features`` needs ``lesion_id`` and ``axis``; ``length_mm`` is computed here from the
     in-plane part of ``scale`` (or from ``spacing_row``/``spacing_col`` columns when present).
+    Lengths are labelled px where neither gives a pixel size. ``metadata`` is merged into
+    the plugin's entry of the layer's metadata (e.g. ``slice_spacing``).
     """
     features = {k: list(v) for k, v in features.items()}
     per_line = _per_line_spacing(features)
     lengths = line_lengths_mm(data, tuple(scale)[-2:], per_line)
+    known = per_line is not None or not np.allclose(tuple(scale)[-2:], 1.0)
+    if units is not None and all(_is_mm(u) for u in tuple(units)[-2:]):
+        known = True
     features["length_mm"] = list(lengths)
-    features["measurement"] = measurement_labels(features["lesion_id"], features["axis"], lengths)
+    features["measurement"] = measurement_labels(
+        features["lesion_id"], features["axis"], lengths, MM if known else PX
+    )
     ndim = len(tuple(scale))
-    kwargs = recist_shapes_kwargs(name, features, scale, translate, ndim=ndim)
+    kwargs = recist_shapes_kwargs(name, features, scale, translate, ndim=ndim, units=units)
+    if metadata:
+        kwargs["metadata"][META_KEY].update(metadata)
     return (list(data), kwargs, "shapes")
 
 
-def measurement_labels(lesion_ids, axes, lengths) -> list[str]:
+def measurement_labels(lesion_ids, axes, lengths, unit: str = "mm") -> list[str]:
     """Text label per line: "long x short mm" on a lesion's long axis, nothing on its short
-    axis, and its own length for a line that is not (yet) half of a pair."""
+    axis, and its own length for a line that is not (yet) half of a pair.
+
+    ``unit`` is "px" where the pixel size is not known."""
     ids = np.asarray(lesion_ids, dtype=np.int64).reshape(-1)
     kinds = np.asarray(axes, dtype=object).reshape(-1)
     lengths = np.asarray(lengths, dtype=float).reshape(-1)
@@ -265,27 +389,34 @@ def measurement_labels(lesion_ids, axes, lengths) -> list[str]:
         if length != length or length in (np.inf, -np.inf):
             labels.append("")
         elif other < 0:
-            labels.append(f"{length:.1f} mm")
+            labels.append(f"{length:.1f} {unit}")
         elif axis == "long":
-            labels.append(f"{length:.1f} x {lengths[other]:.1f} mm")
+            labels.append(f"{length:.1f} x {lengths[other]:.1f} {unit}")
         else:
             labels.append("")
     return labels
 
 
-def table_layer_tuple(table, name: str, translate=None, scale=None):
+def table_layer_tuple(table, name: str, translate=None, scale=None, units=None,
+                      per_line: bool = False, metadata=None):
     """LayerData for a ``data.recist_files.RecistTable`` (as read from a RECIST file).
 
     ``scale`` overrides the layer's scale, e.g. to match a volume's slice thickness; by
     default it is the lesions' common (row, col) spacing (and 1 for a slice axis).
+    ``per_line`` keeps each lesion's own pixel size as per-line features even when all
+    lesions share one (so that lengths stay the lesions' own under another ``scale``).
     """
     from ..data.recist_files import recist_layer_data
 
     data, features, table_scale = recist_layer_data(table)
     if scale is not None and len(tuple(scale)) != len(table_scale):
         raise ValueError(f"scale {tuple(scale)} does not fit {len(table_scale)}D RECIST lines")
+    if per_line and "spacing_row" not in features:
+        per_lesion = [r.spacing for r in table.recists for _ in range(2)]
+        features["spacing_row"] = [float(sp[0]) for sp in per_lesion]
+        features["spacing_col"] = [float(sp[1]) for sp in per_lesion]
     return recist_layer_tuple(data, features, table_scale if scale is None else scale, name,
-                              translate)
+                              translate, units=units, metadata=metadata)
 
 
 def _per_line_spacing(features):
@@ -336,6 +467,8 @@ def write_columns(layer, columns: dict, defaults: dict | None = None) -> None:
             merged[name] = defaults[name]
         elif name in RECIST_DEFAULTS:
             merged[name] = RECIST_DEFAULTS[name]
+        elif name in SPACING_DEFAULTS:
+            merged[name] = SPACING_DEFAULTS[name]
         elif name in previous:
             merged[name] = previous[name]
         else:
@@ -343,22 +476,34 @@ def write_columns(layer, columns: dict, defaults: dict | None = None) -> None:
     layer.feature_defaults = merged
 
 
-def per_line_spacing(layer, fallback=(1.0, 1.0)):
-    """(n, 2) per-line spacing from ``spacing_row``/``spacing_col`` features, else None.
+def per_line_spacing(layer, fallback=(1.0, 1.0), slice_spacing=None):
+    """(n, 2) per-line pixel size of a RECIST layer, or None where one scale fits all lines.
 
-    Lines without one (drawn after the layer was read) get ``fallback``.
+    Lines read from a file or a DeepLesion table may carry their own pixel size
+    (``spacing_row``/``spacing_col`` features); on a stack of slices with different pixel
+    sizes (``slice_spacing``, by default the layer's metadata) every line has its slice's.
+    A line without one (drawn after the layer was read) takes its slice's pixel size, else
+    that of another line on its slice, else ``fallback`` (``core.annotation.fill_line_spacing``).
     """
+    return _line_spacing(layer, fallback, slice_spacing)[0]
+
+
+def _line_spacing(layer, fallback=(1.0, 1.0), slice_spacing=None):
+    """``per_line_spacing`` and which lines had no pixel size of their own (None, None)."""
     feats = layer.features
+    table = slice_spacing if slice_spacing is not None else slice_spacing_of(layer)
+    n = len(feats)
     if "spacing_row" in feats and "spacing_col" in feats:
         values = np.column_stack(
-            [
-                pd_numeric(feats["spacing_row"]),
-                pd_numeric(feats["spacing_col"]),
-            ]
+            [pd_numeric(feats["spacing_row"]), pd_numeric(feats["spacing_col"])]
         )
-        bad = ~np.isfinite(values) | (values <= 0)
-        return np.where(bad, np.broadcast_to(np.asarray(fallback, float), values.shape), values)
-    return None
+    elif table:
+        values = np.full((n, 2), np.nan)
+    else:
+        return None, None
+    if n != layer.nshapes:
+        return None, None
+    return fill_line_spacing(layer.data, values, table, fallback)
 
 
 def pd_numeric(column) -> np.ndarray:
@@ -368,20 +513,28 @@ def pd_numeric(column) -> np.ndarray:
     return pd.to_numeric(pd.Series(list(column), dtype=object), errors="coerce").to_numpy(float)
 
 
-def sync_recist_layer(layer, spacing) -> bool:
+def sync_recist_layer(layer, spacing, unit: str | None = None, slice_spacing=None) -> bool:
     """Pair new lines into lesions, update lengths, colours and text labels of a RECIST layer.
 
-    Only the layer's features and colours change, never its data. Returns True when any
+    Only the layer's features and colours change, never its data. A new line on a stack of
+    slices with different pixel sizes is given its slice's (``spacing_row``/``spacing_col``),
+    so that it is measured and written in mm like the others. ``unit`` ("mm" or "px") labels
+    the lengths; by default the layer's own (see ``length_unit``). Returns True when any
     feature column changed.
     """
     data = layer.data  # napari builds this list anew on each access
     n = len(data)
     ids, axes = layer_columns(layer)
     shape_types = list(layer.shape_type)
-    new_ids, new_axes = assign_lesions(data, ids, axes, spacing, shape_types)
-    lengths = line_lengths_mm(data, spacing, per_line_spacing(layer, spacing))
+    per_line, filled = _line_spacing(layer, spacing, slice_spacing)
+    new_ids, new_axes = assign_lesions(data, ids, axes, spacing, shape_types, per_line)
+    lengths = line_lengths_mm(data, spacing, per_line)
+    unit = unit or (MM if per_line is not None else length_unit(layer))
     feats = layer.features
     columns = {}
+    if per_line is not None and (filled.any() or "spacing_row" not in feats):
+        columns["spacing_row"] = per_line[:, 0]
+        columns["spacing_col"] = per_line[:, 1]
     if "lesion_id" not in feats or new_ids != ids:
         columns["lesion_id"] = np.asarray(new_ids, dtype=np.int64)
     if "axis" not in feats or new_axes != axes:
@@ -389,7 +542,7 @@ def sync_recist_layer(layer, spacing) -> bool:
     old_len = feats["length_mm"].to_numpy(float) if "length_mm" in feats else None
     if old_len is None or not np.allclose(old_len, lengths, equal_nan=True):
         columns["length_mm"] = lengths
-    labels = measurement_labels(new_ids, new_axes, lengths)
+    labels = measurement_labels(new_ids, new_axes, lengths, unit)
     if "measurement" not in feats or feats["measurement"].tolist() != labels:
         columns["measurement"] = np.asarray(labels, dtype=object)
     if columns and n:
@@ -440,14 +593,17 @@ def recolour(layer) -> None:
 _MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def describe_layer(layer, spacing) -> list[LesionInfo]:
+def describe_layer(layer, spacing, unit: str | None = None, slice_spacing=None
+                   ) -> list[LesionInfo]:
     """``describe_lesions`` for a napari Shapes layer.
 
     The layer's record of its last measurement (kept while the layer lives) is reused, so
     lesions whose lines have not changed since any earlier call are not measured again.
+    ``unit`` labels lengths in the lesions' problems ("mm", or "px" where the pixel size is
+    unknown; by default the layer's own).
     """
     cache = _MEASURED.setdefault(unproxied(layer), {})
     ids, axes = layer_columns(layer)
-    return describe_lesions(
-        layer.data, ids, axes, spacing, per_line_spacing(layer, spacing), cache=cache
-    )
+    per_line = per_line_spacing(layer, spacing, slice_spacing)
+    unit = unit or (MM if per_line is not None else length_unit(layer))
+    return describe_lesions(layer.data, ids, axes, spacing, per_line, cache=cache, unit=unit)

@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from ._layers import (
+    META_KEY,
     ct_contrast_limits,
     notify_error,
     notify_warning,
     table_layer_tuple,
+    units_for,
 )
 
 __all__ = ["deeplesion_layers", "get_reader", "read_path"]
@@ -140,6 +142,8 @@ def _read_volume(path: Path):
 
     image = read_medical_image(path)
     kwargs = image.layer_kwargs()
+    # DICOM, NIfTI, MHA and NRRD give spacing in mm (1 mm where a file states none).
+    kwargs.update(units_for(kwargs["scale"]))
     if not kwargs.get("rgb"):
         kwargs.setdefault("colormap", "gray")
         if "contrast_limits" not in kwargs:
@@ -182,6 +186,11 @@ def deeplesion_layers(records, name: str, with_image: bool = True):
     when shown) and each lesion sits on its own slice. Rows whose image is missing are left
     out when others have theirs; when none has, only the RECIST layer is returned.
 
+    Key slices with one pixel size give the layers that scale, in mm. Slices of different
+    pixel sizes cannot share one scale: the layers keep one pixel per unit and each slice's
+    pixel size is kept in their metadata (``slice_spacing``), so that each line, those drawn
+    later included, is measured and written with its own slice's.
+
     Returns
     -------
     list of napari LayerData tuples
@@ -210,22 +219,30 @@ def deeplesion_layers(records, name: str, with_image: bool = True):
             "series_id": [r.series_id for r in rows],
         },
     )
-    shapes = table_layer_tuple(table, name=f"{name} RECIST")
+    first = {}
+    for r in rows:
+        first.setdefault(r.file_name, r)
+    slice_spacing = [[float(v) for v in first[f].recist.spacing] for f in files]
+    shared = all(np.allclose(sp, slice_spacing[0]) for sp in slice_spacing)
+    scale = ((1.0,) if stacked else ()) + (tuple(slice_spacing[0]) if shared else (1.0, 1.0))
+    units = units_for(scale, spacing_known=shared, stacked=True).get("units")
+    extra = {"slice_spacing": slice_spacing} if stacked and not shared else None
+    shapes = table_layer_tuple(
+        table, name=f"{name} RECIST", scale=scale, units=units, metadata=extra
+    )
     layers = []
     if with_image:
-        first = {}
-        for r in rows:
-            first.setdefault(r.file_name, r)
         image = _key_slices([first[f] for f in files])
-        scale = shapes[1]["scale"]
         window = rows[0].window
         kwargs = {
             "name": name,
             "scale": scale,
             "contrast_limits": (float(window[0]), float(window[1])),
             "colormap": "gray",
-            "metadata": {"deeplesion_files": files},
+            "metadata": {"deeplesion_files": files, META_KEY: dict(extra or {})},
         }
+        if units is not None:
+            kwargs["units"] = units
         layers.append((image, kwargs, "image"))
     layers.append(shapes)
     return layers

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._layers import SOFT_TISSUE_WINDOW, table_layer_tuple
+from ._layers import SOFT_TISSUE_WINDOW, table_layer_tuple, units_for
 
 __all__ = ["ct_slice_sample", "ct_volume_sample", "dermoscopy_sample"]
 
@@ -25,16 +25,18 @@ def ct_slice_sample():
 
     s = ct_phantom_slice(seed=0)
     scale = tuple(s["spacing"])
+    units = units_for(scale)
     return [
         (
             s["image"],
             {"name": "CT phantom", "scale": scale, "contrast_limits": SOFT_TISSUE_WINDOW,
-             "colormap": "gray"},
+             "colormap": "gray", **units},
             "image",
         ),
-        (s["masks"], {"name": "CT phantom true masks", "scale": scale, "opacity": 0.35},
-         "labels"),
-        table_layer_tuple(_recist_table(s["recists"]), name="CT phantom RECIST", scale=scale),
+        (s["masks"], {"name": "CT phantom true masks", "scale": scale, "opacity": 0.35,
+                      **units}, "labels"),
+        table_layer_tuple(_recist_table(s["recists"]), name="CT phantom RECIST", scale=scale,
+                          **units),
     ]
 
 
@@ -44,24 +46,28 @@ def ct_volume_sample():
 
     s = ct_phantom_volume(seed=0)
     scale = tuple(s["spacing"])
+    units = units_for(scale)
     return [
         (
             s["image"],
             {"name": "CT phantom volume", "scale": scale,
-             "contrast_limits": SOFT_TISSUE_WINDOW, "colormap": "gray"},
+             "contrast_limits": SOFT_TISSUE_WINDOW, "colormap": "gray", **units},
             "image",
         ),
-        (s["masks"], {"name": "CT phantom volume true masks", "scale": scale, "opacity": 0.35},
-         "labels"),
+        (s["masks"], {"name": "CT phantom volume true masks", "scale": scale, "opacity": 0.35,
+                      **units}, "labels"),
         table_layer_tuple(
             _recist_table(s["recists"], s["slices"]), name="CT phantom volume RECIST",
-            scale=scale,
+            scale=scale, **units,
         ),
     ]
 
 
 def dermoscopy_sample():
-    """A dermoscopy-like RGB photograph of a pigmented lesion, its mask and RECIST."""
+    """A dermoscopy-like RGB photograph of a pigmented lesion, its mask and RECIST.
+
+    A photograph has no pixel size: its lengths are in px.
+    """
     from ..data.samples import dermoscopy_image
 
     s = dermoscopy_image(seed=0)

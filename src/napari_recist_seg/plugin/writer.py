@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._layers import DERIVED_COLUMNS, notify_error
+import numpy as np
+
+from ..core.annotation import fill_line_spacing
+from ._layers import DERIVED_COLUMNS, META_KEY, notify_error, pd_numeric
 
 __all__ = ["write_recist_file", "write_recist_layer"]
 
@@ -80,6 +83,8 @@ def write_recist_file(path: str, data, meta: dict) -> str:
             f"cannot write {name!r} as RECIST: {loose} line(s) are not part of a lesion "
             "(open the RECIST annotation widget to pair them)"
         )
+    if "spacing_row" in columns and "spacing_col" in columns:
+        columns.update(_line_spacing_columns(name, data, columns, meta))
     try:
         table = table_from_layer_data(data, columns, scale=meta.get("scale"))
     except ValueError as exc:
@@ -95,3 +100,27 @@ def _missing_or_negative(value) -> bool:
         return not (int(value) >= 0)
     except (TypeError, ValueError):
         return True
+
+
+def _line_spacing_columns(name: str, data, columns: dict, meta: dict) -> dict:
+    """Per-line pixel sizes, the missing ones (lines drawn after reading) from their slice.
+
+    Raises
+    ------
+    ValueError
+        Naming the lesions whose slice has no known pixel size.
+    """
+    values = np.column_stack(
+        [pd_numeric(columns["spacing_row"]), pd_numeric(columns["spacing_col"])]
+    )
+    table = ((meta.get("metadata") or {}).get(META_KEY) or {}).get("slice_spacing")
+    slices = {i: tuple(sp) for i, sp in enumerate(table)} if table else None
+    filled, _ = fill_line_spacing(list(data), values, slices, fallback=(np.nan, np.nan))
+    missing = ~np.all(np.isfinite(filled), axis=1)
+    if missing.any():
+        ids = sorted({str(columns["lesion_id"][i]) for i in np.flatnonzero(missing)})
+        raise ValueError(
+            f"cannot write {name!r} as RECIST: lesion(s) {', '.join(ids)} have no pixel size "
+            "(their slice has none and no other lesion on it gives one)"
+        )
+    return {"spacing_row": filled[:, 0].tolist(), "spacing_col": filled[:, 1].tolist()}

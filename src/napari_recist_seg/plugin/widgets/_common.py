@@ -63,7 +63,8 @@ class LayerCombo(QComboBox):
     prefer : callable, optional
         ``prefer(layer) -> bool``. Without a choice already made, the list starts on the
         topmost layer that ``prefer`` accepts; with ``allow_none``, on "(none)" when no layer
-        is accepted (so that no layer is taken over without the user choosing it).
+        is accepted (so that no layer is taken over without the user choosing it). A
+        "(none)" the user picked stays chosen when layers come and go.
     """
 
     layer_changed = Signal(object)
@@ -75,6 +76,7 @@ class LayerCombo(QComboBox):
         self._allow_none = allow_none
         self._prefer = prefer
         self._layers: list = []
+        self._none_chosen = False
         self._connections = Connections()
         bind_lifetime(self, self._connections)
         events = viewer.layers.events
@@ -83,7 +85,12 @@ class LayerCombo(QComboBox):
             if emitter is not None:
                 self._connections.connect(emitter, self.refresh)
         self.currentIndexChanged.connect(self._emit)
+        # The list's own refreshes block signals, so this sees the user's choices only.
+        self.currentIndexChanged.connect(self._remember_none)
         self.refresh()
+
+    def _remember_none(self, index: int) -> None:
+        self._none_chosen = self._allow_none and index == 0
 
     def layer(self):
         """The chosen layer, or None."""
@@ -126,6 +133,8 @@ class LayerCombo(QComboBox):
             self.layer_changed.emit(self.layer())
 
     def _default_index(self, layers) -> int:
+        if self._none_chosen:
+            return 0
         candidates = [i for i, layer in enumerate(layers) if layer is not None]
         if self._prefer is not None:
             candidates = [i for i in candidates if self._prefer(layers[i])]

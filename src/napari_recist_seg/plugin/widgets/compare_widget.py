@@ -1,7 +1,8 @@
 """Compare models: predict with several trained models and see, side by side, how they differ.
 
 Each chosen model (trained in the Training widget, or loaded from a checkpoint folder) predicts
-the chosen image in a worker (``learning.inference.predict_detailed``): whole-image models see
+the chosen image in a worker (``plugin.comparison.predict_models``, at the chosen probability
+threshold, 0.5 by default as ``recist-seg predict``): whole-image models see
 the whole image (each slice of a volume), lesion-crop models a patch around each lesion of the
 chosen RECIST layer (on its slice). Every prediction becomes a Labels layer of its own, named
 after the model ("multitask prediction") and drawn as a contour in the model's fixed colour
@@ -16,11 +17,16 @@ grown by half its size on each side), where the other lesions' pixels are left o
 prediction. A lesion-crop model is scored on the lesions that have a RECIST on that slice
 (the only ones it is asked about). The multitask model's predicted RECIST group is shown for
 each lesion (that of the RECIST lesion whose centre lies in it; in whole-image mode, the
-image's group).
+image's group). A metric an empty prediction does not define (a distance, a centre or
+orientation error) is left blank, and the row's note says "empty prediction".
 
 "Side by side" switches napari's grid mode on: one view per model (the image under that
 model's contour, and one for the ground truth), all sharing one camera, so zoom, pan and slice
-stay linked. The layer order and visibility are put back when it is switched off.
+stay linked; each view is labelled with its model's name, in the model's colour. The layer
+order and visibility are put back when it is switched off.
+
+The checks of the chosen layers, the predictions and the metrics live in ``plugin.comparison``
+(no Qt); this module wires the controls to them and shows the results.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from napari.layers import Image, Labels, Layer, Shapes
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QDoubleSpinBox,
     QFileDialog,
     QGridLayout,
     QHBoxLayout,
@@ -48,28 +55,23 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ...core.metrics import (
-    METRIC_NAMES,
-    lesion_labels,
-    lesion_metrics,
-    mean_metrics,
-    segmentation_metrics,
-)
 from ...learning.report import MODEL_COLOURS
-from .._layers import (
-    META_KEY,
-    describe_layer,
-    is_recist_layer,
-    notify_error,
-    notify_info,
-    spacing_of,
-    spatial_shape,
+from .._layers import META_KEY, is_recist_layer, notify_error, notify_info
+from ..comparison import (
+    DEFAULT_THRESHOLD,
+    ID_COLUMNS,
+    NOTE,
+    ROW_COLUMNS,
+    THRESHOLD_RANGE,
+    collect_inputs,
+    format_metric,
+    predict_models,
+    prediction_name,
 )
-from ..training_worker import KIND_NAMES, MODEL_REGISTRY, load_entry, prepare_torch_import
+from ..training_worker import KIND_NAMES, MODEL_REGISTRY, load_entry
 from ._common import Connections, LayerCombo, bind_lifetime
 
-__all__ = ["CompareWidget", "prediction_name",
-           "predict_models"]
+__all__ = ["CompareWidget", "prediction_name", "predict_models"]
 
 #: Metrics shown in the table (all of METRIC_NAMES go to the CSV file).
 TABLE_METRICS = (
@@ -77,14 +79,10 @@ TABLE_METRICS = (
     ("centre_error", "centre err px", 1), ("orientation_error", "orient. err deg", 1),
     ("size_error", "size err", 3), ("shape_error", "shape err", 3),
 )
-_ID_COLUMNS = ("model", "lesion", "slice", "group")
 _CONTOUR = 2
 _TRUTH = "ground truth"
-
-
-def prediction_name(model_name: str) -> str:
-    """Name of the Labels layer that holds a model's prediction."""
-    return f"{model_name} prediction"
+#: Layers the side-by-side view adds, removed when it is switched off.
+_GRID_ROLES = ("grid copy",)
 
 
 def _role(layer) -> str:
@@ -92,123 +90,13 @@ def _role(layer) -> str:
 
 
 def _is_ours(layer) -> bool:
-    return _role(layer) in ("prediction", "truth", "grid copy")
+    return _role(layer) in ("prediction", "truth", *_GRID_ROLES)
 
 
 def _contour_colormap(colour: str):
     from napari.utils.colormaps import DirectLabelColormap
 
     return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: colour})
-
-
-# -- the work done in a worker (no Qt) ------------------------------------------------------------
-def _label_at(labels: np.ndarray, point) -> int:
-    r, c = (int(round(float(v))) for v in point[-2:])
-    if 0 <= r < labels.shape[0] and 0 <= c < labels.shape[1]:
-        return int(labels[r, c])
-    return 0
-
-
-def predict_models(entries, image, lesions, gt=None, rgb: bool = False):
-    """Predict ``image`` with each model of ``entries``, yielding one result per model.
-
-    Parameters
-    ----------
-    entries : list of ModelEntry
-        Models are loaded (on the CPU) when they are not yet.
-    image : ndarray
-        2D (grey or, with ``rgb``, colour) or a volume ``(Z, H, W[, 3])``.
-    lesions : list of (slice or None, Recist, lesion id)
-        The RECIST of the image (needed by lesion-crop models).
-    gt : ndarray, optional
-        Ground-truth labels with the image's spatial shape: metrics are computed.
-
-    Yields
-    ------
-    ("loaded", name) while models load, then one ``("result", dict)`` per model with
-    ``name``, ``kind``, ``mode``, ``mask`` (uint8, the image's spatial shape), ``groups``
-    (multitask models: the predicted group per ``(slice, lesion id)``, or per ``(slice,
-    None)`` for a whole image) and ``rows`` (metrics rows; empty without ``gt``).
-    All models are loaded and checked before the first prediction, so a problem with any of
-    them stops the run before anything is shown.
-    """
-    prepare_torch_import()
-    from ...learning.inference import predict_detailed
-
-    volume = np.ndim(image) - (1 if rgb else 0) == 3
-    models = []
-    for entry in entries:
-        if entry.model is None:
-            entry.model = load_entry(entry.path, "cpu")[2]
-            yield ("loaded", entry.name)
-        mode = entry.model.preprocessing.get("mode", "whole_image")
-        if mode == "crops" and not lesions:
-            raise ValueError(
-                f"{entry.name!r} was trained on lesion crops: choose the image's RECIST layer "
-                "(with at least one complete lesion)"
-            )
-        models.append((entry, entry.model, mode))
-    planes = range(image.shape[0]) if volume else [None]
-    for entry, model, mode in models:
-        shape = image.shape[: 3 if volume else 2]
-        mask = np.zeros(shape, dtype=np.uint8)
-        groups: dict = {}  # (slice, lesion id or None) -> predicted group
-        done_planes = []
-        for z in planes:
-            plane = image if z is None else image[z]
-            if mode == "crops":
-                mine = [(lid, r) for s, r, lid in lesions if s == z]
-                if not mine:
-                    continue
-                pred = predict_detailed(model, plane, [r for _, r in mine])
-                if pred.groups is not None:
-                    for (lid, _), g in zip(mine, pred.groups):
-                        groups[(z, lid)] = int(g)
-            else:
-                pred = predict_detailed(model, plane)
-                if pred.groups is not None:
-                    groups[(z, None)] = int(pred.groups[0])
-            if z is None:
-                mask[...] = pred.mask
-            else:
-                mask[z] = pred.mask
-            done_planes.append(z)
-        rows = [] if gt is None else _metric_rows(entry.name, mask, gt, done_planes, lesions,
-                                                  groups, mode)
-        yield ("result", {"name": entry.name, "kind": entry.kind, "mask": mask,
-                          "groups": groups, "rows": rows, "mode": mode})
-
-
-def _metric_rows(name, mask, gt, planes, lesions, groups, mode) -> list[dict]:
-    """Metrics rows of one model: the image (mean over its predicted slices), then each
-    lesion. A lesion-crop model is only asked about the lesions that have a RECIST on a
-    slice, so only those ground-truth lesions are scored for it."""
-    rows, per_plane = [], []
-    for z in planes:
-        p = mask if z is None else mask[z]
-        labels = lesion_labels(gt if z is None else gt[z])
-        # The group of each ground-truth lesion: that of the RECIST lesion centred in it.
-        asked, group_of = set(), {}
-        for s, recist, lid in lesions:
-            value = _label_at(labels, recist.centre) if s == z else 0
-            if value:
-                asked.add(value)
-                if (z, lid) in groups:
-                    group_of.setdefault(value, groups[(z, lid)])
-        if mode == "crops":
-            labels = np.where(np.isin(labels, sorted(asked)), labels, 0)
-        per_plane.append(segmentation_metrics(p > 0, labels > 0))
-        image_group = groups.get((z, None))
-        for value, metrics in lesion_metrics(p, labels):
-            g = group_of.get(value, image_group)
-            rows.append({"model": name, "lesion": value, "slice": "" if z is None else z,
-                         "group": "" if g is None else g, **metrics})
-    if per_plane:
-        rows.insert(0, {"model": name, "lesion": "all",
-                        "slice": "" if planes == [None] else f"{len(planes)} slices",
-                        "group": " ".join(str(g) for g in sorted(set(groups.values()))),
-                        **mean_metrics(per_plane)})
-    return rows
 
 
 # -- the widget ------------------------------------------------------------------------------------
@@ -252,6 +140,15 @@ class CompareWidget(QWidget):
         pick.addWidget(self.gt_combo, 2, 1)
         self.recist_combo.setToolTip("Needed by lesion-crop models: a patch around each lesion")
         self.gt_combo.setToolTip("Optional: shown as a contour and used for the metrics")
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(*THRESHOLD_RANGE)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setDecimals(2)
+        self.threshold_spin.setValue(DEFAULT_THRESHOLD)
+        self.threshold_spin.setToolTip(
+            "Probability above which a pixel is lesion (as recist-seg predict --threshold)")
+        pick.addWidget(QLabel("Threshold"), 3, 0)
+        pick.addWidget(self.threshold_spin, 3, 1)
 
         self.models_list = QListWidget()
         self.models_list.setMaximumHeight(110)
@@ -269,9 +166,9 @@ class CompareWidget(QWidget):
         buttons.addWidget(self.predict_button)
         buttons.addWidget(self.side_button)
 
-        self.table = QTableWidget(0, len(_ID_COLUMNS) + len(TABLE_METRICS))
+        self.table = QTableWidget(0, len(ID_COLUMNS) + len(TABLE_METRICS) + 1)
         self.table.setHorizontalHeaderLabels(
-            [*_ID_COLUMNS, *[title for _, title, _ in TABLE_METRICS]])
+            [*ID_COLUMNS, *[title for _, title, _ in TABLE_METRICS], NOTE])
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(
@@ -344,46 +241,6 @@ class CompareWidget(QWidget):
         notify_info(f"Loaded the {KIND_NAMES.get(kind, kind)} model {entry.name!r} from {folder}")
 
     # -- predicting -------------------------------------------------------------------------
-    def _inputs(self):
-        """(image layer, array, lesions, ground truth or None, gt layer); ValueError if bad."""
-        image = self.image_combo.layer()
-        if image is None:
-            raise ValueError("there is no image layer; open an image first")
-        if image.multiscale:
-            raise ValueError(f"{image.name!r} is a multiscale image; choose a single-scale one")
-        if image.ndim not in (2, 3):
-            raise ValueError(f"{image.name!r} is {image.ndim}D; images must be 2D or 3D")
-        if not self.chosen_models():
-            raise ValueError("tick at least one model (train one, or use 'Load model...')")
-        lesions = []
-        layer = self.recist_combo.layer()
-        if layer is not None:
-            if layer.ndim != image.ndim:
-                raise ValueError(
-                    f"{layer.name!r} ({layer.ndim}D) does not fit {image.name!r} ({image.ndim}D)")
-            infos = describe_layer(layer, spacing_of(image))
-            valid = [i for i in infos if i.ok]
-            if not valid:
-                bad = next((f" (lesion {i.lesion_id}: {i.problem})" for i in infos), "")
-                raise ValueError(
-                    f"{layer.name!r} has no complete lesion (a long and a short axis){bad}")
-            depth = image.data.shape[0] if image.ndim == 3 else None
-            for info in valid:
-                z = None if depth is None else info.slice
-                if depth is not None and not (isinstance(z, int) and 0 <= z < depth):
-                    continue
-                lesions.append((z, info.recist, int(info.lesion_id)))
-        gt_layer = self.gt_combo.layer()
-        gt = None
-        if gt_layer is not None:
-            shape = spatial_shape(image)
-            gt = np.asarray(gt_layer.data)
-            if gt.shape != shape:
-                raise ValueError(
-                    f"the ground truth {gt_layer.name!r} is {gt.shape}, the image {shape}")
-            gt = np.array(gt)
-        return image, np.array(image.data), lesions, gt, gt_layer
-
     def predict(self):
         """Predict with the ticked models in a worker; returns the worker or None."""
         from napari.qt.threading import create_worker
@@ -391,13 +248,18 @@ class CompareWidget(QWidget):
         if self._worker is not None:
             notify_error("Compare: a prediction is running; wait for it to finish.")
             return None
+        image = self.image_combo.layer()
+        gt_layer = self.gt_combo.layer()
+        entries = self.chosen_models()
         try:
-            image, data, lesions, gt, gt_layer = self._inputs()
+            inputs = collect_inputs(image, self.recist_combo.layer(), gt_layer, entries)
         except ValueError as exc:
+            self.status.setText(f"Not predicted: {exc}")
             notify_error(f"Compare: {exc}")
             return None
-        entries = self.chosen_models()
-        worker = create_worker(predict_models, entries, data, lesions, gt, bool(image.rgb),
+        threshold = round(self.threshold_spin.value(), 2)
+        worker = create_worker(predict_models, entries, inputs.image, inputs.lesions,
+                               inputs.truth, inputs.rgb, threshold,
                                _start_thread=False, _ignore_errors=True)
         results: list = []
         failed: list = []
@@ -405,11 +267,11 @@ class CompareWidget(QWidget):
         worker.errored.connect(lambda exc: (failed.append(exc),
                                             notify_error(f"Compare: {exc}")))
         worker.finished.connect(
-            lambda: self._on_finished(image, gt, gt_layer, [] if failed else results))
+            lambda: self._on_finished(image, inputs.truth, gt_layer, results, failed))
         self._worker = worker
         self.predict_button.setEnabled(False)
         self.status.setText(f"Predicting {image.name!r} with "
-                            f"{', '.join(e.name for e in entries)}...")
+                            f"{', '.join(e.name for e in entries)} (threshold {threshold:g})...")
         worker.start()
         return worker
 
@@ -421,7 +283,7 @@ class CompareWidget(QWidget):
         elif kind == "result":
             results.append(payload)
 
-    def _on_finished(self, image, gt, gt_layer, results) -> None:
+    def _on_finished(self, image, gt, gt_layer, results, failed) -> None:
         self._worker = None
         try:
             self.predict_button.setEnabled(True)
@@ -429,7 +291,14 @@ class CompareWidget(QWidget):
             return
         # Results are shown together once every model has predicted: one that fails leaves
         # the viewer as it was.
-        if not results or image not in self.viewer.layers:
+        if failed:
+            self.status.setText(f"Prediction failed: {failed[0]}")
+            return
+        if image not in self.viewer.layers:
+            self.status.setText(f"Not shown: {image.name!r} was removed while predicting")
+            return
+        if not results:
+            self.status.setText("")
             return
         was_side = self.side_button.isChecked()
         if was_side:
@@ -442,8 +311,11 @@ class CompareWidget(QWidget):
         self.rows = [row for r in results for row in r["rows"]]
         self._fill_table()
         names = ", ".join(r["name"] for r in results)
-        self.status.setText(f"Predicted {image.name!r} with {names}" +
-                            (f"; metrics against {gt_layer.name!r}" if gt is not None else ""))
+        empty = [r["name"] for r in results if not np.any(r["mask"])]
+        self.status.setText(
+            f"Predicted {image.name!r} with {names}"
+            + (f"; metrics against {gt_layer.name!r}" if gt is not None else "")
+            + (f"; empty prediction: {', '.join(empty)}" if empty else ""))
         if was_side:
             self._arrange_side_by_side()
 
@@ -490,14 +362,19 @@ class CompareWidget(QWidget):
     # -- metrics ----------------------------------------------------------------------------
     def _fill_table(self) -> None:
         self.table.setRowCount(len(self.rows))
+        n_id = len(ID_COLUMNS)
         for r, row in enumerate(self.rows):
-            cells = [str(row[c]) for c in _ID_COLUMNS]
-            cells += [f"{float(row[key]):.{digits}f}" for key, _, digits in TABLE_METRICS]
+            note = row.get(NOTE, "")
+            cells = [str(row[c]) for c in ID_COLUMNS]
+            cells += [format_metric(row[key], digits) for key, _, digits in TABLE_METRICS]
+            cells.append(note)
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
-                if c >= 2:
+                if 2 <= c < n_id + len(TABLE_METRICS):
                     item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight
                                               | Qt.AlignmentFlag.AlignVCenter))
+                if n_id <= c < n_id + len(TABLE_METRICS) and not text:
+                    item.setToolTip(f"undefined: {note}" if note else "undefined")
                 self.table.setItem(r, c, item)
 
     def export_csv(self, path):
@@ -510,10 +387,12 @@ class CompareWidget(QWidget):
         path = Path(path)
         try:
             with atomic_write(path, newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=[*_ID_COLUMNS, *METRIC_NAMES],
+                writer = csv.DictWriter(fh, fieldnames=list(ROW_COLUMNS),
                                         extrasaction="ignore")
                 writer.writeheader()
-                writer.writerows(self.rows)
+                # An undefined metric is a blank cell, as in the table; the note says why.
+                writer.writerows({k: "" if isinstance(v, float) and np.isnan(v) else v
+                                  for k, v in row.items()} for row in self.rows)
         except OSError as exc:
             notify_error(f"Export: cannot write {path}: {exc.strerror or exc}")
             return None
@@ -577,6 +456,7 @@ class CompareWidget(QWidget):
                          "metadata": {META_KEY: {"role": "grid copy"}}}
                 under = layers.append(Layer.create(data, state, kind)) or layers[-1]
             under.visible = overlay.visible = True
+            _show_name(overlay, True)
             order += [under.name, overlay.name]
         rest = [layer.name for layer in layers if layer.name not in order]
         for name in rest:
@@ -590,8 +470,11 @@ class CompareWidget(QWidget):
     def _restore_layout(self) -> None:
         saved, self._grid_saved = self._grid_saved, None
         layers = self.viewer.layers
-        for name in [layer.name for layer in layers if _role(layer) == "grid copy"]:
+        for name in [layer.name for layer in layers if _role(layer) in _GRID_ROLES]:
             layers.remove(name)
+        for layer in layers:
+            if _role(layer) in ("prediction", "truth"):
+                _show_name(layer, False)
         if saved is None:
             return
         grid = self._grid()
@@ -604,6 +487,20 @@ class CompareWidget(QWidget):
             layers[name].visible = saved["visible"].get(name, layers[name].visible)
         if saved["active"] in present:
             layers.selection.active = layers[saved["active"]]
+
+
+def _show_name(layer, on: bool) -> None:
+    """Write (or stop writing) ``layer``'s name in the corner of its grid view, in its colour.
+
+    napari draws a layer's name overlay in the view that holds the layer (from napari 0.6);
+    without it, the views are told apart by the layer list only."""
+    overlay = getattr(layer, "name_overlay", None)
+    if overlay is None:
+        return
+    if on:
+        overlay.color = layer.colormap.map(np.array([1]))[0]
+        overlay.font_size = 12
+    overlay.visible = on
 
 
 def _reorder(layers, names) -> None:

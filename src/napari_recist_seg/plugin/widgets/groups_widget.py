@@ -33,12 +33,15 @@ from ...core.grouping import FEATURE_SETS, group_lesions, suggest_k
 from ...core.pseudo_masks import PSEUDO_MASK_METHODS, pseudo_mask_labels
 from .._layers import (
     META_KEY,
+    derived_units,
     describe_layer,
     group_colour,
     is_recist_layer,
+    length_unit,
     notify_error,
     notify_info,
     recolour,
+    slice_spacing_of,
     spacing_of,
     spatial_shape,
     unproxied,
@@ -205,6 +208,13 @@ class GroupsWidget(QWidget):
             return spacing_of(self._layer)
         return (1.0, 1.0)
 
+    def unit(self) -> str:
+        """Unit of the plotted diameters: "mm" where a pixel size is known, else "px"."""
+        layer = self._layer
+        if layer is not None and (slice_spacing_of(layer) or "spacing_row" in layer.features):
+            return "mm"
+        return length_unit(self.image_layer(), layer)
+
     def set_recist_layer(self, layer) -> None:
         """Read ``layer`` and follow its edits."""
         layer = unproxied(layer)
@@ -353,8 +363,9 @@ class GroupsWidget(QWidget):
     def _draw_plot(self, infos) -> None:
         ax = self.axes
         ax.clear()
-        ax.set_xlabel("long diameter (mm)", fontsize=8)
-        ax.set_ylabel("short diameter (mm)", fontsize=8)
+        unit = self.unit()
+        ax.set_xlabel(f"long diameter ({unit})", fontsize=8)
+        ax.set_ylabel(f"short diameter ({unit})", fontsize=8)
         ax.tick_params(labelsize=7)
         self._plot_ids = [i.lesion_id for i in infos]
         self._highlight = None
@@ -581,6 +592,7 @@ class GroupsWidget(QWidget):
                 np.zeros(shape, dtype=np.int32), name=preview_name(method), scale=image.scale,
                 translate=image.translate, opacity=0.45,
                 metadata={META_KEY: {"role": "pseudo-mask preview"}},
+                **derived_units(image),
             )
             self.preview_layer = preview
             self.viewer.add_layer(preview)

@@ -2,13 +2,18 @@
 
 The widget keeps a RECIST Shapes layer in order: each line the user draws is paired into a
 lesion (``lesion_id`` and ``axis`` features, see ``core.annotation.assign_lesions``), coloured by
-axis and labelled with its length in mm (from the image layer's pixel size). A table lists
-the lesions with their measurements and flags those that break the RECIST rules with the
-reason ``Recist`` gives.
+axis and labelled with its length in mm (from the image layer's pixel size; in px where none is
+known). A table lists the lesions with their group and measurements and flags those that break
+the RECIST rules with the reason ``Recist`` gives, in a column of its own.
+
+Keyboard shortcuts (bound on the viewer while the widget is open, listed in the tooltips):
+``SHORTCUTS``. Undo covers every change of the layer's lines made while the widget follows it:
+drawing, deleting, moving, and "Make perpendicular".
 """
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +37,22 @@ from qtpy.QtWidgets import (
 
 from ...core.annotation import perpendicular_short_axis, recists_from_labels
 from .._layers import (
+    AXIS_COLOURS,
     LABEL_LIMIT,
+    META_KEY,
+    PX,
     RECIST_DEFAULTS,
+    UNASSIGNED_COLOUR,
+    derived_units,
     describe_layer,
+    group_colour,
     is_recist_layer,
+    length_unit,
     notify_error,
     notify_info,
     notify_warning,
     recist_shapes_kwargs,
+    slice_spacing_of,
     spacing_of,
     sync_recist_layer,
     table_layer_tuple,
@@ -47,18 +60,27 @@ from .._layers import (
 )
 from ._common import Connections, LayerCombo, bind_lifetime
 
-__all__ = ["RecistWidget"]
+__all__ = ["SHORTCUTS", "RecistWidget"]
 
+#: napari key bindings of the widget's actions (napari's key names).
+SHORTCUTS = {"draw": "Shift-R", "perpendicular": "Shift-N", "undo": "Control-Z"}
+#: How many edits Undo can go back.
+UNDO_DEPTH = 50
+
+# Short headers, the problem column early: at napari's default dock width the reason a lesion
+# breaks the rules must be in view, not behind a scroll bar. "{u}" is the length unit.
 _COLUMNS = (
     "lesion",
     "slice",
-    "long (mm)",
-    "short (mm)",
+    "group",
+    "long ({u})",
+    "short ({u})",
+    "status",
+    "perp. (deg)",
     "long (px)",
     "short (px)",
-    "perp. error (deg)",
-    "status",
 )
+STATUS_COLUMN = _COLUMNS.index("status")
 _BAD = QColor(200, 60, 60, 110)
 _INCOMPLETE = QColor(200, 160, 40, 110)
 _SETTLED = ("added", "removed", "changed")
@@ -74,10 +96,15 @@ class LesionTableModel(QAbstractTableModel):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.lesions: list = []
+        self.groups: list = []
+        self.unit = "mm"
 
-    def set_lesions(self, lesions) -> None:
+    def set_lesions(self, lesions, groups=None, unit: str = "mm") -> None:
+        """Show ``lesions`` (``LesionInfo``), their groups (None: no group), lengths in ``unit``."""
         self.beginResetModel()
         self.lesions = list(lesions)
+        self.groups = list(groups) if groups is not None else [None] * len(self.lesions)
+        self.unit = unit
         self.endResetModel()
 
     def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008 (Qt's signature)
@@ -88,7 +115,7 @@ class LesionTableModel(QAbstractTableModel):
 
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
         if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return _COLUMNS[section]
+            return _COLUMNS[section].format(u=self.unit)
         return None
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
@@ -96,17 +123,22 @@ class LesionTableModel(QAbstractTableModel):
             return None
         info, col = self.lesions[index.row()], index.column()
         if role == Qt.ItemDataRole.DisplayRole:
+            group = self.groups[index.row()]
             return (
                 str(info.lesion_id),
                 "" if info.slice is None else str(info.slice),
+                "" if group is None else str(group),
                 _fmt(info.long_mm),
                 _fmt(info.short_mm),
+                info.status,
+                _fmt(info.perpendicularity_error),
                 _fmt(info.long_px),
                 _fmt(info.short_px),
-                _fmt(info.perpendicularity_error),
-                info.status,
             )[col]
-        if role == Qt.ItemDataRole.TextAlignmentRole and col < len(_COLUMNS) - 1:
+        if role == Qt.ItemDataRole.ForegroundRole and col == 2:
+            group = self.groups[index.row()]
+            return None if group is None else QBrush(QColor(group_colour(group)))
+        if role == Qt.ItemDataRole.TextAlignmentRole and col != STATUS_COLUMN:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.BackgroundRole and not info.ok:
             return QBrush(_INCOMPLETE if info.problem.startswith("incomplete") else _BAD)
@@ -118,8 +150,9 @@ class LesionTableModel(QAbstractTableModel):
 class RecistWidget(QWidget):
     """Dock widget: RECIST drawing, live lesion table, fixes, import and export.
 
-    napari keeps no undo history for Shapes data, so "Make perpendicular" is undone with the
-    widget's own Undo button (the edit is a single change of the layer's data).
+    napari keeps no undo history for Shapes data, so the widget keeps its own: the layer's
+    lines and features as they were before each change (drawing, deleting, moving a line,
+    "Make perpendicular"); Undo puts the last of them back.
 
     Parameters
     ----------
@@ -132,14 +165,47 @@ class RecistWidget(QWidget):
         self._layer: Shapes | None = None
         self.lesions = []
         self._undo: list[tuple] = []
+        # The layer as the last sync left it: what an edit's undo step restores.
+        self._snapshot: tuple | None = None
+        self._restoring = False
         self._busy = False
         self._worker = None
         self._connections = Connections()
         bind_lifetime(self, self._connections)
         self._build()
+        self._bind_keys()
         self.image_combo.layer_changed.connect(self._on_image_changed)
         self.recist_combo.layer_changed.connect(self.set_recist_layer)
         self.set_recist_layer(self.recist_combo.layer())
+
+    def _bind_keys(self) -> None:
+        """Bind the shortcuts on the viewer (so they work whichever layer is active)."""
+        viewer = unproxied(self.viewer)
+        if not hasattr(viewer, "bind_key"):
+            return
+        me = weakref.ref(self)
+        actions = {
+            "draw": "start_drawing", "perpendicular": "make_perpendicular", "undo": "undo",
+        }
+        bound = []
+        for action, key in SHORTCUTS.items():
+            def call(_viewer, name=actions[action]):
+                widget = me()
+                if widget is not None:
+                    try:
+                        getattr(widget, name)()
+                    except RuntimeError:  # the widget's Qt objects are gone
+                        pass
+
+            viewer.bind_key(key, call, overwrite=True)
+            bound.append((key, call))
+
+        def unbind(*_):
+            for key, call in bound:
+                if viewer.keymap.get(_coerce(key)) is call:
+                    viewer.bind_key(key, None)
+
+        self.destroyed.connect(unbind)
 
     # -- UI ---------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -152,7 +218,7 @@ class RecistWidget(QWidget):
         self.draw_button = QPushButton("Draw lesion (long axis, then short axis)")
         self.draw_button.setToolTip(
             "Switch the RECIST layer to its line tool. Draw the long axis, then the short "
-            "axis: the two lines become one lesion."
+            f"axis: the two lines become one lesion. Shortcut: {SHORTCUTS['draw']}"
         )
         self.draw_button.clicked.connect(self.start_drawing)
 
@@ -180,11 +246,14 @@ class RecistWidget(QWidget):
         self.perpendicular_button = QPushButton("Make perpendicular")
         self.perpendicular_button.setToolTip(
             "Turn the selected lesion's short axis about its midpoint to 90 degrees to the "
-            "long axis, keeping its length"
+            f"long axis, keeping its length. Shortcut: {SHORTCUTS['perpendicular']}"
         )
         self.perpendicular_button.clicked.connect(self.make_perpendicular)
         self.undo_button = QPushButton("Undo")
-        self.undo_button.setToolTip("Undo the last 'make perpendicular'")
+        self.undo_button.setToolTip(
+            "Undo the last change of the RECIST lines: a line drawn, deleted or moved, or "
+            f"'Make perpendicular'. Shortcut: {SHORTCUTS['undo']}"
+        )
         self.undo_button.setEnabled(False)
         self.undo_button.clicked.connect(self.undo)
         self.labels_check = QCheckBox("Lengths on lines")
@@ -226,10 +295,15 @@ class RecistWidget(QWidget):
 
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.legend = QLabel("")
+        self.legend.setWordWrap(True)
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.legend.setToolTip("Colours of the lines in the RECIST layer")
 
         layout = QVBoxLayout(self)
         layout.addLayout(pick)
         layout.addWidget(self.draw_button)
+        layout.addWidget(self.legend)
         layout.addWidget(self.table)
         layout.addLayout(fixes)
         layout.addWidget(io)
@@ -252,6 +326,17 @@ class RecistWidget(QWidget):
             return spacing_of(self._layer)
         return (1.0, 1.0)
 
+    def slice_spacing(self):
+        """``{slice: (row, col)}`` of a stack whose slices differ in pixel size, else None."""
+        return slice_spacing_of(self._layer, self.image_layer())
+
+    def unit(self) -> str:
+        """Unit of the lengths shown: "mm" where a pixel size is known, else "px"."""
+        layer = self._layer
+        if layer is not None and (self.slice_spacing() or "spacing_row" in layer.features):
+            return "mm"
+        return length_unit(self.image_layer(), layer)
+
     def set_recist_layer(self, layer) -> None:
         """Attach to ``layer`` (a Shapes layer): pair its lines and follow its edits."""
         layer = unproxied(layer)
@@ -263,6 +348,7 @@ class RecistWidget(QWidget):
             self._connections.disconnect_from(self._layer.text)
         self._layer = layer
         self._undo.clear()
+        self._snapshot = None
         self.undo_button.setEnabled(False)
         if layer is not None:
             if self.recist_combo.layer() is not layer:
@@ -308,10 +394,16 @@ class RecistWidget(QWidget):
             "measurement": np.zeros(0, dtype=object),
         }
         kwargs = recist_shapes_kwargs(
-            f"{image.name} RECIST", features, image.scale, image.translate, ndim=image.ndim
+            f"{image.name} RECIST", features, image.scale, image.translate, ndim=image.ndim,
+            units=derived_units(image).get("units"),
         )
         kwargs["feature_defaults"] = dict(RECIST_DEFAULTS)
         kwargs["edge_color"] = "white"
+        table = slice_spacing_of(image)
+        if table:
+            # Lines drawn on this stack take their slice's pixel size (see sync_recist_layer).
+            kwargs["metadata"][META_KEY]["slice_spacing"] = [list(table[i]) for i in
+                                                             sorted(table)]
         layer = Shapes(**kwargs)
         self.viewer.add_layer(layer)
         self.set_recist_layer(layer)
@@ -328,7 +420,14 @@ class RecistWidget(QWidget):
     # -- keeping the layer in order ---------------------------------------------------------
     def _on_data(self, event=None) -> None:
         action = getattr(getattr(event, "action", None), "value", None)
+        if self._restoring:
+            return
         if action is None or action in _SETTLED:
+            if not self._restoring and self._snapshot is not None:
+                if self._snapshot[0] is self._layer:
+                    self._undo.append(self._snapshot)
+                    del self._undo[:-UNDO_DEPTH]
+                self._snapshot = None
             self.sync()
 
     def _on_features(self, event=None) -> None:
@@ -345,9 +444,11 @@ class RecistWidget(QWidget):
             if layer is None:
                 self.lesions = []
             else:
-                spacing = self.spacing()
-                sync_recist_layer(layer, spacing)
-                self.lesions = describe_layer(layer, spacing)
+                spacing, unit, table = self.spacing(), self.unit(), self.slice_spacing()
+                sync_recist_layer(layer, spacing, unit, table)
+                self.lesions = describe_layer(layer, spacing, unit, table)
+                self._snapshot = _snapshot(layer)
+            self.undo_button.setEnabled(bool(self._undo))
             self._refresh_table()
             self._update_status()
         except RuntimeError:
@@ -367,6 +468,8 @@ class RecistWidget(QWidget):
         else:
             ok = sum(1 for info in self.lesions if info.ok)
             notes.append(f"{len(self.lesions)} lesion(s), {ok} valid.")
+            if self.unit() == PX:
+                notes.append("No pixel size is known: lengths are in px.")
             if image is None:
                 notes.append("No image layer: lengths use the RECIST layer's scale.")
             elif not np.allclose(np.asarray(image.scale)[-2:], np.asarray(layer.scale)[-2:]):
@@ -383,9 +486,51 @@ class RecistWidget(QWidget):
 
     def _refresh_table(self) -> None:
         selected = self._selected_row_lesion()
-        self.model.set_lesions(self.lesions)
+        groups = self._groups()
+        self.model.set_lesions(self.lesions, groups, self.unit())
+        self._update_legend(groups)
         if selected is not None:
             self._select_row(selected)
+
+    def _groups(self) -> list:
+        """Each lesion's K-means group (None where it has none)."""
+        layer = self._layer
+        if layer is None or "group" not in layer.features:
+            return [None] * len(self.lesions)
+        column = layer.features["group"].tolist()
+        out = []
+        for info in self.lesions:
+            index = info.long_index if info.long_index is not None else info.short_index
+            value = column[index] if index is not None and index < len(column) else None
+            try:
+                group = int(value)
+            except (TypeError, ValueError):
+                group = -1
+            out.append(group if group >= 0 else None)
+        return out
+
+    def _update_legend(self, groups) -> None:
+        def swatch(colour: str, text: str) -> str:
+            return f'<span style="color:{colour}">&#9632;</span>&nbsp;{text}'
+
+        layer = self._layer
+        by_group = (
+            layer is not None
+            and layer.metadata.get(META_KEY, {}).get("color_by") == "group"
+            and "group" in layer.features
+        )
+        if by_group:
+            present = sorted({g for g in groups if g is not None})
+            parts = [swatch(group_colour(g), f"group {g}") for g in present]
+            parts.append(swatch(UNASSIGNED_COLOUR, "no group"))
+            text = "Lines by group: " + " &nbsp; ".join(parts)
+        else:
+            text = "Lines: " + " &nbsp; ".join([
+                swatch(AXIS_COLOURS["long"], "long axis"),
+                swatch(AXIS_COLOURS["short"], "short axis"),
+                swatch(UNASSIGNED_COLOUR, "not paired"),
+            ])
+        self.legend.setText(text)
 
     def _selected_row_lesion(self):
         model = self.table.selectionModel()
@@ -480,33 +625,41 @@ class RecistWidget(QWidget):
         self.select_lesion(info.lesion_id)
 
     def _edit_line(self, index: int, vertices: np.ndarray) -> None:
-        # napari keeps no undo history for Shapes data, so the widget keeps its own.
+        # One change of the layer's data: one undo step (recorded by _on_data).
         layer = self._layer
         data = [np.array(d, dtype=float) for d in layer.data]
-        old = data[index].copy()
         data[index] = vertices
-        self._undo.append((layer, index, old, np.array(vertices, dtype=float)))
         layer.data = data
-        self.undo_button.setEnabled(True)
 
     def undo(self) -> None:
-        """Restore the line changed by the last 'make perpendicular'."""
-        if not self._undo:
+        """Put the RECIST lines back as they were before their last change.
+
+        Covers lines drawn, deleted or moved while the widget followed the layer, and
+        "Make perpendicular".
+        """
+        layer = self._layer
+        if not self._undo or layer is None:
+            notify_info("Undo: nothing to undo.")
             return
-        layer, index, old, new = self._undo.pop()
-        self.undo_button.setEnabled(bool(self._undo))
-        if (
-            layer is not self._layer
-            or index >= len(layer.data)
-            or not np.allclose(layer.data[index], new)
-        ):
-            notify_warning("Undo: the line was edited since; nothing was changed.")
+        owner, data, types, features = self._undo.pop()
+        if owner is not layer:
             self._undo.clear()
             self.undo_button.setEnabled(False)
             return
-        data = [np.array(d, dtype=float) for d in layer.data]
-        data[index] = old
-        layer.data = data
+        self._restoring = True
+        try:
+            layer.selected_data = set()
+            if layer.mode.startswith("add") or layer.mode in ("vertex_insert",):
+                layer.mode = "select"
+            layer.data = list(zip(data, types)) if data else []
+            layer.features = features
+            layer.feature_defaults = {
+                **{c: ("" if features[c].dtype == object else np.nan) for c in features.columns},
+                **{k: v for k, v in RECIST_DEFAULTS.items() if k in features.columns},
+            }
+        finally:
+            self._restoring = False
+        self.sync()
 
     # -- import and export ------------------------------------------------------------------
     def _add_recist_layer(self, layer_tuple) -> Shapes:
@@ -525,10 +678,11 @@ class RecistWidget(QWidget):
                 file_spacing, 1.0
             ):
                 notify_warning(
-                    f"The RECIST pixel size {tuple(file_spacing)} mm differs from the image's "
-                    f"{tuple(np.asarray(image.scale)[-2:])} mm; lengths use the image's."
+                    f"The RECIST pixel size {_size(file_spacing)} mm differs from the image's "
+                    f"{_size(spacing_of(image))} mm; lengths use the image's."
                 )
             kwargs = {**kwargs, "scale": tuple(image.scale), "translate": tuple(image.translate)}
+            kwargs["units"] = derived_units(image).get("units", ("pixel",) * image.ndim)
         return (data, kwargs, kind)
 
     def import_recist_file(self, path):
@@ -613,8 +767,40 @@ class RecistWidget(QWidget):
             images=[r.file_name for r in rows],
             features={"lesion_type": [r.lesion_type_name for r in rows]},
         )
-        layer_tuple = table_layer_tuple(table, name=f"{image.name} DeepLesion RECIST")
-        return self._add_recist_layer(self._aligned(layer_tuple, image.ndim))
+        self._warn_other_spacing(image, rows, slices)
+        # Each row keeps its own Spacing_mm_px_ (per-line features); the lines take the
+        # image's scale so that they sit on it.
+        extra = {}
+        stack = slice_spacing_of(image)
+        if stack:
+            extra["slice_spacing"] = [list(stack[i]) for i in sorted(stack)]
+        layer_tuple = table_layer_tuple(
+            table, name=f"{image.name} DeepLesion RECIST",
+            scale=tuple(image.scale), translate=tuple(image.translate),
+            units=derived_units(image).get("units", ("pixel",) * image.ndim),
+            per_line=True, metadata=extra,
+        )
+        return self._add_recist_layer(layer_tuple)
+
+    def _warn_other_spacing(self, image, rows, slices) -> None:
+        """Say so when rows' pixel sizes differ from the image's (the rows' are used)."""
+        stack = slice_spacing_of(image)
+        if stack and slices is not None:
+            expected = [stack.get(z) for z in slices]
+        elif length_unit(image) == PX:
+            return  # the image has no pixel size to disagree with
+        else:
+            expected = [spacing_of(image)] * len(rows)
+        odd = sorted({
+            tuple(r.recist.spacing) for r, want in zip(rows, expected)
+            if want is not None and not np.allclose(r.recist.spacing, want)
+        })
+        if odd:
+            sizes = ", ".join(f"{_size(sp)} mm" for sp in odd)
+            notify_warning(
+                f"Import DeepLesion rows: the rows' pixel size ({sizes}) differs from the "
+                f"image's; each lesion is measured with its own row's Spacing_mm_px_."
+            )
 
     def simulate_from_labels(self) -> None:
         """Measure one RECIST per label of the chosen Labels layer (in a background thread)."""
@@ -636,6 +822,7 @@ class RecistWidget(QWidget):
         spacing = spacing_of(labels)
         name = f"{labels.name} RECIST"
         scale, translate = tuple(labels.scale), tuple(labels.translate)
+        units = derived_units(labels).get("units")
 
         def done(result):
             recists, values, slices, skipped = result
@@ -646,7 +833,9 @@ class RecistWidget(QWidget):
                 return
             # Lesion i is label i + 1, as in the pseudo-mask preview.
             table = RecistTable(recists, [v - 1 for v in values], slices)
-            layer_tuple = table_layer_tuple(table, name=name, scale=scale, translate=translate)
+            layer_tuple = table_layer_tuple(
+                table, name=name, scale=scale, translate=translate, units=units
+            )
             self._add_recist_layer(layer_tuple)
 
         worker = create_worker(
@@ -683,3 +872,24 @@ class RecistWidget(QWidget):
         )
         if path:
             self.import_deeplesion(path)
+
+
+def _snapshot(layer) -> tuple:
+    """What an undo step puts back: the layer's lines, their shape types and features."""
+    return (
+        layer,
+        [np.array(d, dtype=float) for d in layer.data],
+        list(layer.shape_type),
+        layer.features.copy(),
+    )
+
+
+def _size(spacing) -> str:
+    """A (row, col) pixel size as plain text, e.g. "0.7 x 0.7"."""
+    return " x ".join(f"{float(v):g}" for v in np.ravel(spacing))
+
+
+def _coerce(key: str):
+    from napari.utils.key_bindings import coerce_keybinding
+
+    return coerce_keybinding(key)

@@ -34,9 +34,7 @@ from qtpy.QtWidgets import (
     QAbstractItemView,
     QApplication,
     QButtonGroup,
-    QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QGridLayout,
     QGroupBox,
@@ -44,17 +42,16 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QRadioButton,
     QSizePolicy,
-    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from ...learning.report import MODEL_COLOURS
 from .._layers import (
     describe_layer,
     is_recist_layer,
@@ -63,25 +60,15 @@ from .._layers import (
     notify_warning,
     spacing_of,
 )
-from ..training_worker import (
-    KIND_NAMES,
-    MODEL_KINDS,
-    MODEL_REGISTRY,
-    SERIES,
-    CurveFigure,
-    TrainingJob,
-    add_event,
-    load_entry,
-    prepare_torch_import,
-    run_training,
-    run_training_in_process,
-)
+from ..curves import SERIES, CurveFigure, add_event
+from ..model_registry import MODEL_REGISTRY, load_entry
+from ..training_job import KIND_NAMES, TrainingJob, run_training
+from ..training_process import run_training_in_process
 from ._common import Connections, bind_lifetime
+from .training_form import TrainingForm, default_output_folder
 
 __all__ = ["CurvePlot", "TrainingWidget", "default_output_folder"]
 
-#: Encoders offered in the list (any encoder name smp knows can be typed in).
-ENCODERS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "efficientnet-b0")
 #: Least time between two redraws of the plot (ms); drawing costs CPU time that training needs.
 PLOT_INTERVAL_MS = 2000
 #: Least time between two step updates of the status line and progress bar (s): each one
@@ -93,10 +80,6 @@ STEP_UPDATE_INTERVAL_S = 0.5
 #: training; at 10% it takes about a tenth of that and still moves.
 SPINNER_SPEED_WHILE_TRAINING = 10
 _NONE = "(none)"
-
-
-def default_output_folder() -> str:
-    return str(Path.home() / "recist-seg-models")
 
 
 class _RunState:
@@ -138,49 +121,6 @@ class _RunState:
             with contextlib.suppress(RuntimeError):  # the window may be gone
                 movie.setSpeed(speed)
         self.spinners = []
-
-
-class _DeviceCombo(QComboBox):
-    """Device choice; the devices torch sees are listed once torch is loaded anyway, or when
-    the list is first opened (looked up in a worker, so the viewer does not wait for torch)."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.addItems(["auto", "cpu"])
-        self.setToolTip("auto: CUDA, then Apple MPS, then the CPU")
-        self._asked = False
-        self._worker = None
-        if "torch" in sys.modules:
-            self._fill(self._lookup())
-
-    @staticmethod
-    def _lookup() -> list[str]:
-        prepare_torch_import()
-        from ...learning.devices import available_devices
-
-        return available_devices()
-
-    def showPopup(self) -> None:  # noqa: N802 (Qt's name)
-        if not self._asked and "torch" not in sys.modules:
-            from napari.qt.threading import create_worker
-
-            self._asked = True
-            worker = create_worker(self._lookup, _start_thread=False, _ignore_errors=True)
-            worker.returned.connect(self._fill)
-            self._worker = worker
-            worker.start()
-        super().showPopup()
-
-    def _fill(self, devices) -> None:
-        self._asked = True
-        with contextlib.suppress(RuntimeError):  # the combo may be gone
-            current = self.currentText()
-            names = ["auto", *[d for d in devices if d != "auto"]]
-            self.blockSignals(True)
-            self.clear()
-            self.addItems(names)
-            self.setCurrentIndex(max(0, names.index(current) if current in names else 0))
-            self.blockSignals(False)
 
 
 class CurvePlot(QLabel):
@@ -362,9 +302,10 @@ class TrainingWidget(QWidget):
         self.pairs.itemChanged.connect(self._on_pair_item_changed)
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("image+mask folder")
-        folder_button = QPushButton("...")
+        folder_button = self.folder_button = QPushButton("...")
+        folder_button.setToolTip("Choose the image+mask folder")
         folder_button.setMaximumWidth(32)
-        folder_button.clicked.connect(self._ask_data_folder)
+        folder_button.clicked.connect(lambda: self._ask_data_folder())
         s.addWidget(self.layers_radio, 0, 0, 1, 3)
         s.addWidget(self.pairs, 1, 0, 1, 3)
         s.addWidget(self.folder_radio, 2, 0, 1, 3)
@@ -372,85 +313,33 @@ class TrainingWidget(QWidget):
         s.addWidget(folder_button, 3, 2)
 
         options = QGroupBox("Models and settings")
-        o = QGridLayout(options)
-        kinds = QHBoxLayout()
-        self.kind_boxes = {}
-        for kind in MODEL_KINDS:
-            box = QCheckBox(KIND_NAMES[kind])
-            box.setChecked(kind == "multitask")
-            box.setStyleSheet(f"QCheckBox {{ color: {MODEL_COLOURS[kind]}; }}")
-            self.kind_boxes[kind] = box
-            kinds.addWidget(box)
-        self.encoder_combo = QComboBox()
-        self.encoder_combo.setEditable(True)
-        self.encoder_combo.addItems(list(ENCODERS))
-        self.size_spin = QSpinBox()
-        self.size_spin.setRange(16, 1024)
-        self.size_spin.setSingleStep(16)
-        self.size_spin.setValue(128)
-        self.size_spin.setToolTip("Network input side in pixels (a multiple of 16)")
-        self.epochs_spin = QSpinBox()
-        self.epochs_spin.setRange(1, 10000)
-        self.epochs_spin.setValue(30)
-        self.batch_spin = QSpinBox()
-        self.batch_spin.setRange(2, 1024)
-        self.batch_spin.setValue(10)
-        self.lr_spin = QDoubleSpinBox()
-        self.lr_spin.setDecimals(6)
-        self.lr_spin.setRange(1e-6, 1.0)
-        self.lr_spin.setSingleStep(1e-4)
-        self.lr_spin.setValue(1e-3)
-        self.k_spin = QSpinBox()
-        self.k_spin.setRange(1, 500)
-        self.k_spin.setSpecialValueText("auto")
-        self.k_spin.setValue(1)
-        self.k_spin.setToolTip("Number of RECIST groups (auto: about 20 lesions a group)")
-        self.device_combo = _DeviceCombo()
-        self.out_edit = QLineEdit(default_output_folder())
-        self.out_edit.setToolTip("One subfolder per model kind, each with best/ and last/")
-        out_button = QPushButton("...")
-        out_button.setMaximumWidth(32)
-        out_button.clicked.connect(self._ask_output_folder)
-        self.process_box = QCheckBox("Separate process")
-        self.process_box.setChecked(True)
-        self.process_box.setToolTip(
-            "Train in a child process, so that the viewer stays responsive (recommended)"
-        )
-        o.addLayout(kinds, 0, 0, 1, 4)
-        o.addWidget(QLabel("Encoder"), 1, 0)
-        o.addWidget(self.encoder_combo, 1, 1)
-        o.addWidget(QLabel("Input size"), 1, 2)
-        o.addWidget(self.size_spin, 1, 3)
-        o.addWidget(QLabel("Epochs"), 2, 0)
-        o.addWidget(self.epochs_spin, 2, 1)
-        o.addWidget(QLabel("Batch"), 2, 2)
-        o.addWidget(self.batch_spin, 2, 3)
-        o.addWidget(QLabel("Learning rate"), 3, 0)
-        o.addWidget(self.lr_spin, 3, 1)
-        o.addWidget(QLabel("K"), 3, 2)
-        o.addWidget(self.k_spin, 3, 3)
-        o.addWidget(QLabel("Device"), 4, 0)
-        o.addWidget(self.device_combo, 4, 1)
-        o.addWidget(self.process_box, 4, 2, 1, 2)
-        out_row = QHBoxLayout()
-        out_row.addWidget(self.out_edit)
-        out_row.addWidget(out_button)
-        o.addWidget(QLabel("Output"), 5, 0)
-        o.addLayout(out_row, 5, 1, 1, 3)
+        o = QVBoxLayout(options)
+        o.setContentsMargins(2, 2, 2, 2)
+        self.form = TrainingForm()
+        o.addWidget(self.form.widget.native)
 
         buttons = QHBoxLayout()
+        # Qt passes a button's ``checked`` flag to its slot: the lambdas keep it out of
+        # methods whose first parameter means something else.
         self.start_button = QPushButton("Start")
-        self.start_button.clicked.connect(self.start)
+        self.start_button.setToolTip("Train the ticked models into the output folder")
+        self.start_button.clicked.connect(lambda: self.start())
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip(
+            "Continue the ticked models' stopped runs in the output folder from their last/ "
+            "checkpoints"
+        )
+        self.resume_button.clicked.connect(lambda: self.start(resume=True))
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("Stop after the current step; the last/ checkpoint is kept")
         self.stop_button.setEnabled(False)
-        self.stop_button.clicked.connect(self.stop)
+        self.stop_button.clicked.connect(lambda: self.stop())
         self.load_button = QPushButton("Load model...")
         self.load_button.setToolTip("Load a checkpoint folder for the comparison widget")
-        self.load_button.clicked.connect(self._ask_load_model)
-        buttons.addWidget(self.start_button)
-        buttons.addWidget(self.stop_button)
-        buttons.addWidget(self.load_button)
+        self.load_button.clicked.connect(lambda: self._ask_load_model())
+        for button in (self.start_button, self.resume_button, self.stop_button,
+                       self.load_button):
+            buttons.addWidget(button)
 
         self.plot = CurvePlot()
 
@@ -552,18 +441,7 @@ class TrainingWidget(QWidget):
     # -- the job ----------------------------------------------------------------------------
     def settings(self) -> dict:
         """The training settings of the form (``TrainingJob`` fields)."""
-        k = int(self.k_spin.value())
-        return dict(
-            kinds=tuple(kind for kind, box in self.kind_boxes.items() if box.isChecked()),
-            out_dir=self.out_edit.text().strip(),
-            encoder=self.encoder_combo.currentText().strip() or "resnet18",
-            input_size=int(self.size_spin.value()),
-            epochs=int(self.epochs_spin.value()),
-            batch_size=int(self.batch_spin.value()),
-            lr=float(self.lr_spin.value()),
-            device=self.device_combo.currentText(),
-            k=None if k < 2 else k,
-        )
+        return self.form.values()
 
     def make_job(self) -> TrainingJob:
         """A ``TrainingJob`` from the form and the layers; ValueError says what is missing."""
@@ -644,10 +522,19 @@ class TrainingWidget(QWidget):
     def is_running(self) -> bool:
         return self._worker is not None
 
-    def start(self, job: TrainingJob | None = None):
+    @property
+    def worker(self):
+        """The napari worker of the run in progress (None when nothing trains)."""
+        return self._worker
+
+    def start(self, job: TrainingJob | None = None, resume: bool = False):
         """Start training (``job`` defaults to the form's); returns the worker or None.
 
-        The worker starts when the event loop next runs: connect to its signals first.
+        With ``resume``, each ticked kind's stopped run in the output folder continues from its
+        ``last/`` checkpoint. Otherwise an output folder that already holds a run of a ticked
+        kind is never replaced: the user is asked to resume it, train into a new subfolder,
+        or cancel. The worker starts when the event loop next runs: connect to its signals
+        first.
         """
         from napari.qt.threading import create_worker
 
@@ -657,12 +544,20 @@ class TrainingWidget(QWidget):
         try:
             job = job if job is not None else self.make_job()
             job.validate()
+            if resume:
+                _resumable_runs(job)  # says what is missing when there is nothing to resume
+                job.resume = True
+            elif not job.resume:
+                job = self._settle_occupied_folder(job)
+                if job is None:
+                    self.status.setText("Training not started.")
+                    return None
         except ValueError as exc:
             notify_error(f"Training: {exc}")
             return None
         stop = threading.Event()
         self._state.stop_event = stop
-        self._remote_plot = self.process_box.isChecked()
+        self._remote_plot = bool(self.form.separate_process.value)
         if self._remote_plot:
             if job.plot_size is None:
                 job.plot_size = self.plot.picture_size()
@@ -688,6 +583,27 @@ class TrainingWidget(QWidget):
         # can connect to the worker's signals before its first message.
         QTimer.singleShot(0, worker.start)
         return worker
+
+    def _settle_occupied_folder(self, job: TrainingJob) -> TrainingJob | None:
+        """``job`` as the user wants it when its folder holds runs already; None: cancelled."""
+        from ...learning.run_folders import find_run
+
+        runs = {kind: find_run(Path(job.out_dir) / kind) for kind in job.kinds}
+        runs = {kind: run for kind, run in runs.items() if run is not None}
+        if not runs:
+            return job
+        can_resume = all(run.has_last and not run.finished for run in runs.values())
+        lines = "\n".join(f"- {KIND_NAMES[kind]}: {run.describe()}" for kind, run in runs.items())
+        new_folder = _free_subfolder(Path(job.out_dir))
+        choice = ask_about_occupied_folder(self, job.out_dir, lines, new_folder, can_resume)
+        if choice == "resume" and can_resume:
+            job.resume = True
+            return job
+        if choice == "new":
+            job.out_dir = str(new_folder)
+            self.form.out_dir.value = new_folder  # the user sees where the run goes
+            return job
+        return None
 
     def stop(self) -> None:
         """Ask the run to stop after its current step (its last/ checkpoint is kept)."""
@@ -777,9 +693,12 @@ class TrainingWidget(QWidget):
             self._redraw_if_dirty()
 
     def _on_model(self, info: dict) -> None:
-        entry = MODEL_REGISTRY.add(info["kind"], info["path"])
-        word = "stopped" if info["stopped"] else "trained"
-        self.status.setText(f"{entry.name} {word}: {info['path']} (offered for comparison)")
+        run_folder = Path(info["path"]).resolve().parent
+        for old in MODEL_REGISTRY.entries():  # this run's earlier state (a stopped last/)
+            if Path(old.path).parent == run_folder and Path(old.path) != Path(info["path"]):
+                MODEL_REGISTRY.remove(old)
+        entry = MODEL_REGISTRY.add(info["kind"], info["path"], name=info.get("name"))
+        self.status.setText(f"{entry.name}: {info['path']} (offered for comparison)")
 
     def _on_error(self, exc) -> None:
         notify_error(f"Training: {exc}")
@@ -851,15 +770,48 @@ class TrainingWidget(QWidget):
             self.folder_edit.setText(folder)
             self.folder_radio.setChecked(True)
 
-    def _ask_output_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Output folder", self.out_edit.text())
-        if folder:
-            self.out_edit.setText(folder)
-
     def _ask_load_model(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Checkpoint folder")
         if folder:
             self.load_model(folder)
+
+
+def ask_about_occupied_folder(parent, folder, runs: str, new_folder: Path,
+                              can_resume: bool) -> str:
+    """Ask what to do with an output folder that holds runs: "resume", "new" or "cancel"."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Question)
+    box.setWindowTitle("Output folder in use")
+    box.setText(f"{folder} already holds:\n{runs}\n\nNothing there is replaced.")
+    resume = box.addButton("Resume", QMessageBox.ButtonRole.AcceptRole)
+    resume.setEnabled(can_resume)
+    new = box.addButton(f"New subfolder ({new_folder.name})", QMessageBox.ButtonRole.ActionRole)
+    cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(new)
+    box.exec()
+    clicked = box.clickedButton()
+    return {id(resume): "resume", id(new): "new", id(cancel): "cancel"}.get(id(clicked),
+                                                                          "cancel")
+
+
+def _free_subfolder(folder: Path) -> Path:
+    """The first ``folder/run-N`` (N = 2, 3...) that does not exist."""
+    n = 2
+    while (folder / f"run-{n}").exists():
+        n += 1
+    return folder / f"run-{n}"
+
+
+def _resumable_runs(job: TrainingJob) -> dict:
+    """The ticked kinds' stopped runs in the output folder; ValueError when there are none."""
+    from ...learning.run_folders import find_run
+
+    runs = {kind: find_run(Path(job.out_dir) / kind) for kind in job.kinds}
+    stopped = {k: r for k, r in runs.items() if r is not None and r.has_last and not r.finished}
+    if not stopped:
+        kinds = ", ".join(KIND_NAMES[k] for k in job.kinds)
+        raise ValueError(f"{job.out_dir} holds no stopped run of {kinds} to resume")
+    return stopped
 
 
 def _disconnect(signal, slot) -> None:

@@ -1,0 +1,240 @@
+"""What to train from the napari plugin, and the generator that trains it.
+
+``run_training`` prepares the data (``learning.preparation``) and runs the library's trainer
+for each model kind in turn, yielding plain messages; ``training_process`` runs the same
+generator in a child process. Messages are ``(kind, payload)`` tuples of built-in values and
+numpy arrays, so the GUI process needs neither torch nor the trainer's classes to read them:
+
+``("status", text)``
+    What the run is doing before training starts.
+``("prepared", dict)``
+    ``mode``, ``n_train``, ``n_val``, ``k`` and ``in_channels`` of the prepared sets.
+``("event", dict)``
+    A ``TrainEvent`` as ``TrainEvent.to_dict()`` (plus ``progress``).
+``("model", dict)``
+    A model kind is done: ``kind``, ``path`` (the checkpoint to use: ``best/``, or ``last/``
+    when no epoch finished), ``last`` (the resumable ``last/``), ``stopped`` and ``name``
+    (a display name that says the run and its state).
+``("plot", ndarray)``
+    Child process only, with ``TrainingJob.plot_size``: the training curves drawn there
+    (``curves.CurveFigure``, RGBA), so that the viewer's process does no drawing while
+    training.
+
+Nothing here imports Qt, napari or torch at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "KIND_NAMES",
+    "MODEL_KINDS",
+    "TrainingFailed",
+    "TrainingJob",
+    "prepare_torch_import",
+    "run_label",
+    "run_training",
+]
+
+MODEL_KINDS = ("multitask", "a1", "coseg")
+#: Display names of the model kinds.
+KIND_NAMES = {"multitask": "multitask", "a1": "A1", "coseg": "co-segmentation"}
+
+
+class TrainingFailed(RuntimeError):
+    """Training in the child process failed; the message is the child's reason."""
+
+
+@dataclass
+class TrainingJob:
+    """What to train: the data (arrays and RECIST, or a folder) and the settings.
+
+    ``mode`` is "whole_image" (one lesion per image, ``prepare_whole_images``) or "crops"
+    (``prepare_crops``: ``image_index`` names each lesion's image, ``slices`` its slice in a
+    volume). With ``folder``, an image+mask folder is read with ``learning.benchmark.
+    load_folder`` (RECIST simulated from its masks) and trained on whole images.
+    """
+
+    kinds: tuple[str, ...]
+    out_dir: str
+    encoder: str = "resnet18"
+    input_size: int = 128
+    epochs: int = 30
+    batch_size: int = 10
+    lr: float = 1e-3
+    patience: int = 5
+    device: str = "auto"
+    k: int | None = None
+    seed: int = 0
+    val_fraction: float = 0.15
+    pseudo_mask_method: str = "ellipse"
+    mode: str = "whole_image"
+    images: list = field(default_factory=list)
+    recists: list = field(default_factory=list)
+    image_index: list[int] | None = None
+    slices: list[int] | None = None
+    folder: str | None = None
+    source: str = ""
+    #: Torch intra-op threads of the run (None: torch's default).
+    torch_threads: int | None = None
+    #: Scheduling niceness added to a child process, so the viewer wins the CPU when it needs it.
+    niceness: int = 5
+    #: (width, height) in pixels: a child process draws the training curves at this size and
+    #: sends them (no more often than every ``plot_interval`` seconds, and at each epoch's end).
+    plot_size: tuple[int, int] | None = None
+    plot_interval: float = 5.0
+    #: Continue each kind's stopped run from its ``last/`` checkpoint in ``out_dir/<kind>``
+    #: (kinds without one start afresh).
+    resume: bool = False
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting that cannot work."""
+        if not self.kinds:
+            raise ValueError("choose at least one model kind to train")
+        bad = [k for k in self.kinds if k not in MODEL_KINDS]
+        if bad:
+            raise ValueError(f"unknown model kind(s) {bad}; choose from {MODEL_KINDS}")
+        if not str(self.out_dir).strip():
+            raise ValueError("choose an output folder for the checkpoints")
+        if self.mode not in ("whole_image", "crops"):
+            raise ValueError(f"mode must be 'whole_image' or 'crops', got {self.mode!r}")
+        if self.folder is None and len(self.recists) < 3:
+            raise ValueError(
+                f"{len(self.recists)} complete lesion(s): training needs at least 3 (some are "
+                "held out for validation)"
+            )
+
+
+def run_label(kind: str, last_event) -> str:
+    """A model's display name that says its state, e.g. "multitask (stopped at epoch 3)".
+
+    ``last_event`` is the run's last ``TrainEvent`` (None when it never started).
+    """
+    name = KIND_NAMES.get(kind, kind)
+    if last_event is None:
+        return f"{name} (not trained)"
+    if last_event.kind == "stopped":
+        return f"{name} (stopped at epoch {last_event.epoch})"
+    if last_event.best_epoch is not None:
+        return f"{name} (best epoch {last_event.best_epoch} of {last_event.epoch})"
+    return f"{name} (epoch {last_event.epoch})"
+
+
+def _llvm_is_loaded() -> bool:
+    try:
+        with open("/proc/self/maps") as fh:
+            return any("libLLVM" in line for line in fh)
+    except OSError:
+        return False
+
+
+def prepare_torch_import() -> None:
+    """Make importing torch (with smp and torchvision) safe in a process that draws with Mesa.
+
+    Mesa's OpenGL drivers that compile shaders with LLVM (llvmpipe, the software renderer of
+    Xvfb and of machines without a GPU driver, and radeonsi) map their LLVM into the viewer's
+    process. torchvision imports triton when it is installed (CUDA builds of torch bring it),
+    and triton's own copy of LLVM then crashes the process while it initialises. Loading
+    triton with ``RTLD_DEEPBIND`` makes it bind to its own symbols. Nothing is done when torch
+    or triton is loaded already, off Linux, or when no LLVM is mapped (a child process).
+    """
+    if "triton" in sys.modules or not sys.platform.startswith("linux"):
+        return
+    deepbind = getattr(os, "RTLD_DEEPBIND", None)
+    if deepbind is None or not _llvm_is_loaded():
+        return
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(flags | deepbind)
+    try:
+        import triton  # noqa: F401
+    except ImportError:  # not installed: nothing to guard against
+        pass
+    finally:
+        sys.setdlopenflags(flags)
+
+
+def _release_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> Iterator[tuple]:
+    """Prepare the data and train each model kind of ``job`` in turn, yielding messages.
+
+    ``stop`` is polled between training steps (by the trainer) and between models; a stopped
+    model keeps its resumable ``last/`` checkpoint and the kinds after it are not trained.
+    """
+    job.validate()
+    stop = stop or (lambda: False)
+    if stop():  # asked to stop before anything started: no need to load torch at all
+        return
+    prepare_torch_import()
+    from ..learning.preparation import prepare_crops, prepare_whole_images
+    from ..learning.trainer import TrainConfig, train
+
+    if job.torch_threads:
+        import torch
+
+        torch.set_num_threads(int(job.torch_threads))
+    images, recists, mode = job.images, job.recists, job.mode
+    if job.folder is not None:
+        from ..learning.benchmark import load_folder
+
+        yield ("status", f"reading {job.folder}")
+        loaded = load_folder(job.folder, seed=job.seed)
+        images, recists, mode = loaded.images, loaded.recists, "whole_image"
+    if stop():
+        return
+    yield ("status", f"making pseudo-masks and groups for {len(recists)} lesions")
+    common = dict(size=job.input_size, val_fraction=job.val_fraction, k=job.k,
+                  pseudo_mask_method=job.pseudo_mask_method, seed=job.seed)
+    if mode == "crops":
+        data = prepare_crops(images, recists, image_index=job.image_index, slices=job.slices,
+                             **common)
+    else:
+        data = prepare_whole_images(images, recists, **common)
+    in_channels = int(data.train_set.n_channels)
+    yield ("prepared", {"mode": mode, "n_train": len(data.train_set),
+                        "n_val": len(data.val_set), "k": int(data.grouping.k),
+                        "in_channels": in_channels})
+    extra = {"trained_with": {"front_end": "napari", "source": job.source or job.folder or ""}}
+    try:
+        for kind in job.kinds:
+            if stop():
+                break
+            config = TrainConfig(
+                kind=kind, encoder=job.encoder, input_size=job.input_size,
+                in_channels=in_channels,
+                n_groups=int(data.grouping.k) if kind == "multitask" else None,
+                epochs=job.epochs, batch_size=job.batch_size, lr=job.lr, patience=job.patience,
+                seed=job.seed, device=job.device,
+            )
+            out = Path(job.out_dir) / kind
+            resume = out / "last" if job.resume and (out / "last").is_dir() else None
+            if resume is not None:
+                yield ("status", f"resuming {KIND_NAMES[kind]} from {resume}")
+            last = None
+            for event in train(data.train_set, data.val_set, config, out,
+                               grouping=data.grouping, extra_config=extra, stop=stop,
+                               resume=resume):
+                last = event
+                payload = event.to_dict()
+                payload["progress"] = event.progress
+                yield ("event", payload)
+            stopped = last is not None and last.kind == "stopped"
+            # best/ exists once an epoch of this run improved; before that only last/ does.
+            has_best = last is not None and last.best_epoch is not None
+            path = out / ("best" if has_best else "last")
+            yield ("model", {"kind": kind, "path": str(path), "last": str(out / "last"),
+                             "stopped": stopped, "name": run_label(kind, last)})
+            if stopped:
+                break
+    finally:
+        _release_accelerator_memory()

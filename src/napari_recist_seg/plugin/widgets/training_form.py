@@ -1,0 +1,182 @@
+"""The Training widget's settings form: a magicgui form whose values are remembered.
+
+The form's fields are those of ``training_job.TrainingJob`` that a user chooses, with the same
+defaults (``TrainingJob``'s own, which follow the trainer's ``TrainConfig``). Every change is
+saved (``remembered_settings``), and a new form starts from the saved values, so reopening
+the dock, or napari, keeps the user's choices.
+"""
+
+# No ``from __future__ import annotations``: magicgui reads the form's types at run time.
+import contextlib
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from magicgui import magicgui
+from qtpy.QtCore import QEvent, QObject
+
+from ...learning.report import MODEL_COLOURS
+from ..remembered_settings import load_settings, save_settings
+from ..training_job import KIND_NAMES, MODEL_KINDS, TrainingJob, prepare_torch_import
+
+__all__ = ["ENCODERS", "SETTINGS_NAME", "TrainingForm", "default_output_folder"]
+
+#: Encoders offered in the list.
+ENCODERS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "efficientnet-b0")
+#: Name of the remembered settings (``remembered_settings``).
+SETTINGS_NAME = "training"
+_DEFAULTS = {f.name: f.default for f in fields(TrainingJob)}
+_DEFAULT_OUTPUT = Path.home() / "recist-seg-models"
+#: Devices offered before torch has been asked; filled in when the list is first opened.
+_devices: list[str] = ["auto", "cpu"]
+
+
+def default_output_folder() -> str:
+    """The output folder offered at first: ``recist-seg-models`` in the home folder."""
+    return str(_DEFAULT_OUTPUT)
+
+
+def _device_choices(_widget=None) -> list[str]:
+    return list(_devices)
+
+
+def _torch_is_loaded() -> bool:
+    return "torch" in sys.modules
+
+
+def _lookup_devices() -> list[str]:
+    prepare_torch_import()
+    from ...learning.devices import available_devices
+
+    return ["auto", *[d for d in available_devices() if d != "auto"]]
+
+
+def _settings(
+    multitask: bool = True,
+    a1: bool = False,
+    coseg: bool = False,
+    encoder: str = _DEFAULTS["encoder"],
+    input_size: int = _DEFAULTS["input_size"],
+    epochs: int = _DEFAULTS["epochs"],
+    batch_size: int = _DEFAULTS["batch_size"],
+    lr: float = _DEFAULTS["lr"],
+    k: int = 0,
+    device: str = "auto",
+    out_dir: Path = _DEFAULT_OUTPUT,
+    separate_process: bool = True,
+) -> None:
+    """Fields of the form (magicgui builds one widget per parameter)."""
+
+
+class _PopupWatcher(QObject):
+    """Looks the devices up (in a worker: torch loads slowly) when the list is first opened."""
+
+    def __init__(self, form):
+        super().__init__(form.device.native)
+        self._form = form
+        self._worker = None
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+        kinds = (QEvent.Type.MouseButtonPress, QEvent.Type.KeyPress)
+        if event.type() in kinds and self._worker is None and len(_devices) <= 2:
+            from napari.qt.threading import create_worker
+
+            worker = create_worker(_lookup_devices, _start_thread=False, _ignore_errors=True)
+            worker.returned.connect(self._fill)
+            self._worker = worker
+            worker.start()
+        return False
+
+    def _fill(self, devices: list[str]) -> None:
+        _devices[:] = devices
+        with contextlib.suppress(RuntimeError):  # the form may be gone
+            self._form.device.reset_choices()
+
+
+class TrainingForm:
+    """The settings form of the Training widget.
+
+    ``widget`` is the magicgui container to put in a layout; ``values()`` gives the
+    ``TrainingJob`` keyword arguments it stands for. Attributes named after the fields give
+    the magicgui widgets (``form.epochs``, ``form.device``...).
+    """
+
+    def __init__(self):
+        gui = magicgui(
+            _settings,
+            call_button=False,
+            auto_call=False,
+            multitask={"text": KIND_NAMES["multitask"],
+                       "tooltip": "Segmentation and RECIST group, trained jointly"},
+            a1={"text": KIND_NAMES["a1"], "tooltip": "Segmentation alone"},
+            coseg={"text": KIND_NAMES["coseg"],
+                   "tooltip": "Co-segmentation of lesion pairs"},
+            encoder={"widget_type": "ComboBox", "choices": ENCODERS,
+                     "tooltip": "The network's encoder (no pretrained weights)"},
+            input_size={"label": "Input size", "min": 16, "max": 1024, "step": 16,
+                        "tooltip": "Network input side in pixels (a multiple of 16)"},
+            epochs={"min": 1, "max": 10000, "tooltip": "At most this many epochs (early "
+                    "stopping ends sooner when validation stops improving)"},
+            batch_size={"label": "Batch", "min": 2, "max": 1024},
+            lr={"label": "Learning rate", "min": 1e-6, "max": 1.0, "step": 1e-4},
+            k={"label": "K (0: auto)", "min": 0, "max": 500,
+               "tooltip": "Number of RECIST groups (0: about 20 lesions a group)"},
+            device={"widget_type": "ComboBox", "choices": _device_choices,
+                    "tooltip": "auto: CUDA, then Apple MPS, then the CPU"},
+            out_dir={"label": "Output", "mode": "d",
+                     "tooltip": "One subfolder per model kind, each with best/ and last/"},
+            separate_process={"text": "Separate process", "tooltip":
+                              "Train in a child process, so that the viewer stays responsive "
+                              "(recommended)"},
+        )
+        self.widget = gui
+        gui.lr.native.setDecimals(6)
+        for name in ("input_size", "epochs", "batch_size", "k", "lr"):
+            # Read the number when typing ends: tracking each key clamps "3" of "32" to the
+            # minimum 16 at once, and "32" becomes "162".
+            gui[name].native.setKeyboardTracking(False)
+        for kind in MODEL_KINDS:
+            gui[kind].native.setStyleSheet(f"QCheckBox {{ color: {MODEL_COLOURS[kind]}; }}")
+        self._watcher = _PopupWatcher(gui)
+        gui.device.native.installEventFilter(self._watcher)
+        if _torch_is_loaded():  # no wait: asking torch costs nothing now
+            _devices[:] = _lookup_devices()
+            gui.device.reset_choices()
+        self._restore()
+        gui.changed.connect(self._remember)
+
+    def __getattr__(self, name):
+        return self.widget[name]
+
+    def __getitem__(self, name):
+        return self.widget[name]
+
+    def _restore(self) -> None:
+        for name, value in load_settings(SETTINGS_NAME).items():
+            with contextlib.suppress(KeyError, ValueError, TypeError, AttributeError):
+                widget = self.widget[name]
+                if name == "device" and value not in _devices:
+                    continue  # a device of another machine or session: keep "auto"
+                widget.value = Path(value) if name == "out_dir" else value
+
+    def _remember(self, *_args) -> None:
+        values = {w.name: w.value for w in self.widget}
+        values["out_dir"] = str(values["out_dir"])
+        save_settings(SETTINGS_NAME, values)
+
+    def values(self) -> dict:
+        """The chosen settings as ``TrainingJob`` keyword arguments."""
+        gui = self.widget
+        k = int(gui.k.value)
+        return dict(
+            kinds=tuple(kind for kind in MODEL_KINDS if gui[kind].value),
+            # an emptied field means no folder, not the current one
+            out_dir=gui.out_dir.line_edit.value.strip(),
+            encoder=str(gui.encoder.value),
+            input_size=int(gui.input_size.value),
+            epochs=int(gui.epochs.value),
+            batch_size=int(gui.batch_size.value),
+            lr=float(gui.lr.value),
+            device=str(gui.device.value),
+            k=None if k < 2 else k,
+        )

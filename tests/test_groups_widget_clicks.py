@@ -1,0 +1,102 @@
+"""Every control of the Groups and pseudo-masks widget, used as a user does."""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import QPoint, Qt
+
+from napari_recist_seg.core.recist import Recist, recists_to_shapes
+from napari_recist_seg.plugin._layers import recist_layer_tuple
+from napari_recist_seg.plugin.widgets.groups_widget import preview_name
+
+PLUGIN = "napari-recist-seg"
+LEFT = Qt.MouseButton.LeftButton
+
+
+def _widget(viewer):
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Groups and pseudo-masks")
+    return widget
+
+
+def _add(viewer, recists, name):
+    from napari.layers import Layer
+
+    data, features = recists_to_shapes(recists)
+    return viewer.add_layer(
+        Layer.create(*recist_layer_tuple(data, features, (0.5, 0.8), name, units=("mm", "mm")))
+    )
+
+
+def _lesions():
+    small = [Recist([[8, 5 + 12 * i], [8, 11 + 12 * i]], [[6, 8 + 12 * i], [10, 8 + 12 * i]])
+             for i in range(3)]
+    large = [Recist([[45, 10 + 22 * i], [45, 30 + 22 * i]],
+                    [[38, 20 + 22 * i], [52, 20 + 22 * i]]) for i in range(3)]
+    return small + large
+
+
+def _type(qtbot, spin, text):
+    spin.selectAll()
+    qtbot.keyClicks(spin, text)
+    qtbot.keyClick(spin, Qt.Key.Key_Return)
+
+
+def test_groups_controls_by_clicks_typing_and_picks(make_napari_viewer, ct_image, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(ct_image, name="ct", scale=(0.5, 0.8), units=("mm", "mm"))
+    lone = _add(viewer, _lesions()[:1], "one lesion")
+    layer = _add(viewer, _lesions(), "lesions")
+    widget = _widget(viewer)
+    widget.recist_combo.setCurrentIndex(widget.recist_combo.findText("one lesion"))
+    assert widget.recist_layer() is lone
+    widget.recist_combo.setCurrentIndex(widget.recist_combo.findText("lesions"))
+    assert widget.recist_layer() is layer
+    assert widget.axes.get_xlabel() == "long diameter (mm)"
+
+    widget.features_combo.setCurrentIndex(widget.features_combo.findText("standardised"))
+    _type(qtbot, widget.seed_spin, "7")
+    assert widget.seed_spin.value() == 7
+    _type(qtbot, widget.k_spin, "2")
+    assert widget.k_spin.value() == 2
+    qtbot.mouseClick(widget.run_button, LEFT)
+    qtbot.waitUntil(lambda: "group" in layer.features and widget.run_button.isEnabled(),
+                    timeout=20000)
+    groups = layer.features["group"].to_numpy()[0::2]
+    assert len(set(groups[:3])) == 1 and len(set(groups[3:])) == 1 and groups[0] != groups[3]
+    assert layer.metadata["napari-recist-seg"]["grouping"]["k"] == 2
+
+    _type(qtbot, widget.k_spin, "1")
+    qtbot.mouseClick(widget.suggest_button, LEFT)
+    qtbot.waitUntil(lambda: widget.k_spin.value() >= 2 and widget.suggest_button.isEnabled(),
+                    timeout=20000)
+    assert "Suggested K=" in widget.status.text()
+
+    # Clicking a point of the plot selects its lesion's lines.
+    qtbot.waitUntil(lambda: len(widget._plot_ids) == 6, timeout=5000)
+    widget.canvas.draw()
+    x, y = widget.axes.transData.transform(widget._scatter.get_offsets()[3])
+    ratio = widget.canvas.device_pixel_ratio
+    pos = QPoint(int(round(x / ratio)), int(round(widget.canvas.height() - y / ratio)))
+    qtbot.mouseClick(widget.canvas, LEFT, pos=pos)
+    assert set(layer.selected_data) == {6, 7}  # the first of the large lesions, on top
+
+    # Pseudo-masks: pick a method, preview by clicking, keep by clicking.
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("ct"))
+    widget.method_combo.setCurrentIndex(widget.method_combo.findText("quarter_ellipse"))
+    qtbot.mouseClick(widget.preview_button, LEFT)
+    assert widget.preview_button.isChecked()
+    qtbot.waitUntil(lambda: widget.preview_layer is not None, timeout=10000)
+    preview = widget.preview_layer
+    assert preview.name == preview_name("quarter_ellipse")
+    assert sorted(np.unique(preview.data)) == list(range(7))
+    assert [str(u) for u in preview.units] == ["millimeter", "millimeter"]
+    qtbot.mouseClick(widget.keep_button, LEFT)
+    assert preview.name == "pseudo-masks (quarter_ellipse)" and widget.preview_layer is None
+    assert not widget.preview_button.isChecked()
+
+    # Preview on, then off by a second click: the preview layer goes.
+    qtbot.mouseClick(widget.preview_button, LEFT)
+    qtbot.waitUntil(lambda: widget.preview_layer is not None, timeout=10000)
+    second = widget.preview_layer
+    qtbot.mouseClick(widget.preview_button, LEFT)
+    assert second not in viewer.layers and preview in viewer.layers

@@ -1,0 +1,237 @@
+"""The Training widget driven by clicks and typing: Start, Stop, Resume, a folder in use,
+remembered settings, the device list.
+
+Runs are tiny (32-pixel input, batch 2, one torch thread, in the viewer's process) on two CT
+phantom slices.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QApplication, QMessageBox
+
+from napari_recist_seg.plugin.model_registry import MODEL_REGISTRY
+
+from ._gui import click, fill_training_form, pick, set_checked, type_number, type_text
+from ._learning_data import quick
+from .test_plugin_training_widget import _ct_layers, _widget
+
+pytestmark = pytest.mark.usefixtures("empty_model_registry")
+
+
+@pytest.fixture
+def tiny():
+    with quick():
+        yield
+
+
+def _run(qtbot, widget, button, stop_after_first_step=False):
+    """Click ``button``; wait for the run it starts to end; its messages."""
+    messages = []
+    click(qtbot, button)
+    worker = widget.worker
+    assert worker is not None, widget.status.text()
+
+    def on_message(message):
+        messages.append(message)
+        if (stop_after_first_step and message[0] == "event"
+                and message[1]["kind"] == "step" and widget.stop_button.isEnabled()):
+            click(qtbot, widget.stop_button)
+
+    worker.yielded.connect(on_message)
+    with qtbot.waitSignal(worker.finished, timeout=90000):
+        pass
+    qtbot.waitUntil(lambda: widget.start_button.isEnabled(), timeout=5000)
+    return messages
+
+
+def _event_kinds(messages):
+    return [m[1]["kind"] if m[0] == "event" else m[0] for m in messages if m[0] != "plot"]
+
+
+def test_start_stop_a_folder_in_use_and_resume_by_clicks(make_napari_viewer, qtbot, tmp_path,
+                                                         tiny, monkeypatch, notifications):
+    from napari_recist_seg.plugin.widgets import training_widget
+
+    viewer = make_napari_viewer()
+    _ct_layers(viewer)
+    widget = _widget(viewer)
+    out = tmp_path / "models"
+    fill_training_form(qtbot, widget, out, epochs=1, batch=2)
+
+    # Start, then Stop at the first step: a resumable last/ and nothing else.
+    first = _run(qtbot, widget, widget.start_button, stop_after_first_step=True)
+    assert _event_kinds(first)[-2:] == ["stopped", "model"]
+    last = out / "multitask" / "last"
+    assert last.is_dir() and not (out / "multitask" / "best").exists()
+    (entry,) = MODEL_REGISTRY.entries()
+    assert entry.name == "multitask (stopped at epoch 1)"
+    saved = {p.name: p.stat().st_mtime_ns for p in last.iterdir()}
+
+    # Start again into the same folder: the user is asked; Cancel starts nothing.
+    asked = []
+
+    def answer(choice):
+        def ask(parent, folder, runs, new_folder, can_resume):
+            asked.append((str(folder), runs, new_folder, can_resume))
+            return choice
+        return ask
+
+    monkeypatch.setattr(training_widget, "ask_about_occupied_folder", answer("cancel"))
+    click(qtbot, widget.start_button)
+    assert widget.worker is None and widget.start_button.isEnabled()
+    assert asked[-1][0] == str(out) and asked[-1][3] is True
+    assert "multitask run stopped at epoch 1" in asked[-1][1]
+    assert {p.name: p.stat().st_mtime_ns for p in last.iterdir()} == saved
+
+    # "New subfolder": the run goes to models/run-2, shown in the form; the old run stays.
+    monkeypatch.setattr(training_widget, "ask_about_occupied_folder", answer("new"))
+    second = _run(qtbot, widget, widget.start_button)
+    assert _event_kinds(second)[-2:] == ["finished", "model"]
+    assert (out / "run-2" / "multitask" / "best").is_dir()
+    assert widget.form.out_dir.line_edit.value == str(out / "run-2")
+    assert {p.name: p.stat().st_mtime_ns for p in last.iterdir()} == saved
+
+    # Resume continues the stopped run in models/ from its last/ checkpoint.
+    type_text(qtbot, widget.form.out_dir.line_edit.native, str(out))
+    third = _run(qtbot, widget, widget.resume_button)
+    statuses = [m[1] for m in third if m[0] == "status"]
+    assert any("resuming multitask" in s and str(last) in s for s in statuses)
+    kinds = _event_kinds(third)
+    assert kinds[-2:] == ["finished", "model"]
+    start = next(m[1] for m in third if m[0] == "event" and m[1]["kind"] == "start")
+    assert start["global_step"] >= 1  # it went on from the step where it stopped
+    assert (out / "multitask" / "best").is_dir()
+    # The resumed run replaces its stopped state in the list; the run-2 model came first.
+    names = sorted(e.name for e in MODEL_REGISTRY.entries())
+    assert names == ["multitask (best epoch 1 of 1)", "multitask (best epoch 1 of 1, models)"]
+
+    # Nothing left to resume: Resume says so and starts nothing.
+    click(qtbot, widget.resume_button)
+    assert widget.worker is None
+    assert notifications[-1][0] == "error" and "no stopped run" in notifications[-1][1]
+
+
+def test_the_folder_in_use_question_is_answered_by_its_buttons(qtbot, tmp_path):
+    from napari_recist_seg.plugin.widgets.training_widget import ask_about_occupied_folder
+
+    def press(label_start):
+        def find_and_click():
+            box = QApplication.activeModalWidget()
+            if not isinstance(box, QMessageBox):
+                QTimer.singleShot(50, find_and_click)
+                return
+            (button,) = [b for b in box.buttons() if b.text().startswith(label_start)]
+            button.click()
+        QTimer.singleShot(50, find_and_click)
+
+    new = tmp_path / "run-2"
+    press("New subfolder")
+    assert ask_about_occupied_folder(None, tmp_path, "- A1: run", new, True) == "new"
+    press("Resume")
+    assert ask_about_occupied_folder(None, tmp_path, "- A1: run", new, True) == "resume"
+    press("Cancel")
+    assert ask_about_occupied_folder(None, tmp_path, "- A1: run", new, True) == "cancel"
+
+    def resume_is_disabled():
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(50, resume_is_disabled)
+            return
+        (resume,) = [b for b in box.buttons() if b.text() == "Resume"]
+        states.append(resume.isEnabled())
+        [b for b in box.buttons() if b.text() == "Cancel"][0].click()
+
+    states = []
+    QTimer.singleShot(50, resume_is_disabled)
+    assert ask_about_occupied_folder(None, tmp_path, "- A1: finished", new, False) == "cancel"
+    assert states == [False]
+
+
+def test_settings_are_remembered_when_the_dock_is_opened_again(
+        make_napari_viewer, qtbot, tmp_path, remembered_settings_folder):
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    fill_training_form(qtbot, widget, tmp_path / "my runs", kinds=("a1", "coseg"), epochs=7,
+                       batch=6, size=96)
+    pick(widget.form.encoder.native, "resnet34")
+    type_number(qtbot, widget.form.lr.native, "0.0005")
+    type_number(qtbot, widget.form.k.native, 12)
+    expected = widget.settings()
+    assert expected["kinds"] == ("a1", "coseg") and expected["encoder"] == "resnet34"
+    assert expected["epochs"] == 7 and expected["batch_size"] == 6
+    assert expected["input_size"] == 96 and expected["k"] == 12
+    assert expected["lr"] == pytest.approx(5e-4)
+    stored = json.loads((remembered_settings_folder / "training.json").read_text())
+    assert stored["epochs"] == 7 and stored["out_dir"] == str(tmp_path / "my runs")
+    viewer.window.remove_dock_widget(widget)
+
+    again = _widget(viewer)
+    assert again is not widget
+    assert again.settings() == expected
+    assert not again.form.separate_process.value  # unticked by the user, stays unticked
+
+
+def test_a_damaged_settings_file_gives_the_defaults(make_napari_viewer,
+                                                    remembered_settings_folder):
+    from napari_recist_seg.plugin.training_job import TrainingJob
+
+    (remembered_settings_folder / "training.json").write_text("{ not json")
+    viewer = make_napari_viewer()
+    settings = _widget(viewer).settings()
+    defaults = TrainingJob(kinds=("multitask",), out_dir="x")
+    assert settings["epochs"] == defaults.epochs and settings["lr"] == defaults.lr
+    assert settings["kinds"] == ("multitask",)
+
+
+def test_the_device_list_is_looked_up_when_first_opened(make_napari_viewer, qtbot,
+                                                        monkeypatch):
+    from napari_recist_seg.plugin.widgets import training_form
+
+    monkeypatch.setattr(training_form, "_devices", ["auto", "cpu"])
+    monkeypatch.setattr(training_form, "_torch_is_loaded", lambda: False)  # as at napari's start
+    monkeypatch.setattr(training_form, "_lookup_devices", lambda: ["auto", "cpu", "cuda:0"])
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    combo = widget.form.device.native
+    assert [combo.itemText(i) for i in range(combo.count())] == ["auto", "cpu"]
+    click(qtbot, combo)
+    qtbot.waitUntil(lambda: combo.count() == 3, timeout=10000)
+    combo.hidePopup()
+    pick(combo, "cuda:0")
+    assert widget.settings()["device"] == "cuda:0"
+
+
+def test_training_data_source_radio_buttons(make_napari_viewer, qtbot, tmp_path,
+                                            notifications):
+    viewer = make_napari_viewer()
+    _ct_layers(viewer, seeds=(0,))
+    widget = _widget(viewer)
+    set_checked(qtbot, widget.folder_radio, True)
+    assert not widget.layers_radio.isChecked()
+    fill_training_form(qtbot, widget, tmp_path / "models")
+    type_text(qtbot, widget.folder_edit, str(tmp_path / "nowhere"))
+    click(qtbot, widget.start_button)
+    assert widget.worker is None and "is not a folder" in notifications[-1][1]
+    set_checked(qtbot, widget.layers_radio, True)
+    # Unticking the only image leaves nothing to train on.
+    item = widget.pairs.item(0, 0)
+    rect = widget.pairs.visualItemRect(item)
+    from qtpy.QtCore import QPoint, Qt
+
+    qtbot.mouseClick(widget.pairs.viewport(), Qt.MouseButton.LeftButton,
+                     pos=QPoint(rect.left() + 10, rect.center().y()))
+    assert item.checkState() == Qt.CheckState.Unchecked
+    click(qtbot, widget.start_button)
+    assert widget.worker is None and "tick at least one image" in notifications[-1][1]
+    # Choosing "(none)" as the RECIST layer of a ticked image is named in the message.
+    qtbot.mouseClick(widget.pairs.viewport(), Qt.MouseButton.LeftButton,
+                     pos=QPoint(rect.left() + 10, rect.center().y()))
+    pick(widget.pairs.cellWidget(0, 1), "(none)")
+    click(qtbot, widget.start_button)
+    assert widget.worker is None and "choose its RECIST layer" in notifications[-1][1]
+    assert np.all(np.isfinite(viewer.layers["slice 0"].data))

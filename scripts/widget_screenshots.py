@@ -1,9 +1,10 @@
 """The README's screenshots of the four dock widgets, taken from a real viewer.
 
-Walks the path a user takes on the CT phantom sample: the RECIST table, K-means groups and
-an ellipse pseudo-mask preview, a short training of the three models on other phantom slices
-(in the widget, as a user starts it), and their predictions compared against the true masks,
-overlaid and side by side. napari draws with OpenGL, so run it under a virtual display:
+Walks the path a user takes on the CT phantom sample, by clicks and keys as a user does it
+(menus, buttons, typing into the fields): the RECIST table, K-means groups and an ellipse
+pseudo-mask preview, a short training of the three models on other phantom slices, and their
+predictions compared against the true masks, overlaid and side by side. napari draws with
+OpenGL, so run it under a virtual display:
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/widget_screenshots.py
 
@@ -55,6 +56,70 @@ def camera(viewer):
         return viewer.camera
 
 
+# -- a user's hands: the mouse and the keyboard ----------------------------------------------
+def click(widget) -> None:
+    """A left click on a button (or a check box, on its indicator)."""
+    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtTest import QTest
+    from qtpy.QtWidgets import QCheckBox, QRadioButton
+
+    if not widget.isEnabled():
+        raise SystemExit(f"{widget.text()!r} is disabled")
+    pos = (QPoint(8, widget.height() // 2) if isinstance(widget, QCheckBox | QRadioButton)
+           else widget.rect().center())
+    QTest.mouseClick(widget, Qt.MouseButton.LeftButton, pos=pos)
+    settle(0.1)
+
+
+def set_checked(box, checked: bool) -> None:
+    if box.isChecked() != checked:
+        click(box)
+
+
+def type_into(edit, text) -> None:
+    """Replace a field's text by typing (a spin box's line edit, a line edit)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    edit = edit.lineEdit() if hasattr(edit, "lineEdit") else edit
+    QTest.keyClick(edit, Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier)
+    QTest.keyClick(edit, Qt.Key.Key_Backspace)
+    QTest.keyClicks(edit, str(text))
+    QTest.keyClick(edit, Qt.Key.Key_Return)
+
+
+def pick(combo, text: str) -> None:
+    """Choose an entry of a drop-down list."""
+    index = combo.findText(text)
+    if index < 0:
+        raise SystemExit(f"{text!r} is not offered")
+    combo.setCurrentIndex(index)
+    combo.activated.emit(index)
+
+
+def choose_menu(viewer, *path: str) -> None:
+    """Choose a menu entry of the window, e.g. ("Plugins", "RECIST Segmentation", ...)."""
+    menu = viewer.window._qt_window.menuBar()
+    for depth, text in enumerate(path):
+        action = {a.text().replace("&", ""): a for a in menu.actions()}[text]
+        if depth == len(path) - 1:
+            action.trigger()
+        else:
+            menu = action.menu()
+            menu.aboutToShow.emit()
+    settle(0.2)
+
+
+def click_table_cell(table, row: int, column: int) -> None:
+    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtTest import QTest
+
+    rect = table.visualRect(table.model().index(row, column))
+    QTest.mouseClick(table.viewport(), Qt.MouseButton.LeftButton,
+                     pos=QPoint(rect.left() + 10, rect.center().y()))
+    settle(0.1)
+
+
 class Shooter:
     """Docks one widget at a time and saves screenshots of the whole window."""
 
@@ -63,10 +128,13 @@ class Shooter:
         self.out = out
         self.dock = None
 
-    def show(self, name: str):
+    def show(self, title: str, widget_class):
+        """Open a widget from the Plugins menu, closing the one shown before."""
         if self.dock is not None:
             self.viewer.window.remove_dock_widget(self.dock)
-        self.dock, widget = self.viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        choose_menu(self.viewer, "Plugins", "RECIST Segmentation", title)
+        widget = self.viewer.window._qt_window.findChildren(widget_class)[-1]
+        self.dock = widget
         settle()
         return widget
 
@@ -89,7 +157,8 @@ def add_training_slices(viewer, seeds):
     for seed in seeds:
         s = ct_phantom_slice(seed)
         image = viewer.add_image(s["image"], name=f"training slice {seed}", scale=s["spacing"],
-                                 contrast_limits=SOFT_TISSUE_WINDOW, visible=False)
+                                 units=("mm", "mm"), contrast_limits=SOFT_TISSUE_WINDOW,
+                                 visible=False)
         recist = viewer.add_layer(Layer.create(*table_layer_tuple(
             RecistTable(recists=list(s["recists"])), name=f"training slice {seed} RECIST",
             scale=s["spacing"])))
@@ -111,54 +180,60 @@ def main(argv=None) -> None:
 
     import napari
 
-    from napari_recist_seg.plugin.training_worker import prepare_torch_import
+    from napari_recist_seg.plugin.training_job import prepare_torch_import
+    from napari_recist_seg.plugin.widgets.compare_widget import CompareWidget
+    from napari_recist_seg.plugin.widgets.groups_widget import GroupsWidget
+    from napari_recist_seg.plugin.widgets.recist_widget import RecistWidget
+    from napari_recist_seg.plugin.widgets.training_widget import TrainingWidget
 
     viewer = napari.Viewer(title="napari-recist-seg", show=True)
     # Once the viewer's OpenGL (and Mesa's LLVM) is loaded, torch must be imported the safe
     # way; the plugin does this itself, and this script imports nothing of torch before it.
     prepare_torch_import()
     viewer.window._qt_window.resize(1500, 950)
-    viewer.open_sample(PLUGIN, "ct_phantom_slice")
+    choose_menu(viewer, "File", "Open Sample", "RECIST Segmentation",
+                "CT phantom slice (lesions, masks, RECIST)")
     layers = viewer.layers
     image, truth, recist = (layers["CT phantom"], layers["CT phantom true masks"],
                             layers["CT phantom RECIST"])
     truth.visible = False
     shots = Shooter(viewer, out)
 
-    # 1. RECIST annotation: the lesion table, one lesion selected and centred.
-    widget = shots.show("RECIST annotation")
-    widget.select_lesion(0)
+    # 1. RECIST annotation: the lesion table, one lesion selected (a click on its row).
+    widget = shots.show("RECIST annotation", RecistWidget)
+    click_table_cell(widget.table, 0, 0)
     camera(viewer).zoom = 2.2
     shots.shoot("widget_recist.png")
 
     # 2. Groups: K-means recolours the lines; the ellipse pseudo-masks are previewed.
-    widget = shots.show("Groups and pseudo-masks")
-    widget.k_spin.setValue(2)
-    widget.run_kmeans()
+    widget = shots.show("Groups and pseudo-masks", GroupsWidget)
+    type_into(widget.k_spin, 2)
+    click(widget.run_button)
     wait_for(lambda: "groups (sizes" in widget.status.text(), "K-means")
-    widget.method_combo.setCurrentText("ellipse")
-    widget.preview_button.setChecked(True)
+    pick(widget.method_combo, "ellipse")
+    set_checked(widget.preview_button, True)
     wait_for(lambda: widget.preview_layer is not None, "the pseudo-mask preview")
     viewer.reset_view()
     camera(viewer).zoom *= 1.6
     shots.shoot("widget_groups.png")
-    widget.preview_button.setChecked(False)
+    set_checked(widget.preview_button, False)
 
     # 3. Training: the three models on other slices, one after another, with the live plot.
     pairs = add_training_slices(viewer, range(1, args.train_slices + 1))
-    widget = shots.show("Training")
-    widget.set_pair(image, recist, checked=False)
-    for slice_image, slice_recist in pairs:
-        widget.set_pair(slice_image, slice_recist)
-    for box in widget.kind_boxes.values():
-        box.setChecked(True)
-    widget.size_spin.setValue(args.size)
-    widget.epochs_spin.setValue(args.epochs)
-    widget.batch_spin.setValue(8)
+    widget = shots.show("Training", TrainingWidget)
+    rows = [widget.pairs.item(r, 0).text() for r in range(widget.pairs.rowCount())]
+    click_table_cell(widget.pairs, rows.index(image.name), 0)  # untick the sample slice
+    form = widget.form
+    for kind in ("multitask", "a1", "coseg"):
+        set_checked(form[kind].native, True)
+    type_into(form.input_size.native, args.size)
+    type_into(form.epochs.native, args.epochs)
+    type_into(form.batch_size.native, 8)
     with tempfile.TemporaryDirectory() as models:
-        widget.out_edit.setText(models)
+        type_into(form.out_dir.line_edit.native, models)
         started = time.monotonic()
-        if widget.start() is None:
+        click(widget.start_button)
+        if widget.worker is None:
             raise SystemExit("training did not start (see the notification above)")
         wait_for(lambda: not widget.is_running(), "training")
         print(f"trained three models in {time.monotonic() - started:.0f} s")
@@ -168,19 +243,18 @@ def main(argv=None) -> None:
         for slice_image, slice_recist in pairs:
             viewer.layers.remove(slice_image)
             viewer.layers.remove(slice_recist)
-        widget = shots.show("Compare models")
-        widget.image_combo.setCurrentText(image.name)
-        widget.recist_combo.setCurrentText(recist.name)
-        widget.gt_combo.setCurrentText(truth.name)
-        if widget.predict() is None:
-            raise SystemExit("prediction did not start (see the notification above)")
+        widget = shots.show("Compare models", CompareWidget)
+        pick(widget.image_combo, image.name)
+        pick(widget.recist_combo, recist.name)
+        pick(widget.gt_combo, truth.name)
+        click(widget.predict_button)
         wait_for(lambda: widget._worker is None and widget.predict_button.isEnabled(),
                  "predictions")
         centre = np.mean([r.centre for r in _lesions(recist)], axis=0)
         camera(viewer).center = tuple(centre * np.asarray(image.scale))
         camera(viewer).zoom = 3.0
         shots.shoot("widget_compare.png")
-        widget.side_button.setChecked(True)
+        set_checked(widget.side_button, True)
         viewer.reset_view()
         camera(viewer).zoom *= 1.5
         shots.shoot("compare_side_by_side.png")

@@ -127,3 +127,9 @@ def square_support(transform, shape, grow: int = 1) -> np.ndarray:
     side = transform.side
     return ((rr >= r0 - grow) & (rr <= r0 + side + grow)
             & (cc >= c0 - grow) & (cc <= c0 + side + grow))
+
+
+def checkpoint_weights(folder) -> dict:
+    """A checkpoint's weights as float64 copies, to compare two checkpoints."""
+    model, _ = checkpoints.load_checkpoint(folder)
+    return {k: v.detach().clone().double() for k, v in model.state_dict().items()}

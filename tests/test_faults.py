@@ -28,7 +28,7 @@ from napari_recist_seg.learning.checkpoints import interrupted_save_copy, load_c
 from napari_recist_seg.learning.inference import load_model, resolve_checkpoint
 from napari_recist_seg.learning.trainer import train
 
-from ._learning_data import config, prepared, quick
+from ._learning_data import checkpoint_weights, config, prepared, quick
 
 EPOCHS = 3  # 9 training images in batches of 4: 2 steps an epoch, 6 in all
 TOLERANCE = 1e-6
@@ -38,11 +38,6 @@ TOLERANCE = 1e-6
 def _quick():
     with quick():
         yield
-
-
-def _weights(folder):
-    model, _ = load_checkpoint(folder)
-    return {k: v.detach().clone().double() for k, v in model.state_dict().items()}
 
 
 def _max_difference(a, b) -> float:
@@ -95,8 +90,8 @@ def test_stopping_at_random_steps_and_resuming_matches_an_unbroken_run(kind, see
     assert broken[-1].best_epoch == unbroken[-1].best_epoch
     # ... and the same weights, in the resumable and in the best checkpoint.
     for name in ("last", "best"):
-        diff = _max_difference(_weights(tmp_path / "unbroken" / name),
-                               _weights(tmp_path / "broken" / name))
+        diff = _max_difference(checkpoint_weights(tmp_path / "unbroken" / name),
+                               checkpoint_weights(tmp_path / "broken" / name))
         assert diff <= TOLERANCE, (name, diff, stops)
     _, cfg_a = load_checkpoint(tmp_path / "unbroken" / "last")
     _, cfg_b = load_checkpoint(tmp_path / "broken" / "last")

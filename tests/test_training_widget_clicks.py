@@ -235,3 +235,30 @@ def test_training_data_source_radio_buttons(make_napari_viewer, qtbot, tmp_path,
     click(qtbot, widget.start_button)
     assert widget.worker is None and "choose its RECIST layer" in notifications[-1][1]
     assert np.all(np.isfinite(viewer.layers["slice 0"].data))
+
+
+def test_training_on_a_deeplesion_stack_opened_from_its_table(make_napari_viewer, qtbot,
+                                                              tmp_path, tiny, deeplesion_folder,
+                                                              notifications):
+    """DL_info.csv opened with the plugin's reader: key slices as a stack, their RECIST in mm;
+    the Training widget trains on them by clicks."""
+    from napari_recist_seg.plugin.widgets.recist_widget import RecistWidget
+
+    from ._gui import open_dock
+
+    viewer = make_napari_viewer()
+    viewer.open(str(deeplesion_folder / "DL_info.csv"), plugin="napari-recist-seg")
+    annotate = open_dock(viewer, "RECIST annotation", RecistWidget)
+    lesions = annotate.lesions
+    assert len(lesions) == 3 and all(info.ok for info in lesions)
+    # 0.7 mm pixels: the first lesion's long axis is 30 px = 21 mm.
+    assert max(lesions[0].recist.long_mm, lesions[0].recist.short_mm) == pytest.approx(21.0)
+    widget = _widget(viewer)
+    assert len(widget.checked_pairs()) == 1
+    fill_training_form(qtbot, widget, tmp_path / "models", kinds=("a1",), epochs=1, batch=2)
+    messages = _run(qtbot, widget, widget.start_button)
+    assert _event_kinds(messages)[-2:] == ["finished", "model"], notifications
+    prepared = next(m[1] for m in messages if m[0] == "prepared")
+    assert prepared["mode"] == "crops" and prepared["n_train"] + prepared["n_val"] == 3
+    (entry,) = MODEL_REGISTRY.entries()
+    assert entry.kind == "a1" and entry.name.startswith("A1 (best epoch 1 of 1")

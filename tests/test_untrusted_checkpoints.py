@@ -98,11 +98,12 @@ def run_folder(tmp_path_factory):
     data = prepared()
     out = tmp_path_factory.mktemp("run")
     with quick():
+        # The run first: a folder that already holds a checkpoint is refused as occupied.
+        events = list(train(data.train_set, data.val_set, config("multitask"), out,
+                            stop=lambda: True))
         torch.manual_seed(0)
         model = build_model("multitask", input_size=INPUT, n_groups=N_GROUPS)
         save_checkpoint(out / "best", model, {"preprocessing": None, "grouping": None}, [])
-        events = list(train(data.train_set, data.val_set, config("multitask"), out,
-                            stop=lambda: True))
     assert events[-1].kind == "stopped"
     return out
 

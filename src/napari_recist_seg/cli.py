@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Entry point of ``recist-seg``; returns the process exit code."""
     from . import commands  # noqa: F401  (registers the subcommands)
+    from .learning.run_folders import RunFolderBusy
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
         return 0
     try:
         return int(args._run(args) or 0)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RunFolderBusy) as exc:
         # Bad input and file-system trouble (missing, unreadable, read-only, full disk) are
         # the user's to fix: one line naming the problem, not a traceback.
         print(f"recist-seg {args.command}: error: {_describe(exc)}", file=sys.stderr)
@@ -61,12 +62,31 @@ def main(argv=None) -> int:
         return 130
 
 
+_MAX_MESSAGE = 600
+
+
 def _describe(exc: Exception) -> str:
-    """``exc`` as one line; an OSError without a message gets its file name and reason."""
+    """``exc`` as one short line; an OSError gets its file name and reason.
+
+    A file name may be thousands of characters long or hold control characters (a NUL, a
+    newline): it is shown escaped and shortened, so the message stays one readable line.
+    """
     text = str(exc)
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        text = f"{exc.filename}: {exc.strerror}"
+        text = f"{_short_path(exc.filename)}: {exc.strerror}"
+    text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    if len(text) > _MAX_MESSAGE:
+        half = _MAX_MESSAGE // 2 - 3
+        text = f"{text[:half]} ... {text[-half:]}"
     return text or type(exc).__name__
+
+
+def _short_path(name) -> str:
+    text = str(name)
+    text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    if len(text) > 160:
+        text = f"{text[:70]}...{text[-70:]} ({len(str(name))} characters)"
+    return text
 
 
 if __name__ == "__main__":

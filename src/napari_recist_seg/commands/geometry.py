@@ -13,6 +13,7 @@ from ..core.metrics import segmentation_metrics
 from ..core.pseudo_masks import PSEUDO_MASK_METHODS, pseudo_mask_labels
 from ..data._atomic import atomic_write
 from ..data.recist_files import RecistTable, read_recists, write_recists
+from ._outputs import output_stems, prepare_output_folder, refuse_existing
 from ._progress import progress
 
 
@@ -74,6 +75,8 @@ def _configure_pseudo_masks(p) -> None:
     p.add_argument("--method", default="ellipse", choices=(*PSEUDO_MASK_METHODS, "all"))
     p.add_argument("--shape", type=int, nargs=2, metavar=("ROWS", "COLS"),
                    help="image size when the RECIST file's images cannot be found")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace label PNGs and recists.csv already in --out (default: refuse)")
 
 
 @command("pseudo-masks", "draw pseudo-masks (ellipse, quarter ellipse, polygon) from RECIST",
@@ -82,12 +85,17 @@ def _pseudo_masks(args) -> int:
     source = Path(args.input)
     table, folder = load_lesions(source)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     methods = PSEUDO_MASK_METHODS if args.method == "all" else (args.method,)
     images = table.images or ["image"] * len(table)
     by_image: dict[str, list[int]] = {}
     for i, name in enumerate(images):
         by_image.setdefault(name, []).append(i)
+    # Every output is named and checked before anything is written.
+    stems = dict(zip(by_image, output_stems(list(by_image))))
+    targets = {(name, method): out / stem.parent / f"{stem.name}_{method}.png"
+               for name, stem in stems.items() for method in methods}
+    refuse_existing([*targets.values(), out / "recists.csv"], args.overwrite)
+    prepare_output_folder(out)
     scores = {m: [] for m in methods}
     for name, idx in progress(by_image.items(), desc="drawing pseudo-masks", unit="image"):
         mask = folder.get("masks", {}).get(name)
@@ -95,7 +103,9 @@ def _pseudo_masks(args) -> int:
         for method in methods:
             labels = pseudo_mask_labels([table.recists[i] for i in idx], shape, method,
                                         labels=[i + 1 for i in range(len(idx))])
-            _write_label_png(out / f"{Path(name).stem}_{method}.png", labels)
+            target = targets[name, method]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_label_png(target, labels)
             if mask is not None:
                 scores[method].append(segmentation_metrics(labels > 0, mask)["dice"])
     write_recists(out / "recists.csv", table)
@@ -117,16 +127,36 @@ def _parse_k_range(text: str) -> range:
 def _configure_groups(p) -> None:
     p.add_argument("input", help="a RECIST .csv/.json file, or an image+mask folder")
     p.add_argument("--out", required=True, help="RECIST file (.csv/.json) to write with groups")
-    p.add_argument("--k", type=int, help="number of groups")
+    p.add_argument("--k", type=int,
+                   help="number of groups: from 1 to the number of lesions (and of distinct "
+                        "measurements)")
     p.add_argument("--suggest-k", metavar="LOW:HIGH",
-                   help="score K in this range by silhouette; uses the best unless --k is given")
+                   help="score K in this range by silhouette (2 <= K < number of lesions); "
+                        "uses the best unless --k is given")
     p.add_argument("--features", default="standardised", choices=FEATURE_SETS)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="K-means seed, from 0 to 4294967295 (default: %(default)s)")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 @command("groups", "group lesions by K-means on their RECIST (with a K suggestion)",
          _configure_groups)
 def _groups(args) -> int:
+    out = Path(args.out)
+    model_path = out.with_suffix(".grouping.json")
+    source = Path(args.input)
+    for target in (out, model_path):
+        if _same_file(target, source):
+            raise ValueError(f"--out {out} would overwrite the input {source}; write the "
+                             f"grouped lesions to another file")
     table, _ = load_lesions(args.input)
     if args.suggest_k:
         best, scores = suggest_k(table.recists, _parse_k_range(args.suggest_k),
@@ -134,16 +164,14 @@ def _groups(args) -> int:
         print("K    silhouette")
         for k, s in scores.items():
             print(f"{k:<4d} {s:.3f}{'  <- best' if k == best else ''}")
-        k = args.k or best
-    elif args.k:
+        k = args.k if args.k is not None else best
+    elif args.k is not None:
         k = args.k
     else:
         raise ValueError("give --k K or --suggest-k LOW:HIGH")
     grouping = group_lesions(table.recists, k, features=args.features, seed=args.seed)
     table.features["group"] = [int(g) for g in grouping.labels_]
-    out = Path(args.out)
     write_recists(out, table)
-    model_path = out.with_suffix(".grouping.json")
     with atomic_write(model_path) as fh:
         json.dump(grouping.to_dict(), fh, indent=1)
     sizes = np.bincount(grouping.labels_, minlength=k)

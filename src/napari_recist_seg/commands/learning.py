@@ -12,6 +12,7 @@ from ..cli import command
 from ..core.metrics import METRIC_NAMES, mean_metrics, segmentation_metrics
 from ..core.pseudo_masks import PSEUDO_MASK_METHODS
 from ..data._atomic import atomic_write
+from ._outputs import output_stems, prepare_output_folder, refuse_existing
 from ._progress import progress
 
 MODEL_CHOICES = ("multitask", "a1", "coseg")
@@ -70,19 +71,29 @@ def _configure_train(p) -> None:
     p.add_argument("--out", required=True, help="output folder (one subfolder per model)")
     p.add_argument("--models", default="multitask",
                    help="comma-separated kinds: multitask, a1, coseg, or 'all'")
-    p.add_argument("--encoder", default="resnet18")
-    p.add_argument("--size", type=int, default=128, help="network input side (multiple of 16)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch", type=int, default=10)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--patience", type=int, default=5)
+    from ..learning.train_config import TrainConfig as d
+
+    p.add_argument("--encoder", default=d.encoder, help="default: %(default)s")
+    p.add_argument("--size", type=int, default=d.input_size,
+                   help="network input side in px: a multiple of 16 from 16 to 4096 "
+                        "(default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
+    p.add_argument("--batch", type=int, default=d.batch_size, help="default: %(default)s")
+    p.add_argument("--lr", type=float, default=d.lr, help="default: %(default)s")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="epochs without improvement before stopping (default: %(default)s)")
     p.add_argument("--k", type=int, help="number of RECIST groups (default: about 20 a group)")
     p.add_argument("--pseudo-mask", default="ellipse", choices=PSEUDO_MASK_METHODS)
     p.add_argument("--n-train", type=int, help="use this many images (default: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or mps")
     p.add_argument("--encoder-weights", help="local weights file for the encoder (no download)")
-    p.add_argument("--resume", help="a run's last/ checkpoint to continue (one model only)")
+    p.add_argument("--resume",
+                   help="continue a stopped run: its last/ checkpoint or its run folder "
+                        "(OUT/KIND); one model only")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the runs already in OUT/KIND (their best/ and last/ are "
+                        "deleted); without it an occupied run folder is refused")
 
 
 @command("train", "train models on RECIST-derived pseudo-masks and groups", _configure_train)
@@ -94,6 +105,15 @@ def _train(args) -> int:
     models = _models(args.models)
     if args.resume and len(models) != 1:
         raise ValueError("--resume continues one run: name a single model with --models")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it: give one")
+    resume = None if args.resume is None else _resume_from(args.resume)
+    from ..learning.preparation import check_input_size
+
+    check_input_size(args.size)
+    # Every run folder is checked before any data is read or any model trained.
+    for kind in models:
+        _check_run_folder(Path(args.out) / kind, resume, args.overwrite)
     folder = load_folder(args.data, args.n_train, progress=lambda it, d: progress(it, d))
     data = prepare_whole_images(folder.images, folder.recists, size=args.size, k=args.k,
                                 pseudo_mask_method=args.pseudo_mask, seed=args.seed)
@@ -102,14 +122,66 @@ def _train(args) -> int:
     bars = TrainingBars()
     for kind in models:
         config = TrainConfig(kind=kind, encoder=args.encoder, input_size=args.size,
-                             n_groups=data.grouping.k, epochs=args.epochs, batch_size=args.batch,
+                             in_channels=folder.in_channels, n_groups=data.grouping.k,
+                             epochs=args.epochs, batch_size=args.batch,
                              lr=args.lr, patience=args.patience, seed=args.seed,
                              device=args.device, encoder_weights=args.encoder_weights)
-        for event in train(data.train_set, data.val_set, config, Path(args.out) / kind,
-                           grouping=data.grouping, resume=args.resume):
-            bars(kind, args.seed, event)
+        run = train(data.train_set, data.val_set, config, Path(args.out) / kind,
+                    grouping=data.grouping, resume=resume, overwrite=args.overwrite)
+        try:
+            for event in run:
+                bars(kind, args.seed, event)
+        except KeyboardInterrupt as exc:
+            bars.close()
+            saved = _interrupt(run, exc)
+            print(f"recist-seg train: interrupted; {kind} saved at epoch {saved.epoch}, step "
+                  f"{saved.step} in {saved.checkpoint}\n  continue with: --models {kind} "
+                  f"--resume {saved.checkpoint}", file=sys.stderr)
+            return 130
     bars.close()
     return 0
+
+
+def _resume_from(text: str) -> Path:
+    from ..learning.run_folders import resume_checkpoint
+
+    path = Path(text)
+    if not path.exists():
+        raise ValueError(f"--resume {path}: no such checkpoint or run folder")
+    return resume_checkpoint(path)
+
+
+def _check_run_folder(folder: Path, resume: Path | None, overwrite: bool) -> None:
+    """Refuse, naming it, a run folder that holds a run neither continued nor replaced."""
+    from ..learning.run_folders import find_run
+
+    info = find_run(folder)
+    if info is None or overwrite:
+        return
+    if resume is not None:
+        try:
+            resume.resolve().relative_to(folder.resolve())
+            return
+        except ValueError:
+            pass
+    raise ValueError(f"run folder {folder} already holds a run ({info.describe()}); pass "
+                     f"--resume {folder} to continue it or --overwrite to replace it")
+
+
+def _interrupt(run, exc: KeyboardInterrupt):
+    """The ``TrainingInterrupted`` of ``run`` after Ctrl+C: the trainer saves ``last/`` on the
+    way out. A Ctrl+C that arrived while printing, between two events, is handed to it."""
+    from ..learning.trainer import TrainingInterrupted
+
+    if isinstance(exc, TrainingInterrupted):
+        return exc
+    try:
+        run.throw(exc)
+    except TrainingInterrupted as saved:
+        return saved
+    except StopIteration:
+        pass
+    raise exc
 
 
 # -- predict ----------------------------------------------------------------------------------
@@ -121,6 +193,8 @@ def _configure_predict(p) -> None:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--tta", action="store_true", help="average over flipped inputs")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace masks and predictions.csv already in --out (default: refuse)")
 
 
 def _image_files(inputs) -> list[Path]:
@@ -158,7 +232,6 @@ def _predict(args) -> int:
     from ..data.image_folders import load_image
     from ..learning.inference import load_model, predict_detailed
 
-    model = load_model(args.model, device=args.device)
     files = _image_files(args.inputs)
     by_image = {}
     if args.recists:
@@ -168,18 +241,25 @@ def _predict(args) -> int:
         images = table.images or [""] * len(table)
         for name, r in zip(images, table.recists):
             by_image.setdefault(Path(name).stem, []).append(r)
+        files = [f for f in files if f.stem in by_image]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # Every output is named and checked before the model is loaded or anything written.
+    stems = output_stems([str(f.absolute()) for f in files])
+    targets = [out / stem.parent / f"{stem.name}_mask.png" for stem in stems]
+    refuse_existing([*targets, out / "predictions.csv"], args.overwrite)
+    model = load_model(args.model, device=args.device)
+    prepare_output_folder(out)
     rows = []
-    for f in progress(files, "predicting", unit="image"):
+    for f, stem, target in progress(list(zip(files, stems, targets)), "predicting",
+                                    unit="image"):
         recists = by_image.get(f.stem) if args.recists else None
-        if args.recists and not recists:
-            continue
         result = predict_detailed(model, load_image(f), recists, threshold=args.threshold,
                                   tta=args.tta)
-        _write_mask(out / f"{f.stem}_mask.png", result.mask)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_mask(target, result.mask)
         groups = "" if result.groups is None else " ".join(map(str, result.groups.tolist()))
-        rows.append((f.name, int(result.mask.sum()), groups))
+        name = f.name if str(stem.parent) == "." else str(stem.parent / f.name)
+        rows.append((name, int(result.mask.sum()), groups))
     with atomic_write(out / "predictions.csv", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["image", "mask_pixels", "predicted_groups"])
@@ -272,6 +352,8 @@ def _configure_benchmark(p) -> None:
     p.add_argument("--device", default=d.device,
                    help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--tta", action="store_true", help="average with flipped predictions")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the runs of an earlier benchmark in --out (default: refuse)")
 
 
 def _print_summary(results: dict) -> None:
@@ -299,7 +381,7 @@ def _benchmark(args) -> int:
     )
     bars = TrainingBars()
     results = run_benchmark(args.train, args.test, args.out, config, on_event=bars,
-                            progress=lambda it, d: progress(it, d))
+                            progress=lambda it, d: progress(it, d), overwrite=args.overwrite)
     bars.close()
     _print_summary(results)
     print(f"\nreport: {Path(args.out) / 'report.md'}")
@@ -313,6 +395,8 @@ def _configure_demo(p) -> None:
     p.add_argument("--n-test", type=int, default=40)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--size", type=int, default=64)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the runs of an earlier demo in --out (default: refuse)")
 
 
 @command("demo", "the whole method on generated images: pseudo-masks, groups, three models, "
@@ -322,13 +406,20 @@ def _demo(args) -> int:
     from .demo import write_demo_data, write_geometry_figure
 
     out = Path(args.out)
+    if not args.overwrite and (out / "runs").is_dir():
+        from ..learning.run_folders import find_run
+
+        earlier = [p for p in sorted((out / "runs").iterdir()) if find_run(p) is not None]
+        if earlier:
+            raise ValueError(f"{out} already holds the runs of an earlier demo ({earlier[0]}); "
+                             f"choose another --out or pass --overwrite")
     train_dir, test_dir = write_demo_data(out / "data", args.n_train, args.n_test)
     write_geometry_figure(train_dir, out / "pseudo_masks_and_groups.png")
     config = BenchmarkConfig(epochs=args.epochs, size=args.size, batch_size=8, patience=3,
                              examples=6)
     bars = TrainingBars()
     results = run_benchmark(train_dir, [test_dir], out, config, on_event=bars,
-                            progress=lambda it, d: progress(it, d))
+                            progress=lambda it, d: progress(it, d), overwrite=args.overwrite)
     bars.close()
     _print_summary(results)
     print(f"\nreport with figures: {out / 'report.md'}")

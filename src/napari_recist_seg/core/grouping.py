@@ -17,6 +17,8 @@ __all__ = ["FEATURE_SETS", "LesionGrouping", "group_lesions", "recist_features",
 #: lengths in mm) and "paper" (the published recipe: raw centre x, centre y, short and long
 #: length in pixels and the angle in degrees, unscaled).
 FEATURE_SETS = ("standardised", "paper")
+#: The most groups a saved grouping may hold (DeepLesion's 32,735 lesions suggest about 190).
+MAX_SAVED_GROUPS = 10_000
 
 _FEATURE_NAMES = {
     "standardised": ("centre_row", "centre_col", "short_mm", "long_mm", "cos_2angle", "sin_2angle"),
@@ -161,14 +163,40 @@ class LesionGrouping:
 
     @classmethod
     def from_dict(cls, state: dict) -> LesionGrouping:
-        """Restore a grouping saved with ``to_dict``."""
-        try:
-            return cls(
-                state["features"], state["centres"], state["mean"], state["scale"],
-                seed=state.get("seed", 0),
-            )
-        except KeyError as exc:
-            raise ValueError(f"saved grouping lacks {exc.args[0]!r}") from None
+        """Restore a grouping saved with ``to_dict``.
+
+        Raises
+        ------
+        ValueError
+            Naming the field when ``state`` is not a grouping: missing keys, values that are
+            not numbers, shapes that do not fit, more than ``MAX_SAVED_GROUPS`` groups.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"saved grouping must be an object, got {type(state).__name__}")
+        missing = [k for k in ("features", "centres", "mean", "scale") if k not in state]
+        if missing:
+            raise ValueError(f"saved grouping lacks {missing[0]!r}")
+        if not isinstance(state["features"], str):
+            raise ValueError(f"saved grouping: 'features' must be a text, got "
+                             f"{type(state['features']).__name__}")
+        centres = state["centres"]
+        if not isinstance(centres, list) or not 1 <= len(centres) <= MAX_SAVED_GROUPS:
+            raise ValueError(f"saved grouping: 'centres' must be a list of 1 to "
+                             f"{MAX_SAVED_GROUPS} rows")
+        seed = state.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"saved grouping: 'seed' must be an integer, got {seed!r:.40}")
+        arrays = []
+        for key in ("centres", "mean", "scale"):
+            try:
+                value = np.asarray(state[key], dtype=float)
+            except (TypeError, ValueError):
+                raise ValueError(f"saved grouping: {key!r} must hold numbers only, in a "
+                                 f"regular shape") from None
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"saved grouping: {key!r} must be finite")
+            arrays.append(value)
+        return cls(state["features"], *arrays, seed=seed)
 
     def __repr__(self) -> str:
         return f"LesionGrouping(k={self.k}, features={self.features!r})"
@@ -223,15 +251,38 @@ def group_lesions(
         raise ValueError(f"k must be at least 1, got {k}")
     if k > len(recists):
         raise ValueError(f"k={k} groups is more than the {len(recists)} lesions given")
+    seed = _check_seed(seed)
     x = recist_features(recists, features)
     mean, scale = _scaling(x, features)
     xs = (x - mean) / scale
+    distinct = _distinct_rows(xs)
+    if distinct < k:
+        # K-means would only warn and return duplicate centres: groups nobody can tell apart.
+        raise ValueError(
+            f"the lesions are too alike for k={k} groups: their {len(recists)} RECIST "
+            f"measurements take only {distinct} distinct value(s); choose k <= {distinct}"
+        )
     if n_init is None:
         n_init = 10 if len(recists) * k <= _FULL_RESTARTS_UP_TO else 3
     km = KMeans(n_clusters=k, n_init=n_init, random_state=int(seed)).fit(xs)
     grouping = LesionGrouping(features, km.cluster_centers_, mean, scale, seed=seed)
     grouping.labels_ = grouping.predict(recists)
     return grouping
+
+
+MAX_SEED = 2**32 - 1
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (
+            0 <= seed <= MAX_SEED):
+        raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    return int(seed)
+
+
+def _distinct_rows(xs: np.ndarray) -> int:
+    # Rounded, so lesions equal up to float noise count as one.
+    return int(len(np.unique(np.round(xs, 9), axis=0))) if len(xs) else 0
 
 
 def suggest_k(
@@ -263,7 +314,16 @@ def suggest_k(
         candidates = [int(k) for k in k_range]
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"k_range must be a sequence of integers, got {k_range!r}") from None
+    seed = _check_seed(seed)
     ks = sorted({k for k in candidates if 2 <= k <= len(recists) - 1})
+    if ks:
+        x = recist_features(recists, features)
+        mean, scale = _scaling(x, features)
+        distinct = _distinct_rows((x - mean) / scale)
+        if distinct < 2:
+            raise ValueError(f"the lesions are too alike to group: all {len(recists)} have the "
+                             f"same RECIST measurements")
+        ks = [k for k in ks if k <= distinct]
     if not ks:
         raise ValueError(
             f"no K in {candidates} can be scored for {len(recists)} lesions "

@@ -55,7 +55,12 @@ def atomic_write(path, mode: str = "w", encoding: str | None = "utf-8", newline:
         # Checked first: the rename would fail only after the whole file was written, and
         # its error would name the temporary file.
         raise IsADirectoryError(errno.EISDIR, "is a folder; name a file to write", str(path))
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        # The error would name the hidden temporary file; the user knows only the folder.
+        raise type(exc)(exc.errno, f"cannot write {path.name} in folder {folder}: "
+                                   f"{exc.strerror or exc}") from None
     tmp = Path(tmp_name)
     try:
         binary = "b" in mode

@@ -70,6 +70,12 @@ _HU8_LO, _HU8_HI = -1024.0, 3071.0
 _LIST_MAX = 5
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _FILE_NAME_RE = re.compile(r"^(?P<series>.+)_(?P<slice>\d+)\.(?:png|jpe?g)$", re.IGNORECASE)
+# DeepLesion slices are 512 x 512; no CT slice comes near this, and a bigger claim would only
+# make readers allocate for a size no file has.
+MAX_IMAGE_SIDE = 8192
+# Used when a row's DICOM_windows is inverted or empty: the usual soft-tissue window
+# (level 40 HU, width 400 HU).
+DEFAULT_WINDOW = (-160.0, 240.0)
 
 
 @dataclass(frozen=True)
@@ -212,6 +218,14 @@ class _InvalidRecist(ValueError):
     pass
 
 
+def _check_plain_name(name: str, column: str) -> None:
+    """Refuse a name that could point outside the image folder (``../``, absolute, a drive)."""
+    if "/" in name or "\\" in name or "\x00" in name or name in (".", "..") or (
+            len(name) > 1 and name[1] == ":"):
+        raise _RowError(column, f"must be a plain file name inside the image folder, got "
+                                f"{name[:200]!r}")
+
+
 def _parse_row(
     row: dict, neighbours: int, slice_gap_mm: float, csv_row: int, tol: float
 ) -> DeepLesionRecord:
@@ -220,6 +234,7 @@ def _parse_row(
     file_name = (row.get("File_name") or "").strip()
     if not file_name:
         raise _RowError("File_name", "is empty")
+    _check_plain_name(file_name, "File_name")
     sx, sy, sz = _numbers(row, "Spacing_mm_px_", 3)
     if sx <= 0 or sy <= 0 or sz <= 0:
         raise _RowError("Spacing_mm_px_", f"must be positive, got {row['Spacing_mm_px_']!r}")
@@ -227,6 +242,9 @@ def _parse_row(
     bx0, by0, bx1, by1 = _numbers(row, "Bounding_boxes", 4)
     lo, hi = _numbers(row, "DICOM_windows", 2)
     width, height = _numbers(row, "Image_size", 2)
+    if not all(1 <= v <= MAX_IMAGE_SIDE and v == int(v) for v in (width, height)):
+        raise _RowError("Image_size", f"must be two whole numbers from 1 to {MAX_IMAGE_SIDE}, "
+                                      f"got {row['Image_size']!r}")
     split_code = _integer(row, "Train_Val_Test")
     if split_code not in _SPLITS:
         raise _RowError("Train_Val_Test", f"must be 1, 2 or 3, got {split_code}")
@@ -318,6 +336,17 @@ class _ImageIndex:
         return self._listing[folder]
 
     def find(self, file_name: str, image_column: str | None) -> Path | None:
+        found = self._find(file_name, image_column)
+        if found is not None:
+            # Names are checked when parsed; this guards the joined path once more, so no
+            # spelling of a name can lead outside the image folder.
+            inside = os.path.normpath(found)
+            root = os.path.normpath(self.root)
+            if os.path.commonpath([inside, root]) != root:
+                raise ValueError(f"{file_name}: resolves to {found}, outside {self.root}")
+        return found
+
+    def _find(self, file_name: str, image_column: str | None) -> Path | None:
         match = _FILE_NAME_RE.match(file_name)
         if match:
             series_dir = self.root / match.group("series")
@@ -407,6 +436,7 @@ def read_deeplesion(
 
     records: list[DeepLesionRecord] = []
     missing: list[str] = []
+    bad_windows: list[str] = []
     skipped: list[SkippedRow] = []
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
@@ -443,8 +473,23 @@ def read_deeplesion(
                     skipped.append(SkippedRow(i, (row.get("File_name") or "").strip(), str(exc)))
                     continue
                 image_path = None
+                image_column = (row.get("image") or "").strip()
+                if image_column:
+                    try:
+                        _check_plain_name(image_column, "image")
+                    except _RowError as exc:
+                        raise ValueError(f"{csv_path}: row {i} (line {reader.line_num}), "
+                                         f"column image {exc.args[1]}") from None
+                if record.window[0] >= record.window[1]:
+                    bad_windows.append(f"row {i} ({record.file_name}: "
+                                       f"{row.get('DICOM_windows', '').strip()})")
+                    record = replace(record, window=DEFAULT_WINDOW)
                 if index is not None:
-                    image_path = index.find(record.file_name, (row.get("image") or "").strip())
+                    try:
+                        image_path = index.find(record.file_name, image_column)
+                    except ValueError as exc:
+                        raise ValueError(f"{csv_path}: row {i} (line {reader.line_num}), "
+                                         f"column File_name {exc}") from None
                 if image_path is None:
                     missing.append(record.file_name)
                 else:
@@ -463,6 +508,15 @@ def read_deeplesion(
         warnings.warn(
             f"{csv_path.name}: {len(missing)} of {len(records)} rows have no image {where}: "
             f"{shown}",
+            stacklevel=2,
+        )
+    if bad_windows:
+        shown = ", ".join(bad_windows[:_LIST_MAX]) + (", ..." if len(bad_windows) > _LIST_MAX
+                                                      else "")
+        warnings.warn(
+            f"{csv_path.name}: {len(bad_windows)} row(s) have an empty or inverted "
+            f"DICOM_windows (low >= high); the soft-tissue window {DEFAULT_WINDOW} HU is used "
+            f"instead: {shown}",
             stacklevel=2,
         )
     if skipped and invalid == "warn":
@@ -507,6 +561,15 @@ def _decode_hu(path: Path, encoding: str) -> np.ndarray:
         hu = img.astype(np.float32) * np.float32((_HU8_HI - _HU8_LO) / 255.0) + np.float32(_HU8_LO)
         return hu.astype(np.float32)
     raise ValueError(f"encoding must be 'auto', '16bit' or '8bit', got {encoding!r}")
+
+
+def _check_size(image: np.ndarray, record: DeepLesionRecord, path: Path) -> np.ndarray:
+    """The RECIST and box are in the CSV's pixel grid: a slice of another size does not fit."""
+    if tuple(image.shape[-2:]) != tuple(record.image_size):
+        rows, cols = record.image_size
+        raise ValueError(f"{path}: the slice is {image.shape[-1]} x {image.shape[-2]} pixels "
+                         f"but Image_size of row {record.csv_row} says {cols} x {rows}")
+    return image
 
 
 def _available_slices(record: DeepLesionRecord) -> tuple[dict[int, Path], int]:
@@ -582,7 +645,7 @@ def read_deeplesion_slice(
     if not path.is_file():
         raise ValueError(f"{path}: no such file (row {record.csv_row}, {record.file_name})")
     if k == 0:
-        return _decode_hu(path, encoding)
+        return _check_size(_decode_hu(path, encoding), record, path)
 
     found, key_number = _available_slices(record)
     numbers = np.array(sorted(found))
@@ -603,4 +666,5 @@ def read_deeplesion_slice(
     shapes = {c.shape for c in channels}
     if len(shapes) > 1:
         raise ValueError(f"{path.parent}: neighbouring slices differ in size: {sorted(shapes)}")
+    _check_size(channels[0], record, path)
     return np.stack(channels).astype(np.float32, copy=False)

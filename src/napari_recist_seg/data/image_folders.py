@@ -173,7 +173,10 @@ def _imread(path: Path) -> np.ndarray:
     try:
         return np.asarray(iio.imread(path))
     except Exception as exc:  # imageio and its plugins raise many types for a broken file
-        raise ValueError(f"{path}: cannot read image ({exc})") from None
+        # One short line: some plugins put whole tracebacks or binary junk in the message.
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ValueError(f"{path}: cannot read image: not a readable image ({reason})"
+                         ) from None
 
 
 def load_image(path) -> np.ndarray:
@@ -199,13 +202,17 @@ def load_image(path) -> np.ndarray:
 def load_mask(path) -> np.ndarray:
     """A lesion mask as a bool ``(H, W)`` array.
 
-    1-bit PNGs read as bool, 0/255 and 0/1 masks as integers: any nonzero pixel is lesion.
+    1-bit PNGs read as bool, 0/255 and 0/1 masks as integers: any nonzero pixel is lesion
+    (NaN in a float mask is not).
     JPEG masks are thresholded at half the maximum instead, since lossy compression leaves
     faint nonzero noise around the edge. In colour masks a pixel is lesion if any colour
     channel is.
     """
     path = Path(path)
     m = _imread(path)
+    if np.issubdtype(m.dtype, np.floating):
+        # NaN marks "no data" in float images, never lesion.
+        m = np.where(np.isnan(m), 0, m)
     if m.ndim == 3:
         channels = m[..., :3] if m.shape[-1] >= 3 else m[..., :1]
         m = channels.max(axis=-1)

@@ -30,6 +30,7 @@ import io
 import json
 import math
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,8 +291,42 @@ def read_recists(path, max_perpendicularity_error: float = 15.0) -> RecistTable:
     except OSError as exc:
         raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if fmt == "csv":
-        return _read_csv(path, text, max_perpendicularity_error)
-    return _read_json(path, text, max_perpendicularity_error)
+        table = _read_csv(path, text, max_perpendicularity_error)
+    else:
+        table = _read_json(path, text, max_perpendicularity_error)
+    _warn_duplicates(path, table)
+    return table
+
+
+def _warn_duplicates(path: Path, table: RecistTable) -> None:
+    """Warn, with the ids, about lesions given twice: a repeated id on the same image and
+    slice, or the very same measurement repeated (a copy-paste, a merge of two exports)."""
+    images = table.images or [None] * len(table)
+    slices = table.slices or [None] * len(table)
+    seen_ids: dict[tuple, int] = {}
+    seen_rows: dict[tuple, int] = {}
+    dup_ids: list[int] = []
+    dup_rows: list[tuple[int, int]] = []
+    for lid, image, slc, r in zip(table.lesion_ids, images, slices, table.recists):
+        key = (image, slc, lid)
+        if key in seen_ids and lid not in dup_ids:
+            dup_ids.append(lid)
+        seen_ids.setdefault(key, lid)
+        where = (image, slc, tuple(np.round(np.concatenate(
+            [r.long_axis.ravel(), r.short_axis.ravel()]), 6)))
+        if where in seen_rows:
+            dup_rows.append((seen_rows[where], lid))
+        else:
+            seen_rows[where] = lid
+    if dup_ids:
+        shown = ", ".join(map(str, dup_ids[:10])) + (", ..." if len(dup_ids) > 10 else "")
+        warnings.warn(f"{path}: {len(dup_ids)} lesion id(s) appear more than once for the same "
+                      f"image and slice: {shown}", UserWarning, stacklevel=3)
+    if dup_rows:
+        shown = ", ".join(f"{a} and {b}" for a, b in dup_rows[:10]) + (
+            ", ..." if len(dup_rows) > 10 else "")
+        warnings.warn(f"{path}: {len(dup_rows)} lesion(s) repeat the same measurement on the "
+                      f"same image and slice (lesion ids {shown})", UserWarning, stacklevel=3)
 
 
 def _build(path, where, lid, long_axis, short_axis, spacing, tol) -> Recist:
@@ -419,6 +454,9 @@ def _read_json(path: Path, text: str, tol: float) -> RecistTable:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a RECIST file: its JSON is nested too deeply to "
+                         f"read") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise ValueError(
             f"{path}: not a napari-recist-seg RECIST file (no 'format': {FORMAT_NAME!r})"
@@ -454,7 +492,11 @@ def _read_json(path: Path, text: str, tol: float) -> RecistTable:
         )
         ids.append(lid)
         slices.append(entry.get("slice"))
-        images.append(entry.get("image"))
+        image = entry.get("image")
+        if image is not None and not isinstance(image, str):
+            raise ValueError(f"{path}: {where} (lesion {lid}): 'image' must be a file or layer "
+                             f"name (text), got {type(image).__name__}")
+        images.append(image)
         feats = entry.get("features", {}) or {}
         if not isinstance(feats, dict):
             raise ValueError(f"{path}: {where} (lesion {lid}): 'features' must be an object")

@@ -67,6 +67,11 @@ class LoadedFolder:
     masks: list
     recists: list
 
+    @property
+    def in_channels(self) -> int:
+        """Channels of the images (1 grey, 3 colour): what the network takes in."""
+        return 1 if self.images and np.asarray(self.images[0]).ndim == 2 else 3
+
 
 def load_folder(path, limit: int | None = None, seed: int = 0, progress=None) -> LoadedFolder:
     """Read an image+mask folder and simulate each mask's RECIST.
@@ -101,6 +106,17 @@ def load_folder(path, limit: int | None = None, seed: int = 0, progress=None) ->
         )
     if not names:
         raise ValueError(f"no usable image+mask pair in {path}")
+    grey = [n for n, im in zip(names, images) if np.asarray(im).ndim == 2]
+    if grey and len(grey) < len(names):
+        # One network takes one number of channels: grey images join the colour ones.
+        warnings.warn(
+            f"{path}: {len(grey)} of {len(names)} images are grey and the others colour; the "
+            f"grey ones are used as colour images: {', '.join(grey[:5])}"
+            f"{' ...' if len(grey) > 5 else ''}",
+            stacklevel=2,
+        )
+        images = [np.repeat(im[..., None], 3, axis=-1) if np.asarray(im).ndim == 2 else im
+                  for im in images]
     return LoadedFolder(Path(path).name, names, images, masks, recists)
 
 
@@ -127,6 +143,7 @@ def run_benchmark(
     on_event: Callable | None = None,
     progress=None,
     stop: Callable[[], bool] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Train every model kind for every seed and score them on each test folder.
 
@@ -145,6 +162,9 @@ def run_benchmark(
         ``progress(iterable, description)`` wrapping long loops (e.g. a tqdm bar).
     stop : callable, optional
         Polled between training steps; a stop ends the benchmark with what it has.
+    overwrite : bool
+        Replace the runs of an earlier benchmark in ``out_dir/runs``; without it such a folder
+        is refused before anything is read or trained.
 
     Returns
     -------
@@ -152,11 +172,22 @@ def run_benchmark(
         The content of ``results.json``.
     """
     from .inference import load_model, predict
+    from .run_folders import find_run
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if not test_dirs:
         raise ValueError("give at least one test folder")
+    if not overwrite:
+        for seed in range(config.seeds):
+            for kind in config.models:
+                info = find_run(out / "runs" / f"{kind}-seed{seed}")
+                if info is not None:
+                    raise ValueError(
+                        f"{out} already holds the runs of a benchmark ({info.folder}: "
+                        f"{info.describe()}); choose another output folder or overwrite them "
+                        f"(--overwrite, overwrite=True)"
+                    )
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     train_data = load_folder(train_dir, config.n_train, progress=progress)
     tests = [load_folder(d, progress=progress) for d in test_dirs]
@@ -184,13 +215,14 @@ def run_benchmark(
         for kind in config.models:
             tc = TrainConfig(
                 kind=kind, encoder=config.encoder, input_size=config.size,
+                in_channels=train_data.in_channels,
                 n_groups=data.grouping.k, epochs=config.epochs, batch_size=config.batch_size,
                 lr=config.lr, patience=config.patience, seed=seed, device=config.device,
             )
             run_dir = out / "runs" / f"{kind}-seed{seed}"
             last = None
             for event in train(data.train_set, data.val_set, tc, run_dir,
-                               grouping=data.grouping, stop=stop):
+                               grouping=data.grouping, stop=stop, overwrite=overwrite):
                 last = event
                 if on_event is not None:
                     on_event(kind, seed, event)

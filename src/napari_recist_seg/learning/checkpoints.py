@@ -31,6 +31,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -548,6 +549,7 @@ def load_checkpoint(folder: str | os.PathLike, map_location: str | torch.device 
                          f"{model_config.get('kind')!r}")
     if "encoder_weights" in model_config:
         raise ValueError(f"{str(config_path)!r}: model_config must not name encoder weights")
+    check_config_fields(config, config_path, extras=False)
     model_config["kind"] = kind
     weights_path = _check_file(path, MODEL_FILE, config)
     _check_safetensors_header(weights_path)
@@ -584,6 +586,135 @@ def load_checkpoint(folder: str | os.PathLike, map_location: str | torch.device 
     model.to(map_location)
     model.eval()
     return model, config
+
+
+# -- the schema of config.json -----------------------------------------------------------------
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _field_error(path, field: str, problem: str, value) -> ValueError:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return ValueError(f"{str(path)!r}: field {field!r} {problem}, got {shown}")
+
+
+def _check_int_field(path, field, value, lo, hi, optional=False) -> None:
+    if optional and value is None:
+        return
+    if not _is_int(value) or not lo <= value <= hi:
+        raise _field_error(path, field, f"must be an integer from {lo} to {hi}", value)
+
+
+def _check_number_field(path, field, value, lo, hi, optional=False) -> None:
+    if optional and value is None:
+        return
+    if not _is_number(value) or not lo <= value <= hi:
+        raise _field_error(path, field, f"must be a number from {lo} to {hi}", value)
+
+
+def _check_text_field(path, field, value, optional=True, choices=None) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, str) or len(value) > 200:
+        raise _field_error(path, field, "must be a short text", value)
+    if choices is not None and value not in choices:
+        raise _field_error(path, field, f"must be one of {list(choices)}", value)
+
+
+def check_config_fields(config: dict, path="config.json", *, extras: bool = True) -> None:
+    """Check the fields of a checkpoint's ``config.json`` that build and feed a model.
+
+    Called before anything is built from the file: types and bounds of the model's build
+    arguments, the preprocessing record and the lesion grouping, so that a forged or damaged
+    file is refused with a message naming the file and the field, never with an error from
+    deep inside a library or an allocation of absurd size. Unknown extra fields are kept
+    (later versions may add some).
+
+    Parameters
+    ----------
+    config : dict
+        The parsed ``config.json``.
+    path : str or Path
+        Named in the messages.
+    extras : bool
+        Also check ``preprocessing`` and ``grouping``, which this package's trainer stores and
+        its inference reads (a checkpoint written by other code may use them otherwise).
+
+    Raises
+    ------
+    ValueError
+        Naming the file and the first bad field.
+    """
+    from ..core.grouping import LesionGrouping
+    from .train_config import MAX_GROUPS, MAX_IN_CHANNELS, MAX_INPUT_SIZE
+
+    model_config = config.get("model_config")
+    if isinstance(model_config, dict):
+        mc = model_config
+        if "in_channels" in mc:
+            _check_int_field(path, "model_config.in_channels", mc["in_channels"], 1,
+                             MAX_IN_CHANNELS)
+        if "input_size" in mc:
+            _check_int_field(path, "model_config.input_size", mc["input_size"], 16,
+                             MAX_INPUT_SIZE)
+        if "n_groups" in mc:
+            _check_int_field(path, "model_config.n_groups", mc["n_groups"], 2, MAX_GROUPS,
+                             optional=True)
+        if "encoder" in mc:
+            _check_text_field(path, "model_config.encoder", mc["encoder"], optional=False)
+        if "dropout" in mc:
+            _check_number_field(path, "model_config.dropout", mc["dropout"], 0.0, 0.999)
+        if "output_stride" in mc and mc["output_stride"] not in (8, 16):
+            raise _field_error(path, "model_config.output_stride", "must be 8 or 16",
+                               mc["output_stride"])
+    for name, kind in (("history", list), ("train_config", dict)):
+        if config.get(name) is not None and not isinstance(config[name], kind):
+            raise _field_error(path, name, f"must be a JSON {'list' if kind is list else 'object'}",
+                               config[name])
+    if not extras:
+        return
+    pre = config.get("preprocessing")
+    if pre is not None:
+        if not isinstance(pre, dict):
+            raise _field_error(path, "preprocessing", "must be a JSON object or null", pre)
+        if "mode" in pre:
+            _check_text_field(path, "preprocessing.mode", pre["mode"], optional=False,
+                              choices=("whole_image", "crops"))
+        if "size" in pre:
+            _check_int_field(path, "preprocessing.size", pre["size"], 16, MAX_INPUT_SIZE)
+        _check_text_field(path, "preprocessing.normalise", pre.get("normalise"))
+        _check_text_field(path, "preprocessing.pseudo_mask_method",
+                          pre.get("pseudo_mask_method"))
+        if pre.get("channel_axis") not in (None, 0, -1, 2) or isinstance(
+                pre.get("channel_axis"), bool):
+            raise _field_error(path, "preprocessing.channel_axis", "must be null, 0, 2 or -1",
+                               pre.get("channel_axis"))
+        if "margin" in pre:
+            _check_number_field(path, "preprocessing.margin", pre["margin"], 0.0, 10.0,
+                                optional=True)
+        _check_number_field(path, "preprocessing.field_of_view_mm",
+                            pre.get("field_of_view_mm"), 1e-3, 1e4, optional=True)
+        _check_int_field(path, "preprocessing.context", pre.get("context"), 0, MAX_IN_CHANNELS,
+                         optional=True)
+        window = pre.get("window")
+        if window is not None and not (
+                isinstance(window, list) and len(window) == 2 and all(map(_is_number, window))
+                and window[0] < window[1]):
+            raise _field_error(path, "preprocessing.window",
+                               "must be null or [low, high] with low < high", window)
+    grouping = config.get("grouping")
+    if grouping is not None:
+        try:
+            LesionGrouping.from_dict(grouping)
+        except ValueError as exc:
+            raise ValueError(f"{str(path)!r}: field 'grouping': {exc}") from None
 
 
 def load_optimizer_state(folder: str | os.PathLike, optimizer: torch.optim.Optimizer | None,

@@ -12,7 +12,12 @@ from skimage.transform import resize
 from ..core.grouping import LesionGrouping
 from ..data.crops import crop_transform_for
 from ..data.dataset import crop_input, whole_image_input
-from .checkpoints import interrupted_save_copy, load_checkpoint
+from .checkpoints import (
+    check_config_fields,
+    interrupted_save_copy,
+    load_checkpoint,
+    read_checkpoint_config,
+)
 from .devices import pick_device
 
 __all__ = ["Prediction", "load_model", "predict", "predict_detailed", "resolve_checkpoint"]
@@ -63,6 +68,8 @@ def load_model(path, device: str = "cpu") -> torch.nn.Module:
         ``preprocessing`` and ``grouping`` (a ``LesionGrouping`` or None) attached.
     """
     folder = resolve_checkpoint(path)
+    # Preprocessing and grouping are checked before the network is built or weights read.
+    check_config_fields(read_checkpoint_config(folder), Path(folder) / "config.json")
     model, config = load_checkpoint(folder, map_location=pick_device(device))
     model.checkpoint_config = config
     model.checkpoint_path = str(folder)

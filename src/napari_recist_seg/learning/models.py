@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .train_config import MAX_GROUPS, MAX_IN_CHANNELS, MAX_INPUT_SIZE
+
 __all__ = [
     "MODEL_KINDS",
     "ChannelAttention",
@@ -189,9 +191,11 @@ class CoSegmentationModel(nn.Module):
         return logits[:batch], logits[batch:]
 
 
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def _check_int(value: Any, name: str, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+            maximum is not None and value > maximum):
+        bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+        raise ValueError(f"{name} must be an integer {bound}, got {str(value)[:80]}")
     return int(value)
 
 
@@ -250,8 +254,8 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
         # reading one from disk; encoder names (even with a ".tag") never hold these characters.
         raise ValueError(f"encoder {encoder!r} names a hub or a path, not an encoder: nothing is "
                          f"downloaded or read to build a network")
-    in_channels = _check_int(in_channels, "in_channels", 1)
-    input_size = _check_int(input_size, "input_size", 16)
+    in_channels = _check_int(in_channels, "in_channels", 1, MAX_IN_CHANNELS)
+    input_size = _check_int(input_size, "input_size", 16, MAX_INPUT_SIZE)
     if input_size % 16:
         raise ValueError(f"input_size must be a multiple of 16, got {input_size}")
     if output_stride not in (8, 16) or isinstance(output_stride, bool):
@@ -263,7 +267,7 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
     if kind == "multitask":
         if n_groups is None:
             raise ValueError("n_groups is required for kind 'multitask' (number of groups >= 2)")
-        n_groups = _check_int(n_groups, "n_groups", 2)
+        n_groups = _check_int(n_groups, "n_groups", 2, MAX_GROUPS)
     else:
         n_groups = None
     weights_path = _resolve_weights_path(encoder_weights)

@@ -57,6 +57,23 @@ def _fit_groups(recists, train_idx, k, features, seed) -> LesionGrouping:
     return group_lesions(train_recists, min(k, len(train_recists)), features=features, seed=seed)
 
 
+def check_input_size(size) -> int:
+    """The network input side in px, checked before any image is resized to it.
+
+    Raises
+    ------
+    ValueError
+        Unless ``size`` is a multiple of 16 from 16 to ``MAX_INPUT_SIZE`` (4096).
+    """
+    from .train_config import MAX_INPUT_SIZE
+
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not (
+            16 <= size <= MAX_INPUT_SIZE) or size % 16:
+        raise ValueError(f"input size must be a multiple of 16 from 16 to {MAX_INPUT_SIZE} "
+                         f"pixels, got {size!r}")
+    return int(size)
+
+
 def prepare_whole_images(
     images: Sequence,
     recists: Sequence[Recist],
@@ -90,6 +107,7 @@ def prepare_whole_images(
     features, pseudo_mask_method, normalise, augment, seed, lazy
         See ``group_lesions`` and ``LesionDataset.from_whole_images``.
     """
+    check_input_size(size)
     recists = list(recists)
     if len(images) != len(recists):
         raise ValueError(f"{len(images)} images but {len(recists)} RECIST measurements")

@@ -7,10 +7,13 @@ checkpoint, so ``train(..., resume=folder)`` continues it as if it had never sto
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -24,69 +27,10 @@ from .checkpoints import load_checkpoint, load_optimizer_state, save_checkpoint
 from .devices import pick_device
 from .losses import make_loss
 from .models import build_model
+from .run_folders import claim_run_folder, resume_checkpoint
+from .train_config import TrainConfig
 
-__all__ = ["TrainConfig", "TrainEvent", "train", "check_output_folder"]
-
-MODEL_KINDS = ("multitask", "a1", "coseg")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """What to train and how.
-
-    Defaults follow the paper where it is sound (Adam, lr 1e-3, batch 10, early stopping with
-    patience 5 on the validation mask loss, loss weights) and add what a CPU needs to get
-    there: a small ResNet-18 encoder at 128x128 and a cosine learning-rate schedule, which
-    damps the epoch-to-epoch swings of a constant rate so the best-validation checkpoint is
-    a good one.
-    """
-
-    kind: str = "multitask"
-    encoder: str = "resnet18"
-    input_size: int = 128
-    in_channels: int = 3
-    n_groups: int | None = None
-    epochs: int = 30
-    batch_size: int = 10
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    patience: int = 5
-    seed: int = 0
-    device: str = "auto"
-    w_seg: float | None = None
-    w_cls: float | None = None
-    dice_weight: float = 0.0
-    pairing: str = "same_group"
-    encoder_weights: str | None = None
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad setting."""
-        if self.kind not in MODEL_KINDS:
-            raise ValueError(f"unknown model kind {self.kind!r}; choose one of {MODEL_KINDS}")
-        if self.batch_size < 2:
-            raise ValueError(
-                f"batch_size must be at least 2 (batch normalisation), got {self.batch_size}"
-            )
-        for name in ("epochs", "input_size", "in_channels"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.patience < 1:
-            raise ValueError(f"patience must be at least 1, got {self.patience}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"learning rate must be positive, got {self.lr}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        if self.kind == "multitask" and (self.n_groups is None or self.n_groups < 2):
-            raise ValueError(
-                "the multitask model needs n_groups >= 2 (the number of RECIST groups)"
-            )
-        if self.pairing not in ("same_group", "random"):
-            raise ValueError(f"pairing must be 'same_group' or 'random', got {self.pairing!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
+__all__ = ["TrainConfig", "TrainEvent", "TrainingInterrupted", "train", "check_output_folder"]
 
 @dataclass
 class TrainEvent:
@@ -122,6 +66,50 @@ class TrainEvent:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl+C (KeyboardInterrupt) ended a training run after it saved a resumable ``last/``.
+
+    A ``KeyboardInterrupt``, so code that handles Ctrl+C keeps working; ``checkpoint`` is the
+    folder to pass as ``resume``, ``epoch`` the epoch in progress (from 1) and ``step`` the
+    steps of it that were done.
+    """
+
+    def __init__(self, checkpoint: str, epoch: int, step: int):
+        self.checkpoint = checkpoint
+        self.epoch = epoch
+        self.step = step
+        super().__init__(f"training interrupted at epoch {epoch}, step {step}; resumable "
+                         f"checkpoint saved in {checkpoint}")
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred():
+    """Hold a Ctrl+C back until the block ends, so an update is never cut in half.
+
+    An optimiser step, its scheduler step and the counters describing them change together;
+    an interrupt between them would save a state that a resume cannot replay exactly. Only the
+    main thread receives signals, so elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    except (ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous == signal.SIG_DFL:
+                raise KeyboardInterrupt
 
 
 def _seed_everything(seed: int) -> None:
@@ -276,6 +264,7 @@ def train(
     extra_config: dict | None = None,
     stop: Callable[[], bool] | None = None,
     resume=None,
+    overwrite: bool = False,
 ) -> Iterator[TrainEvent]:
     """Train one model, yielding ``TrainEvent`` objects as it goes.
 
@@ -287,8 +276,11 @@ def train(
         loss drives early stopping and the choice of the best checkpoint.
     config : TrainConfig
     out_dir : path
-        Receives ``best/`` (lowest validation loss: the model to use) and ``last/`` (the
-        latest state with the optimiser: what ``resume`` takes).
+        The run folder. Receives ``best/`` (lowest validation loss: the model to use) and
+        ``last/`` (the latest state with the optimiser: what ``resume`` takes). It is locked
+        while the run writes (a second run into it fails with ``RunFolderBusy``), and a folder
+        that already holds a run is refused unless ``resume`` continues it or ``overwrite``
+        replaces it (see :func:`~napari_recist_seg.learning.run_folders.claim_run_folder`).
     grouping : LesionGrouping, optional
         The K-means grouping fitted on the training lesions; saved in the checkpoints so that
         new lesions can be given groups consistently.
@@ -298,11 +290,20 @@ def train(
         Polled between steps; when it returns True the run saves ``last/`` and ends with a
         "stopped" event.
     resume : path, optional
-        A ``last/`` checkpoint folder of an earlier run with the same configuration.
+        A ``last/`` checkpoint folder of an earlier run with the same configuration, or the
+        run folder holding it.
+    overwrite : bool
+        Replace the run ``out_dir`` holds (its ``best/`` and ``last/`` are deleted first).
 
     Yields
     ------
     TrainEvent
+
+    Raises
+    ------
+    TrainingInterrupted
+        On Ctrl+C (KeyboardInterrupt) during the run, after ``last/`` was saved: the run
+        resumes from it at the step it reached.
     """
     config.validate()
     if len(train_set) < 2:
@@ -311,7 +312,17 @@ def train(
         )
     if len(val_set) == 0:
         raise ValueError("the validation set is empty: early stopping needs held-out lesions")
+    _check_channels(train_set, config)
     stop = stop or (lambda: False)
+    if resume is not None:
+        resume = resume_checkpoint(resume)
+    with claim_run_folder(out_dir, resume=resume, overwrite=overwrite):
+        yield from _train_in_folder(train_set, val_set, config, out_dir, grouping=grouping,
+                                    extra_config=extra_config, stop=stop, resume=resume)
+
+
+def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, grouping,
+                     extra_config, stop, resume) -> Iterator[TrainEvent]:
     device = pick_device(config.device)
     _seed_everything(config.seed)
     model = build_model(
@@ -414,10 +425,13 @@ def train(
     train_seconds = 0.0
     images_seen = 0
     common = dict(model_kind=config.kind, epochs=config.epochs, steps_per_epoch=steps_per_epoch)
-    yield TrainEvent("start", epoch=start_epoch + 1, step=start_step, global_step=global_step,
-                     lr=optimizer.param_groups[0]["lr"], **common,
-                     message=f"training {config.kind} on {device} ({n_train} images)")
+    # Where a Ctrl+C resumes from: the epoch (from 0), the steps of it whose updates are
+    # complete, and their loss sums. Validation interrupted resumes at the validation.
+    at_epoch, at_step, at_running = start_epoch, start_step, dict(resumed_running)
     try:
+        yield TrainEvent("start", epoch=start_epoch + 1, step=start_step,
+                         global_step=global_step, lr=optimizer.param_groups[0]["lr"], **common,
+                         message=f"training {config.kind} on {device} ({n_train} images)")
         for epoch in range(start_epoch, config.epochs):
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)
@@ -430,6 +444,7 @@ def train(
                                         mode=config.pairing)
             first = start_step if epoch == start_epoch else 0
             running: dict[str, float] = dict(resumed_running) if first else {}
+            at_epoch, at_step, at_running = epoch, first, running
             for step in range(first, steps_per_epoch):
                 if stop():
                     path = save("last", epoch, step, time.perf_counter() - t_start, running)
@@ -450,15 +465,17 @@ def train(
                         f"step {step + 1}; try a lower learning rate"
                     )
                 loss.backward()
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                global_step += 1
+                with _ctrl_c_deferred():
+                    optimizer.step()
+                    if scheduler is not None:
+                        scheduler.step()
+                    global_step += 1
+                    for k, v in terms.items():
+                        running[k] = running.get(k, 0.0) + float(v)
+                    at_step = step + 1
                 dt = time.perf_counter() - t0
                 train_seconds += dt
                 images_seen += len(idx) * (2 if pairs else 1)
-                for k, v in terms.items():
-                    running[k] = running.get(k, 0.0) + float(v)
                 yield TrainEvent(
                     "step", epoch=epoch + 1, step=step + 1, global_step=global_step,
                     losses={k: float(v) for k, v in terms.items()},
@@ -475,15 +492,19 @@ def train(
                 "lr": optimizer.param_groups[0]["lr"],
                 "elapsed": time.perf_counter() - t_start,
             }
-            history.append(record)
-            improved = val["loss"] < best_loss - 1e-9
-            if improved:
-                best_loss, best_epoch, bad_epochs = val["loss"], epoch + 1, 0
-            else:
-                bad_epochs += 1
-            if improved:
-                save("best", epoch + 1, 0, time.perf_counter() - t_start)
-            last = save("last", epoch + 1, 0, time.perf_counter() - t_start)
+            # The epoch's record and both checkpoints go together: a Ctrl+C half-way would
+            # leave a history that a resume extends twice.
+            with _ctrl_c_deferred():
+                history.append(record)
+                improved = val["loss"] < best_loss - 1e-9
+                if improved:
+                    best_loss, best_epoch, bad_epochs = val["loss"], epoch + 1, 0
+                else:
+                    bad_epochs += 1
+                if improved:
+                    save("best", epoch + 1, 0, time.perf_counter() - t_start)
+                last = save("last", epoch + 1, 0, time.perf_counter() - t_start)
+                at_epoch, at_step, at_running = epoch + 1, 0, {}
             yield TrainEvent(
                 "epoch", epoch=epoch + 1, step=steps_per_epoch, global_step=global_step,
                 losses=record["train"], val=val, lr=record["lr"],
@@ -506,12 +527,30 @@ def train(
             checkpoint=str(out / "best"), lr=optimizer.param_groups[0]["lr"], **common,
             message="all epochs done",
         )
+    except KeyboardInterrupt:
+        with _ctrl_c_deferred():
+            path = save("last", at_epoch, at_step, time.perf_counter() - t_start, at_running)
+        raise TrainingInterrupted(path, at_epoch + 1, at_step) from None
     finally:
         # Free accelerator memory as soon as training ends, however it ends.
         optimizer.state.clear()
         model.to("cpu")
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _check_channels(dataset, config: TrainConfig) -> None:
+    """The network's input channels must be the data's; say so before building anything."""
+    try:
+        image = dataset[0]["image"]
+    except (TypeError, KeyError, IndexError):
+        return  # not a dict data set: the first batch will tell
+    channels = int(image.shape[0]) if getattr(image, "ndim", 0) == 3 else None
+    if channels is not None and channels != config.in_channels:
+        raise ValueError(
+            f"the training images have {channels} channel(s) but in_channels is "
+            f"{config.in_channels}: set TrainConfig(in_channels={channels})"
+        )
 
 
 def _groups_of(dataset) -> np.ndarray:

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..learning.train_config import MODEL_KINDS, TrainConfig
+
 __all__ = [
     "KIND_NAMES",
     "MODEL_KINDS",
@@ -41,7 +43,6 @@ __all__ = [
     "run_training",
 ]
 
-MODEL_KINDS = ("multitask", "a1", "coseg")
 #: Display names of the model kinds.
 KIND_NAMES = {"multitask": "multitask", "a1": "A1", "coseg": "co-segmentation"}
 
@@ -62,15 +63,16 @@ class TrainingJob:
 
     kinds: tuple[str, ...]
     out_dir: str
-    encoder: str = "resnet18"
-    input_size: int = 128
-    epochs: int = 30
-    batch_size: int = 10
-    lr: float = 1e-3
-    patience: int = 5
-    device: str = "auto"
+    # The trainer's own defaults: one place for the plugin, the command line and the library.
+    encoder: str = TrainConfig.encoder
+    input_size: int = TrainConfig.input_size
+    epochs: int = TrainConfig.epochs
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    patience: int = TrainConfig.patience
+    device: str = TrainConfig.device
     k: int | None = None
-    seed: int = 0
+    seed: int = TrainConfig.seed
     val_fraction: float = 0.15
     pseudo_mask_method: str = "ellipse"
     mode: str = "whole_image"

@@ -21,7 +21,10 @@ __all__ = ["run_training_in_process"]
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ValueError | OSError | FloatingPointError | TrainingFailed):
+    from ..learning.run_folders import RunFolderBusy
+
+    if isinstance(exc, ValueError | OSError | FloatingPointError | TrainingFailed
+                  | RunFolderBusy):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 

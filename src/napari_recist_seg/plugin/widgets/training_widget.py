@@ -10,12 +10,8 @@ the comparison widget finds them. The viewer's process imports torch only to loa
 to list the devices (when the device list is opened); training in a separate process never
 loads it there.
 
-Which protocol the layers get:
-
-- 2D images (RGB, or grey ``uint8``) with one lesion each: whole images
-  (``prepare_whole_images``), as for dermoscopy;
-- several lesions on an image, CT (grey images that are not ``uint8``) or volumes: lesion
-  crops (``prepare_crops``; a volume's lesions on their slices).
+The layers' data is gathered by ``training_data.training_data_from_layers``, which also
+chooses the protocol (whole images or lesion crops).
 """
 
 from __future__ import annotations
@@ -53,15 +49,14 @@ from qtpy.QtWidgets import (
 )
 
 from .._layers import (
-    describe_layer,
     is_recist_layer,
     notify_error,
     notify_info,
     notify_warning,
-    spacing_of,
 )
 from ..curves import SERIES, CurveFigure, add_event
 from ..model_registry import MODEL_REGISTRY, load_entry
+from ..training_data import training_data_from_layers
 from ..training_job import KIND_NAMES, TrainingJob, run_training
 from ..training_process import run_training_in_process
 from ._common import Connections, bind_lifetime
@@ -460,63 +455,13 @@ class TrainingWidget(QWidget):
 
     def _layer_data(self) -> dict:
         pairs = self.checked_pairs()
-        if not pairs:
-            if not any(isinstance(layer, Image) for layer in self.viewer.layers):
-                raise ValueError("there is no image layer: open images and their RECIST first")
-            raise ValueError("tick at least one image and choose its RECIST layer")
-        images, recists, image_index, slices = [], [], [], []
-        skipped: list[str] = []
-        is_3d = {image.ndim == 3 for image, _ in pairs}
-        if len(is_3d) > 1:
-            raise ValueError("the ticked images mix 2D images and volumes; train them apart")
-        needs_crops = False
-        for image, layer in pairs:
-            if layer is None:
-                raise ValueError(f"{image.name!r}: choose its RECIST layer")
-            if image.multiscale:
-                raise ValueError(f"{image.name!r} is a multiscale image; training needs one scale")
-            if image.ndim not in (2, 3):
-                raise ValueError(f"{image.name!r} is {image.ndim}D; images must be 2D or 3D")
-            if image.rgb and image.ndim == 3:
-                raise ValueError(f"{image.name!r} is a stack of colour images; open them as "
-                                 "separate 2D images")
-            if layer.ndim != image.ndim:
-                raise ValueError(
-                    f"{layer.name!r} ({layer.ndim}D) does not fit {image.name!r} ({image.ndim}D)"
-                )
-            infos = describe_layer(layer, spacing_of(image))
-            depth = image.data.shape[0] if image.ndim == 3 else None
-            valid = []
-            for info in infos:
-                if not info.ok:
-                    skipped.append(f"{layer.name} lesion {info.lesion_id}: {info.problem}")
-                elif depth is not None and not (isinstance(info.slice, int)
-                                                and 0 <= info.slice < depth):
-                    skipped.append(f"{layer.name} lesion {info.lesion_id}: outside the volume")
-                else:
-                    valid.append(info)
-            if not valid:
-                detail = f" ({skipped[-1]})" if skipped else ""
-                raise ValueError(
-                    f"{layer.name!r} has no complete lesion (a long and a short axis){detail}"
-                )
-            data = np.array(image.data)  # a copy: the user may edit the layer while training
-            grey_ct = not image.rgb and data.dtype != np.uint8
-            needs_crops |= image.ndim == 3 or len(valid) > 1 or grey_ct
-            images.append(data)
-            for info in valid:
-                recists.append(info.recist)
-                image_index.append(len(images) - 1)
-                slices.append(int(info.slice) if image.ndim == 3 else None)
+        has_images = any(isinstance(layer, Image) for layer in self.viewer.layers)
+        data, skipped = training_data_from_layers(pairs, has_images)
         if skipped:
             more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
             notify_warning(f"Training: {len(skipped)} lesion(s) left out: "
                            f"{'; '.join(skipped[:3])}{more}")
-        source = ", ".join(image.name for image, _ in pairs)
-        if needs_crops:
-            return dict(images=images, recists=recists, image_index=image_index,
-                        slices=slices if True in is_3d else None, mode="crops", source=source)
-        return dict(images=images, recists=recists, mode="whole_image", source=source)
+        return data
 
     # -- running ----------------------------------------------------------------------------
     def is_running(self) -> bool:

@@ -1,0 +1,87 @@
+"""Training settings (``TrainConfig``) and their bounds, without torch.
+
+Kept apart from the trainer so that front ends (the napari plugin's forms, the command line)
+take their defaults from here without loading torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+__all__ = ["MAX_GROUPS", "MAX_INPUT_SIZE", "MAX_IN_CHANNELS", "MODEL_KINDS", "TrainConfig"]
+
+# Upper bounds: far above any real use, low enough that no setting makes a network of absurd
+# size (a config file may come from anywhere).
+#: Largest number of input channels a checkpoint or a run may ask for.
+MAX_IN_CHANNELS = 64
+#: Largest network input side in pixels.
+MAX_INPUT_SIZE = 4096
+#: Largest number of RECIST groups (classes of the multitask head).
+MAX_GROUPS = 10_000
+
+MODEL_KINDS = ("multitask", "a1", "coseg")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train and how.
+
+    Defaults follow the paper where it is sound (Adam, lr 1e-3, batch 10, early stopping with
+    patience 5 on the validation mask loss, loss weights) and add what a CPU needs to get
+    there: a small ResNet-18 encoder at 128x128 and a cosine learning-rate schedule, which
+    damps the epoch-to-epoch swings of a constant rate so the best-validation checkpoint is
+    a good one.
+    """
+
+    kind: str = "multitask"
+    encoder: str = "resnet18"
+    input_size: int = 128
+    in_channels: int = 3
+    n_groups: int | None = None
+    epochs: int = 30
+    batch_size: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    patience: int = 5
+    seed: int = 0
+    device: str = "auto"
+    w_seg: float | None = None
+    w_cls: float | None = None
+    dice_weight: float = 0.0
+    pairing: str = "same_group"
+    encoder_weights: str | None = None
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad setting."""
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}; choose one of {MODEL_KINDS}")
+        if self.batch_size < 2:
+            raise ValueError(
+                f"batch_size must be at least 2 (batch normalisation), got {self.batch_size}"
+            )
+        for name in ("epochs", "input_size", "in_channels"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 16 <= self.input_size <= MAX_INPUT_SIZE or self.input_size % 16:
+            raise ValueError(f"input_size must be a multiple of 16 from 16 to {MAX_INPUT_SIZE} "
+                             f"pixels, got {self.input_size}")
+        if self.in_channels > MAX_IN_CHANNELS:
+            raise ValueError(f"in_channels must be at most {MAX_IN_CHANNELS}, got "
+                             f"{self.in_channels}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be at least 1, got {self.patience}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.kind == "multitask" and (self.n_groups is None or self.n_groups < 2):
+            raise ValueError(
+                "the multitask model needs n_groups >= 2 (the number of RECIST groups)"
+            )
+        if self.pairing not in ("same_group", "random"):
+            raise ValueError(f"pairing must be 'same_group' or 'random', got {self.pairing!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

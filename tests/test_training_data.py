@@ -1,0 +1,70 @@
+"""Collecting training data from image/RECIST layer pairs, without a viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.layers import Image, Shapes
+
+from napari_recist_seg.plugin.training_data import training_data_from_layers
+
+
+def _recist_layer(lesions, name="RECIST", ndim=2):
+    """A RECIST Shapes layer: (long axis, short axis) point pairs per lesion."""
+    data, ids, axes = [], [], []
+    for i, (long_axis, short_axis) in enumerate(lesions):
+        data += [np.asarray(long_axis, float), np.asarray(short_axis, float)]
+        ids += [i, i]
+        axes += ["long", "short"]
+    return Shapes(data, shape_type="line", name=name, ndim=ndim,
+                  features={"lesion_id": ids, "axis": axes})
+
+
+LESION = ([[10, 10], [10, 40]], [[2, 25], [18, 25]])
+OTHER = ([[40, 10], [40, 30]], [[35, 20], [45, 20]])
+BROKEN = ([[20, 50], [20, 60]], [[5, 55], [35, 55]])  # short axis longer than long
+
+
+def test_one_lesion_per_uint8_image_is_trained_as_whole_images():
+    images = [Image(np.full((48, 64), k, np.uint8), name=f"img {k}") for k in range(3)]
+    pairs = [(image, _recist_layer([LESION], f"{image.name} RECIST")) for image in images]
+    data, skipped = training_data_from_layers(pairs)
+    assert data["mode"] == "whole_image" and skipped == []
+    assert len(data["images"]) == 3 and len(data["recists"]) == 3
+    assert data["source"] == "img 0, img 1, img 2"
+    # Copies: editing the layer afterwards does not change what is trained on.
+    images[0].data[:] = 200
+    assert data["images"][0].max() == 0
+
+
+def test_ct_slices_with_several_lesions_are_trained_as_crops_leaving_broken_ones_out():
+    image = Image(np.zeros((48, 64), np.float32), name="ct")
+    layer = _recist_layer([LESION, BROKEN, OTHER], "ct RECIST")
+    data, skipped = training_data_from_layers([(image, layer)])
+    assert data["mode"] == "crops" and data["image_index"] == [0, 0]
+    assert data["slices"] is None and len(data["recists"]) == 2
+    assert len(skipped) == 1 and skipped[0].startswith("ct RECIST lesion 1:")
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("nothing ticked", "tick at least one image"),
+    ("no image at all", "there is no image layer"),
+    ("no RECIST layer", "'ct': choose its RECIST layer"),
+    ("2D and 3D", "mix 2D images and volumes"),
+    ("wrong dimensions", "does not fit 'ct'"),
+    ("no complete lesion", "'ct RECIST' has no complete lesion"),
+])
+def test_pairs_that_cannot_be_trained_on_are_named(case, message):
+    image = Image(np.zeros((48, 64), np.float32), name="ct")
+    volume = Image(np.zeros((3, 48, 64), np.float32), name="stack")
+    layer = _recist_layer([LESION], "ct RECIST")
+    pairs, has_images = {
+        "nothing ticked": ([], True),
+        "no image at all": ([], False),
+        "no RECIST layer": ([(image, None)], True),
+        "2D and 3D": ([(image, layer), (volume, _recist_layer([], "v", ndim=3))], True),
+        "wrong dimensions": ([(image, _recist_layer([], "3d RECIST", ndim=3))], True),
+        "no complete lesion": ([(image, _recist_layer([], "ct RECIST"))], True),
+    }[case]
+    with pytest.raises(ValueError, match=message):
+        training_data_from_layers(pairs, has_images)

@@ -35,7 +35,8 @@ def _ct_layers(viewer, n_slices: int) -> None:
 
     from napari_recist_seg.core.recist import recists_to_shapes
     from napari_recist_seg.data.samples import ct_phantom_slice
-    from napari_recist_seg.plugin._layers import SOFT_TISSUE_WINDOW, recist_layer_tuple
+    from napari_recist_seg.plugin.layer_units import SOFT_TISSUE_WINDOW
+    from napari_recist_seg.plugin.recist_layers import recist_layer_tuple
 
     planes, recists, slices = [], [], []
     for z in range(n_slices):

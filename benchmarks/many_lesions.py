@@ -139,7 +139,7 @@ def walk(args) -> list[tuple[str, float, float]]:
     from napari.layers import Layer
 
     from napari_recist_seg.core.recist import recists_to_shapes
-    from napari_recist_seg.plugin._layers import recist_layer_tuple
+    from napari_recist_seg.plugin.recist_layers import recist_layer_tuple
 
     viewer = napari.Viewer(show=True)
     ticks = Ticks()

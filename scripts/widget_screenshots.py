@@ -151,7 +151,8 @@ def add_training_slices(viewer, seeds):
 
     from napari_recist_seg.data.recist_files import RecistTable
     from napari_recist_seg.data.samples import ct_phantom_slice
-    from napari_recist_seg.plugin._layers import SOFT_TISSUE_WINDOW, table_layer_tuple
+    from napari_recist_seg.plugin.layer_units import SOFT_TISSUE_WINDOW
+    from napari_recist_seg.plugin.recist_layers import table_layer_tuple
 
     pairs = []
     for seed in seeds:

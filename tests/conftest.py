@@ -32,7 +32,7 @@ def notifications(monkeypatch):
 @pytest.fixture
 def empty_model_registry():
     """The plugin's list of trained and loaded models, empty before and after the test."""
-    from napari_recist_seg.plugin.training_worker import MODEL_REGISTRY
+    from napari_recist_seg.plugin.model_registry import MODEL_REGISTRY
 
     MODEL_REGISTRY.clear()
     yield MODEL_REGISTRY

@@ -17,7 +17,7 @@ from napari_recist_seg.plugin.comparison import (
     metric_rows,
     predict_models,
 )
-from napari_recist_seg.plugin.training_worker import ModelEntry
+from napari_recist_seg.plugin.model_registry import ModelEntry
 
 from ._compare_stubs import ConstantModel, RampModel
 

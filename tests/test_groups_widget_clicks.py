@@ -6,7 +6,7 @@ import numpy as np
 from qtpy.QtCore import QPoint, Qt
 
 from napari_recist_seg.core.recist import Recist, recists_to_shapes
-from napari_recist_seg.plugin._layers import recist_layer_tuple
+from napari_recist_seg.plugin.recist_layers import recist_layer_tuple
 from napari_recist_seg.plugin.widgets.groups_widget import preview_name
 
 PLUGIN = "napari-recist-seg"

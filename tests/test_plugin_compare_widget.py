@@ -17,8 +17,9 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog, QStyle, QStyleOptionViewItem
 
 from napari_recist_seg.learning.report import MODEL_COLOURS
-from napari_recist_seg.plugin._layers import META_KEY
-from napari_recist_seg.plugin.training_worker import MODEL_REGISTRY, prepare_torch_import
+from napari_recist_seg.plugin.layer_units import META_KEY
+from napari_recist_seg.plugin.model_registry import MODEL_REGISTRY
+from napari_recist_seg.plugin.training_job import prepare_torch_import
 from napari_recist_seg.plugin.widgets.compare_widget import TABLE_METRICS, prediction_name
 
 from ._compare_stubs import ConstantModel, RampModel

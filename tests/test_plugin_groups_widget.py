@@ -8,7 +8,8 @@ import numpy as np
 
 from napari_recist_seg.core.pseudo_masks import pseudo_mask_labels
 from napari_recist_seg.core.recist import Recist
-from napari_recist_seg.plugin._layers import line_colours, recist_layer_tuple
+from napari_recist_seg.plugin.colours import line_colours
+from napari_recist_seg.plugin.recist_layers import recist_layer_tuple
 from napari_recist_seg.plugin.widgets.groups_widget import preview_name
 
 PLUGIN = "napari-recist-seg"

@@ -7,7 +7,8 @@ import pytest
 
 from napari_recist_seg.core.recist import Recist
 from napari_recist_seg.data.recist_files import RecistTable, read_recists, write_recists
-from napari_recist_seg.plugin._layers import AXIS_COLOURS, SOFT_TISSUE_WINDOW, line_colours
+from napari_recist_seg.plugin.colours import AXIS_COLOURS, line_colours
+from napari_recist_seg.plugin.layer_units import SOFT_TISSUE_WINDOW
 from napari_recist_seg.plugin.reader import get_reader
 
 PLUGIN = "napari-recist-seg"
@@ -188,7 +189,7 @@ def test_writer_round_trip_is_lossless(tmp_path, suffix, three_d):
     from napari_recist_seg.plugin.reader import read_path
 
     table = _table(slices=[2, 4] if three_d else None)
-    from napari_recist_seg.plugin._layers import table_layer_tuple
+    from napari_recist_seg.plugin.recist_layers import table_layer_tuple
 
     layer = Layer.create(*table_layer_tuple(table, "lesions"))
     path = tmp_path / f"out{suffix}"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from napari_recist_seg.plugin._layers import AXIS_COLOURS, line_colours
+from napari_recist_seg.plugin.colours import AXIS_COLOURS, line_colours
 
 PLUGIN = "napari-recist-seg"
 
@@ -110,7 +110,7 @@ def test_length_labels_show_on_small_layers_and_start_hidden_on_large_ones(viewe
     from napari.layers import Layer
 
     from napari_recist_seg.core.recist import Recist, recists_to_shapes
-    from napari_recist_seg.plugin._layers import LABEL_LIMIT, recist_layer_tuple
+    from napari_recist_seg.plugin.recist_layers import LABEL_LIMIT, recist_layer_tuple
 
     widget = _widget(viewer_3d)
     small = widget.new_recist_layer()

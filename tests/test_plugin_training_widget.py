@@ -47,7 +47,7 @@ def _ct_layers(viewer, seeds=(0, 1)):
 
     from napari_recist_seg.data.recist_files import RecistTable
     from napari_recist_seg.data.samples import ct_phantom_slice
-    from napari_recist_seg.plugin._layers import table_layer_tuple
+    from napari_recist_seg.plugin.recist_layers import table_layer_tuple
 
     for seed in seeds:
         s = ct_phantom_slice(seed)

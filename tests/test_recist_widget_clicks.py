@@ -199,7 +199,8 @@ def test_reason_column_group_column_and_legend_are_visible(make_napari_viewer, q
     assert "long axis" in widget.legend.text() and "short axis" in widget.legend.text()
 
     # Grouped lesions: the group in the table, the group colours in the legend.
-    from napari_recist_seg.plugin._layers import META_KEY, recolour, write_columns
+    from napari_recist_seg.plugin.layer_units import META_KEY
+    from napari_recist_seg.plugin.recist_layers import recolour, write_columns
 
     write_columns(layer, {"group": [2, 2]}, defaults={"group": -1})
     layer.metadata[META_KEY]["color_by"] = "group"

@@ -22,8 +22,10 @@ from ..core.metrics import (
     mean_metrics,
     segmentation_metrics,
 )
-from ._layers import describe_layer, spacing_of, spatial_shape
-from .training_worker import load_entry, prepare_torch_import
+from .layer_units import spacing_of, spatial_shape
+from .model_registry import load_entry
+from .recist_layers import describe_layer
+from .training_job import prepare_torch_import
 
 __all__ = [
     "DEFAULT_THRESHOLD",

@@ -14,14 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._layers import (
-    META_KEY,
-    ct_contrast_limits,
-    notify_error,
-    notify_warning,
-    table_layer_tuple,
-    units_for,
-)
+from .layer_units import META_KEY, ct_contrast_limits, units_for
+from .notifications import notify_error, notify_warning
+from .recist_layers import table_layer_tuple
 
 __all__ = ["deeplesion_layers", "get_reader", "read_path"]
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._layers import SOFT_TISSUE_WINDOW, table_layer_tuple, units_for
+from .layer_units import SOFT_TISSUE_WINDOW, units_for
+from .recist_layers import table_layer_tuple
 
 __all__ = ["ct_slice_sample", "ct_volume_sample", "dermoscopy_sample"]
 

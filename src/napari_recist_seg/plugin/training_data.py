@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._layers import describe_layer, spacing_of
+from .layer_units import spacing_of
+from .recist_layers import describe_layer
 
 __all__ = ["training_data_from_layers"]
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core.annotation import fill_line_spacing
-from ._layers import DERIVED_COLUMNS, META_KEY, notify_error, pd_numeric
+from .layer_units import META_KEY, pd_numeric
+from .notifications import notify_error
+from .recist_layers import DERIVED_COLUMNS
 
 __all__ = ["write_recist_file", "write_recist_layer"]
 

@@ -7,7 +7,7 @@ import contextlib
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox
 
-from .._layers import unproxied
+from ..layer_units import unproxied
 
 __all__ = ["Connections", "LayerCombo"]
 

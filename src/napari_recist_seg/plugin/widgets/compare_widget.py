@@ -56,7 +56,6 @@ from qtpy.QtWidgets import (
 )
 
 from ...learning.report import MODEL_COLOURS
-from .._layers import META_KEY, is_recist_layer, notify_error, notify_info
 from ..comparison import (
     DEFAULT_THRESHOLD,
     ID_COLUMNS,
@@ -68,7 +67,11 @@ from ..comparison import (
     predict_models,
     prediction_name,
 )
-from ..training_worker import KIND_NAMES, MODEL_REGISTRY, load_entry
+from ..layer_units import META_KEY
+from ..model_registry import MODEL_REGISTRY, load_entry
+from ..notifications import notify_error, notify_info
+from ..recist_layers import is_recist_layer
+from ..training_job import KIND_NAMES
 from ._common import Connections, LayerCombo, bind_lifetime
 
 __all__ = ["CompareWidget", "prediction_name", "predict_models"]

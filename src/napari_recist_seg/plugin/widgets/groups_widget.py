@@ -31,22 +31,18 @@ from qtpy.QtWidgets import (
 
 from ...core.grouping import FEATURE_SETS, group_lesions, suggest_k
 from ...core.pseudo_masks import PSEUDO_MASK_METHODS, pseudo_mask_labels
-from .._layers import (
+from ..colours import group_colour
+from ..layer_units import (
     META_KEY,
     derived_units,
-    describe_layer,
-    group_colour,
-    is_recist_layer,
     length_unit,
-    notify_error,
-    notify_info,
-    recolour,
     slice_spacing_of,
     spacing_of,
     spatial_shape,
     unproxied,
-    write_columns,
 )
+from ..notifications import notify_error, notify_info
+from ..recist_layers import describe_layer, is_recist_layer, recolour, write_columns
 from ._common import Connections, LayerCombo, bind_lifetime
 
 __all__ = ["GroupsWidget", "preview_name"]

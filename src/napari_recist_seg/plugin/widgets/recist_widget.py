@@ -36,27 +36,25 @@ from qtpy.QtWidgets import (
 )
 
 from ...core.annotation import perpendicular_short_axis, recists_from_labels
-from .._layers import (
-    AXIS_COLOURS,
-    LABEL_LIMIT,
+from ..colours import AXIS_COLOURS, UNASSIGNED_COLOUR, group_colour
+from ..layer_units import (
     META_KEY,
     PX,
-    RECIST_DEFAULTS,
-    UNASSIGNED_COLOUR,
     derived_units,
-    describe_layer,
-    group_colour,
-    is_recist_layer,
     length_unit,
-    notify_error,
-    notify_info,
-    notify_warning,
-    recist_shapes_kwargs,
     slice_spacing_of,
     spacing_of,
+    unproxied,
+)
+from ..notifications import notify_error, notify_info, notify_warning
+from ..recist_layers import (
+    LABEL_LIMIT,
+    RECIST_DEFAULTS,
+    describe_layer,
+    is_recist_layer,
+    recist_shapes_kwargs,
     sync_recist_layer,
     table_layer_tuple,
-    unproxied,
 )
 from ._common import Connections, LayerCombo, bind_lifetime
 

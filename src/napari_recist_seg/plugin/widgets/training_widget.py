@@ -1,17 +1,17 @@
 """Training: train the models on the viewer's RECIST (or an image+mask folder) in a worker.
 
 The widget gathers the ticked image/RECIST layer pairs into a ``TrainingJob`` and runs
-``training_worker.run_training_in_process`` (or, unticking "separate process",
-``run_training`` in a worker thread) inside a napari generator worker. The trainer's events
-come back to the GUI thread, where they move a napari progress bar per model and a plot of
-the losses and the validation Dice. Stop asks the trainer to end after its current step; the
-resumable ``last/`` checkpoint is kept. Trained models are added to ``MODEL_REGISTRY``, where
-the comparison widget finds them. The viewer's process imports torch only to load a model or
-to list the devices (when the device list is opened); training in a separate process never
-loads it there.
+``training_process.run_training_in_process`` (or, unticking "separate process",
+``training_job.run_training`` in a worker thread) inside a napari generator worker. The
+trainer's events come back to the GUI thread, where they move a napari progress bar per model
+and a plot of the losses and the validation Dice. Stop asks the trainer to end after its
+current step; the resumable ``last/`` checkpoint is kept. Trained models are added to
+``MODEL_REGISTRY``, where the comparison widget finds them. The viewer's process imports torch
+only to load a model or to list the devices (when the device list is opened); training in a
+separate process never loads it there.
 
-The layers' data is gathered by ``training_data.training_data_from_layers``, which also
-chooses the protocol (whole images or lesion crops).
+The layers' data is gathered by ``training_data.training_data_from_layers``, which also chooses
+the protocol (whole images or lesion crops).
 """
 
 from __future__ import annotations
@@ -48,14 +48,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._layers import (
-    is_recist_layer,
-    notify_error,
-    notify_info,
-    notify_warning,
-)
 from ..curves import SERIES, CurveFigure, add_event
 from ..model_registry import MODEL_REGISTRY, load_entry
+from ..notifications import notify_error, notify_info, notify_warning
+from ..recist_layers import is_recist_layer
 from ..training_data import training_data_from_layers
 from ..training_job import KIND_NAMES, TrainingJob, run_training
 from ..training_process import run_training_in_process
@@ -119,7 +115,7 @@ class _RunState:
 
 
 class CurvePlot(QLabel):
-    """Training curves (``training_worker.CurveFigure``), shown as a picture.
+    """Training curves (``curves.CurveFigure``), shown as a picture.
 
     The figure is never drawn in the GUI thread: drawn there (as a ``FigureCanvasQTAgg`` does),
     it took 30-100 ms on an idle two-core machine and 250-500 ms while training loaded the CPU,
@@ -159,7 +155,7 @@ class CurvePlot(QLabel):
         return bool(self._curves) or self.rendered > 1
 
     def set_curves(self, curves: dict, reset: bool = False) -> None:
-        """Draw ``curves`` (per model kind, ``training_worker.SERIES``) next time."""
+        """Draw ``curves`` (per model kind, ``curves.SERIES``) next time."""
         self._curves = {k: {n: list(v) for n, v in c.items()} for k, c in curves.items()}
         self._reset = self._reset or reset
         self._dirty = True

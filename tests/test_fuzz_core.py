@@ -28,7 +28,13 @@ from hypothesis import strategies as st
 from scipy import ndimage
 from scipy.spatial.distance import pdist
 
-from napari_recist_seg.core.grouping import FEATURE_SETS, LesionGrouping, group_lesions, suggest_k
+from napari_recist_seg.core.grouping import (
+    FEATURE_SETS,
+    LesionGrouping,
+    group_lesions,
+    recist_features,
+    suggest_k,
+)
 from napari_recist_seg.core.metrics import METRIC_NAMES, segmentation_metrics
 from napari_recist_seg.core.pseudo_masks import (
     MAX_PIXELS,
@@ -907,6 +913,15 @@ def _k_ok(k, n) -> bool:
     return (isinstance(k, str) or value == k) and 1 <= value <= n
 
 
+def _distinct_measurements(recists, features) -> int:
+    """How many lesions K-means can tell apart: distinct rows of their grouping features."""
+    x = np.asarray(recist_features(recists, features), float)
+    span = np.ptp(x, axis=0) if len(x) else np.zeros(0)
+    # Relative rounding: lesions equal up to float noise (of any size) count as one.
+    scaled = np.round((x - x.min(axis=0)) / np.where(span > 0, span, 1.0), 6) if len(x) else x
+    return len(np.unique(scaled, axis=0)) if len(x) else 0
+
+
 def _check_grouping(case):
     recists, k, features, seed, n_init = case
     valid = (all(isinstance(r, Recist) for r in recists) and _k_ok(k, len(recists))
@@ -915,7 +930,9 @@ def _check_grouping(case):
         g = group_lesions(recists, k, features=features, seed=seed, n_init=n_init)
     except ValueError as exc:
         _value_error(exc)
-        assert not valid, "valid input was refused"
+        # Lesions that K-means cannot tell apart are refused for K groups, with a reason.
+        too_alike = "too alike" in str(exc) and _distinct_measurements(recists, features) < int(k)
+        assert not valid or too_alike, "valid input was refused"
         return
     assert valid, "invalid input was accepted"
     n = len(recists)
@@ -980,10 +997,13 @@ def _check_suggest_k(case):
                                  sample_size=sample_size)
     except ValueError as exc:
         _value_error(exc)
-        assert not valid or sample_size < n, "valid input was refused"
+        too_alike = "too alike" in str(exc) and _distinct_measurements(recists, features) < 2
+        assert not valid or sample_size < n or too_alike, "valid input was refused"
         return
     assert usable and features in FEATURE_SETS, "invalid input was accepted"
-    assert set(scores) == usable
+    # K above the number of lesions K-means can tell apart is not scored.
+    distinct = _distinct_measurements(recists, features)
+    assert set(scores) == {k for k in usable if k <= distinct}
     assert all(-1.0 <= s <= 1.0 for s in scores.values())
     assert best in scores and scores[best] == max(scores.values())
 

@@ -262,3 +262,32 @@ def test_training_on_a_deeplesion_stack_opened_from_its_table(make_napari_viewer
     assert prepared["mode"] == "crops" and prepared["n_train"] + prepared["n_val"] == 3
     (entry,) = MODEL_REGISTRY.entries()
     assert entry.kind == "a1" and entry.name.startswith("A1 (best epoch 1 of 1")
+
+
+def test_training_from_a_recist_table_chosen_with_the_file_chooser(
+        make_napari_viewer, qtbot, tmp_path, tiny, monkeypatch, notifications):
+    """The third data source: a DL_info.csv chosen with "...", trained on without any layer."""
+    from napari_recist_seg.plugin.widgets import training_widget
+
+    from ._recist_table_data import write_deeplesion
+
+    root = tmp_path / "deeplesion"
+    write_deeplesion(root)
+    table = root / "DL_info.csv"
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    monkeypatch.setattr(training_widget.QFileDialog, "getOpenFileName",
+                        lambda *a, **k: (str(table), ""))
+    click(qtbot, widget.table_button)
+    assert widget.table_radio.isChecked() and widget.table_edit.text() == str(table)
+    fill_training_form(qtbot, widget, tmp_path / "models", kinds=("a1",), epochs=1, batch=2)
+    messages = _run(qtbot, widget, widget.start_button)
+    assert _event_kinds(messages)[-2:] == ["finished", "model"], notifications
+    prepared = next(m[1] for m in messages if m[0] == "prepared")
+    assert prepared["mode"] == "crops" and prepared["in_channels"] == 3  # slice + neighbours
+    (entry,) = MODEL_REGISTRY.entries()
+    assert entry.kind == "a1" and (tmp_path / "models" / "a1" / "best").is_dir()
+    # A table that is not there is named, and nothing starts.
+    type_text(qtbot, widget.table_edit, str(root / "missing.csv"))
+    click(qtbot, widget.start_button)
+    assert widget.worker is None and "missing.csv is not a file" in notifications[-1][1]

@@ -66,9 +66,33 @@ def _models(text: str) -> list[str]:
 
 
 # -- train ------------------------------------------------------------------------------------
+def _table_options(p) -> None:
+    """Options of the lesion-table input (DL_info.csv, RECIST files)."""
+    from ..learning.preparation import DEFAULT_CROP_PX
+
+    p.add_argument("--images", help="lesion tables: the image folder (DeepLesion: Images_png; "
+                                    "default: beside the table)")
+    p.add_argument("--window", default="auto",
+                   help="lesion tables: HU window, 'auto' (each row's DICOM_windows, else soft "
+                        "tissue), a preset (soft-tissue, lung, bone, liver, wide) or LO,HI "
+                        "(default: %(default)s)")
+    p.add_argument("--crop", type=float, default=DEFAULT_CROP_PX,
+                   help="lesion tables: patch side in source px, widened for long lesions "
+                        "(default: %(default)s)")
+    p.add_argument("--neighbours", type=int, default=1,
+                   help="lesion tables: slices each side of the key slice as channels "
+                        "(default: %(default)s)")
+    p.add_argument("--slice-gap-mm", type=float, default=2.0,
+                   help="volumes: distance of neighbouring channels in mm (default: "
+                        "%(default)s)")
+
+
 def _configure_train(p) -> None:
-    p.add_argument("data", help="image+mask folder (RECIST are simulated from its masks)")
+    p.add_argument("data", help="image+mask folder (RECIST are simulated from its masks), "
+                                "DeepLesion's DL_info.csv, or a RECIST .csv/.json whose rows "
+                                "name their images (no mask is read)")
     p.add_argument("--out", required=True, help="output folder (one subfolder per model)")
+    _table_options(p)
     p.add_argument("--models", default="multitask",
                    help="comma-separated kinds: multitask, a1, coseg, or 'all'")
     from ..learning.train_config import TrainConfig as d
@@ -114,15 +138,35 @@ def _train(args) -> int:
     # Every run folder is checked before any data is read or any model trained.
     for kind in models:
         _check_run_folder(Path(args.out) / kind, resume, args.overwrite)
-    folder = load_folder(args.data, args.n_train, progress=lambda it, d: progress(it, d))
-    data = prepare_whole_images(folder.images, folder.recists, size=args.size, k=args.k,
-                                pseudo_mask_method=args.pseudo_mask, seed=args.seed)
-    print(f"{len(data.train_indices)} training and {len(data.val_indices)} validation images, "
-          f"{data.grouping.k} RECIST groups")
+    from ..data.recist_sources import is_lesion_table
+
+    if is_lesion_table(args.data):
+        from ..learning.preparation import prepare_from_table
+
+        if args.n_train is not None:
+            raise ValueError("--n-train applies to image+mask folders; a table trains on its "
+                             "training rows")
+        data = prepare_from_table(args.data, args.images, size=args.size, crop_px=args.crop,
+                                  neighbours=args.neighbours, slice_gap_mm=args.slice_gap_mm,
+                                  window=args.window, k=args.k,
+                                  pseudo_mask_method=args.pseudo_mask, seed=args.seed)
+        in_channels = data.train_set.n_channels
+        held_out = len(data.table) - len(data.train_indices) - len(data.val_indices)
+        print(f"{len(data.train_indices)} training and {len(data.val_indices)} validation "
+              f"lesions from {data.table.path}" + (f" ({held_out} test rows not used)"
+                                                    if held_out else "")
+              + f", {in_channels} input channels, {data.grouping.k} RECIST groups")
+    else:
+        folder = load_folder(args.data, args.n_train, progress=lambda it, d: progress(it, d))
+        data = prepare_whole_images(folder.images, folder.recists, size=args.size, k=args.k,
+                                    pseudo_mask_method=args.pseudo_mask, seed=args.seed)
+        in_channels = folder.in_channels
+        print(f"{len(data.train_indices)} training and {len(data.val_indices)} validation "
+              f"images, {data.grouping.k} RECIST groups")
     bars = TrainingBars()
     for kind in models:
         config = TrainConfig(kind=kind, encoder=args.encoder, input_size=args.size,
-                             in_channels=folder.in_channels, n_groups=data.grouping.k,
+                             in_channels=in_channels, n_groups=data.grouping.k,
                              epochs=args.epochs, batch_size=args.batch,
                              lr=args.lr, patience=args.patience, seed=args.seed,
                              device=args.device, encoder_weights=args.encoder_weights)
@@ -186,9 +230,15 @@ def _interrupt(run, exc: KeyboardInterrupt):
 
 # -- predict ----------------------------------------------------------------------------------
 def _configure_predict(p) -> None:
-    p.add_argument("inputs", nargs="+", help="images or folders of images")
+    p.add_argument("inputs", nargs="+",
+                   help="images or folders of images; or one lesion table (DeepLesion's "
+                        "DL_info.csv, a RECIST .csv/.json naming its images): one mask per "
+                        "key slice and lesions.csv")
     p.add_argument("--model", required=True, help="checkpoint folder or training output folder")
     p.add_argument("--out", required=True, help="folder for the predicted masks (PNG)")
+    p.add_argument("--images", help="lesion table: the image folder (default: beside it)")
+    p.add_argument("--split", type=int, choices=(1, 2, 3),
+                   help="DeepLesion: only the rows of this Train_Val_Test")
     p.add_argument("--recists", help="RECIST .csv/.json: segment lesion crops around them")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--tta", action="store_true", help="average over flipped inputs")
@@ -230,8 +280,13 @@ def _write_mask(path: Path, mask: np.ndarray) -> None:
 @command("predict", "segment images with a trained model", _configure_predict)
 def _predict(args) -> int:
     from ..data.image_folders import load_image
+    from ..data.recist_sources import is_lesion_table
     from ..learning.inference import load_model, predict_detailed
 
+    if len(args.inputs) == 1 and is_lesion_table(args.inputs[0]) and not args.recists:
+        return _predict_table(args)
+    if args.split is not None or args.images is not None:
+        raise ValueError("--split and --images apply to a lesion table input")
     files = _image_files(args.inputs)
     by_image = {}
     if args.recists:
@@ -268,10 +323,25 @@ def _predict(args) -> int:
     return 0
 
 
+def _predict_table(args) -> int:
+    from ..learning.inference import load_model, predict_table
+
+    model = load_model(args.model, device=args.device)
+    result = predict_table(model, args.inputs[0], args.out, images=args.images, split=args.split,
+                           threshold=args.threshold, tta=args.tta, overwrite=args.overwrite,
+                           progress=lambda it, d: progress(it, d, unit="slice"))
+    print(f"{len(result.masks)} masks of {len(result.lesions)} lesions ({model.kind} model) -> "
+          f"{args.out}; measurements in {result.lesions_csv}")
+    return 0
+
+
 # -- evaluate ---------------------------------------------------------------------------------
 def _configure_evaluate(p) -> None:
-    p.add_argument("--pred", required=True, help="folder of predicted masks (NAME_mask.png)")
-    p.add_argument("--truth", required=True, help="image+mask folder, or a folder of masks")
+    p.add_argument("--pred", required=True,
+                   help="folder of predicted masks (NAME_mask.png, or named as the truth "
+                        "masks; subfolders are searched)")
+    p.add_argument("--truth", required=True,
+                   help="image+mask folder, or a folder of masks (subfolders are searched)")
     p.add_argument("--out", help="CSV file for the per-image metrics")
 
 
@@ -283,15 +353,44 @@ def _stem_key(path: Path) -> str:
     return stem
 
 
+_MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+
+
+def _match_masks(pred_dir: Path, truth_dir: Path) -> tuple[list, dict, dict]:
+    """(names, predictions, truths) keyed alike: a prediction pairs with the truth mask of
+    the same relative path, else of the same file name anywhere under ``truth_dir``, else
+    by stem (``NAME_mask.png`` with ``NAME_segmentation.png`` and the like)."""
+    preds = sorted(f for f in pred_dir.rglob("*") if f.is_file() and f.suffix.lower() == ".png")
+    truth_files = sorted(f for f in truth_dir.rglob("*")
+                         if f.is_file() and f.suffix.lower() in _MASK_SUFFIXES)
+    by_name: dict[str, list[Path]] = {}
+    for f in truth_files:
+        by_name.setdefault(f.name, []).append(f)
+    by_stem = {_stem_key(f): f for f in truth_files if _looks_like_mask(f)}
+    pred_out, truth_out = {}, {}
+    for f in preds:
+        rel = f.relative_to(pred_dir)
+        same = truth_dir / rel
+        if same.is_file() and same.resolve() != f.resolve():
+            truth = same
+        elif len(by_name.get(f.name, [])) == 1 and by_name[f.name][0].resolve() != f.resolve():
+            truth = by_name[f.name][0]
+        else:
+            truth = by_stem.get(_stem_key(f))
+        if truth is None:
+            continue
+        key = str(rel.with_suffix(""))
+        key = key[: -len("_mask")] if key.endswith("_mask") else key
+        pred_out[key], truth_out[key] = f, truth
+    return sorted(pred_out), pred_out, truth_out
+
+
 @command("evaluate", "metrics of predicted masks against real masks", _configure_evaluate)
 def _evaluate(args) -> int:
     from ..data.image_folders import load_mask
 
-    preds = {_stem_key(f): f for f in Path(args.pred).glob("*.png")}
-    truth_files = [f for f in Path(args.truth).rglob("*")
-                   if f.is_file() and f.suffix.lower() in (".png", ".bmp", ".tif", ".tiff")]
-    truths = {_stem_key(f): f for f in truth_files if _looks_like_mask(f)}
-    names = sorted(set(preds) & set(truths))
+    names, preds, truths = _match_masks(Path(args.pred), Path(args.truth))
+    n_preds = sum(1 for f in Path(args.pred).rglob("*.png") if f.is_file())
     if not names:
         raise ValueError(f"no prediction in {args.pred} matches a mask in {args.truth}")
     rows = []
@@ -301,7 +400,7 @@ def _evaluate(args) -> int:
             raise ValueError(f"{preds[name]} is {p.shape} but {truths[name]} is {t.shape}")
         rows.append({"image": name, **segmentation_metrics(p, t)})
     mean = mean_metrics([{k: r[k] for k in METRIC_NAMES} for r in rows])
-    unmatched = len(preds) - len(names)
+    unmatched = n_preds - len(names)
     print(f"{len(rows)} images" + (f" ({unmatched} predictions without a mask)" if unmatched
                                    else ""))
     for k in METRIC_NAMES:
@@ -320,8 +419,20 @@ def _configure_benchmark(p) -> None:
     from ..learning.benchmark import BenchmarkConfig
 
     d = BenchmarkConfig()
-    p.add_argument("--train", required=True, help="image+mask folder to train on (RECIST only)")
-    p.add_argument("--test", required=True, nargs="+", help="image+mask folders to score on")
+    p.add_argument("--train", required=True,
+                   help="image+mask folder to train on (RECIST only), or DeepLesion's "
+                        "DL_info.csv (train on splits 1 and 2, score split 3 against masks/ "
+                        "beside it, named by File_name)")
+    p.add_argument("--test", nargs="+",
+                   help="image+mask folders to score on (not with DL_info.csv)")
+    p.add_argument("--images", help="DL_info.csv: the Images_png folder (default: beside it)")
+    p.add_argument("--masks", help="DL_info.csv: the true masks' folder (default: masks/ "
+                                   "beside it)")
+    p.add_argument("--crop", type=float, default=120.0,
+                   help="DL_info.csv: patch side in source px (default: %(default)s)")
+    p.add_argument("--window", default="auto",
+                   help="DL_info.csv: HU window, 'auto' (each row's DICOM_windows), a preset "
+                        "or LO,HI (default: %(default)s)")
     p.add_argument("--out", required=True,
                    help="folder for results.json, report.md, figures and the runs")
     p.add_argument("--models", default=",".join(d.models),
@@ -380,8 +491,26 @@ def _benchmark(args) -> int:
         device=args.device, tta=args.tta,
     )
     bars = TrainingBars()
-    results = run_benchmark(args.train, args.test, args.out, config, on_event=bars,
-                            progress=lambda it, d: progress(it, d), overwrite=args.overwrite)
+    from ..data.recist_sources import is_lesion_table
+
+    if is_lesion_table(args.train):
+        from ..learning.benchmark import run_table_benchmark
+
+        if args.test:
+            raise ValueError("--test does not apply to DL_info.csv: its split 3 is the test set")
+        if args.n_train is not None:
+            raise ValueError("--n-train does not apply to DL_info.csv: its splits decide")
+        results = run_table_benchmark(args.train, args.out, config, images=args.images,
+                                      masks=args.masks, crop_px=args.crop, window=args.window,
+                                      on_event=bars, progress=lambda it, d: progress(it, d),
+                                      overwrite=args.overwrite)
+        if not results["scored"]:
+            print("no masks/ folder beside the table: models trained, not scored")
+    else:
+        if not args.test:
+            raise ValueError("--test: give the image+mask folders to score on")
+        results = run_benchmark(args.train, args.test, args.out, config, on_event=bars,
+                                progress=lambda it, d: progress(it, d), overwrite=args.overwrite)
     bars.close()
     _print_summary(results)
     print(f"\nreport: {Path(args.out) / 'report.md'}")

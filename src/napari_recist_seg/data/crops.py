@@ -321,11 +321,19 @@ def _cast_like(values: np.ndarray, dtype) -> np.ndarray:
 
 # -- lesion patches --------------------------------------------------------------------------
 def crop_transform_for(
-    recist: Recist, size: int = 128, margin: float = 0.5, field_of_view_mm=None
+    recist: Recist, size: int = 128, margin: float = 0.5, field_of_view_mm=None,
+    *, field_of_view_px=None,
 ) -> CropTransform:
     """The ``CropTransform`` that ``lesion_crop`` uses (no image needed).
 
-    See ``lesion_crop`` for the parameters.
+    See ``lesion_crop`` for ``size``, ``margin`` and ``field_of_view_mm``.
+
+    Parameters
+    ----------
+    field_of_view_px : float, optional
+        Patch side in source pixels (DeepLesion models use 120 px), widened to the
+        ``margin`` rule's side for a lesion too long to fit with that context. Not with
+        ``field_of_view_mm``.
     """
     if not isinstance(recist, Recist):
         raise ValueError(f"recist must be a Recist, got {type(recist).__name__}")
@@ -337,6 +345,8 @@ def crop_transform_for(
         raise ValueError(
             f"size must be a positive multiple of 16 (the network's output stride), got {size!r}"
         )
+    if field_of_view_mm is not None and field_of_view_px is not None:
+        raise ValueError("give field_of_view_mm or field_of_view_px, not both")
     r0, c0, r1, c1 = recist.bbox
     centre = ((r0 + r1) / 2.0, (c0 + c1) / 2.0)
     if field_of_view_mm is not None:
@@ -349,6 +359,13 @@ def crop_transform_for(
         if not np.isfinite(margin) or margin < 0:
             raise ValueError(f"margin must be a non-negative fraction, got {margin!r}")
         side = recist.long_length * (1.0 + 2.0 * margin)
+        if field_of_view_px is not None:
+            fov_px = float(field_of_view_px)
+            if not np.isfinite(fov_px) or fov_px <= 0:
+                raise ValueError(f"field_of_view_px must be positive, got {field_of_view_px!r}")
+            # A fixed scale keeps lesion sizes comparable; only a lesion that would not fit
+            # with its context gets a larger patch.
+            side = max(fov_px, side)
     return CropTransform(centre, side, size_i)
 
 

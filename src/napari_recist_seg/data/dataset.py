@@ -543,6 +543,7 @@ class LesionDataset(Dataset):
         seed: int = 0,
         *,
         field_of_view_mm=None,
+        field_of_view_px=None,
         slices=None,
         context: int = 0,
         channel_axis=None,
@@ -562,8 +563,8 @@ class LesionDataset(Dataset):
             with ``slices``.
         recists : sequence of Recist
             One per lesion, in its source image's pixel coordinates.
-        size, margin, field_of_view_mm
-            Patch size and extent (see ``lesion_crop``).
+        size, margin, field_of_view_mm, field_of_view_px
+            Patch size and extent (see ``lesion_crop`` and ``crop_transform_for``).
         window : str, (lo, hi), or sequence of those, optional
             CT window(s) mapping HU to [0, 1], one for all lesions or one per lesion. By
             default uint8 images are used as they are and anything else gets the soft-tissue
@@ -618,7 +619,8 @@ class LesionDataset(Dataset):
             raise ValueError("context needs slices (the images must be volumes)")
         windows = _parse_windows(window, n)
         gt_list = _check_gt_list(gt_masks, n)
-        transforms = [crop_transform_for(r, size, margin, field_of_view_mm) for r in recists]
+        transforms = [crop_transform_for(r, size, margin, field_of_view_mm,
+                                         field_of_view_px=field_of_view_px) for r in recists]
         out_recists = [t.crop_recist(r) for t, r in zip(transforms, recists)]
         # Packed as they are drawn: unpacked, n lesions would first take n * size**2 bytes each.
         masks = _packed_store(n, size)
@@ -696,6 +698,7 @@ class LesionDataset(Dataset):
             "channel_axis": channel_axis,
             "margin": margin,
             "field_of_view_mm": field_of_view_mm,
+            "field_of_view_px": None if field_of_view_px is None else float(field_of_view_px),
             "window": single if single is None else list(resolve_window(single)),
             "context": context,
             "pseudo_mask_method": pseudo_mask_method,

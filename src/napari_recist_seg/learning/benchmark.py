@@ -25,7 +25,8 @@ from ..data.image_folders import load_pair, read_image_mask_folder
 from .preparation import prepare_whole_images
 from .trainer import TrainConfig, train
 
-__all__ = ["BenchmarkConfig", "load_folder", "run_benchmark", "REFERENCE_METHODS"]
+__all__ = ["BenchmarkConfig", "load_folder", "run_benchmark", "run_table_benchmark",
+           "REFERENCE_METHODS"]
 
 REFERENCE_METHODS = ("ellipse", "quarter_ellipse")
 
@@ -134,6 +135,21 @@ def _aggregate(per_seed: list[list[dict]]) -> dict:
     }
 
 
+def _refuse_earlier_runs(out: Path, config) -> None:
+    """ValueError when ``out`` already holds a run of this benchmark (nothing is replaced)."""
+    from .run_folders import find_run
+
+    for seed in range(config.seeds):
+        for kind in config.models:
+            info = find_run(out / "runs" / f"{kind}-seed{seed}")
+            if info is not None:
+                raise ValueError(
+                    f"{out} already holds the runs of a benchmark ({info.folder}: "
+                    f"{info.describe()}); choose another output folder or overwrite them "
+                    f"(--overwrite, overwrite=True)"
+                )
+
+
 def run_benchmark(
     train_dir,
     test_dirs: Sequence,
@@ -172,21 +188,12 @@ def run_benchmark(
         The content of ``results.json``.
     """
     from .inference import load_model, predict
-    from .run_folders import find_run
 
     out = Path(out_dir)
     if not test_dirs:
         raise ValueError("give at least one test folder")
     if not overwrite:
-        for seed in range(config.seeds):
-            for kind in config.models:
-                info = find_run(out / "runs" / f"{kind}-seed{seed}")
-                if info is not None:
-                    raise ValueError(
-                        f"{out} already holds the runs of a benchmark ({info.folder}: "
-                        f"{info.describe()}); choose another output folder or overwrite them "
-                        f"(--overwrite, overwrite=True)"
-                    )
+        _refuse_earlier_runs(out, config)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     train_data = load_folder(train_dir, config.n_train, progress=progress)
@@ -295,3 +302,216 @@ def _history(run_dir: Path) -> list[dict]:
         if (folder / "config.json").is_file():
             return list(read_checkpoint_config(folder).get("history") or [])
     return []
+
+
+@dataclass
+class _TableTest:
+    """Test lesions of a table, as the report draws them: windowed patches and true masks."""
+
+    name: str
+    names: list
+    images: list
+    masks: list
+
+
+def _lesion_box(transform, shape) -> tuple[slice, slice]:
+    """Source pixels of a lesion's patch square, clipped to the slice: where it is scored."""
+    r0, c0 = (int(np.floor(v)) for v in transform.edge)
+    side = int(np.ceil(transform.side))
+    return (slice(max(r0, 0), min(r0 + side + 1, shape[0])),
+            slice(max(c0, 0), min(c0 + side + 1, shape[1])))
+
+
+def run_table_benchmark(
+    table_path,
+    out_dir,
+    config: BenchmarkConfig,
+    *,
+    images=None,
+    masks=None,
+    crop_px: float | None = 120.0,
+    window=None,
+    on_event: Callable | None = None,
+    progress=None,
+    stop: Callable[[], bool] | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """The benchmark on DeepLesion's ``DL_info.csv``: train on splits 1 and 2, test on 3.
+
+    Models learn from the RECIST rows alone (see ``prepare_from_table``). Each test lesion
+    is scored inside its patch square against the true mask of its key slice, read from
+    ``masks`` (default: ``masks/`` beside the CSV, files named by ``File_name``), as are the
+    ellipse and quarter-ellipse pseudo-masks of its RECIST (the reference rows). Without
+    masks the models are trained and timed but not scored.
+
+    Parameters
+    ----------
+    table_path : path
+        ``DL_info.csv`` (or a folder holding it).
+    out_dir : path
+        Receives ``results.json``, ``report.md`` and the runs (``runs/KIND-seedN``).
+    config : BenchmarkConfig
+        ``n_train`` and ``val_fraction`` do not apply: the table's splits decide.
+    images, crop_px, window
+        As in ``prepare_from_table``.
+    masks : path, optional
+    on_event, progress, stop, overwrite
+        As in ``run_benchmark``.
+
+    Returns
+    -------
+    dict
+        The content of ``results.json``.
+    """
+    from ..data.image_folders import load_mask
+    from ..data.recist_sources import read_lesion_table
+    from .inference import _predict_stacks, load_model
+    from .preparation import prepare_from_table
+
+    out = Path(out_dir)
+    if not overwrite:
+        _refuse_earlier_runs(out, config)
+    table = read_lesion_table(table_path, images)
+    if table.kind != "deeplesion":
+        raise ValueError(f"{table.path}: the table benchmark needs DeepLesion's "
+                         f"Train_Val_Test splits (a DL_info.csv)")
+    test_rows = [(i, r) for i, r in enumerate(table.rows) if r.split == "test"]
+    if not test_rows:
+        raise ValueError(f"{table.path}: no test rows (Train_Val_Test 3)")
+    mask_dir = Path(masks) if masks is not None else table.path.parent / "masks"
+    truths: dict[str, np.ndarray] | None = None
+    if mask_dir.is_dir():
+        truths = {}
+        for _, r in test_rows:
+            if r.image not in truths:
+                f = mask_dir / r.image
+                if not f.is_file():
+                    raise ValueError(f"{mask_dir}: no mask {r.image} for row {r.row} of "
+                                     f"{table.path}")
+                truths[r.image] = load_mask(f) > 0
+    elif masks is not None:
+        raise ValueError(f"masks {mask_dir}: no such folder")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    name = "test split"
+    by_stack: dict[int, list] = {}
+    for i, r in test_rows:
+        by_stack.setdefault(r.stack, []).append((i, r))
+    stacks = list(by_stack.items())
+    results = {
+        "config": {**config.to_dict(), "train_dir": str(table.path), "test_dirs": [name],
+                   "crop_px": crop_px, "window": window},
+        "n_train": 0, "training": {}, "histories": {},
+        "tests": {name: {"n_test": len(test_rows), "methods": {}}} if truths else {},
+    }
+    scores: dict[str, list[list[dict]]] = {}
+    examples: dict[str, list[np.ndarray]] = {}
+    stopped = False
+    data = None
+    for seed in range(config.seeds):
+        data = prepare_from_table(table.path, images, size=config.size, crop_px=crop_px,
+                                  window=window, k=config.k,
+                                  pseudo_mask_method=config.pseudo_mask, seed=seed)
+        results["n_train"] = len(data.train_indices)
+        for kind in config.models:
+            tc = TrainConfig(kind=kind, encoder=config.encoder, input_size=config.size,
+                             in_channels=data.train_set.n_channels, n_groups=data.grouping.k,
+                             epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                             patience=config.patience, seed=seed, device=config.device)
+            run_dir = out / "runs" / f"{kind}-seed{seed}"
+            last = None
+            for event in train(data.train_set, data.val_set, tc, run_dir,
+                               grouping=data.grouping, stop=stop, overwrite=overwrite):
+                last = event
+                if on_event is not None:
+                    on_event(kind, seed, event)
+            stopped = last is not None and last.kind == "stopped"
+            history = _history(run_dir)
+            best = last.best_epoch if last is not None else None
+            entry = results["training"].setdefault(kind, {"seeds": []})
+            entry["seeds"].append({
+                "seed": seed, "train_seconds": last.elapsed if last else 0.0,
+                "epochs_run": len(history), "best_epoch": best,
+                "seconds_to_best": next((h["elapsed"] for h in history
+                                         if h["epoch"] == best), None),
+                "images_per_second": last.images_per_second if last else 0.0,
+                "n_groups": data.grouping.k, "stopped": stopped,
+            })
+            results["histories"].setdefault(kind, []).append(history)
+            if best is None or truths is None:
+                if stopped:
+                    break
+                continue
+            model = load_model(run_dir, device=config.device)
+            loop = stacks if progress is None else progress(stacks, f"scoring {kind}")
+            rows, preds = [], []
+            windows = table.windows(window)
+            for _, members, lesion_masks, _ in _predict_stacks(
+                    model, table, loop, windows, 0.5, config.tta, 8):
+                for (_, r), pred in zip(members, lesion_masks):
+                    box = _lesion_box(_scoring_transform(r, model), pred.shape)
+                    rows.append(segmentation_metrics(pred[box], truths[r.image][box]))
+                    preds.append(pred[box])
+            scores.setdefault(kind, []).append(rows)
+            if seed == 0:
+                examples[kind] = preds[: config.examples]
+            del model
+            if stopped:
+                break
+        if stopped:
+            break
+
+    tests = []
+    if truths is not None:
+        order = [m for _, members in stacks for m in members]
+        boxes, test_images, test_masks = [], [], []
+        for _, r in order:
+            t = _scoring_transform(r, None, config.size, crop_px)
+            boxes.append(_lesion_box(t, truths[r.image].shape))
+        for method in REFERENCE_METHODS:
+            drawn, rows = [], []
+            for (_, r), box in zip(order, boxes):
+                truth = truths[r.image]
+                m = pseudo_mask(r.recist, truth.shape, method)[box]
+                rows.append(segmentation_metrics(m, truth[box]))
+                drawn.append(m)
+            scores[method] = [rows]
+            examples[method] = drawn[: config.examples]
+        for (_, r), box in list(zip(order, boxes))[: config.examples]:
+            key = table.stacks[r.stack].read()
+            mid = key[key.shape[0] // 2][box]
+            lo, hi = r.window if r.window is not None else (-160.0, 240.0)
+            test_images.append(np.clip((mid - lo) / (hi - lo), 0, 1))
+            test_masks.append(truths[r.image][box])
+        tests = [_TableTest(name, [r.image for _, r in order], test_images, test_masks)]
+        for method, per_seed in scores.items():
+            results["tests"][name]["methods"][method] = {"metrics": _aggregate(per_seed)}
+    for entry in results["training"].values():
+        seeds = entry["seeds"]
+        for key in ("train_seconds", "epochs_run", "best_epoch", "seconds_to_best",
+                    "images_per_second"):
+            values = [s[key] for s in seeds if s[key] is not None]
+            entry[key] = float(np.mean(values)) if values else None
+            entry[f"{key}_std"] = float(np.std(values)) if values else None
+    results["total_seconds"] = time.perf_counter() - t0
+    results["stopped"] = stopped
+    results["scored"] = truths is not None
+    with atomic_write(out / "results.json") as fh:
+        json.dump(results, fh, indent=1)
+    from .report import write_report
+
+    write_report(out, results, tests, {name: examples} if tests else {})
+    return results
+
+
+def _scoring_transform(row, model, size=None, crop_px=None):
+    """The patch square of a test lesion, as the model (or the settings) places it."""
+    from ..data.crops import crop_transform_for
+
+    if model is not None:
+        pre = model.preprocessing
+        size, crop_px = int(pre.get("size", 128)), pre.get("field_of_view_px")
+        margin = float(pre.get("margin", 0.5))
+    else:
+        margin = 0.5
+    return crop_transform_for(row.recist, int(size), margin, field_of_view_px=crop_px)

@@ -20,7 +20,16 @@ from .checkpoints import (
 )
 from .devices import pick_device
 
-__all__ = ["Prediction", "load_model", "predict", "predict_detailed", "resolve_checkpoint"]
+__all__ = [
+    "LESION_COLUMNS",
+    "Prediction",
+    "TablePrediction",
+    "load_model",
+    "predict",
+    "predict_detailed",
+    "predict_table",
+    "resolve_checkpoint",
+]
 
 
 def resolve_checkpoint(path) -> Path:
@@ -171,9 +180,11 @@ def predict_detailed(model, image, recists=None, *, threshold: float = 0.5, tta:
     win = window if window is not None else pre.get("window")
     margin = float(pre.get("margin", 0.5))
     fov = pre.get("field_of_view_mm")
+    fov_px = pre.get("field_of_view_px")
     for start in range(0, len(recists), batch_size):
         chunk = recists[start:start + batch_size]
-        transforms = [crop_transform_for(r, size, margin, fov) for r in chunk]
+        transforms = [crop_transform_for(r, size, margin, fov, field_of_view_px=fov_px)
+                      for r in chunk]
         batch = np.stack([
             crop_input(image, t, window=win, channel_axis=channel_axis, normalise=normalise)
             for t in transforms
@@ -230,3 +241,205 @@ def predict(model, image, recists=None, *, threshold: float = 0.5, tta: bool = F
     return predict_detailed(model, image, recists, threshold=threshold, tta=tta,
                             batch_size=batch_size, window=window,
                             channel_axis=channel_axis).mask
+
+
+#: Columns of ``lesions.csv`` written by ``predict_table``.
+LESION_COLUMNS = ("image", "slice", "lesion", "lesion_id", "row", "mask", "area_mm2", "long_mm",
+                  "short_mm", "area_px", "long_px", "short_px", "group")
+
+
+@dataclass
+class TablePrediction:
+    """What ``predict_table`` wrote.
+
+    Attributes
+    ----------
+    masks : list of Path
+        One 8-bit PNG per key slice (255 inside any predicted lesion of the slice).
+    lesions : list of dict
+        One per lesion, keyed by ``LESION_COLUMNS`` (also written to ``lesions.csv``).
+    lesions_csv : Path
+    """
+
+    masks: list
+    lesions: list
+    lesions_csv: Path
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
+    return labels == (1 + int(np.argmax(sizes)))
+
+
+def _measure(mask: np.ndarray, spacing, known: bool) -> dict:
+    """Area and RECIST diameters of the lesion's largest predicted component."""
+    from ..core.recist import recist_from_mask
+
+    lesion = _largest_component(mask)
+    area_px = int(lesion.sum())
+    out = {"area_px": area_px, "long_px": "", "short_px": "", "area_mm2": "", "long_mm": "",
+           "short_mm": ""}
+    if known:
+        out["area_mm2"] = round(area_px * float(spacing[0]) * float(spacing[1]), 4)
+    try:
+        r = recist_from_mask(lesion, spacing=spacing)
+    except ValueError:
+        return out  # nothing (or a single pixel) predicted: no diameters to measure
+    out["long_px"], out["short_px"] = round(r.long_length, 4), round(r.short_length, 4)
+    if known:
+        out["long_mm"], out["short_mm"] = round(r.long_mm, 4), round(r.short_mm, 4)
+    return out
+
+
+def predict_table(model, path, out, *, images=None, split=None, threshold: float = 0.5,
+                  tta: bool = False, batch_size: int = 8, overwrite: bool = False,
+                  progress=None) -> TablePrediction:
+    """Segment every lesion of a table and write one mask per key slice and ``lesions.csv``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        From ``load_model``: a lesion-crop model.
+    path : str or Path
+        DeepLesion's ``DL_info.csv`` or a RECIST ``.csv``/``.json`` naming its images (see
+        ``read_lesion_table``). Its slices are read one key slice at a time.
+    out : str or Path
+        Output folder. Masks are 8-bit PNGs the size of the slice, 255 inside any predicted
+        lesion, named as DeepLesion's ``File_name`` for DeepLesion, ``<image stem>_mask.png``
+        for a 2D image and ``<image stem>_slice<z>_mask.png`` for a volume's slice.
+        ``lesions.csv`` has a row per lesion (``LESION_COLUMNS``): the diameters are those of
+        the RECIST measured on the lesion's predicted mask (its largest connected part), in
+        mm where the pixel size is known (else those columns are empty and the ``_px`` ones
+        hold the values); ``group`` is the predicted RECIST group of a multitask model.
+    images : str or Path, optional
+        The image folder, as in ``read_lesion_table``.
+    split : int, optional
+        Only the rows of this DeepLesion ``Train_Val_Test`` (1, 2 or 3).
+    threshold, tta, batch_size
+        As in ``predict``.
+    overwrite : bool
+        Replace existing output files; otherwise any existing one is refused before anything
+        is written.
+    progress : callable, optional
+        ``progress(iterable, description)`` wrapping the loop over key slices.
+
+    Returns
+    -------
+    TablePrediction
+    """
+    import csv
+
+    from ..data._atomic import atomic_write
+    from ..data.recist_sources import read_lesion_table
+
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+    pre = dict(model.preprocessing)
+    if pre.get("mode") != "crops":
+        raise ValueError("this model was trained on whole images; a lesion table needs a model "
+                         "trained on lesion crops (recist-seg train on a table)")
+    source = dict(pre.get("source") or {})
+    table = read_lesion_table(path, images, neighbours=int(source.get("neighbours", 0)),
+                              slice_gap_mm=float(source.get("slice_gap_mm", 2.0)),
+                              colour=source.get("colour"))
+    rows = list(enumerate(table.rows))
+    if split is not None:
+        names = {1: "train", 2: "val", 3: "test"}
+        if split not in names:
+            raise ValueError(f"split must be 1, 2 or 3 (Train_Val_Test), got {split!r}")
+        if table.kind != "deeplesion":
+            raise ValueError(f"{table.path}: split selects DeepLesion rows by Train_Val_Test; "
+                             "this table has no such column")
+        rows = [(i, r) for i, r in rows if r.split == names[split]]
+        if not rows:
+            raise ValueError(f"{table.path}: no rows with Train_Val_Test {split}")
+    expected = int(model.config.get("in_channels", table.in_channels))
+    if table.in_channels != expected:
+        raise ValueError(f"the model takes {expected}-channel inputs but {table.path} gives "
+                         f"{table.in_channels} (key slice and neighbours, or colour)")
+    fixed = source.get("window")
+    windows = table.windows(None if fixed is None else tuple(fixed))
+    out = Path(out)
+    by_stack: dict[int, list] = {}
+    for i, r in rows:
+        by_stack.setdefault(r.stack, []).append((i, r))
+    targets = {s: out / members[0][1].mask_name for s, members in by_stack.items()}
+    lesions_csv = out / "lesions.csv"
+    if not overwrite:
+        clashes = [p for p in [*targets.values(), lesions_csv] if p.exists() or p.is_symlink()]
+        if clashes:
+            more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
+            raise ValueError(f"{clashes[0]} already exists{more}; pass overwrite (--overwrite) "
+                             f"to replace existing files (nothing was written)")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+    records: dict[int, dict] = {}
+    written = []
+    stacks = list(by_stack.items())
+    loop = stacks if progress is None else progress(stacks, "predicting")
+    for s, members, lesion_masks, groups in _predict_stacks(model, table, loop, windows,
+                                                             threshold, tta, batch_size):
+        union = np.zeros(lesion_masks[0].shape, dtype=bool)
+        for (i, r), lesion, group in zip(members, lesion_masks, groups):
+            union |= lesion
+            records[i] = {"image": r.image, "slice": "" if r.slice is None else r.slice,
+                          "lesion": i, "lesion_id": r.lesion_id, "row": r.row,
+                          "mask": r.mask_name,
+                          **_measure(lesion, r.recist.spacing, r.spacing_known),
+                          "group": "" if group is None else group}
+        target = targets[s]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_png(target, union)
+        written.append(target)
+    lesions = [records[i] for i, _ in rows]
+    with atomic_write(lesions_csv, newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(LESION_COLUMNS))
+        w.writeheader()
+        w.writerows(lesions)
+    return TablePrediction(written, lesions, lesions_csv)
+
+
+def _predict_stacks(model, table, stacks, windows, threshold, tta, batch_size):
+    """For each (stack index, [(row index, LesionRow)]) of ``stacks``: the same, each lesion's
+    predicted mask on the slice, and its predicted group (None unless multitask). One key
+    slice is read at a time."""
+    pre = model.preprocessing
+    size = int(pre.get("size", 128))
+    margin = float(pre.get("margin", 0.5))
+    fov_px = pre.get("field_of_view_px")
+    normalise = pre.get("normalise")
+    model.eval()
+    for s, members in stacks:
+        image = table.stacks[s].read()
+        shape = image.shape[-2:]
+        masks, groups_out = [], []
+        for start in range(0, len(members), batch_size):
+            chunk = members[start:start + batch_size]
+            transforms = [crop_transform_for(r.recist, size, margin,
+                                             field_of_view_px=fov_px) for _, r in chunk]
+            batch = np.stack([crop_input(image, t, window=windows[i], channel_axis=0,
+                                         normalise=normalise)
+                              for (i, _), t in zip(chunk, transforms)])
+            _check_channels(model, batch[0])
+            prob, groups = _run(model, batch, tta)
+            for k, t in enumerate(transforms):
+                masks.append(t.paste_values(prob[k], shape) >= threshold)
+                groups_out.append(None if groups is None or model.kind != "multitask"
+                                  else int(np.argmax(groups[k])))
+        yield s, members, masks, groups_out
+
+
+def _write_png(path: Path, mask: np.ndarray) -> None:
+    import imageio.v3 as iio
+
+    from ..data._atomic import atomic_write
+
+    with atomic_write(path, "wb", encoding=None) as fh:
+        iio.imwrite(fh, mask.astype(np.uint8) * np.uint8(255), extension=".png")

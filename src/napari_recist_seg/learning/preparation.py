@@ -11,7 +11,19 @@ from ..core.grouping import LesionGrouping, group_lesions
 from ..core.recist import Recist
 from ..data.dataset import LesionDataset
 
-__all__ = ["PreparedData", "default_k", "prepare_crops", "prepare_whole_images", "split_indices"]
+__all__ = [
+    "DEFAULT_CROP_PX",
+    "PreparedData",
+    "default_k",
+    "prepare_crops",
+    "prepare_from_table",
+    "prepare_whole_images",
+    "split_indices",
+    "split_table",
+]
+
+#: Side of a CT lesion patch in source pixels: the scale of the DeepLesion models (120 px).
+DEFAULT_CROP_PX = 120.0
 
 
 def default_k(n_train: int) -> int:
@@ -44,6 +56,7 @@ class PreparedData:
     grouping: LesionGrouping
     train_indices: np.ndarray
     val_indices: np.ndarray
+    table: object = None
 
     @property
     def preprocessing(self) -> dict:
@@ -171,3 +184,156 @@ def prepare_crops(
 
     return PreparedData(subset(train_idx, augment), subset(val_idx, False), grouping,
                         train_idx, val_idx)
+
+
+def split_table(table, val_fraction: float = 0.15, seed: int = 0):
+    """Training and validation rows of a ``LesionTable`` (index arrays, sorted).
+
+    DeepLesion: ``Train_Val_Test`` decides (1 training, 2 validation); rows of the test split
+    (3) are in neither. Other tables: a seeded split of the patients (or, without a patient
+    column, of the images), so the lesions of one image, or of one patient, all fall on one
+    side. A DeepLesion table without validation rows is split that way among its training
+    rows.
+
+    Raises
+    ------
+    ValueError
+        When fewer than two patients (or images) are there to split.
+    """
+    rows = table.rows
+    if table.kind == "deeplesion":
+        train = np.array([i for i, r in enumerate(rows) if r.split == "train"], dtype=np.int64)
+        val = np.array([i for i, r in enumerate(rows) if r.split == "val"], dtype=np.int64)
+        if len(train) == 0:
+            raise ValueError(f"{table.path}: no training rows (Train_Val_Test 1)")
+        if len(val):
+            return train, val
+        candidates = train
+    else:
+        candidates = np.arange(len(rows))
+    keys = sorted({rows[i].patient for i in candidates})
+    if len(keys) < 2:
+        what = "patient" if table.kind == "deeplesion" else "patient or image"
+        raise ValueError(f"{table.path}: all {len(candidates)} training lesions are on one "
+                         f"{what}; a validation set needs at least two")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(len(keys))
+    n_val = min(len(keys) - 1, max(1, int(round(len(keys) * val_fraction))))
+    val_keys = {keys[i] for i in order[:n_val]}
+    val = np.array([i for i in candidates if rows[i].patient in val_keys], dtype=np.int64)
+    train = np.array([i for i in candidates if rows[i].patient not in val_keys], dtype=np.int64)
+    return np.sort(train), np.sort(val)
+
+
+def table_crop_sets(table, indices, *, size: int, crop_px, margin: float, window, groups,
+                    pseudo_mask_method: str, augment: bool = False, seed: int = 0,
+                    cache_size: int = 8) -> LesionDataset:
+    """Streamed lesion-crop dataset of the rows ``indices`` of a ``LesionTable``.
+
+    Only the stacks of those rows are referenced; each is read when one of its lesions is
+    asked for (the ``cache_size`` most recent ones are kept).
+    """
+    indices = [int(i) for i in indices]
+    rows = [table.rows[i] for i in indices]
+    used = sorted({r.stack for r in rows})
+    local = {s: k for k, s in enumerate(used)}
+    windows = table.windows(window)
+    return LesionDataset.from_crops(
+        [table.stacks[s] for s in used], [r.recist for r in rows], size=size, margin=margin,
+        window=[windows[i] for i in indices],
+        image_index=np.asarray([local[r.stack] for r in rows], dtype=np.int64),
+        pseudo_mask_method=pseudo_mask_method, groups=groups, augment=augment, seed=seed,
+        field_of_view_px=crop_px, channel_axis=0, lazy=True, cache_size=cache_size,
+    )
+
+
+def table_source_settings(table, window, crop_px) -> dict:
+    """What inference needs to rebuild a table's inputs: stored under ``preprocessing``."""
+    fixed = None if window is None or window == "auto" else [float(v) for v in
+                                                            _parse_window(window)]
+    return {"kind": table.kind, "neighbours": int(table.neighbours),
+            "slice_gap_mm": float(table.slice_gap_mm), "colour": bool(table.colour),
+            "window": fixed, "in_channels": int(table.in_channels),
+            "field_of_view_px": None if crop_px is None else float(crop_px)}
+
+
+def _parse_window(window):
+    from ..data.recist_sources import parse_window
+
+    return parse_window(window)
+
+
+def prepare_from_table(
+    path,
+    images=None,
+    *,
+    size: int = 128,
+    crop_px: float | None = DEFAULT_CROP_PX,
+    margin: float = 0.5,
+    neighbours: int = 1,
+    slice_gap_mm: float = 2.0,
+    window=None,
+    val_fraction: float = 0.15,
+    k: int | None = None,
+    features: str = "standardised",
+    pseudo_mask_method: str = "ellipse",
+    augment: bool = False,
+    seed: int = 0,
+    cache_size: int = 8,
+) -> PreparedData:
+    """Training and validation sets from RECIST rows alone: no mask is read or needed.
+
+    ``path`` is DeepLesion's ``DL_info.csv`` or a RECIST ``.csv``/``.json`` naming its
+    images (see ``read_lesion_table``). Each lesion becomes a patch around it, the key slice
+    and its neighbours as channels, windowed in HU; patches are cut from the files when a
+    batch needs them, so memory does not grow with the number of lesions. Pseudo-masks and
+    the K-means groups (fitted on the training rows only) are computed here, once.
+
+    Parameters
+    ----------
+    path : str or Path
+    images : str or Path, optional
+        The image folder (see ``read_lesion_table``).
+    size : int
+        Network input side in px (a multiple of 16).
+    crop_px : float or None
+        Patch side in source px (widened for lesions longer than ``crop_px / (1 + 2 margin)``);
+        None: ``long axis * (1 + 2 margin)`` for every lesion.
+    margin : float
+        Context around the long axis, as a fraction of its length.
+    neighbours, slice_gap_mm
+        Neighbouring slices as channels (see ``read_lesion_table``).
+    window : str or (lo, hi), optional
+        One HU window for all lesions (``"soft-tissue"``, ``"lung"``, ``"-160,240"`` ...);
+        default each row's window (DeepLesion's ``DICOM_windows``, a RECIST file's
+        ``DICOM_windows`` or ``window`` column), else soft tissue for CT.
+    val_fraction, seed
+        The split of non-DeepLesion tables (see ``split_table``); ``seed`` also seeds K-means.
+    k, features, pseudo_mask_method, augment
+        As in ``prepare_whole_images``.
+    cache_size : int
+        Key-slice stacks kept in memory by each dataset.
+
+    Returns
+    -------
+    PreparedData
+        With ``table`` set; its indices are rows of the table.
+    """
+    from ..data.recist_sources import read_lesion_table
+
+    check_input_size(size)
+    if window is not None and window != "auto":
+        _parse_window(window)  # a bad window fails before any file is listed
+    table = read_lesion_table(path, images, neighbours=neighbours, slice_gap_mm=slice_gap_mm)
+    train_idx, val_idx = split_table(table, val_fraction, seed)
+    recists = table.recists
+    grouping = _fit_groups(recists, train_idx, k, features, seed)
+    common = dict(size=size, crop_px=crop_px, margin=margin, window=window, groups=grouping,
+                  pseudo_mask_method=pseudo_mask_method, seed=seed, cache_size=cache_size)
+    train_set = table_crop_sets(table, train_idx, augment=augment, **common)
+    val_set = table_crop_sets(table, val_idx, **common)
+    source = table_source_settings(table, window, crop_px)
+    for ds in (train_set, val_set):
+        ds.preprocessing["source"] = dict(source)
+    return PreparedData(train_set, val_set, grouping, train_idx, val_idx, table)

@@ -81,6 +81,9 @@ class TrainingJob:
     image_index: list[int] | None = None
     slices: list[int] | None = None
     folder: str | None = None
+    #: A lesion table to train on (DeepLesion's ``DL_info.csv`` or a RECIST .csv/.json naming
+    #: its images): lesion crops streamed from its files (``prepare_from_table``).
+    table: str | None = None
     source: str = ""
     #: Torch intra-op threads of the run (None: torch's default).
     torch_threads: int | None = None
@@ -105,7 +108,7 @@ class TrainingJob:
             raise ValueError("choose an output folder for the checkpoints")
         if self.mode not in ("whole_image", "crops"):
             raise ValueError(f"mode must be 'whole_image' or 'crops', got {self.mode!r}")
-        if self.folder is None and len(self.recists) < 3:
+        if self.folder is None and self.table is None and len(self.recists) < 3:
             raise ValueError(
                 f"{len(self.recists)} complete lesion(s): training needs at least 3 (some are "
                 "held out for validation)"
@@ -178,7 +181,7 @@ def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> It
     if stop():  # asked to stop before anything started: no need to load torch at all
         return
     prepare_torch_import()
-    from ..learning.preparation import prepare_crops, prepare_whole_images
+    from ..learning.preparation import prepare_crops, prepare_from_table, prepare_whole_images
     from ..learning.trainer import TrainConfig, train
 
     if job.torch_threads:
@@ -194,19 +197,24 @@ def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> It
         images, recists, mode = loaded.images, loaded.recists, "whole_image"
     if stop():
         return
-    yield ("status", f"making pseudo-masks and groups for {len(recists)} lesions")
     common = dict(size=job.input_size, val_fraction=job.val_fraction, k=job.k,
                   pseudo_mask_method=job.pseudo_mask_method, seed=job.seed)
-    if mode == "crops":
+    if job.table is not None:
+        yield ("status", f"reading {job.table}, making pseudo-masks and groups")
+        data, mode = prepare_from_table(job.table, **common), "crops"
+    elif mode == "crops":
+        yield ("status", f"making pseudo-masks and groups for {len(recists)} lesions")
         data = prepare_crops(images, recists, image_index=job.image_index, slices=job.slices,
                              **common)
     else:
+        yield ("status", f"making pseudo-masks and groups for {len(recists)} lesions")
         data = prepare_whole_images(images, recists, **common)
     in_channels = int(data.train_set.n_channels)
     yield ("prepared", {"mode": mode, "n_train": len(data.train_set),
                         "n_val": len(data.val_set), "k": int(data.grouping.k),
                         "in_channels": in_channels})
-    extra = {"trained_with": {"front_end": "napari", "source": job.source or job.folder or ""}}
+    source = job.source or job.folder or job.table or ""
+    extra = {"trained_with": {"front_end": "napari", "source": source}}
     try:
         for kind in job.kinds:
             if stop():

@@ -299,9 +299,24 @@ class TrainingWidget(QWidget):
         folder_button.clicked.connect(lambda: self._ask_data_folder())
         s.addWidget(self.layers_radio, 0, 0, 1, 3)
         s.addWidget(self.pairs, 1, 0, 1, 3)
+        self.table_radio = QRadioButton("RECIST table (DL_info.csv, RECIST .csv/.json)")
+        self.table_radio.setToolTip(
+            "DeepLesion's DL_info.csv (slices in Images_png beside it) or a RECIST file naming "
+            "its images: lesion crops read from the files, no mask needed"
+        )
+        group.addButton(self.table_radio)
+        self.table_edit = QLineEdit()
+        self.table_edit.setPlaceholderText("DL_info.csv or RECIST .csv/.json")
+        table_button = self.table_button = QPushButton("...")
+        table_button.setToolTip("Choose the RECIST table")
+        table_button.setMaximumWidth(32)
+        table_button.clicked.connect(lambda: self._ask_table())
         s.addWidget(self.folder_radio, 2, 0, 1, 3)
         s.addWidget(self.folder_edit, 3, 0, 1, 2)
         s.addWidget(folder_button, 3, 2)
+        s.addWidget(self.table_radio, 4, 0, 1, 3)
+        s.addWidget(self.table_edit, 5, 0, 1, 2)
+        s.addWidget(table_button, 5, 2)
 
         options = QGroupBox("Models and settings")
         o = QVBoxLayout(options)
@@ -444,6 +459,13 @@ class TrainingWidget(QWidget):
             if not Path(folder).expanduser().is_dir():
                 raise ValueError(f"{folder} is not a folder")
             job = TrainingJob(folder=str(Path(folder).expanduser()), source=folder, **settings)
+        elif self.table_radio.isChecked():
+            table = self.table_edit.text().strip()
+            if not table:
+                raise ValueError("choose the RECIST table (DL_info.csv or .csv/.json) to train on")
+            if not Path(table).expanduser().is_file():
+                raise ValueError(f"{table} is not a file")
+            job = TrainingJob(table=str(Path(table).expanduser()), source=table, **settings)
         else:
             job = TrainingJob(**settings, **self._layer_data())
         job.validate()
@@ -710,6 +732,14 @@ class TrainingWidget(QWidget):
         if folder:
             self.folder_edit.setText(folder)
             self.folder_radio.setChecked(True)
+
+    def _ask_table(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "RECIST table", "", "RECIST tables (*.csv *.json);;All files (*)"
+        )
+        if path:
+            self.table_edit.setText(path)
+            self.table_radio.setChecked(True)
 
     def _ask_load_model(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Checkpoint folder")

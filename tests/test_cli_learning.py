@@ -3,6 +3,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -83,3 +84,29 @@ def test_demo_runs_end_to_end(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert set(results["training"]) == {"multitask", "a1", "coseg"}
     assert (out / "pseudo_masks_and_groups.png").stat().st_size > 10_000
+
+
+def test_evaluate_leaves_distances_of_empty_predictions_out(tmp_path, capsys):
+    import imageio.v3 as iio
+
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    pred.mkdir()
+    truth.mkdir()
+    square = np.zeros((40, 40), np.uint8)
+    square[10:20, 10:20] = 255
+    shifted = np.roll(square, 4, axis=1)
+    iio.imwrite(truth / "a.png", square)
+    iio.imwrite(truth / "b.png", square)
+    iio.imwrite(pred / "a.png", shifted)  # found, 4 px off
+    iio.imwrite(pred / "b.png", np.zeros_like(square))  # nothing found
+    out = tmp_path / "metrics.csv"
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth),
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "1 empty predictions" in text
+    means = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+             if line.startswith("  ")}
+    assert means["centre_error"] == pytest.approx(4.0)  # from image a alone
+    assert means["dice"] == pytest.approx((0.6 + 0.0) / 2)
+    rows = {r["image"]: r for r in csv.DictReader(out.open())}
+    assert rows["b"]["hausdorff"] in ("nan", "") and float(rows["a"]["hausdorff"]) == 4.0

@@ -393,16 +393,20 @@ def _evaluate(args) -> int:
     n_preds = sum(1 for f in Path(args.pred).rglob("*.png") if f.is_file())
     if not names:
         raise ValueError(f"no prediction in {args.pred} matches a mask in {args.truth}")
-    rows = []
+    rows, empty = [], 0
     for name in progress(names, "scoring", unit="image"):
         p, t = load_mask(preds[name]), load_mask(truths[name])
         if p.shape != t.shape:
             raise ValueError(f"{preds[name]} is {p.shape} but {truths[name]} is {t.shape}")
-        rows.append({"image": name, **segmentation_metrics(p, t)})
+        # Distances an empty mask does not define are NaN, not a worst-case stand-in.
+        rows.append({"image": name, **segmentation_metrics(p, t, empty="nan")})
+        empty += int(not p.any())
     mean = mean_metrics([{k: r[k] for k in METRIC_NAMES} for r in rows])
     unmatched = n_preds - len(names)
-    print(f"{len(rows)} images" + (f" ({unmatched} predictions without a mask)" if unmatched
-                                   else ""))
+    notes = [f"{unmatched} predictions without a mask"] if unmatched else []
+    if empty:
+        notes.append(f"{empty} empty predictions: their distances are left out of the means")
+    print(f"{len(rows)} images" + (f" ({'; '.join(notes)})" if notes else ""))
     for k in METRIC_NAMES:
         print(f"  {k:20s} {mean[k]:.4f}")
     if args.out:

@@ -108,14 +108,14 @@ def test_sample_draw_group_preview_train_compare(make_napari_viewer, qtbot, mous
             click(qtbot, training.stop_button)
 
     worker.yielded.connect(stop_at_first_step)
-    with qtbot.waitSignal(worker.finished, timeout=240000):
+    with qtbot.waitSignal(worker.finished, timeout=600000):
         pass
     qtbot.waitUntil(lambda: training.start_button.isEnabled(), timeout=10000)
     assert [e.name for e in MODEL_REGISTRY] == ["multitask (stopped at epoch 1)"]
     click(qtbot, training.resume_button)
     worker = training.worker
     assert worker is not None, notifications
-    with qtbot.waitSignal(worker.finished, timeout=240000):
+    with qtbot.waitSignal(worker.finished, timeout=600000):
         pass
     assert not [n for n in notifications if n[0] == "error"], notifications
     assert sorted(entry.kind for entry in MODEL_REGISTRY) == ["a1", "coseg", "multitask"]

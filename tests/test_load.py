@@ -111,7 +111,7 @@ def test_restarts_are_fewer_only_for_deeplesion_sized_groupings(monkeypatch, n, 
     monkeypatch.setattr("sklearn.cluster.KMeans", Recorder)
     recist = Recist([[10, 10], [10, 30]], [[5, 20], [15, 20]])
     monkeypatch.setattr(grouping_module, "recist_features",
-                        lambda recists, features: np.zeros((len(recists), 6)))
+                        lambda recists, features: np.arange(len(recists) * 6.0).reshape(-1, 6))
     with pytest.raises(StopIteration):
         group_lesions([recist] * n, k, seed=7)
     assert seen == {"n_init": restarts, "random_state": 7}

@@ -198,7 +198,7 @@ def main(argv=None) -> None:
     image, truth, recist = (layers["CT phantom"], layers["CT phantom true masks"],
                             layers["CT phantom RECIST"])
     truth.visible = False
-    viewer.scale_bar.visible = True  # reads mm: the sample's layers carry their pixel size
+    viewer.canvas.overlays.scale_bar.visible = True  # mm: the layers carry their pixel size
     shots = Shooter(viewer, out)
 
     # 1. RECIST annotation: the lesion table, one lesion selected (a click on its row).

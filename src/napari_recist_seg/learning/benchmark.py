@@ -400,7 +400,7 @@ def run_table_benchmark(
     stacks = list(by_stack.items())
     results = {
         "config": {**config.to_dict(), "train_dir": str(table.path), "test_dirs": [name],
-                   "crop_px": crop_px, "window": window},
+                   "crop_px": crop_px, "window": window, "source": "table"},
         "n_train": 0, "training": {}, "histories": {},
         "tests": {name: {"n_test": len(test_rows), "methods": {}}} if truths else {},
     }

@@ -121,10 +121,23 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
     seeds = int(results["config"].get("seeds", 1))
     lines = ["# RECIST weak supervision: benchmark report", ""]
     cfg = results["config"]
+    if cfg.get("source") == "table":
+        crop = cfg.get("crop_px")
+        source = (
+            f"RECIST table `{cfg.get('train_dir')}`: {results['n_train']} lesions of "
+            f"Train_Val_Test 1 and 2 (validation on 2), scored on split 3 against its true "
+            f"masks; lesion patches of {crop if crop else 'the lesion-sized'} source px, "
+            f"window {cfg.get('window') or 'from each row'}; models trained on "
+            f"`{cfg.get('pseudo_mask')}` pseudo-masks only, no mask read."
+        )
+    else:
+        source = (
+            f"Training folder `{cfg.get('train_dir')}`: {results['n_train']} images, RECIST "
+            f"simulated from their masks; models trained on `{cfg.get('pseudo_mask')}` "
+            f"pseudo-masks only."
+        )
     lines += [
-        f"Training folder `{cfg.get('train_dir')}`: {results['n_train']} images, RECIST "
-        f"simulated from their masks; models trained on `{cfg.get('pseudo_mask')}` "
-        f"pseudo-masks only. Encoder {cfg.get('encoder')}, input {cfg.get('size')} px, at most "
+        f"{source} Encoder {cfg.get('encoder')}, input {cfg.get('size')} px, at most "
         f"{cfg.get('epochs')} epochs, {seeds} seed(s)"
         f"{' (mean ± std over seeds)' if seeds > 1 else ''}.",
         "",

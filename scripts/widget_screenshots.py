@@ -237,7 +237,7 @@ def main(argv=None) -> None:
         click(widget.start_button)
         if widget.worker is None:
             raise SystemExit("training did not start (see the notification above)")
-        wait_for(lambda: not widget.is_running(), "training")
+        wait_for(lambda: not widget.is_running(), "training", timeout=3600)
         print(f"trained three models in {time.monotonic() - started:.0f} s")
         shots.shoot("widget_training.png")
 

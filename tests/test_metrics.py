@@ -391,3 +391,22 @@ def test_lesion_metrics_passes_the_empty_mode_on():
     undefined = dict(lesion_metrics(pred, labels, empty="nan"))
     assert undefined[1] == worst[1] and undefined[1]["dice"] == 1.0
     assert math.isnan(undefined[2]["hausdorff"]) and math.isfinite(worst[2]["hausdorff"])
+
+
+def test_truth_under_recist_keeps_the_lesion_its_axes_cross():
+    from napari_recist_seg.core.metrics import truth_under_recist
+
+    truth = np.zeros((40, 60), np.uint8)
+    truth[5:15, 5:20] = 255   # the measured lesion
+    truth[25:35, 40:55] = 255  # a neighbour on the same slice
+    own = truth_under_recist(truth, [[10, 5], [10, 19]], [[5, 12], [14, 12]])
+    assert own[10, 10] and not own[30, 45]
+    assert own.sum() == 10 * 15
+    # Both lesions crossed: both kept; axes that cross nothing: the whole truth.
+    both = truth_under_recist(truth, [[10, 10], [30, 45]])
+    assert both.sum() == 2 * 150
+    assert truth_under_recist(truth, [[20, 0], [20, 59]]).sum() == 2 * 150
+    # Labels are kept apart even when they touch.
+    labels = np.zeros((20, 20), np.int32)
+    labels[:, :10], labels[:, 10:] = 1, 2
+    assert truth_under_recist(labels, [[5, 2], [5, 8]]).sum() == 20 * 10

@@ -20,7 +20,7 @@ from scipy.spatial import cKDTree
 from skimage.measure import regionprops
 
 __all__ = ["EMPTY_UNDEFINED", "METRIC_NAMES", "lesion_labels", "lesion_metrics", "mean_metrics",
-           "segmentation_metrics"]
+           "segmentation_metrics", "truth_under_recist"]
 
 METRIC_NAMES: tuple[str, ...] = (
     "dice",
@@ -325,6 +325,40 @@ def lesion_labels(truth: np.ndarray) -> np.ndarray:
         return ndimage.label(truth > 0, structure=np.ones((3, 3), dtype=bool))[0].astype(
             np.int64)
     return np.where(truth > 0, truth, 0).astype(np.int64)
+
+
+def truth_under_recist(truth: np.ndarray, long_axis, short_axis=None) -> np.ndarray:
+    """The lesion a RECIST measures, out of a slice's ground truth that holds several.
+
+    DeepLesion-style masks hold every lesion of a key slice in one mask; scoring one lesion
+    against all of them would count its neighbours as missed. The lesion is the ground
+    truth's labels (or 8-connected components) that the RECIST's axes cross.
+
+    Parameters
+    ----------
+    truth : ndarray
+        2D labels or plain mask.
+    long_axis, short_axis : (2, 2) array_like
+        The axes' (row, col) endpoints in pixels.
+
+    Returns
+    -------
+    ndarray of bool
+        The crossed lesions; all of ``truth`` when the axes cross none (nothing to choose by).
+    """
+    labels = lesion_labels(truth)
+    crossed: set[int] = set()
+    for axis in (long_axis, short_axis):
+        if axis is None:
+            continue
+        p0, p1 = np.asarray(axis, dtype=float)
+        n = int(np.ceil(np.abs(p1 - p0).max())) + 2
+        points = np.round(p0 + np.linspace(0.0, 1.0, n)[:, None] * (p1 - p0)).astype(int)
+        inside = np.all((points >= 0) & (points < labels.shape), axis=1)
+        crossed.update(int(v) for v in labels[points[inside, 0], points[inside, 1]] if v)
+    if not crossed:
+        return labels > 0
+    return np.isin(labels, sorted(crossed))
 
 
 def lesion_metrics(pred: np.ndarray, labels: np.ndarray, *,

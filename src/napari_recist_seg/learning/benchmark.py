@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.metrics import METRIC_NAMES, segmentation_metrics
+from ..core.metrics import METRIC_NAMES, segmentation_metrics, truth_under_recist
 from ..core.pseudo_masks import pseudo_mask
 from ..core.recist import recist_from_mask
 from ..data._atomic import atomic_write
@@ -314,6 +314,12 @@ class _TableTest:
     masks: list
 
 
+def _own_truth(truths: dict, row) -> np.ndarray:
+    """The true mask of a test lesion alone (its key slice's mask may hold others)."""
+    recist = row.recist
+    return truth_under_recist(truths[row.image], recist.long_axis, recist.short_axis)
+
+
 def _lesion_box(transform, shape) -> tuple[slice, slice]:
     """Source pixels of a lesion's patch square, clipped to the slice: where it is scored."""
     r0, c0 = (int(np.floor(v)) for v in transform.edge)
@@ -450,7 +456,7 @@ def run_table_benchmark(
                     model, table, loop, windows, 0.5, config.tta, 8):
                 for (_, r), pred in zip(members, lesion_masks):
                     box = _lesion_box(_scoring_transform(r, model), pred.shape)
-                    rows.append(segmentation_metrics(pred[box], truths[r.image][box]))
+                    rows.append(segmentation_metrics(pred[box], _own_truth(truths, r)[box]))
                     preds.append(pred[box])
             scores.setdefault(kind, []).append(rows)
             if seed == 0:
@@ -471,7 +477,7 @@ def run_table_benchmark(
         for method in REFERENCE_METHODS:
             drawn, rows = [], []
             for (_, r), box in zip(order, boxes):
-                truth = truths[r.image]
+                truth = _own_truth(truths, r)
                 m = pseudo_mask(r.recist, truth.shape, method)[box]
                 rows.append(segmentation_metrics(m, truth[box]))
                 drawn.append(m)
@@ -482,7 +488,7 @@ def run_table_benchmark(
             mid = key[key.shape[0] // 2][box]
             lo, hi = r.window if r.window is not None else (-160.0, 240.0)
             test_images.append(np.clip((mid - lo) / (hi - lo), 0, 1))
-            test_masks.append(truths[r.image][box])
+            test_masks.append(_own_truth(truths, r)[box])
         tests = [_TableTest(name, [r.image for _, r in order], test_images, test_masks)]
         for method, per_seed in scores.items():
             results["tests"][name]["methods"][method] = {"metrics": _aggregate(per_seed)}

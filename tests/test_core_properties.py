@@ -35,7 +35,9 @@ from scipy.spatial.distance import pdist
 from napari_recist_seg.core.pseudo_masks import PSEUDO_MASK_METHODS, pseudo_mask
 from napari_recist_seg.core.recist import Recist, recist_from_mask
 
-_PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The same cases every run, so that a run's result is reproducible.
+_PROPERTY = settings(max_examples=200, deadline=None, derandomize=True,
+                     suppress_health_check=[HealthCheck.too_slow])
 _RHO = np.sqrt(2) / 2
 _SHAPE = (160, 160)
 

@@ -323,7 +323,13 @@ def suggest_k(
         if distinct < 2:
             raise ValueError(f"the lesions are too alike to group: all {len(recists)} have the "
                              f"same RECIST measurements")
+        alike = [k for k in ks if k > distinct]
         ks = [k for k in ks if k <= distinct]
+        if not ks:
+            raise ValueError(
+                f"the lesions are too alike for K in {alike}: their {len(recists)} RECIST "
+                f"measurements take only {distinct} distinct values; choose K <= {distinct}"
+            )
     if not ks:
         raise ValueError(
             f"no K in {candidates} can be scored for {len(recists)} lesions "

@@ -155,7 +155,10 @@ def test_one_contour_layer_per_model_metrics_and_csv(make_napari_viewer, qtbot, 
         np.testing.assert_allclose(layer.colormap.map(np.array([1]))[0][:3],
                                    _rgb(MODEL_COLOURS[kind]), atol=1e-6)
         np.testing.assert_allclose(layer.scale, viewer.layers["CT phantom"].scale)
+        # The image's units (mm): a layer in "pixel" beside it makes napari drop them all.
+        assert tuple(layer.units) == tuple(viewer.layers["CT phantom"].units)
     truth = viewer.layers["CT phantom true masks (ground truth)"]
+    assert [str(u) for u in truth.units] == ["millimeter"] * 2
     np.testing.assert_array_equal(truth.data, before["CT phantom true masks"] > 0)
     np.testing.assert_allclose(truth.colormap.map(np.array([1]))[0][:3],
                                _rgb(MODEL_COLOURS["truth"]), atol=1e-6)

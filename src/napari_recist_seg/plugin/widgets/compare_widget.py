@@ -67,7 +67,7 @@ from ..comparison import (
     predict_models,
     prediction_name,
 )
-from ..layer_units import META_KEY
+from ..layer_units import META_KEY, derived_units
 from ..model_registry import MODEL_REGISTRY, load_entry
 from ..notifications import notify_error, notify_info
 from ..recist_layers import is_recist_layer
@@ -337,9 +337,13 @@ class CompareWidget(QWidget):
         if layer is None or layer.data.shape != data.shape:
             if layer is not None:
                 self.viewer.layers.remove(layer)
+            # The image's units: a layer left in "pixel" over an image in mm makes napari
+            # drop units (and the scale bar's mm) for every layer.
+            units = derived_units(image).get("units", ())[-ndim:]
             layer = Labels(data, name=name, scale=scale, translate=translate, opacity=1.0,
                            colormap=_contour_colormap(colour),
-                           metadata={META_KEY: {"role": role, "key": key}})
+                           metadata={META_KEY: {"role": role, "key": key}},
+                           **({"units": units} if units else {}))
             layer.contour = _CONTOUR
             self.viewer.add_layer(layer)
         else:

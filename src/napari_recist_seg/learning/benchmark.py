@@ -220,35 +220,9 @@ def run_benchmark(
             pseudo_mask_method=config.pseudo_mask, seed=seed,
         )
         for kind in config.models:
-            tc = TrainConfig(
-                kind=kind, encoder=config.encoder, input_size=config.size,
-                in_channels=train_data.in_channels,
-                n_groups=data.grouping.k, epochs=config.epochs, batch_size=config.batch_size,
-                lr=config.lr, patience=config.patience, seed=seed, device=config.device,
-            )
-            run_dir = out / "runs" / f"{kind}-seed{seed}"
-            last = None
-            for event in train(data.train_set, data.val_set, tc, run_dir,
-                               grouping=data.grouping, stop=stop, overwrite=overwrite):
-                last = event
-                if on_event is not None:
-                    on_event(kind, seed, event)
-            stopped = last is not None and last.kind == "stopped"
-            history = _history(run_dir)
-            best = last.best_epoch if last is not None else None
-            seconds_to_best = next((h["elapsed"] for h in history if h["epoch"] == best), None)
-            entry = results["training"].setdefault(kind, {"seeds": []})
-            entry["seeds"].append({
-                "seed": seed,
-                "train_seconds": last.elapsed if last else 0.0,
-                "epochs_run": len(history),
-                "best_epoch": best,
-                "seconds_to_best": seconds_to_best,
-                "images_per_second": last.images_per_second if last else 0.0,
-                "n_groups": data.grouping.k,
-                "stopped": stopped,
-            })
-            results["histories"].setdefault(kind, []).append(history)
+            run_dir, best, stopped = _train_and_record(
+                results, data, config, kind, seed, train_data.in_channels, out,
+                stop=stop, overwrite=overwrite, on_event=on_event)
             if best is None:
                 continue
             model = load_model(run_dir, device=config.device)
@@ -276,13 +250,7 @@ def run_benchmark(
             examples[test.name][method] = drawn[: config.examples]
         for method, per_seed in scores[test.name].items():
             results["tests"][test.name]["methods"][method] = {"metrics": _aggregate(per_seed)}
-    for entry in results["training"].values():
-        seeds = entry["seeds"]
-        for key in ("train_seconds", "epochs_run", "best_epoch", "seconds_to_best",
-                    "images_per_second"):
-            values = [s[key] for s in seeds if s[key] is not None]
-            entry[key] = float(np.mean(values)) if values else None
-            entry[f"{key}_std"] = float(np.std(values)) if values else None
+    _average_seeds(results)
     results["total_seconds"] = time.perf_counter() - t0
     results["stopped"] = stopped
 
@@ -292,6 +260,50 @@ def run_benchmark(
 
     write_report(out, results, tests, examples)
     return results
+
+
+def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, seed: int,
+                      in_channels: int, out: Path, *, stop, overwrite: bool, on_event):
+    """Train one model of the benchmark into ``out/runs/KIND-seedN`` and record its run in
+    ``results``; returns (run folder, best epoch or None, whether it was stopped)."""
+    tc = TrainConfig(kind=kind, encoder=config.encoder, input_size=config.size,
+                     in_channels=in_channels, n_groups=data.grouping.k, epochs=config.epochs,
+                     batch_size=config.batch_size, lr=config.lr, patience=config.patience,
+                     seed=seed, device=config.device)
+    run_dir = out / "runs" / f"{kind}-seed{seed}"
+    last = None
+    for event in train(data.train_set, data.val_set, tc, run_dir, grouping=data.grouping,
+                       stop=stop, overwrite=overwrite):
+        last = event
+        if on_event is not None:
+            on_event(kind, seed, event)
+    stopped = last is not None and last.kind == "stopped"
+    history = _history(run_dir)
+    best = last.best_epoch if last is not None else None
+    entry = results["training"].setdefault(kind, {"seeds": []})
+    entry["seeds"].append({
+        "seed": seed,
+        "train_seconds": last.elapsed if last else 0.0,
+        "epochs_run": len(history),
+        "best_epoch": best,
+        "seconds_to_best": next((h["elapsed"] for h in history if h["epoch"] == best), None),
+        "images_per_second": last.images_per_second if last else 0.0,
+        "n_groups": data.grouping.k,
+        "stopped": stopped,
+    })
+    results["histories"].setdefault(kind, []).append(history)
+    return run_dir, best, stopped
+
+
+def _average_seeds(results: dict) -> None:
+    """Mean and std over seeds of each model's training figures, beside its per-seed list."""
+    for entry in results["training"].values():
+        seeds = entry["seeds"]
+        for key in ("train_seconds", "epochs_run", "best_epoch", "seconds_to_best",
+                    "images_per_second"):
+            values = [s[key] for s in seeds if s[key] is not None]
+            entry[key] = float(np.mean(values)) if values else None
+            entry[f"{key}_std"] = float(np.std(values)) if values else None
 
 
 def _history(run_dir: Path) -> list[dict]:
@@ -420,30 +432,9 @@ def run_table_benchmark(
                                   pseudo_mask_method=config.pseudo_mask, seed=seed)
         results["n_train"] = len(data.train_indices)
         for kind in config.models:
-            tc = TrainConfig(kind=kind, encoder=config.encoder, input_size=config.size,
-                             in_channels=data.train_set.n_channels, n_groups=data.grouping.k,
-                             epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                             patience=config.patience, seed=seed, device=config.device)
-            run_dir = out / "runs" / f"{kind}-seed{seed}"
-            last = None
-            for event in train(data.train_set, data.val_set, tc, run_dir,
-                               grouping=data.grouping, stop=stop, overwrite=overwrite):
-                last = event
-                if on_event is not None:
-                    on_event(kind, seed, event)
-            stopped = last is not None and last.kind == "stopped"
-            history = _history(run_dir)
-            best = last.best_epoch if last is not None else None
-            entry = results["training"].setdefault(kind, {"seeds": []})
-            entry["seeds"].append({
-                "seed": seed, "train_seconds": last.elapsed if last else 0.0,
-                "epochs_run": len(history), "best_epoch": best,
-                "seconds_to_best": next((h["elapsed"] for h in history
-                                         if h["epoch"] == best), None),
-                "images_per_second": last.images_per_second if last else 0.0,
-                "n_groups": data.grouping.k, "stopped": stopped,
-            })
-            results["histories"].setdefault(kind, []).append(history)
+            run_dir, best, stopped = _train_and_record(
+                results, data, config, kind, seed, data.train_set.n_channels, out,
+                stop=stop, overwrite=overwrite, on_event=on_event)
             if best is None or truths is None:
                 if stopped:
                     break
@@ -492,13 +483,7 @@ def run_table_benchmark(
         tests = [_TableTest(name, [r.image for _, r in order], test_images, test_masks)]
         for method, per_seed in scores.items():
             results["tests"][name]["methods"][method] = {"metrics": _aggregate(per_seed)}
-    for entry in results["training"].values():
-        seeds = entry["seeds"]
-        for key in ("train_seconds", "epochs_run", "best_epoch", "seconds_to_best",
-                    "images_per_second"):
-            values = [s[key] for s in seeds if s[key] is not None]
-            entry[key] = float(np.mean(values)) if values else None
-            entry[f"{key}_std"] = float(np.std(values)) if values else None
+    _average_seeds(results)
     results["total_seconds"] = time.perf_counter() - t0
     results["stopped"] = stopped
     results["scored"] = truths is not None

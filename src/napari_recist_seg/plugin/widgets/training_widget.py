@@ -453,19 +453,12 @@ class TrainingWidget(QWidget):
         """A ``TrainingJob`` from the form and the layers; ValueError says what is missing."""
         settings = self.settings()
         if self.folder_radio.isChecked():
-            folder = self.folder_edit.text().strip()
-            if not folder:
-                raise ValueError("choose the image+mask folder to train on")
-            if not Path(folder).expanduser().is_dir():
-                raise ValueError(f"{folder} is not a folder")
-            job = TrainingJob(folder=str(Path(folder).expanduser()), source=folder, **settings)
+            folder = _chosen_path(self.folder_edit, "the image+mask folder", folder=True)
+            job = TrainingJob(folder=folder, source=self.folder_edit.text().strip(), **settings)
         elif self.table_radio.isChecked():
-            table = self.table_edit.text().strip()
-            if not table:
-                raise ValueError("choose the RECIST table (DL_info.csv or .csv/.json) to train on")
-            if not Path(table).expanduser().is_file():
-                raise ValueError(f"{table} is not a file")
-            job = TrainingJob(table=str(Path(table).expanduser()), source=table, **settings)
+            table = _chosen_path(self.table_edit, "the RECIST table (DL_info.csv or .csv/.json)",
+                                 folder=False)
+            job = TrainingJob(table=table, source=self.table_edit.text().strip(), **settings)
         else:
             job = TrainingJob(**settings, **self._layer_data())
         job.validate()
@@ -549,10 +542,7 @@ class TrainingWidget(QWidget):
 
     def _settle_occupied_folder(self, job: TrainingJob) -> TrainingJob | None:
         """``job`` as the user wants it when its folder holds runs already; None: cancelled."""
-        from ...learning.run_folders import find_run
-
-        runs = {kind: find_run(Path(job.out_dir) / kind) for kind in job.kinds}
-        runs = {kind: run for kind, run in runs.items() if run is not None}
+        runs = _runs_of(job)
         if not runs:
             return job
         can_resume = all(run.has_last and not run.finished for run in runs.values())
@@ -773,12 +763,28 @@ def _free_subfolder(folder: Path) -> Path:
     return folder / f"run-{n}"
 
 
-def _resumable_runs(job: TrainingJob) -> dict:
-    """The ticked kinds' stopped runs in the output folder; ValueError when there are none."""
+def _runs_of(job: TrainingJob) -> dict:
+    """The runs already in the output folder for the job's kinds (kind -> ``RunInfo``)."""
     from ...learning.run_folders import find_run
 
     runs = {kind: find_run(Path(job.out_dir) / kind) for kind in job.kinds}
-    stopped = {k: r for k, r in runs.items() if r is not None and r.has_last and not r.finished}
+    return {kind: run for kind, run in runs.items() if run is not None}
+
+
+def _chosen_path(edit, what: str, folder: bool) -> str:
+    """The path typed or chosen in ``edit``; ValueError when it is empty or not there."""
+    text = edit.text().strip()
+    if not text:
+        raise ValueError(f"choose {what} to train on")
+    path = Path(text).expanduser()
+    if not (path.is_dir() if folder else path.is_file()):
+        raise ValueError(f"{text} is not a {'folder' if folder else 'file'}")
+    return str(path)
+
+
+def _resumable_runs(job: TrainingJob) -> dict:
+    """The ticked kinds' stopped runs in the output folder; ValueError when there are none."""
+    stopped = {k: r for k, r in _runs_of(job).items() if r.has_last and not r.finished}
     if not stopped:
         kinds = ", ".join(KIND_NAMES[k] for k in job.kinds)
         raise ValueError(f"{job.out_dir} holds no stopped run of {kinds} to resume")

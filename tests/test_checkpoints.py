@@ -37,9 +37,19 @@ def image():
     return torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
 
 
+def forward(model, kind, x):
+    """The model's output on ``x`` (with its partner or a fixed prompt where it takes one)."""
+    if kind == "coseg":
+        return model(x, x.flip(0))
+    if kind == "prompted":
+        g = torch.Generator().manual_seed(4)
+        return model(x, torch.rand(x.shape[0], 3, *x.shape[2:], generator=g))
+    return model(x)
+
+
 def outputs(model, kind, x):
     with torch.no_grad():
-        out = model(x, x.flip(0)) if kind == "coseg" else model(x)
+        out = forward(model, kind, x)
     return out if isinstance(out, tuple) else (out,)
 
 
@@ -76,8 +86,7 @@ def test_round_trip_gives_identical_outputs(tmp_path, kind):
              "partner_image": x.flip(0), "partner_mask": mask.flip(0)}
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    out = model(x, x.flip(0)) if kind == "coseg" else model(x)
-    loss, _ = loss_fn(out, batch)
+    loss, _ = loss_fn(forward(model, kind, x), batch)
     loss.backward()
     optimizer.step()
     model.eval()

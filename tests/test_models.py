@@ -37,6 +37,7 @@ def tiny_batch():
     partner = torch.randn(2, 3, SIZE, SIZE, generator=g)
     return {
         "image": image,
+        "prompt": torch.rand(3, SIZE, SIZE, generator=g).expand(2, -1, -1, -1).clone(),
         "mask": mask,
         "group": torch.tensor([0, 2]),
         "partner_image": partner,
@@ -47,6 +48,8 @@ def tiny_batch():
 def forward(model, kind, batch):
     if kind == "coseg":
         return model(batch["image"], batch["partner_image"])
+    if kind == "prompted":
+        return model(batch["image"], batch["prompt"])
     return model(batch["image"])
 
 
@@ -56,7 +59,7 @@ def test_forward_shapes(kind):
     batch = tiny_batch()
     with torch.no_grad():
         out = forward(model, kind, batch)
-    if kind == "a1":
+    if kind in ("a1", "prompted"):
         assert out.shape == (2, 1, SIZE, SIZE)
     elif kind == "multitask":
         mask_logits, group_logits = out
@@ -134,11 +137,14 @@ def test_coseg_rejects_mismatched_pair():
 def test_input_not_multiple_of_stride_is_refused(kind):
     model = make(kind).eval()
     with pytest.raises(ValueError, match="multiples of 16"):
-        model(torch.zeros(1, 3, 60, 60))
+        if kind == "prompted":
+            model(torch.zeros(1, 3, 60, 60), torch.zeros(1, 3, 60, 60))
+        else:
+            model(torch.zeros(1, 3, 60, 60))
 
 
 def test_unknown_kind_lists_valid_kinds():
-    with pytest.raises(ValueError, match="a1.*multitask.*coseg"):
+    with pytest.raises(ValueError, match="multitask.*a1.*coseg.*prompted"):
         build_model("unet")
 
 
@@ -278,8 +284,8 @@ def test_coseg_loss_averages_both_outputs():
 def test_dice_term_is_added_when_asked(kind):
     batch = tiny_batch()
     logits = torch.randn(2, 1, SIZE, SIZE)
-    outputs = {"a1": logits, "multitask": (logits, torch.randn(2, N_GROUPS)),
-               "coseg": (logits, logits)}[kind]
+    outputs = {"a1": logits, "prompted": logits,
+               "multitask": (logits, torch.randn(2, N_GROUPS)), "coseg": (logits, logits)}[kind]
     total, terms = make_loss(kind, w_seg=1.0, dice_weight=2.0)(outputs, batch)
     assert "dice" in terms
     assert terms["total"] == pytest.approx(sum(v for k, v in terms.items() if k != "total"))
@@ -323,3 +329,36 @@ def test_resnet101_multitask_builds():
     model = build_model("multitask", encoder="resnet101", n_groups=5)
     assert model.config["encoder"] == "resnet101"
     assert model.classification_head[-2].out_features == 5
+
+
+def test_prompted_network_reads_the_prompt_and_refuses_to_run_without_it():
+    model = make("prompted").eval()
+    batch = tiny_batch()
+    assert model.config["prompt_channels"] == 3
+    assert model.encoder.conv1.in_channels == 6
+    with torch.no_grad():
+        out = model(batch["image"], batch["prompt"])
+        other = model(batch["image"], torch.flip(batch["prompt"], dims=(2,)))
+    assert not torch.allclose(out, other)
+    with pytest.raises(ValueError, match="prompt"):
+        model(batch["image"])
+    with pytest.raises(ValueError, match="prompt has shape"):
+        model(batch["image"], batch["prompt"][:1])
+    with pytest.raises(ValueError, match="prompt_channels"):
+        build_model("prompted", input_size=SIZE, prompt_channels=2)
+
+
+def test_weighted_loss_ignores_pixels_of_weight_zero():
+    batch = tiny_batch()
+    logits = torch.randn(2, 1, SIZE, SIZE)
+    weight = torch.ones(2, 1, SIZE, SIZE)
+    weight[:, :, :, : SIZE // 2] = 0
+    total, _ = make_loss("a1", w_seg=1.0)(logits, {**batch, "weight": weight})
+    half = slice(SIZE // 2, None)
+    expected = F.binary_cross_entropy_with_logits(logits[..., half], batch["mask"][..., half])
+    torch.testing.assert_close(total, expected)
+    # Whatever the logits say where the weight is zero, the loss does not change.
+    changed = logits.clone()
+    changed[..., : SIZE // 2] = 100.0
+    again, _ = make_loss("a1", w_seg=1.0)(changed, {**batch, "weight": weight})
+    torch.testing.assert_close(again, total)

@@ -12,10 +12,11 @@ from ..cli import command
 from ..core.metrics import METRIC_NAMES, mean_metrics, segmentation_metrics
 from ..core.pseudo_masks import PSEUDO_MASK_METHODS
 from ..data._atomic import atomic_write
+from ..learning.model_kinds import MODEL_KINDS
 from ._outputs import output_stems, prepare_output_folder, refuse_existing
 from ._progress import progress
 
-MODEL_CHOICES = ("multitask", "a1", "coseg")
+MODEL_CHOICES = MODEL_KINDS
 
 
 class TrainingBars:
@@ -94,7 +95,7 @@ def _configure_train(p) -> None:
     p.add_argument("--out", required=True, help="output folder (one subfolder per model)")
     _table_options(p)
     p.add_argument("--models", default="multitask",
-                   help="comma-separated kinds: multitask, a1, coseg, or 'all'")
+                   help=f"comma-separated kinds: {', '.join(MODEL_KINDS)}, or 'all'")
     from ..learning.train_config import TrainConfig as d
 
     p.add_argument("--encoder", default=d.encoder, help="default: %(default)s")
@@ -281,7 +282,7 @@ def _write_mask(path: Path, mask: np.ndarray) -> None:
 def _predict(args) -> int:
     from ..data.image_folders import load_image
     from ..data.recist_sources import is_lesion_table
-    from ..learning.inference import load_model, predict_detailed
+    from ..learning.inference import is_prompted, load_model, predict_detailed
 
     if len(args.inputs) == 1 and is_lesion_table(args.inputs[0]) and not args.recists:
         return _predict_table(args)
@@ -303,6 +304,9 @@ def _predict(args) -> int:
     targets = [out / stem.parent / f"{stem.name}_mask.png" for stem in stems]
     refuse_existing([*targets, out / "predictions.csv"], args.overwrite)
     model = load_model(args.model, device=args.device)
+    if is_prompted(model) and not args.recists:
+        raise ValueError(f"{args.model} is a RECIST-prompted model: give each lesion's RECIST "
+                         f"with --recists FILE, or predict a lesion table")
     prepare_output_folder(out)
     rows = []
     for f, stem, target in progress(list(zip(files, stems, targets)), "predicting",

@@ -25,6 +25,7 @@ processes see the epoch set before the loader is iterated (keep ``persistent_wor
 
 from __future__ import annotations
 
+import copy
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..core.pseudo_masks import PSEUDO_MASK_METHODS, pseudo_mask
 from ..core.recist import Recist
+from ..core.recist_prompt import jitter_recist, prompt_channels
 from .crops import (
     CropTransform,
     crop_transform_for,
@@ -45,7 +47,8 @@ from .crops import (
     window_ct,
 )
 
-__all__ = ["EpochSampler", "LesionDataset", "crop_input", "pair_indices", "whole_image_input"]
+__all__ = ["EpochSampler", "LesionDataset", "crop_input", "pair_indices", "whole_image_input",
+           "whole_image_recist"]
 
 _PAIR_MODES = ("same_group", "random")
 _NORMALISE = (None, "image", "imagenet")
@@ -124,6 +127,14 @@ def whole_image_input(image, size: int, *, channel_axis=None, normalise=None) ->
     if normalise is not None:
         x = normalise_rgb(x, mode=normalise, channel_axis=0)
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def whole_image_recist(recist: Recist, source_shape, size: int) -> Recist:
+    """``recist`` in the coordinates of its image resized to ``size`` x ``size``."""
+    h, w = (int(v) for v in source_shape[:2])
+    factor = (size / h, size / w)
+    # Pixel centres sit at integers: scale about the image's outer corner (-0.5, -0.5).
+    return recist.translated((0.5, 0.5)).scaled(factor).translated((-0.5, -0.5))
 
 
 def crop_input(image, transform: CropTransform, *, window=None, channel_axis=None,
@@ -387,6 +398,9 @@ class LesionDataset(Dataset):
             raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
         self.normalise = normalise
         self.epoch = 0
+        self.prompt = False
+        self.prompt_jitter = 0.0
+        self.prior_dropout = 0.0
 
     # -- constructors --------------------------------------------------------------------------
     @classmethod
@@ -482,8 +496,7 @@ class LesionDataset(Dataset):
             if stored is not None:
                 stored[i] = _whole_u8(image, size, channel_axis)
             factor = (size / h, size / w)
-            # Pixel centres sit at integers: scale about the image's outer corner (-0.5, -0.5).
-            r_out = r.translated((0.5, 0.5)).scaled(factor).translated((-0.5, -0.5))
+            r_out = whole_image_recist(r, (h, w), size)
             out_recists.append(r_out)
             if abs(factor[0] - factor[1]) <= 1e-9 * max(factor):
                 _pack_into(masks, i, pseudo_mask(r_out, (size, size), pseudo_mask_method))
@@ -754,6 +767,51 @@ class LesionDataset(Dataset):
             return np.arange(n)
         return np.random.default_rng([self.seed, self.epoch, 0, 0]).permutation(n)
 
+    def with_prompt(self, jitter: float = 2.0, prior_dropout: float = 0.5) -> LesionDataset:
+        """A view of this data set whose items also hold the RECIST prompt channels.
+
+        Parameters
+        ----------
+        jitter : float
+            Standard deviation, in item pixels, of the random shift of each endpoint, drawn
+            anew for each item and epoch (readers disagree by a few pixels on where a
+            boundary is). 0 with ``prior_dropout`` 0 gives the plain prompt, for validation.
+        prior_dropout : float
+            Probability that an item's ``prior`` channel is blanked, so that a network learns
+            to segment from the image and the marks alone.
+
+        Returns
+        -------
+        LesionDataset
+            A shallow copy sharing images and masks; this data set is not changed. Items gain
+            a ``prompt`` entry: float32 (3, size, size), see ``core.recist_prompt``.
+        """
+        if not (0 <= float(jitter) <= 0.25 * self.size):
+            raise ValueError(f"jitter must be between 0 and {0.25 * self.size:g} pixels, "
+                             f"got {jitter!r}")
+        if not 0 <= float(prior_dropout) <= 1:
+            raise ValueError(f"prior_dropout must be in [0, 1], got {prior_dropout!r}")
+        view = copy.copy(self)
+        view.prompt = True
+        view.prompt_jitter = float(jitter)
+        view.prior_dropout = float(prior_dropout)
+        return view
+
+    def prompt_of(self, index) -> np.ndarray:
+        """Lesion ``index``'s prompt channels without augmentation, float32 (3, size, size)."""
+        i = self._check_index(index)
+        return prompt_channels(self.recists[i], (self.size, self.size))
+
+    def _prompt(self, i: int) -> np.ndarray:
+        if self.prompt_jitter == 0 and self.prior_dropout == 0:
+            return prompt_channels(self.recists[i], (self.size, self.size))
+        # A stream of its own, so that prompted items augment their images exactly as the
+        # items of the other model kinds do.
+        rng = np.random.default_rng([self.seed, self.epoch, 3, i])
+        recist = jitter_recist(self.recists[i], rng, self.prompt_jitter)
+        keep_prior = bool(rng.random() >= self.prior_dropout)
+        return prompt_channels(recist, (self.size, self.size), prior=keep_prior)
+
     def partners(self, mode: str = "same_group") -> np.ndarray:
         """Co-segmentation partner of each lesion for this epoch (see ``pair_indices``)."""
         return pair_indices(self.groups, seed=[self.seed, self.epoch, 2, 0], mode=mode)
@@ -764,15 +822,16 @@ class LesionDataset(Dataset):
         mask = self._unpack(self._masks, i)
         has_gt = bool(self.has_gt[i])
         gt = self._unpack(self._gt, i) if has_gt else None
+        prompt = self._prompt(i) if self.prompt else None
         if self.augment:
-            image, mask, gt = self._augment(i, image, mask, gt)
+            image, mask, gt, prompt = self._augment(i, image, mask, gt, prompt)
         if self.normalise is not None:
             image = normalise_rgb(image, mode=self.normalise, channel_axis=0)
         if gt is None:
             gt_arr = np.full((1, self.size, self.size), np.nan, dtype=np.float32)
         else:
             gt_arr = gt[None].astype(np.float32)
-        return {
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             "mask": torch.from_numpy(np.ascontiguousarray(mask[None], dtype=np.float32)),
             "group": torch.tensor(int(self.groups[i]), dtype=torch.int64),
@@ -780,12 +839,15 @@ class LesionDataset(Dataset):
             "has_gt": has_gt,
             "index": i,
         }
+        if prompt is not None:
+            item["prompt"] = torch.from_numpy(np.ascontiguousarray(prompt, dtype=np.float32))
+        return item
 
     def augmentation_rng(self, index) -> np.random.Generator:
         """The generator that augments item ``index`` in the current epoch."""
         return np.random.default_rng([self.seed, self.epoch, 1, self._check_index(index)])
 
-    def _augment(self, i, image, mask, gt):
+    def _augment(self, i, image, mask, gt, prompt=None):
         rng = self.augmentation_rng(i)
         # Draw every number every time so that each choice keeps its place in the stream.
         k = int(rng.integers(4))
@@ -805,10 +867,11 @@ class LesionDataset(Dataset):
         image = geometric(image, 1)
         mask = geometric(mask, 0)
         gt = None if gt is None else geometric(gt, 0)
+        prompt = None if prompt is None else geometric(prompt, 1)
         mean = image.mean(axis=(1, 2), keepdims=True)
         image = (image - mean) * np.float32(contrast) + mean + np.float32(brightness)
         image = np.clip(image, 0.0, 1.0)
-        return image, mask, gt
+        return image, mask, gt, prompt
 
     def paste_back(self, index, mask, source_shape=None) -> np.ndarray:
         """Map an item-space mask (or probability map) back onto the lesion's source image.

@@ -23,6 +23,7 @@ from ..core.recist import recist_from_mask
 from ..data._atomic import atomic_write
 from ..data.image_folders import load_pair, read_image_mask_folder
 from .preparation import prepare_whole_images
+from .statistics import compare_methods, default_pairs, json_floats, per_image_means, seed_summary
 from .trainer import TrainConfig, train
 
 __all__ = ["BenchmarkConfig", "load_folder", "run_benchmark", "run_table_benchmark",
@@ -187,7 +188,7 @@ def run_benchmark(
     dict
         The content of ``results.json``.
     """
-    from .inference import load_model, predict
+    from .inference import is_prompted, load_model, predict
 
     out = Path(out_dir)
     if not test_dirs:
@@ -226,11 +227,15 @@ def run_benchmark(
             if best is None:
                 continue
             model = load_model(run_dir, device=config.device)
+            prompted = is_prompted(model)
             for test in tests:
                 it = zip(test.images, test.masks)
                 if progress is not None:
                     it = progress(list(it), f"scoring {kind} on {test.name}")
-                preds = [predict(model, img, tta=config.tta) for img, _ in it]
+                # A prompted model is given each test lesion's RECIST, simulated from its
+                # mask exactly as for the pseudo-mask reference rows.
+                preds = [predict(model, img, [r] if prompted else None, tta=config.tta)
+                         for (img, _), r in zip(it, test.recists)]
                 rows = [segmentation_metrics(p, m) for p, m in zip(preds, test.masks)]
                 scores[test.name].setdefault(kind, []).append(rows)
                 if seed == 0:
@@ -249,7 +254,13 @@ def run_benchmark(
             ]
             examples[test.name][method] = drawn[: config.examples]
         for method, per_seed in scores[test.name].items():
-            results["tests"][test.name]["methods"][method] = {"metrics": _aggregate(per_seed)}
+            results["tests"][test.name]["methods"][method] = {
+                "metrics": _aggregate(per_seed),
+                "per_image_dice": json_floats(per_image_means(per_seed)),
+                "seeds": seed_summary(per_seed),
+            }
+        results["tests"][test.name]["comparisons"] = compare_methods(
+            scores[test.name], default_pairs(list(scores[test.name])))
     _average_seeds(results)
     results["total_seconds"] = time.perf_counter() - t0
     results["stopped"] = stopped
@@ -482,7 +493,13 @@ def run_table_benchmark(
             test_masks.append(_own_truth(truths, r)[box])
         tests = [_TableTest(name, [r.image for _, r in order], test_images, test_masks)]
         for method, per_seed in scores.items():
-            results["tests"][name]["methods"][method] = {"metrics": _aggregate(per_seed)}
+            results["tests"][name]["methods"][method] = {
+                "metrics": _aggregate(per_seed),
+                "per_image_dice": json_floats(per_image_means(per_seed)),
+                "seeds": seed_summary(per_seed),
+            }
+        results["tests"][name]["comparisons"] = compare_methods(
+            scores, default_pairs(list(scores)))
     _average_seeds(results)
     results["total_seconds"] = time.perf_counter() - t0
     results["stopped"] = stopped

@@ -10,8 +10,9 @@ import torch
 from skimage.transform import resize
 
 from ..core.grouping import LesionGrouping
+from ..core.recist_prompt import prompt_channels
 from ..data.crops import crop_transform_for
-from ..data.dataset import crop_input, whole_image_input
+from ..data.dataset import crop_input, whole_image_input, whole_image_recist
 from .checkpoints import (
     check_config_fields,
     interrupted_save_copy,
@@ -19,11 +20,13 @@ from .checkpoints import (
     read_checkpoint_config,
 )
 from .devices import pick_device
+from .model_kinds import MODEL_REGISTRY
 
 __all__ = [
     "LESION_COLUMNS",
     "Prediction",
     "TablePrediction",
+    "is_prompted",
     "load_model",
     "predict",
     "predict_detailed",
@@ -113,26 +116,37 @@ def _device_of(model) -> torch.device:
         return torch.device("cpu")
 
 
-def _run(model, batch: np.ndarray, tta: bool):
+def _run(model, batch: np.ndarray, tta: bool, prompts: np.ndarray | None = None):
     """Mask probabilities (N, S, S) and group logits (N, K) or None for a batch of inputs."""
-    x = torch.from_numpy(batch).to(_device_of(model))
+    device = _device_of(model)
+    x = torch.from_numpy(batch).to(device)
+    p = None if prompts is None else torch.from_numpy(prompts).to(device)
+    entry = MODEL_REGISTRY[model.kind]
 
-    def once(inp):
+    def once(inp, prompt):
+        if entry.prompted:
+            return model(inp, prompt), None
         out = model(inp)
-        if model.kind == "a1":
+        if not (entry.groups or entry.paired):
             return out, None
-        return out[0], (out[1] if model.kind == "multitask" else None)
+        return out[0], (out[1] if entry.groups else None)
 
     with torch.no_grad():
-        logits, groups = once(x)
+        logits, groups = once(x, p)
         prob = torch.sigmoid(logits)
         if tta:
             # Flip test-time augmentation: average the predictions of mirrored inputs.
             for dims in ((3,), (2,)):
-                lg, _ = once(torch.flip(x, dims))
+                lg, _ = once(torch.flip(x, dims), None if p is None else torch.flip(p, dims))
                 prob = prob + torch.flip(torch.sigmoid(lg), dims)
             prob = prob / 3
     return prob[:, 0].cpu().numpy(), None if groups is None else groups.cpu().numpy()
+
+
+def is_prompted(model) -> bool:
+    """Whether ``model`` needs each lesion's RECIST to predict."""
+    entry = MODEL_REGISTRY.get(getattr(model, "kind", None))
+    return bool(entry is not None and entry.prompted)
 
 
 def _plane_shape(image: np.ndarray, channel_axis) -> tuple[int, int]:
@@ -156,15 +170,22 @@ def predict_detailed(model, image, recists=None, *, threshold: float = 0.5, tta:
     normalise = pre.get("normalise")
     shape = _plane_shape(image, channel_axis)
     mode = pre.get("mode", "whole_image")
+    prompted = is_prompted(model)
+    if prompted and recists is None:
+        raise ValueError("this model is RECIST-prompted: give the RECIST of each lesion to "
+                         "segment")
     if mode == "crops" and recists is None:
         raise ValueError(
             "this model was trained on lesion crops: give the RECIST of the lesions to segment"
         )
-    if mode == "whole_image" and recists is not None:
+    if mode == "whole_image" and recists is not None and not prompted:
         raise ValueError(
             "this model was trained on whole images: predict without RECIST (recists=None)"
         )
     model.eval()
+    if mode == "whole_image" and prompted:
+        return _predict_whole_prompted(model, image, list(recists), size, normalise, shape,
+                                       channel_axis, threshold, tta, batch_size)
     if recists is None:
         x = whole_image_input(image, size, channel_axis=channel_axis, normalise=normalise)
         _check_channels(model, x)
@@ -190,14 +211,34 @@ def predict_detailed(model, image, recists=None, *, threshold: float = 0.5, tta:
             for t in transforms
         ])
         _check_channels(model, batch[0])
-        prob, groups = _run(model, batch, tta)
+        prompts = None
+        if prompted:
+            prompts = np.stack([prompt_channels(t.crop_recist(r), (size, size))
+                                for t, r in zip(transforms, chunk)])
+        prob, groups = _run(model, batch, tta, prompts)
         for t, p in zip(transforms, prob):
             full = np.maximum(full, t.paste_values(p, shape))
         if groups is not None:
             group_out.extend(np.argmax(groups, axis=1).tolist())
-    groups_arr = (np.asarray(group_out, dtype=np.int64) if model.kind == "multitask"
+    groups_arr = (np.asarray(group_out, dtype=np.int64) if MODEL_REGISTRY[model.kind].groups
                   else None)
     return Prediction(full >= threshold, full, groups_arr)
+
+
+def _predict_whole_prompted(model, image, recists, size, normalise, shape, channel_axis,
+                            threshold, tta, batch_size) -> Prediction:
+    """A whole-image prompted model: one pass per lesion, each prompted by its own RECIST."""
+    x = whole_image_input(image, size, channel_axis=channel_axis, normalise=normalise)
+    _check_channels(model, x)
+    small = np.zeros((size, size), np.float32)
+    for start in range(0, len(recists), batch_size):
+        chunk = recists[start:start + batch_size]
+        prompts = np.stack([prompt_channels(whole_image_recist(r, shape, size), (size, size))
+                            for r in chunk])
+        prob, _ = _run(model, np.repeat(x[None], len(chunk), axis=0), tta, prompts)
+        small = np.maximum(small, prob.max(axis=0))
+    full = resize(small, shape, order=1, mode="edge", anti_aliasing=False).astype(np.float32)
+    return Prediction(full >= threshold, full, None)
 
 
 def _check_channels(model, x: np.ndarray) -> None:
@@ -428,11 +469,14 @@ def _predict_stacks(model, table, stacks, windows, threshold, tta, batch_size):
                                          normalise=normalise)
                               for (i, _), t in zip(chunk, transforms)])
             _check_channels(model, batch[0])
-            prob, groups = _run(model, batch, tta)
+            prompts = None
+            if is_prompted(model):
+                prompts = np.stack([prompt_channels(t.crop_recist(r.recist), (size, size))
+                                    for (_, r), t in zip(chunk, transforms)])
+            prob, groups = _run(model, batch, tta, prompts)
             for k, t in enumerate(transforms):
                 masks.append(t.paste_values(prob[k], shape) >= threshold)
-                groups_out.append(None if groups is None or model.kind != "multitask"
-                                  else int(np.argmax(groups[k])))
+                groups_out.append(None if groups is None else int(np.argmax(groups[k])))
         yield s, members, masks, groups_out
 
 

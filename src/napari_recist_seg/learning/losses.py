@@ -5,6 +5,10 @@
 - ``"a1"``: ``100 x BCE-with-logits`` between the mask logits and the pseudo-mask.
 - ``"multitask"``: ``50 x BCE + 1 x cross-entropy`` of the group logits against the group label.
 - ``"coseg"``: ``100 x BCE`` on each image of the pair, averaged over the two.
+- ``"prompted"``: ``100 x BCE``, as ``"a1"``.
+
+When the batch holds a ``"weight"`` map (0 where a trimap target is undecided), the mask terms
+are averaged over the pixels of weight 1 only.
 
 An optional soft Dice term (``dice_weight x (1 - soft Dice)``) can be added to any kind.
 ``terms`` holds Python floats of the *weighted* terms, so ``terms["total"]`` is their sum:
@@ -19,10 +23,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .model_kinds import MODEL_REGISTRY
+
 __all__ = ["DEFAULT_WEIGHTS", "LossFn", "make_loss", "soft_dice_loss"]
 
-#: Paper defaults: (segmentation weight, classification weight).
-DEFAULT_WEIGHTS = {"a1": (100.0, None), "multitask": (50.0, 1.0), "coseg": (100.0, None)}
+#: Paper defaults: (segmentation weight, classification weight), from the kinds' registry.
+DEFAULT_WEIGHTS = {k.name: (k.seg_weight, k.cls_weight) for k in MODEL_REGISTRY.values()}
 
 LossFn = Callable[[Any, Mapping[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 
@@ -81,10 +87,11 @@ def make_loss(kind: str, w_seg: float | None = None, w_cls: float | None = None,
 
     Parameters
     ----------
-    kind : {"a1", "multitask", "coseg"}
-        Model kind, as in :func:`napari_recist_seg.learning.models.build_model`.
+    kind : str
+        A kind of ``model_kinds.MODEL_REGISTRY``, as in
+        :func:`napari_recist_seg.learning.models.build_model`.
     w_seg : float, optional
-        Weight of the BCE mask term; default 100 (a1, coseg) or 50 (multitask).
+        Weight of the BCE mask term; default from the registry: 100, or 50 for multitask.
     w_cls : float, optional
         Weight of the group cross-entropy; multitask only, default 1.
     dice_weight : float
@@ -108,30 +115,45 @@ def make_loss(kind: str, w_seg: float | None = None, w_cls: float | None = None,
     if kind not in DEFAULT_WEIGHTS:
         raise ValueError(f"kind must be one of {list(DEFAULT_WEIGHTS)}, got {kind!r}")
     default_seg, default_cls = DEFAULT_WEIGHTS[kind]
+    entry = MODEL_REGISTRY[kind]
     seg_weight = default_seg if w_seg is None else _check_weight(w_seg, "w_seg")
-    if kind != "multitask" and w_cls is not None:
+    if not entry.groups and w_cls is not None:
         raise ValueError(f"w_cls applies to kind 'multitask' only, got w_cls={w_cls!r} "
                          f"for kind {kind!r}")
     cls_weight = default_cls if w_cls is None else _check_weight(w_cls, "w_cls")
     dice_w = _check_weight(dice_weight, "dice_weight")
 
-    def seg_terms(logits: torch.Tensor, target: torch.Tensor
+    def seg_terms(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        bce = F.binary_cross_entropy_with_logits(logits, target)
-        dice = soft_dice_loss(logits, target) if dice_w > 0 else None
+        if weight is None:
+            bce = F.binary_cross_entropy_with_logits(logits, target)
+            dice = soft_dice_loss(logits, target) if dice_w > 0 else None
+            return bce, dice
+        # Pixels of weight 0 (a trimap's undecided band) teach nothing either way: the mean is
+        # over the decided pixels only.
+        per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        bce = (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
+        dice = None
+        if dice_w > 0:
+            dice = soft_dice_loss(logits.masked_fill(weight == 0, -20.0), target * weight)
         return bce, dice
+
+    def weight_of(batch, logits):
+        return _mask_like(batch, "weight", logits) if "weight" in batch else None
 
     def loss(outputs: Any, batch: Mapping[str, torch.Tensor]
              ) -> tuple[torch.Tensor, dict[str, float]]:
         if not isinstance(batch, Mapping):
             raise ValueError(f"batch must be a mapping of tensors, got {type(batch).__name__}")
         cls_term = None
-        if kind == "a1":
-            logits = _as_tensor(outputs, "a1 outputs")
-            bce, dice = seg_terms(logits, _mask_like(batch, "mask", logits))
-        elif kind == "multitask":
+        if not entry.groups and not entry.paired:
+            logits = _as_tensor(outputs, f"{kind} outputs")
+            bce, dice = seg_terms(logits, _mask_like(batch, "mask", logits),
+                                  weight_of(batch, logits))
+        elif entry.groups:
             logits, group_logits = _pair(outputs, kind, "mask_logits, group_logits")
-            bce, dice = seg_terms(logits, _mask_like(batch, "mask", logits))
+            bce, dice = seg_terms(logits, _mask_like(batch, "mask", logits),
+                                  weight_of(batch, logits))
             if "group" not in batch:
                 raise ValueError("batch has no 'group' entry (needed by the multitask loss)")
             group = _as_tensor(batch["group"], "batch['group']")
@@ -145,8 +167,12 @@ def make_loss(kind: str, w_seg: float | None = None, w_cls: float | None = None,
             )
         else:
             logits_a, logits_b = _pair(outputs, kind, "logits_a, logits_b")
-            bce_a, dice_a = seg_terms(logits_a, _mask_like(batch, "mask", logits_a))
-            bce_b, dice_b = seg_terms(logits_b, _mask_like(batch, "partner_mask", logits_b))
+            bce_a, dice_a = seg_terms(logits_a, _mask_like(batch, "mask", logits_a),
+                                      weight_of(batch, logits_a))
+            weight_b = (_mask_like(batch, "partner_weight", logits_b)
+                        if "partner_weight" in batch else None)
+            bce_b, dice_b = seg_terms(logits_b, _mask_like(batch, "partner_mask", logits_b),
+                                      weight_b)
             bce = 0.5 * (bce_a + bce_b)
             dice = None if dice_a is None else 0.5 * (dice_a + dice_b)
 

@@ -1,6 +1,6 @@
 """Segmentation networks: one factory over segmentation-models-pytorch's DeepLabV3Plus.
 
-Three kinds of model are built here, all sharing the DeepLabV3+ encoder/decoder of
+Four kinds of model are built here, all sharing the DeepLabV3+ encoder/decoder of
 Chu et al. (MIDL 2021):
 
 ``"a1"``
@@ -9,6 +9,9 @@ Chu et al. (MIDL 2021):
     The same network with a classification head on the deepest encoder features (global
     average pool, dropout, linear to ``n_groups``), trained to also predict the lesion's
     RECIST cluster. ``forward`` returns ``(mask_logits [B, 1, H, W], group_logits [B, K])``.
+``"prompted"``
+    Plain DeepLabV3+ whose input is the image followed by the lesion's RECIST drawn as three
+    channels (``core.recist_prompt``): ``forward(x, prompt)``.
 ``"coseg"``
     Attention-based co-segmentation (Chen et al., "Semantic aware attention based deep object
     co-segmentation"; Agarwal et al. for lesions): a siamese encoder, cross channel attention on
@@ -27,18 +30,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.recist_prompt import PROMPT_CHANNELS
+from .model_kinds import MODEL_KINDS, MODEL_REGISTRY
 from .train_config import MAX_GROUPS, MAX_IN_CHANNELS, MAX_INPUT_SIZE
 
 __all__ = [
     "MODEL_KINDS",
     "ChannelAttention",
     "CoSegmentationModel",
+    "PromptedNetwork",
     "SegmentationNetwork",
     "build_model",
     "load_encoder_weights",
 ]
 
-MODEL_KINDS = ("a1", "multitask", "coseg")
 
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 # Classifier layers found in ImageNet checkpoints of the encoders; the segmentation encoder has no
@@ -115,6 +120,26 @@ class SegmentationNetwork(nn.Module):
         if self.classification_head is None:
             return masks
         return masks, self.classification_head(features[-1])
+
+
+class PromptedNetwork(SegmentationNetwork):
+    """DeepLabV3+ that segments the lesion a RECIST points at.
+
+    The encoder's first convolution takes the image channels followed by the prompt channels;
+    ``forward(x, prompt)`` joins them, so that a caller cannot forget the prompt unnoticed.
+    """
+
+    def forward(self, x: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask logits ``[B, 1, H, W]`` of ``x`` ``[B, C, H, W]`` with ``prompt``
+        ``[B, 3, H, W]``."""
+        if prompt is None:
+            raise ValueError("a prompted model needs the lesion's RECIST prompt channels "
+                             "(prompt=...) beside the image")
+        _check_input(prompt, "prompt", self.encoder.output_stride)
+        if prompt.shape[0] != x.shape[0] or prompt.shape[-2:] != x.shape[-2:]:
+            raise ValueError(f"prompt has shape {tuple(prompt.shape)}, the image "
+                             f"{tuple(x.shape)}: they must agree in batch, height and width")
+        return super().forward(torch.cat([x, prompt.to(x.dtype)], dim=1))
 
 
 class CoSegmentationModel(nn.Module):
@@ -201,19 +226,20 @@ def _check_int(value: Any, name: str, minimum: int, maximum: int | None = None) 
 
 def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
                 n_groups: int | None = None, encoder_weights: str | os.PathLike | None = None,
-                input_size: int = 128, dropout: float = 0.2, output_stride: int = 16
-                ) -> nn.Module:
+                input_size: int = 128, dropout: float = 0.2, output_stride: int = 16,
+                prompt_channels: int | None = None) -> nn.Module:
     """Build a segmentation network on segmentation-models-pytorch's DeepLabV3Plus.
 
     Parameters
     ----------
-    kind : {"a1", "multitask", "coseg"}
-        Which network (see the module docstring).
+    kind : str
+        Which network, a kind of ``model_kinds.MODEL_REGISTRY`` (see the module docstring).
     encoder : str
         Any encoder name segmentation-models-pytorch accepts: ``"resnet18"`` (fast on a CPU),
         ``"resnet101"`` (as in the paper), ``"tu-<timm name>"``, ...
     in_channels : int
-        Number of image channels (3 for three neighbouring CT slices or RGB).
+        Number of image channels (3 for three neighbouring CT slices or RGB). A ``"prompted"``
+        network takes three prompt channels more.
     n_groups : int, optional
         Number of lesion groups K for the ``"multitask"`` head (at least 2). Ignored, and stored
         as None, for the other kinds.
@@ -229,6 +255,10 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
         Dropout before the classification layer of the ``"multitask"`` head, in [0, 1).
     output_stride : {8, 16}
         Output stride of the encoder (dilated last stages); 16 as in the paper.
+    prompt_channels : int, optional
+        Recorded in ``config`` for a ``"prompted"`` network (3); when given it must be what
+        the kind takes, so a config edited by hand cannot build a network its weights do not
+        fit.
 
     Returns
     -------
@@ -247,6 +277,7 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
 
     if kind not in MODEL_KINDS:
         raise ValueError(f"kind must be one of {list(MODEL_KINDS)}, got {kind!r}")
+    entry = MODEL_REGISTRY[kind]
     if not isinstance(encoder, str) or not encoder:
         raise ValueError(f"encoder must be a non-empty encoder name, got {encoder!r}")
     if any(c in encoder for c in ":/\\"):
@@ -264,21 +295,26 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
         0.0 <= dropout < 1.0
     ):
         raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-    if kind == "multitask":
+    if entry.groups:
         if n_groups is None:
-            raise ValueError("n_groups is required for kind 'multitask' (number of groups >= 2)")
+            raise ValueError(f"n_groups is required for kind {kind!r} (number of groups >= 2)")
         n_groups = _check_int(n_groups, "n_groups", 2, MAX_GROUPS)
     else:
         n_groups = None
     weights_path = _resolve_weights_path(encoder_weights)
 
-    aux_params = dict(classes=n_groups, dropout=float(dropout)) if kind == "multitask" else None
+    aux_params = dict(classes=n_groups, dropout=float(dropout)) if entry.groups else None
+    expected_prompt = len(PROMPT_CHANNELS) if entry.prompted else None
+    if prompt_channels is not None and prompt_channels != expected_prompt:
+        raise ValueError(f"prompt_channels is {prompt_channels!r}, a {kind!r} network takes "
+                         f"{expected_prompt!r}")
+    prompt_channels = expected_prompt or 0
     try:
         base = smp.DeepLabV3Plus(
             encoder_name=encoder,
             encoder_weights=None,
             encoder_output_stride=int(output_stride),
-            in_channels=in_channels,
+            in_channels=in_channels + prompt_channels,
             classes=1,
             aux_params=aux_params,
         )
@@ -286,8 +322,10 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
         # smp raises KeyError for unknown built-in names, timm RuntimeError for unknown tu- names
         raise ValueError(f"encoder {encoder!r} cannot be built: {exc}") from None
 
-    if kind == "coseg":
+    if entry.paired:
         model: nn.Module = CoSegmentationModel(base.encoder, base.decoder, base.segmentation_head)
+    elif entry.prompted:
+        model = PromptedNetwork(base.encoder, base.decoder, base.segmentation_head)
     else:
         model = SegmentationNetwork(base.encoder, base.decoder, base.segmentation_head,
                                     base.classification_head)
@@ -304,6 +342,8 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
         "dropout": float(dropout),
         "output_stride": int(output_stride),
     }
+    if prompt_channels:
+        model.config["prompt_channels"] = prompt_channels
     return model
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data._atomic import atomic_write
+from .model_kinds import MODEL_REGISTRY, REFERENCE_COLOURS
 
 __all__ = [
     "MODEL_COLOURS",
@@ -17,14 +18,7 @@ __all__ = [
 ]
 
 #: One fixed colour per method, shared by figures and the napari comparison widget.
-MODEL_COLOURS = {
-    "multitask": "#e6194b",
-    "a1": "#3cb4ff",
-    "coseg": "#ffe119",
-    "ellipse": "#f58231",
-    "quarter_ellipse": "#911eb4",
-    "truth": "#3cff44",
-}
+MODEL_COLOURS = {**{k.name: k.colour for k in MODEL_REGISTRY.values()}, **REFERENCE_COLOURS}
 
 _TABLE_METRICS = (
     ("dice", "Dice", 4), ("iou", "IoU", 4), ("vs", "VS", 4),
@@ -115,6 +109,54 @@ def _fmt(stat: dict, digits: int, seeds: int) -> str:
     return f"{stat['mean']:.{digits}f}"
 
 
+def _format_p(p) -> str:
+    if p is None:
+        return "-"
+    return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
+
+
+def _verdict(c: dict) -> str:
+    if c.get("better") in ("a", "b"):
+        return f"{c[c['better']]} better (p={_format_p(c['p_value'])})"
+    return "no significant difference"
+
+
+def _seeds_run(results: dict, blocks) -> list[int]:
+    """Seeds behind each trained model's scores (the configured count for older results)."""
+    counts = [entry["seeds"]["n_seeds"] for block in blocks
+              for method, entry in block["methods"].items()
+              if method in results["training"] and isinstance(entry.get("seeds"), dict)]
+    return counts or [int(results["config"].get("seeds", 1))]
+
+
+def _comparison_lines(block: dict, seeds_line: list[str]) -> list[str]:
+    """The "Paired comparisons" section of one test folder (empty for older results)."""
+    comparisons = block.get("comparisons")
+    if not comparisons:
+        return []
+    metric = comparisons[0].get("metric", "dice")
+    label = dict((key, name) for key, name, _ in _TABLE_METRICS).get(metric, metric)
+    lines = ["", "### Paired comparisons", "", *seeds_line,
+             f"Per-image {label} averaged over seeds, paired by image; Wilcoxon signed-rank "
+             f"test (two-sided), significant below p = 0.05.", "",
+             "| A | B | images | mean A | mean B | A better on | B better on | Wilcoxon p | "
+             "verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for c in comparisons:
+        def mean(key, c=c):
+            return "-" if c.get(key) is None else f"{c[key]:.4f}"
+
+        lines.append(f"| {c['a']} | {c['b']} | {c['n_images']} | {mean('mean_a')} | "
+                     f"{mean('mean_b')} | {c['wins_a']} | {c['wins_b']} | "
+                     f"{_format_p(c.get('p_value'))} | {_verdict(c)} |")
+        if c.get("note"):
+            notes.append(f"- {c['a']} vs {c['b']}: {c['note']}.")
+    if notes:
+        lines += ["", *notes]
+    return lines
+
+
 def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
     """Write ``report.md`` with metric tables, training figures and overlays."""
     out = Path(out_dir)
@@ -157,6 +199,11 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
     if results.get("histories"):
         plot_training_curves(results["histories"], out / "training_curves.png")
         lines += ["", "![training curves](training_curves.png)", ""]
+    run = _seeds_run(results, [results["tests"][test.name] for test in tests])
+    n_seeds = str(min(run)) if min(run) == max(run) else f"{min(run)} to {max(run)}"
+    seeds_line = [f"Seeds: {n_seeds}; mean ± std over seeds.", ""]
+    if min(run) < 3:
+        seeds_line += ["**These claims are indicative only (fewer than 3 seeds).**", ""]
     for test in tests:
         block = results["tests"][test.name]
         lines += ["", f"## Test folder `{test.name}` ({block['n_test']} images, real masks)", ""]
@@ -168,6 +215,10 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
                           else 1) for key, _, d in _TABLE_METRICS]
             label = method if method in results["training"] else f"{method} (pseudo-mask)"
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        section = _comparison_lines(block, seeds_line)
+        if section:
+            seeds_line = []  # stated once, in the first section
+        lines += section
         ex = examples.get(test.name, {})
         if ex:
             n = min(len(v) for v in ex.values())

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from .model_kinds import MODEL_KINDS, model_kind
+
 __all__ = ["MAX_GROUPS", "MAX_INPUT_SIZE", "MAX_IN_CHANNELS", "MODEL_KINDS", "TrainConfig"]
 
 # Upper bounds: far above any real use, low enough that no setting makes a network of absurd
@@ -20,7 +22,6 @@ MAX_INPUT_SIZE = 4096
 #: Largest number of RECIST groups (classes of the multitask head).
 MAX_GROUPS = 10_000
 
-MODEL_KINDS = ("multitask", "a1", "coseg")
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,12 @@ class TrainConfig:
     dice_weight: float = 0.0
     pairing: str = "same_group"
     encoder_weights: str | None = None
+    prompt_jitter: float = 2.0
+    prior_dropout: float = 0.5
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
-        if self.kind not in MODEL_KINDS:
-            raise ValueError(f"unknown model kind {self.kind!r}; choose one of {MODEL_KINDS}")
+        entry = model_kind(self.kind)
         if self.batch_size < 2:
             raise ValueError(
                 f"batch_size must be at least 2 (batch normalisation), got {self.batch_size}"
@@ -76,10 +78,15 @@ class TrainConfig:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        if self.kind == "multitask" and (self.n_groups is None or self.n_groups < 2):
+        if entry.groups and (self.n_groups is None or self.n_groups < 2):
             raise ValueError(
-                "the multitask model needs n_groups >= 2 (the number of RECIST groups)"
+                f"the {entry.display} model needs n_groups >= 2 (the number of RECIST groups)"
             )
+        if not 0 <= self.prompt_jitter <= 0.25 * self.input_size:
+            raise ValueError(f"prompt_jitter must be between 0 and a quarter of input_size, "
+                             f"got {self.prompt_jitter}")
+        if not 0 <= self.prior_dropout <= 1:
+            raise ValueError(f"prior_dropout must be in [0, 1], got {self.prior_dropout}")
         if self.pairing not in ("same_group", "random"):
             raise ValueError(f"pairing must be 'same_group' or 'random', got {self.pairing!r}")
 

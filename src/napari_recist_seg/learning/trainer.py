@@ -26,6 +26,7 @@ from ..core.metrics import segmentation_metrics
 from .checkpoints import load_checkpoint, load_optimizer_state, save_checkpoint
 from .devices import pick_device
 from .losses import make_loss
+from .model_kinds import MODEL_REGISTRY
 from .models import build_model
 from .run_folders import claim_run_folder, resume_checkpoint
 from .train_config import TrainConfig
@@ -167,6 +168,10 @@ def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
+#: Item entries that only some data sets hold: RECIST prompt channels, trimap loss weights.
+_OPTIONAL_KEYS = ("prompt", "weight")
+
+
 def _collate(dataset, indices, partners=None) -> dict:
     items = [dataset[int(i)] for i in indices]
     batch = {
@@ -174,10 +179,15 @@ def _collate(dataset, indices, partners=None) -> dict:
         "mask": torch.stack([it["mask"] for it in items]),
         "group": torch.as_tensor([int(it["group"]) for it in items], dtype=torch.long),
     }
+    for key in _OPTIONAL_KEYS:
+        if key in items[0]:
+            batch[key] = torch.stack([it[key] for it in items])
     if partners is not None:
         p_items = [dataset[int(partners[int(i)])] for i in indices]
         batch["partner_image"] = torch.stack([it["image"] for it in p_items])
         batch["partner_mask"] = torch.stack([it["mask"] for it in p_items])
+        if "weight" in p_items[0]:
+            batch["partner_weight"] = torch.stack([it["weight"] for it in p_items])
     return batch
 
 
@@ -186,15 +196,34 @@ def _to_device(batch: dict, device) -> dict:
 
 
 def _forward(model, kind: str, batch: dict):
-    if kind == "coseg":
+    entry = MODEL_REGISTRY[kind]
+    if entry.paired:
         return model(batch["image"], batch.get("partner_image", batch["image"]))
+    if entry.prompted:
+        return model(batch["image"], batch["prompt"])
     return model(batch["image"])
 
 
 def _mask_logits(outputs, kind: str) -> torch.Tensor:
-    if kind in ("multitask", "coseg"):
+    entry = MODEL_REGISTRY[kind]
+    if entry.groups or entry.paired:
         return outputs[0]
     return outputs
+
+
+def _with_prompt(dataset, config: TrainConfig, name: str):
+    """``dataset`` as a prompted model reads it: items with the RECIST prompt channels,
+    randomised for training and plain for validation (as a user's marks arrive)."""
+    if not MODEL_REGISTRY[config.kind].prompted:
+        return dataset
+    if hasattr(dataset, "with_prompt"):
+        if name == "validation":
+            return dataset.with_prompt(0.0, 0.0)
+        return dataset.with_prompt(config.prompt_jitter, config.prior_dropout)
+    if "prompt" not in dataset[0]:
+        raise ValueError(f"the {name} set's items have no 'prompt' entry, which a prompted "
+                         f"model needs: build it as a LesionDataset")
+    return dataset
 
 
 def _validate(model, kind, loss_fn, dataset, batch_size, device) -> dict:
@@ -207,7 +236,7 @@ def _validate(model, kind, loss_fn, dataset, batch_size, device) -> dict:
         for start in range(0, n, batch_size):
             idx = list(range(start, min(n, start + batch_size)))
             batch = _collate(dataset, idx)
-            if kind == "coseg":
+            if MODEL_REGISTRY[kind].paired:
                 # At inference a lesion is paired with itself, so validate the same way.
                 batch["partner_image"] = batch["image"]
                 batch["partner_mask"] = batch["mask"]
@@ -313,6 +342,8 @@ def train(
     if len(val_set) == 0:
         raise ValueError("the validation set is empty: early stopping needs held-out lesions")
     _check_channels(train_set, config)
+    train_set = _with_prompt(train_set, config, "training")
+    val_set = _with_prompt(val_set, config, "validation")
     stop = stop or (lambda: False)
     if resume is not None:
         resume = resume_checkpoint(resume)
@@ -342,7 +373,7 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
     n_train = len(train_set)
     # A co-segmentation step sees each anchor and its partner, so half as many anchors per
     # batch and per epoch keep the images processed per step and per epoch equal across kinds.
-    pairs = config.kind == "coseg"
+    pairs = MODEL_REGISTRY[config.kind].paired
     per_epoch = math.ceil(n_train / 2) if pairs else n_train
     per_step = max(1, config.batch_size // 2) if pairs else config.batch_size
     bounds = _batch_bounds(per_epoch, per_step)

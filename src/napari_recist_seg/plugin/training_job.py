@@ -31,7 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..learning.train_config import MODEL_KINDS, TrainConfig
+from ..learning.model_kinds import MODEL_KINDS, MODEL_REGISTRY
+from ..learning.train_config import TrainConfig
 
 __all__ = [
     "KIND_NAMES",
@@ -43,8 +44,8 @@ __all__ = [
     "run_training",
 ]
 
-#: Display names of the model kinds.
-KIND_NAMES = {"multitask": "multitask", "a1": "A1", "coseg": "co-segmentation"}
+#: Display names of the model kinds (from the registry).
+KIND_NAMES = {entry.name: entry.display for entry in MODEL_REGISTRY.values()}
 
 
 class TrainingFailed(RuntimeError):

@@ -8,6 +8,7 @@ the dock, or napari, keeps the user's choices.
 
 # No ``from __future__ import annotations``: magicgui reads the form's types at run time.
 import contextlib
+import inspect
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -15,9 +16,9 @@ from pathlib import Path
 from magicgui import magicgui
 from qtpy.QtCore import QEvent, QObject
 
-from ...learning.report import MODEL_COLOURS
+from ...learning.model_kinds import MODEL_KINDS, MODEL_REGISTRY, colour_of
 from ..remembered_settings import load_settings, save_settings
-from ..training_job import KIND_NAMES, MODEL_KINDS, TrainingJob, prepare_torch_import
+from ..training_job import TrainingJob, prepare_torch_import
 
 __all__ = ["ENCODERS", "SETTINGS_NAME", "TrainingForm", "default_output_folder"]
 
@@ -51,21 +52,27 @@ def _lookup_devices() -> list[str]:
     return ["auto", *[d for d in available_devices() if d != "auto"]]
 
 
-def _settings(
-    multitask: bool = True,
-    a1: bool = False,
-    coseg: bool = False,
-    encoder: str = _DEFAULTS["encoder"],
-    input_size: int = _DEFAULTS["input_size"],
-    epochs: int = _DEFAULTS["epochs"],
-    batch_size: int = _DEFAULTS["batch_size"],
-    lr: float = _DEFAULTS["lr"],
-    k: int = 0,
-    device: str = "auto",
-    out_dir: Path = _DEFAULT_OUTPUT,
-    separate_process: bool = True,
-) -> None:
-    """Fields of the form (magicgui builds one widget per parameter)."""
+def _settings(**values) -> None:
+    """Fields of the form (magicgui builds one widget per parameter of the signature below)."""
+
+
+# One check box per model kind of the registry, then the settings: a new kind needs no edit here.
+_settings.__signature__ = inspect.Signature([
+    *(inspect.Parameter(kind, inspect.Parameter.KEYWORD_ONLY, default=kind == "multitask",
+                        annotation=bool) for kind in MODEL_KINDS),
+    *(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=type_)
+      for name, type_, default in (
+          ("encoder", str, _DEFAULTS["encoder"]),
+          ("input_size", int, _DEFAULTS["input_size"]),
+          ("epochs", int, _DEFAULTS["epochs"]),
+          ("batch_size", int, _DEFAULTS["batch_size"]),
+          ("lr", float, _DEFAULTS["lr"]),
+          ("k", int, 0),
+          ("device", str, "auto"),
+          ("out_dir", Path, _DEFAULT_OUTPUT),
+          ("separate_process", bool, True),
+      )),
+])
 
 
 class _PopupWatcher(QObject):
@@ -106,11 +113,8 @@ class TrainingForm:
             _settings,
             call_button=False,
             auto_call=False,
-            multitask={"text": KIND_NAMES["multitask"],
-                       "tooltip": "Segmentation and RECIST group, trained jointly"},
-            a1={"text": KIND_NAMES["a1"], "tooltip": "Segmentation alone"},
-            coseg={"text": KIND_NAMES["coseg"],
-                   "tooltip": "Co-segmentation of lesion pairs"},
+            **{entry.name: {"text": entry.display, "tooltip": entry.description}
+               for entry in MODEL_REGISTRY.values()},
             encoder={"label": "Encoder", "widget_type": "ComboBox", "choices": ENCODERS,
                      "tooltip": "The network's encoder (no pretrained weights)"},
             input_size={"label": "Input size", "min": 16, "max": 1024, "step": 16,
@@ -137,7 +141,7 @@ class TrainingForm:
             # minimum 16 at once, and "32" becomes "162".
             gui[name].native.setKeyboardTracking(False)
         for kind in MODEL_KINDS:
-            gui[kind].native.setStyleSheet(f"QCheckBox {{ color: {MODEL_COLOURS[kind]}; }}")
+            gui[kind].native.setStyleSheet(f"QCheckBox {{ color: {colour_of(kind)}; }}")
         self._watcher = _PopupWatcher(gui)
         gui.device.native.installEventFilter(self._watcher)
         if _torch_is_loaded():  # no wait: asking torch costs nothing now

@@ -1,0 +1,103 @@
+"""RECIST drawn as extra image channels: the prompt of RECIST-prompted segmentation.
+
+A prompted network sees, beside the image, where the lesion was measured:
+
+``axes``
+    The long and short axis segments, rasterised with anti-aliasing (1 on the line).
+``endpoints``
+    A Gaussian bump at each of the four endpoints (peak 1), which tells the network where the
+    lesion's boundary was touched, the one thing a RECIST measures exactly.
+``prior``
+    The quarter-ellipse through the four endpoints, softened at its edge: a shape guess the
+    network may use or overrule. Training drops it at random so that the network learns to read
+    the image rather than copy the guess.
+
+Channels are in [0, 1] and are computed in the coordinates of the network input (a resized
+image or a lesion crop), so their scale follows the lesion there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from skimage.draw import line_aa
+
+from .pseudo_masks import pseudo_mask
+from .recist import Recist
+
+__all__ = ["PROMPT_CHANNELS", "jitter_recist", "prompt_channels"]
+
+#: Names of the prompt channels, in the order they follow the image channels.
+PROMPT_CHANNELS = ("axes", "endpoints", "prior")
+
+
+def _bump_sigma(recist: Recist) -> float:
+    # Wide enough to be seen by a stride-16 encoder on a small lesion, narrow enough to stay a
+    # point on a large one.
+    return float(np.clip(0.06 * recist.long_length, 1.5, 6.0))
+
+
+def prompt_channels(recist: Recist, shape, *, prior: bool = True) -> np.ndarray:
+    """Render a RECIST as prompt channels.
+
+    Parameters
+    ----------
+    recist : Recist
+        The measurement in the pixel coordinates of ``shape``.
+    shape : tuple of int
+        (rows, cols) of the network input.
+    prior : bool
+        When False the ``prior`` channel is all zero (how training drops it).
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (3, rows, cols)
+        ``axes``, ``endpoints`` and ``prior`` (see the module docstring).
+    """
+    if not isinstance(recist, Recist):
+        raise ValueError(f"recist must be a Recist, got {type(recist).__name__}")
+    rows, cols = (int(s) for s in shape)
+    out = np.zeros((3, rows, cols), np.float32)
+    for a, b in (recist.long_axis, recist.short_axis):
+        r0, c0, r1, c1 = (int(round(float(v))) for v in (*a, *b))
+        rr, cc, val = line_aa(r0, c0, r1, c1)
+        keep = (rr >= 0) & (rr < rows) & (cc >= 0) & (cc < cols)
+        np.maximum.at(out[0], (rr[keep], cc[keep]), val[keep].astype(np.float32))
+
+    sigma = _bump_sigma(recist)
+    points = np.vstack([recist.long_axis, recist.short_axis])
+    # Evaluate each bump only in a window of 4 sigma: the crop may be large.
+    reach = int(np.ceil(4 * sigma))
+    for pr, pc in points:
+        r0, r1 = max(0, int(pr) - reach), min(rows, int(pr) + reach + 2)
+        c0, c1 = max(0, int(pc) - reach), min(cols, int(pc) + reach + 2)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        rr, cc = np.mgrid[r0:r1, c0:c1]
+        bump = np.exp(-((rr - pr) ** 2 + (cc - pc) ** 2) / (2 * sigma ** 2)).astype(np.float32)
+        np.maximum(out[1, r0:r1, c0:c1], bump, out=out[1, r0:r1, c0:c1])
+
+    if prior:
+        inside = pseudo_mask(recist, (rows, cols), "quarter_ellipse").astype(np.float32)
+        out[2] = np.clip(ndimage.gaussian_filter(inside, sigma=max(1.0, sigma / 2)), 0.0, 1.0)
+    return out
+
+
+def jitter_recist(recist: Recist, rng: np.random.Generator, pixels: float) -> Recist:
+    """The same RECIST with each endpoint moved by a random offset (normal, ``pixels`` std).
+
+    Readers disagree with each other by a few pixels on where a boundary is; training on such
+    jitter keeps a prompted network from trusting the endpoints more than a reader would. Four
+    offsets are always drawn (so the random stream does not depend on the outcome); when the
+    moved axes no longer cross, or the short one becomes the longer, the RECIST is returned
+    unchanged.
+    """
+    offsets = rng.normal(0.0, float(pixels), size=(4, 2))
+    if pixels <= 0:
+        return recist
+    long_axis = recist.long_axis + offsets[:2]
+    short_axis = recist.short_axis + offsets[2:]
+    try:
+        return Recist(long_axis, short_axis, recist.spacing, max_perpendicularity_error=90.0)
+    except ValueError:
+        return recist

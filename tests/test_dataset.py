@@ -230,11 +230,13 @@ def test_crop_input_errors(ct):
 def test_pseudo_masks_are_drawn_once_per_lesion(monkeypatch, derm, ct):
     calls = []
 
-    def counting(recist, shape, method="ellipse"):
-        calls.append(method)
-        return pseudo_mask(recist, shape, method)
+    original = dataset_module.training_target
 
-    monkeypatch.setattr(dataset_module, "pseudo_mask", counting)
+    def counting(recist, shape, method="ellipse", image=None):
+        calls.append(method)
+        return original(recist, shape, method, image)
+
+    monkeypatch.setattr(dataset_module, "training_target", counting)
     images, _, recists = derm
     ds = LesionDataset.from_whole_images(images, recists, size=SIZE, augment=True)
     assert len(calls) == len(recists)

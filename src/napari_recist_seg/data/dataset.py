@@ -35,9 +35,9 @@ import torch
 from skimage.transform import resize
 from torch.utils.data import Dataset, Sampler
 
-from ..core.pseudo_masks import PSEUDO_MASK_METHODS, pseudo_mask
 from ..core.recist import Recist
 from ..core.recist_prompt import jitter_recist, prompt_channels
+from ..core.training_targets import IMAGE_TARGETS, TARGET_METHODS, training_target
 from .crops import (
     CropTransform,
     crop_transform_for,
@@ -235,6 +235,25 @@ def _parse_windows(window, n: int):
 
 
 # -- masks -------------------------------------------------------------------------------------
+def _check_target(method) -> None:
+    if method not in TARGET_METHODS:
+        raise ValueError(f"unknown pseudo-mask method {method!r}; choose one of "
+                         f"{TARGET_METHODS}")
+
+
+def _hwc(chw: np.ndarray) -> np.ndarray:
+    """A (C, S, S) image as the (S, S, C) float image a target method reads (it stretches
+    intensities itself, so their scale does not matter)."""
+    return np.moveaxis(chw, 0, -1).astype(np.float32) / np.float32(255.0)
+
+
+def _pack_target(masks, weights, i: int, target) -> None:
+    mask, weight = target
+    _pack_into(masks, i, mask)
+    if weights is not None:
+        _pack_into(weights, i, np.ones(mask.shape, bool) if weight is None else weight)
+
+
 def _packed_store(n: int, size: int) -> np.ndarray:
     """Room for ``n`` bit-packed ``size x size`` masks, one row each."""
     return np.zeros((n, (size * size + 7) // 8), dtype=np.uint8)
@@ -329,6 +348,10 @@ class LesionDataset(Dataset):
         float32 tensor (C, size, size), in [0, 1] unless ``normalise`` is set.
     ``mask``
         float32 tensor (1, size, size): the RECIST pseudo-mask (0 or 1).
+    ``weight`` (``trimap`` targets only)
+        float32 tensor (1, size, size): 1 where the target is decided, 0 in the trimap's band.
+    ``prompt`` (views made by ``with_prompt`` only)
+        float32 tensor (3, size, size): the RECIST prompt channels.
     ``group``
         int64 scalar tensor: the lesion's group (0 for all when no groups were given).
     ``gt``
@@ -359,6 +382,7 @@ class LesionDataset(Dataset):
         images,
         masks_packed,
         groups,
+        weights_packed=None,
         gt_packed,
         has_gt,
         size,
@@ -375,6 +399,7 @@ class LesionDataset(Dataset):
     ):
         self._images = images
         self._masks = masks_packed
+        self._weights = weights_packed
         self.groups = groups
         self._gt = gt_packed
         self.has_gt = has_gt
@@ -461,11 +486,7 @@ class LesionDataset(Dataset):
             Source images kept in the lazy mode's cache.
         """
         size = _check_size(size)
-        if pseudo_mask_method not in PSEUDO_MASK_METHODS:
-            raise ValueError(
-                f"unknown pseudo-mask method {pseudo_mask_method!r}; choose one of "
-                f"{PSEUDO_MASK_METHODS}"
-            )
+        _check_target(pseudo_mask_method)
         recists = _check_recists(recists)
         items = list(images)
         n = len(recists)
@@ -477,6 +498,7 @@ class LesionDataset(Dataset):
         # Packed as they are drawn: unpacked, n lesions would first take n * size**2 bytes each.
         masks = _packed_store(n, size)
         gts = _packed_store(n, size)
+        weights = _packed_store(n, size) if pseudo_mask_method == "trimap" else None
         has_gt = np.zeros(n, dtype=bool)
         out_recists, shapes = [], []
         n_channels = None
@@ -498,11 +520,16 @@ class LesionDataset(Dataset):
             factor = (size / h, size / w)
             r_out = whole_image_recist(r, (h, w), size)
             out_recists.append(r_out)
+            needs_image = pseudo_mask_method in IMAGE_TARGETS
             if abs(factor[0] - factor[1]) <= 1e-9 * max(factor):
-                _pack_into(masks, i, pseudo_mask(r_out, (size, size), pseudo_mask_method))
+                item = _hwc(_whole_u8(image, size, channel_axis)) if needs_image else None
+                target = training_target(r_out, (size, size), pseudo_mask_method, item)
             else:
-                _pack_into(masks, i, _resize_mask(pseudo_mask(r, (h, w), pseudo_mask_method),
-                                                  (size, size)))
+                source = _hwc(chw) if needs_image else None
+                mask, weight = training_target(r, (h, w), pseudo_mask_method, source)
+                target = (_resize_mask(mask, (size, size)),
+                          None if weight is None else _resize_mask(weight, (size, size)))
+            _pack_target(masks, weights, i, target)
             if gt_list[i] is not None:
                 gt = np.asarray(_materialise(gt_list[i], None))
                 if gt.shape != (h, w):
@@ -516,6 +543,7 @@ class LesionDataset(Dataset):
         dataset = cls(
             images=images_src,
             masks_packed=masks,
+            weights_packed=weights,
             groups=_resolve_groups(groups, recists),
             gt_packed=gts,
             has_gt=has_gt,
@@ -598,11 +626,7 @@ class LesionDataset(Dataset):
             lesion's image here (for its channel count; none with ``slices``).
         """
         size = _check_size(size)
-        if pseudo_mask_method not in PSEUDO_MASK_METHODS:
-            raise ValueError(
-                f"unknown pseudo-mask method {pseudo_mask_method!r}; choose one of "
-                f"{PSEUDO_MASK_METHODS}"
-            )
+        _check_target(pseudo_mask_method)
         recists = _check_recists(recists)
         items = list(images)
         n = len(recists)
@@ -638,10 +662,14 @@ class LesionDataset(Dataset):
         # Packed as they are drawn: unpacked, n lesions would first take n * size**2 bytes each.
         masks = _packed_store(n, size)
         gts = _packed_store(n, size)
+        weights = _packed_store(n, size) if pseudo_mask_method == "trimap" else None
         has_gt = np.zeros(n, dtype=bool)
         shapes: list = [None] * n
+        needs_image = pseudo_mask_method in IMAGE_TARGETS
         for i, r_out in enumerate(out_recists):
-            _pack_into(masks, i, pseudo_mask(r_out, (size, size), pseudo_mask_method))
+            if not needs_image:  # else drawn below, once each patch is cut
+                _pack_target(masks, weights, i,
+                             training_target(r_out, (size, size), pseudo_mask_method))
             if gt_list[i] is not None:
                 key = None if slices is None else slices[i]
                 plane = _gt_plane(_materialise(gt_list[i], None), key)
@@ -659,7 +687,7 @@ class LesionDataset(Dataset):
             channel_axis,
         )
         n_channels = None
-        if lazy:
+        if lazy and not needs_image:
             images_src = lazy_src
         else:
             stored = None
@@ -669,6 +697,13 @@ class LesionDataset(Dataset):
                 image = _materialise(items[k], loader)
                 for i in lesions:
                     patch = lazy_src.make(int(i), image)
+                    if needs_image:
+                        _pack_target(masks, weights, int(i), training_target(
+                            out_recists[i], (size, size), pseudo_mask_method, _hwc(patch)))
+                    if lazy:
+                        shapes[i] = _plane_shape(
+                            image, None if slices is not None else channel_axis)
+                        continue
                     if stored is None:
                         stored = np.empty((n,) + patch.shape, dtype=np.uint8)
                     if patch.shape != stored.shape[1:]:
@@ -678,13 +713,14 @@ class LesionDataset(Dataset):
                         )
                     stored[i] = patch
                     shapes[i] = _plane_shape(image, None if slices is not None else channel_axis)
-            images_src = _Stored(stored)
-            n_channels = stored.shape[1]
+            images_src = lazy_src if lazy else _Stored(stored)
+            n_channels = None if lazy else stored.shape[1]
         if n_channels is None:
             n_channels = lazy_src.n_channels_hint()
         dataset = cls(
             images=images_src,
             masks_packed=masks,
+            weights_packed=weights,
             groups=_resolve_groups(groups, recists),
             gt_packed=gts,
             has_gt=has_gt,
@@ -751,7 +787,8 @@ class LesionDataset(Dataset):
     @property
     def nbytes(self) -> int:
         """Bytes held by the cached images and packed masks (not counting a lazy cache)."""
-        return int(self._images.nbytes + self._masks.nbytes + self._gt.nbytes)
+        weights = 0 if self._weights is None else self._weights.nbytes
+        return int(self._images.nbytes + self._masks.nbytes + self._gt.nbytes + weights)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation and ``epoch_order`` of epoch ``epoch``."""
@@ -823,8 +860,9 @@ class LesionDataset(Dataset):
         has_gt = bool(self.has_gt[i])
         gt = self._unpack(self._gt, i) if has_gt else None
         prompt = self._prompt(i) if self.prompt else None
+        weight = None if self._weights is None else self._unpack(self._weights, i)
         if self.augment:
-            image, mask, gt, prompt = self._augment(i, image, mask, gt, prompt)
+            image, mask, gt, prompt, weight = self._augment(i, image, mask, gt, prompt, weight)
         if self.normalise is not None:
             image = normalise_rgb(image, mode=self.normalise, channel_axis=0)
         if gt is None:
@@ -839,6 +877,9 @@ class LesionDataset(Dataset):
             "has_gt": has_gt,
             "index": i,
         }
+        if weight is not None:
+            item["weight"] = torch.from_numpy(np.ascontiguousarray(weight[None],
+                                                                   dtype=np.float32))
         if prompt is not None:
             item["prompt"] = torch.from_numpy(np.ascontiguousarray(prompt, dtype=np.float32))
         return item
@@ -847,7 +888,7 @@ class LesionDataset(Dataset):
         """The generator that augments item ``index`` in the current epoch."""
         return np.random.default_rng([self.seed, self.epoch, 1, self._check_index(index)])
 
-    def _augment(self, i, image, mask, gt, prompt=None):
+    def _augment(self, i, image, mask, gt, prompt=None, weight=None):
         rng = self.augmentation_rng(i)
         # Draw every number every time so that each choice keeps its place in the stream.
         k = int(rng.integers(4))
@@ -868,10 +909,11 @@ class LesionDataset(Dataset):
         mask = geometric(mask, 0)
         gt = None if gt is None else geometric(gt, 0)
         prompt = None if prompt is None else geometric(prompt, 1)
+        weight = None if weight is None else geometric(weight, 0)
         mean = image.mean(axis=(1, 2), keepdims=True)
         image = (image - mean) * np.float32(contrast) + mean + np.float32(brightness)
         image = np.clip(image, 0.0, 1.0)
-        return image, mask, gt, prompt
+        return image, mask, gt, prompt, weight
 
     def paste_back(self, index, mask, source_shape=None) -> np.ndarray:
         """Map an item-space mask (or probability map) back onto the lesion's source image.

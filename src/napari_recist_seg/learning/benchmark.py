@@ -43,6 +43,7 @@ class BenchmarkConfig:
     n_train: int | None = None
     pseudo_mask: str = "ellipse"
     encoder: str = "resnet18"
+    encoder_weights: str | None = None
     batch_size: int = 10
     lr: float = 1e-3
     patience: int = 5
@@ -280,7 +281,7 @@ def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, s
     tc = TrainConfig(kind=kind, encoder=config.encoder, input_size=config.size,
                      in_channels=in_channels, n_groups=data.grouping.k, epochs=config.epochs,
                      batch_size=config.batch_size, lr=config.lr, patience=config.patience,
-                     seed=seed, device=config.device)
+                     seed=seed, device=config.device, encoder_weights=config.encoder_weights)
     run_dir = out / "runs" / f"{kind}-seed{seed}"
     last = None
     for event in train(data.train_set, data.val_set, tc, run_dir, grouping=data.grouping,

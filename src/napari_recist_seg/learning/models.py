@@ -244,7 +244,9 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
         Number of lesion groups K for the ``"multitask"`` head (at least 2). Ignored, and stored
         as None, for the other kinds.
     encoder_weights : str or path-like, optional
-        None for random initialisation (default), or the path of a local file holding the
+        None for random initialisation (default); the name of weights shipped inside an
+        installed package (``pretrained.PRETRAINED_ENCODERS``: ``"efficientnet-lite0-imagenet"``
+        with ``encoder="tu-tf_efficientnet_lite0"``); or the path of a local file holding the
         encoder's state dict: ``.safetensors``, or ``.pth``/``.pt`` read with
         ``torch.load(weights_only=True)``. Names of downloadable weights such as ``"imagenet"``
         are refused: nothing is downloaded.
@@ -301,7 +303,8 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
         n_groups = _check_int(n_groups, "n_groups", 2, MAX_GROUPS)
     else:
         n_groups = None
-    weights_path = _resolve_weights_path(encoder_weights)
+    packaged = _packaged_weights(encoder_weights, encoder)
+    weights_path = None if packaged else _resolve_weights_path(encoder_weights)
 
     aux_params = dict(classes=n_groups, dropout=float(dropout)) if entry.groups else None
     expected_prompt = len(PROMPT_CHANNELS) if entry.prompted else None
@@ -331,6 +334,11 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
                                     base.classification_head)
     if weights_path is not None:
         load_encoder_weights(model.encoder, weights_path)
+    elif packaged:
+        from .pretrained import pretrained_encoder_state
+
+        _load_state(model.encoder, pretrained_encoder_state(encoder_weights),
+                    f"pretrained encoder {encoder_weights!r}")
 
     model.kind = kind
     model.config = {
@@ -345,6 +353,22 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
     if prompt_channels:
         model.config["prompt_channels"] = prompt_channels
     return model
+
+
+def _packaged_weights(encoder_weights, encoder: str) -> bool:
+    """Whether ``encoder_weights`` names weights shipped inside an installed package; their
+    encoder must be the one asked for."""
+    if not isinstance(encoder_weights, str):
+        return False
+    from .pretrained import PRETRAINED_ENCODERS
+
+    option = PRETRAINED_ENCODERS.get(encoder_weights)
+    if option is None:
+        return False
+    if option.encoder != encoder:
+        raise ValueError(f"encoder_weights {encoder_weights!r} are for the encoder "
+                         f"{option.encoder!r}, not {encoder!r}")
+    return True
 
 
 def _resolve_weights_path(encoder_weights: str | os.PathLike | None) -> Path | None:
@@ -429,7 +453,12 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
         The file cannot be read safely, or its tensors do not match the encoder.
     """
     path = Path(path)
-    state = _read_state_dict(path)
+    _load_state(encoder, _read_state_dict(path), f"encoder_weights file {str(path)!r}")
+
+
+def _load_state(encoder: nn.Module, state: dict, source: str) -> None:
+    """Map ``state`` onto ``encoder`` (see ``load_encoder_weights``); ``source`` names it in
+    messages."""
     own = encoder.state_dict()
     if any(k.startswith("encoder.") for k in state):
         state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
@@ -444,7 +473,7 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise ValueError(
-            f"encoder_weights file {str(path)!r} does not match the encoder: "
+            f"{source} does not match the encoder: "
             f"{len(missing)} missing keys (e.g. {missing[:3]}), "
             f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
         )
@@ -457,7 +486,7 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
             state[key] = _adapt_first_conv(value, expected[1])
             continue
         raise ValueError(
-            f"encoder_weights file {str(path)!r}: tensor {key!r} has shape {tuple(value.shape)}, "
+            f"{source}: tensor {key!r} has shape {tuple(value.shape)}, "
             f"the encoder expects {tuple(expected)}"
         )
     state = {k: v.to(own[k].dtype) for k, v in state.items()}

@@ -50,3 +50,16 @@ class ConstantModel(RampModel):
     def forward(self, x):
         n, _, rows, cols = x.shape
         return self._with_groups(torch.full((n, 1, rows, cols), self.value), n)
+
+
+class PriorModel(RampModel):
+    """A RECIST-prompted whole-image model that predicts its prompt's prior channel (the
+    quarter-ellipse through the endpoints)."""
+
+    def __init__(self):
+        super().__init__("prompted")
+
+    def forward(self, x, prompt=None):
+        if prompt is None:
+            raise ValueError("a prompted model needs the prompt")
+        return (prompt[:, 2:3] - 0.5) * 20.0

@@ -19,7 +19,7 @@ from napari_recist_seg.plugin.comparison import (
 )
 from napari_recist_seg.plugin.model_registry import ModelEntry
 
-from ._compare_stubs import ConstantModel, RampModel
+from ._compare_stubs import ConstantModel, PriorModel, RampModel
 
 SHAPE = (64, 64)
 
@@ -127,6 +127,18 @@ def test_crop_models_predict_around_the_lesions_and_give_groups():
     # The image row, then lesion 1 only: lesion 2 has no RECIST, so it was not asked about.
     assert [row["lesion"] for row in rows] == ["all", 1]
     assert rows[1]["group"] == 1 and rows[0]["group"] == "1"
+
+
+def test_a_prompted_model_segments_the_lesions_it_is_shown_and_needs_them():
+    lesions = [(None, _square_recist(40), 7)]
+    (_, result), = predict_models([_entry(PriorModel(), "pr")], np.zeros(SHAPE, np.float32),
+                                  lesions, _truth())
+    mask = result["mask"]
+    assert mask[44, 44] == 1 and mask[14, 14] == 0  # the prompted lesion, not the other
+    assert [row["lesion"] for row in result["rows"]] == ["all", 2]
+    assert result["rows"][1]["dice"] > 0.6
+    with pytest.raises(ValueError, match="'pr' is RECIST-prompted: choose the image's RECIST"):
+        next(predict_models([_entry(PriorModel(), "pr")], np.zeros(SHAPE), [], None))
 
 
 def test_a_crop_model_without_lesions_is_refused_before_predicting():

@@ -192,7 +192,7 @@ def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
     if not 0 < threshold < 1:
         raise ValueError(f"the threshold must be between 0 and 1, got {threshold}")
     prepare_torch_import()
-    from ..learning.inference import predict_detailed
+    from ..learning.inference import is_prompted, predict_detailed
 
     volume = np.ndim(image) - (1 if rgb else 0) == 3
     models = []
@@ -201,12 +201,14 @@ def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
             entry.model = load_entry(entry.path, "cpu")[2]
             yield ("loaded", entry.name)
         mode = entry.model.preprocessing.get("mode", "whole_image")
-        if mode == "crops" and not lesions:
-            raise ValueError(
-                f"{entry.name!r} was trained on lesion crops: choose the image's RECIST layer "
-                "(with at least one complete lesion)"
-            )
-        models.append((entry, entry.model, mode))
+        # A prompted model segments the lesions it is shown, like a lesion-crop model.
+        per_lesion = mode == "crops" or is_prompted(entry.model)
+        if per_lesion and not lesions:
+            why = "is RECIST-prompted" if is_prompted(entry.model) else \
+                "was trained on lesion crops"
+            raise ValueError(f"{entry.name!r} {why}: choose the image's RECIST layer (with at "
+                             f"least one complete lesion)")
+        models.append((entry, entry.model, "crops" if per_lesion else mode))
     planes = range(image.shape[0]) if volume else [None]
     for entry, model, mode in models:
         shape = image.shape[: 3 if volume else 2]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from qtpy.QtCore import Qt
 
+from napari_recist_seg.learning.model_kinds import MODEL_KINDS
+
 
 def click(qtbot, widget) -> None:
     """A left click in the middle of ``widget`` (a button, a check box...)."""
@@ -57,7 +59,7 @@ def fill_training_form(qtbot, widget, out, kinds=("multitask",), process=False, 
                        batch=4, size=32) -> None:
     """Fill the Training widget's settings form by clicks and typing."""
     form = widget.form
-    for kind in ("multitask", "a1", "coseg"):
+    for kind in MODEL_KINDS:
         set_checked(qtbot, form[kind].native, kind in kinds)
     type_number(qtbot, form.input_size.native, size)
     type_number(qtbot, form.epochs.native, epochs)

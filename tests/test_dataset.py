@@ -7,6 +7,7 @@ torch = pytest.importorskip("torch")
 from napari_recist_seg.core.grouping import group_lesions  # noqa: E402
 from napari_recist_seg.core.pseudo_masks import pseudo_mask  # noqa: E402
 from napari_recist_seg.core.recist import Recist, recist_from_mask  # noqa: E402
+from napari_recist_seg.core.training_targets import DEFAULT_TARGET  # noqa: E402
 from napari_recist_seg.data import dataset as dataset_module  # noqa: E402
 from napari_recist_seg.data.crops import lesion_crop, window_ct  # noqa: E402
 from napari_recist_seg.data.dataset import EpochSampler, LesionDataset, pair_indices  # noqa: E402
@@ -107,7 +108,7 @@ def test_crop_items_match_lesion_crop(ct):
         np.testing.assert_allclose(item["image"][0].numpy(), expected, atol=1e-6)
         assert ds.transforms[i] == t
         np.testing.assert_array_equal(
-            ds.pseudo_mask(i), pseudo_mask(t.crop_recist(r), (SIZE, SIZE))
+            ds.pseudo_mask(i), pseudo_mask(t.crop_recist(r), (SIZE, SIZE), DEFAULT_TARGET)
         )
         pm, gt = ds.pseudo_mask(i), ds.gt_mask(i)
         assert 2 * (pm & gt).sum() / (pm.sum() + gt.sum()) > 0.6

@@ -18,6 +18,7 @@ from napari_recist_seg.plugin.model_registry import MODEL_REGISTRY
 from napari_recist_seg.plugin.widgets.compare_widget import CompareWidget, prediction_name
 from napari_recist_seg.plugin.widgets.groups_widget import GroupsWidget
 from napari_recist_seg.plugin.widgets.recist_widget import RecistWidget
+from napari_recist_seg.plugin.widgets.segment_widget import SegmentWidget
 from napari_recist_seg.plugin.widgets.training_widget import TrainingWidget
 
 from ._gui import click, fill_training_form, open_dock, pick, set_checked, trigger_menu, type_number
@@ -91,13 +92,14 @@ def test_sample_draw_group_preview_train_compare(make_napari_viewer, qtbot, mous
     set_checked(qtbot, groups.preview_button, False)
     assert groups.preview_layer is None
 
-    # Train the three models briefly on the slice's RECIST (all but the true masks), in a
+    # Train the four models briefly on the slice's RECIST (all but the true masks), in a
     # separate process (the default): Start, Stop at the first step, then Resume.
     training = open_dock(viewer, "Training", TrainingWidget)
     assert [(i.name, r.name) for i, r in training.checked_pairs()] == [(image.name, recist.name)]
     assert training.form.separate_process.value  # the default: the viewer stays responsive
     fill_training_form(qtbot, training, tmp_path / "models",
-                       kinds=("multitask", "a1", "coseg"), process=True, epochs=3, batch=2)
+                       kinds=("multitask", "a1", "coseg", "prompted"), process=True, epochs=3,
+                       batch=2)
     click(qtbot, training.start_button)
     worker = training.worker
     assert worker is not None, notifications
@@ -118,16 +120,18 @@ def test_sample_draw_group_preview_train_compare(make_napari_viewer, qtbot, mous
     with qtbot.waitSignal(worker.finished, timeout=600000):
         pass
     assert not [n for n in notifications if n[0] == "error"], notifications
-    assert sorted(entry.kind for entry in MODEL_REGISTRY) == ["a1", "coseg", "multitask"]
+    assert sorted(entry.kind for entry in MODEL_REGISTRY) == ["a1", "coseg", "multitask",
+                                                              "prompted"]
     assert all("of 3)" in entry.name for entry in MODEL_REGISTRY)  # e.g. best epoch 2 of 3
     curves = training.curves()
-    assert all(curves[kind]["epoch"] == [1, 2, 3] for kind in ("a1", "coseg", "multitask"))
+    assert all(curves[kind]["epoch"] == [1, 2, 3]
+               for kind in ("a1", "coseg", "multitask", "prompted"))
 
-    # Compare the three models against the true masks, overlaid and side by side.
+    # Compare the four models against the true masks, overlaid and side by side.
     compare = open_dock(viewer, "Compare models", CompareWidget)
     assert compare.image_combo.layer().name == image.name
     assert compare.gt_combo.layer().name == truth.name
-    assert len(compare.chosen_models()) == 3
+    assert len(compare.chosen_models()) == 4
     click(qtbot, compare.predict_button)
     qtbot.waitUntil(lambda: compare._worker is None and compare.predict_button.isEnabled(),
                     timeout=60000)
@@ -135,12 +139,34 @@ def test_sample_draw_group_preview_train_compare(make_napari_viewer, qtbot, mous
         layer = viewer.layers[prediction_name(entry.name)]
         assert layer.data.shape == image.data.shape
     n_truth = len(np.unique(truth_before)) - 1
-    assert len(compare.rows) == 3 * (1 + n_truth)
+    whole = [e for e in MODEL_REGISTRY if e.kind != "prompted"]
+    # The prompted model is scored on the lesions it was shown: those with a RECIST.
+    assert len([r for r in compare.rows if r["model"] in {e.name for e in whole}]) == \
+        3 * (1 + n_truth)
+    assert any(r["model"].startswith("prompted") for r in compare.rows)
     assert all(0.0 <= row["dice"] <= 1.0 for row in compare.rows)
     set_checked(qtbot, compare.side_button, True)
     assert viewer.canvas.grid.enabled
     set_checked(qtbot, compare.side_button, False)
     assert not viewer.canvas.grid.enabled
+
+    # Segment from the RECIST with the prompted model: a preview that Keep copies.
+    segment = open_dock(viewer, "Segment from RECIST", SegmentWidget)
+    prompted = next(e.name for e in MODEL_REGISTRY if e.kind == "prompted")
+    pick(segment.recist_combo, recist.name)
+    pick(segment.model_combo, prompted)
+    qtbot.waitUntil(lambda: segment.preview_layer is not None, timeout=60000)
+    qtbot.waitUntil(lambda: segment._worker is None and len(segment.rows()) == n_sample + 2
+                    and all(r["note"] in ("", "empty prediction") for r in segment.rows()),
+                    timeout=60000)
+    assert "mm" in "".join(str(segment.table_model.headerData(c, Qt.Orientation.Horizontal))
+                           for c in range(segment.table_model.columnCount()))
+    kept_before = len(viewer.layers)
+    click(qtbot, segment.keep_button)
+    assert len(viewer.layers) == kept_before + 1
+    kept = viewer.layers[f"{image.name} prompted masks"]
+    np.testing.assert_array_equal(kept.data, segment.preview_layer.data)
+    assert kept is not segment.preview_layer
 
     # Nothing the user had was changed: the image, the true masks, and the sample's lines
     # (the RECIST layer holds exactly the sample's lines and the four drawn ones).

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..cli import command
 from ..core.metrics import METRIC_NAMES, mean_metrics, segmentation_metrics
-from ..core.training_targets import TARGET_METHODS
+from ..core.training_targets import DEFAULT_TARGET, TARGET_METHODS
 from ..data._atomic import atomic_write
 from ..learning.model_kinds import MODEL_KINDS
 from ._outputs import output_stems, prepare_output_folder, refuse_existing
@@ -77,6 +77,37 @@ def _encoder_weights_option(p) -> None:
                         f"random")
 
 
+def _speed_options(p) -> None:
+    """Options that make training faster without changing what it learns."""
+    from ..learning.train_config import AMP_SETTINGS
+
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="data loader worker processes (default: up to 4 with CUDA, 0 on a "
+                        "CPU); 0 builds batches in the training process")
+    p.add_argument("--amp", choices=AMP_SETTINGS, default="auto",
+                   help="mixed precision: 'auto' is bf16 on GPUs that have it, else fp16 with "
+                        "loss scaling, and off on CPUs (default: %(default)s)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory layout (faster convolutions on recent GPUs)")
+
+
+def _only_rank_zero_reports() -> None:
+    """Under torchrun, processes of rank above 0 print neither messages nor progress bars:
+    rank 0 reports for all of them. Errors still reach stderr."""
+    import os
+
+    from ..learning.devices import is_main_process
+
+    if is_main_process():
+        return
+    from functools import partialmethod
+
+    from tqdm.auto import tqdm
+
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of the process)
+    tqdm.__init__ = partialmethod(tqdm.__init__, disable=True)
+
+
 def _encoder(args) -> str:
     """The asked encoder; else the one packaged weights are for; else the default."""
     from ..learning.pretrained import PRETRAINED_ENCODERS
@@ -131,12 +162,13 @@ def _configure_train(p) -> None:
     p.add_argument("--patience", type=int, default=d.patience,
                    help="epochs without improvement before stopping (default: %(default)s)")
     p.add_argument("--k", type=int, help="number of RECIST groups (default: about 20 a group)")
-    p.add_argument("--pseudo-mask", default="ellipse", choices=TARGET_METHODS,
+    p.add_argument("--pseudo-mask", default=DEFAULT_TARGET, choices=TARGET_METHODS,
                    help="training target drawn from each RECIST; the trimap ones leave a band "
                         "undecided or decide it from the image (default: %(default)s)")
     p.add_argument("--n-train", type=int, help="use this many images (default: all)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or mps")
+    _speed_options(p)
     _encoder_weights_option(p)
     p.add_argument("--resume",
                    help="continue a stopped run: its last/ checkpoint or its run folder "
@@ -152,6 +184,7 @@ def _train(args) -> int:
     from ..learning.preparation import prepare_whole_images
     from ..learning.trainer import TrainConfig, train
 
+    _only_rank_zero_reports()
     models = _models(args.models)
     if args.resume and len(models) != 1:
         raise ValueError("--resume continues one run: name a single model with --models")
@@ -195,7 +228,9 @@ def _train(args) -> int:
                              in_channels=in_channels, n_groups=data.grouping.k,
                              epochs=args.epochs, batch_size=args.batch,
                              lr=args.lr, patience=args.patience, seed=args.seed,
-                             device=args.device, encoder_weights=args.encoder_weights)
+                             device=args.device, encoder_weights=args.encoder_weights,
+                             num_workers=args.workers, amp=args.amp,
+                             channels_last=args.channels_last)
         run = train(data.train_set, data.val_set, config, Path(args.out) / kind,
                     grouping=data.grouping, resume=resume, overwrite=args.overwrite)
         try:
@@ -496,6 +531,7 @@ def _configure_benchmark(p) -> None:
                         "lesions, 2 to 45)")
     p.add_argument("--device", default=d.device,
                    help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    _speed_options(p)
     p.add_argument("--tta", action="store_true", help="average with flipped predictions")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the runs of an earlier benchmark in --out (default: refuse)")
@@ -518,12 +554,14 @@ def _print_summary(results: dict) -> None:
 def _benchmark(args) -> int:
     from ..learning.benchmark import BenchmarkConfig, run_benchmark
 
+    _only_rank_zero_reports()
     config = BenchmarkConfig(
         models=_models(args.models), seeds=args.seeds, epochs=args.epochs, size=args.size,
         n_train=args.n_train, pseudo_mask=args.pseudo_mask, encoder=_encoder(args),
         encoder_weights=args.encoder_weights,
         batch_size=args.batch, lr=args.lr, patience=args.patience, k=args.k,
-        device=args.device, tta=args.tta,
+        device=args.device, tta=args.tta, workers=args.workers, amp=args.amp,
+        channels_last=args.channels_last,
     )
     bars = TrainingBars()
     from ..data.recist_sources import is_lesion_table

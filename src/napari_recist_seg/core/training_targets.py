@@ -20,10 +20,17 @@ from .pseudo_masks import PSEUDO_MASK_METHODS, pseudo_mask
 from .recist import Recist
 from .trimap import LESION, UNKNOWN, recist_trimap, refine_trimap
 
-__all__ = ["IMAGE_TARGETS", "TARGET_METHODS", "training_target"]
+__all__ = ["DEFAULT_TARGET", "IMAGE_TARGETS", "TARGET_METHODS", "training_target"]
 
 #: Every target a training run can use.
 TARGET_METHODS = (*PSEUDO_MASK_METHODS, "trimap", "trimap_random_walker")
+#: The target of every front end (command line, plugin, benchmarks) unless another is asked
+#: for. Chosen on held-out parts of training data, never on test folders: against the true
+#: masks of the training data the quarter-ellipse is the best pseudo-mask (ISIC Dice 0.932,
+#: ellipse 0.867, trimap + random walker 0.900; CT-like 0.899, 0.828, 0.904), and a prompted
+#: model trained on it scored best on a held-out part of the ISIC training folder (0.918, trimap
+#: 0.881, trimap + random walker 0.909). The paper's protocol is ``"ellipse"``.
+DEFAULT_TARGET = "quarter_ellipse"
 #: Targets that read the image as well as the RECIST.
 IMAGE_TARGETS = ("trimap_random_walker",)
 

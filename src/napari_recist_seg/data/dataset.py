@@ -37,7 +37,12 @@ from torch.utils.data import Dataset, Sampler
 
 from ..core.recist import Recist
 from ..core.recist_prompt import jitter_recist, prompt_channels
-from ..core.training_targets import IMAGE_TARGETS, TARGET_METHODS, training_target
+from ..core.training_targets import (
+    DEFAULT_TARGET,
+    IMAGE_TARGETS,
+    TARGET_METHODS,
+    training_target,
+)
 from .crops import (
     CropTransform,
     crop_transform_for,
@@ -434,7 +439,7 @@ class LesionDataset(Dataset):
         images: Sequence,
         recists: Sequence[Recist],
         size: int = 128,
-        pseudo_mask_method: str = "ellipse",
+        pseudo_mask_method: str = DEFAULT_TARGET,
         groups=None,
         gt_masks=None,
         augment: bool = False,
@@ -577,7 +582,7 @@ class LesionDataset(Dataset):
         margin: float = 0.5,
         window=None,
         image_index=None,
-        pseudo_mask_method: str = "ellipse",
+        pseudo_mask_method: str = DEFAULT_TARGET,
         groups=None,
         gt_masks=None,
         augment: bool = False,

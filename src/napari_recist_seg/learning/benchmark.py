@@ -20,8 +20,10 @@ import numpy as np
 from ..core.metrics import METRIC_NAMES, segmentation_metrics, truth_under_recist
 from ..core.pseudo_masks import pseudo_mask
 from ..core.recist import recist_from_mask
+from ..core.training_targets import DEFAULT_TARGET
 from ..data._atomic import atomic_write
 from ..data.image_folders import load_pair, read_image_mask_folder
+from .devices import is_main_process
 from .preparation import prepare_whole_images
 from .statistics import compare_methods, default_pairs, json_floats, per_image_means, seed_summary
 from .trainer import TrainConfig, train
@@ -41,7 +43,7 @@ class BenchmarkConfig:
     epochs: int = 4  # three models on 1,445 images of 128 px: about 35 min on 2 CPU cores
     size: int = 128
     n_train: int | None = None
-    pseudo_mask: str = "ellipse"
+    pseudo_mask: str = DEFAULT_TARGET
     encoder: str = "resnet18"
     encoder_weights: str | None = None
     batch_size: int = 10
@@ -52,6 +54,9 @@ class BenchmarkConfig:
     device: str = "auto"
     tta: bool = False
     examples: int = 6
+    workers: int | None = None
+    amp: str = "auto"
+    channels_last: bool = False
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -266,11 +271,12 @@ def run_benchmark(
     results["total_seconds"] = time.perf_counter() - t0
     results["stopped"] = stopped
 
-    with atomic_write(out / "results.json") as fh:
-        json.dump(results, fh, indent=1)
-    from .report import write_report
+    if is_main_process():  # under torchrun, rank 0 alone writes
+        with atomic_write(out / "results.json") as fh:
+            json.dump(results, fh, indent=1)
+        from .report import write_report
 
-    write_report(out, results, tests, examples)
+        write_report(out, results, tests, examples)
     return results
 
 
@@ -281,7 +287,9 @@ def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, s
     tc = TrainConfig(kind=kind, encoder=config.encoder, input_size=config.size,
                      in_channels=in_channels, n_groups=data.grouping.k, epochs=config.epochs,
                      batch_size=config.batch_size, lr=config.lr, patience=config.patience,
-                     seed=seed, device=config.device, encoder_weights=config.encoder_weights)
+                     seed=seed, device=config.device, encoder_weights=config.encoder_weights,
+                     num_workers=config.workers, amp=config.amp,
+                     channels_last=config.channels_last)
     run_dir = out / "runs" / f"{kind}-seed{seed}"
     last = None
     for event in train(data.train_set, data.val_set, tc, run_dir, grouping=data.grouping,
@@ -505,11 +513,12 @@ def run_table_benchmark(
     results["total_seconds"] = time.perf_counter() - t0
     results["stopped"] = stopped
     results["scored"] = truths is not None
-    with atomic_write(out / "results.json") as fh:
-        json.dump(results, fh, indent=1)
-    from .report import write_report
+    if is_main_process():  # under torchrun, rank 0 alone writes
+        with atomic_write(out / "results.json") as fh:
+            json.dump(results, fh, indent=1)
+        from .report import write_report
 
-    write_report(out, results, tests, {name: examples} if tests else {})
+        write_report(out, results, tests, {name: examples} if tests else {})
     return results
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..core.grouping import LesionGrouping, group_lesions
 from ..core.recist import Recist
+from ..core.training_targets import DEFAULT_TARGET
 from ..data.dataset import LesionDataset
 
 __all__ = [
@@ -95,7 +96,7 @@ def prepare_whole_images(
     val_fraction: float = 0.15,
     k: int | None = None,
     features: str = "standardised",
-    pseudo_mask_method: str = "ellipse",
+    pseudo_mask_method: str = DEFAULT_TARGET,
     normalise: str | None = "image",
     augment: bool = False,
     seed: int = 0,
@@ -151,7 +152,7 @@ def prepare_crops(
     val_fraction: float = 0.15,
     k: int | None = None,
     features: str = "standardised",
-    pseudo_mask_method: str = "ellipse",
+    pseudo_mask_method: str = DEFAULT_TARGET,
     normalise: str | None = None,
     augment: bool = False,
     seed: int = 0,
@@ -277,7 +278,7 @@ def prepare_from_table(
     val_fraction: float = 0.15,
     k: int | None = None,
     features: str = "standardised",
-    pseudo_mask_method: str = "ellipse",
+    pseudo_mask_method: str = DEFAULT_TARGET,
     augment: bool = False,
     seed: int = 0,
     cache_size: int = 8,

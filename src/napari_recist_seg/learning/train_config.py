@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 
 from .model_kinds import MODEL_KINDS, model_kind
 
-__all__ = ["MAX_GROUPS", "MAX_INPUT_SIZE", "MAX_IN_CHANNELS", "MODEL_KINDS", "TrainConfig"]
+__all__ = ["AMP_SETTINGS", "MAX_GROUPS", "MAX_INPUT_SIZE", "MAX_IN_CHANNELS", "MODEL_KINDS",
+           "TrainConfig"]
 
 # Upper bounds: far above any real use, low enough that no setting makes a network of absurd
 # size (a config file may come from anywhere).
@@ -21,6 +22,8 @@ MAX_IN_CHANNELS = 64
 MAX_INPUT_SIZE = 4096
 #: Largest number of RECIST groups (classes of the multitask head).
 MAX_GROUPS = 10_000
+#: Mixed-precision settings (see ``devices.amp_dtype``).
+AMP_SETTINGS = ("auto", "bf16", "fp16", "off")
 
 
 
@@ -33,6 +36,13 @@ class TrainConfig:
     there: a small ResNet-18 encoder at 128x128 and a cosine learning-rate schedule, which
     damps the epoch-to-epoch swings of a constant rate so the best-validation checkpoint is
     a good one.
+
+    Speed settings change neither the batches nor, beyond float rounding, what is learnt:
+    ``num_workers`` DataLoader worker processes (None: 0 on a CPU, up to 4 with CUDA; see
+    ``devices.default_workers``), ``amp`` mixed precision ("auto": bf16 where the CUDA device
+    supports it, else fp16 with gradient scaling, and off on CPUs; "bf16", "fp16" or "off" to
+    choose) and ``channels_last`` memory layout. Under ``torchrun``, ``batch_size`` is the
+    global batch, split evenly over the processes.
     """
 
     kind: str = "multitask"
@@ -55,6 +65,9 @@ class TrainConfig:
     encoder_weights: str | None = None
     prompt_jitter: float = 2.0
     prior_dropout: float = 0.5
+    num_workers: int | None = None
+    amp: str = "auto"
+    channels_last: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
@@ -87,6 +100,13 @@ class TrainConfig:
                              f"got {self.prompt_jitter}")
         if not 0 <= self.prior_dropout <= 1:
             raise ValueError(f"prior_dropout must be in [0, 1], got {self.prior_dropout}")
+        if self.num_workers is not None and (isinstance(self.num_workers, bool)
+                                             or not isinstance(self.num_workers, int)
+                                             or self.num_workers < 0):
+            raise ValueError(f"num_workers must be a whole number, 0 or more, got "
+                             f"{self.num_workers!r}")
+        if self.amp not in AMP_SETTINGS:
+            raise ValueError(f"amp must be one of {', '.join(AMP_SETTINGS)}, got {self.amp!r}")
         if self.pairing not in ("same_group", "random"):
             raise ValueError(f"pairing must be 'same_group' or 'random', got {self.pairing!r}")
 

@@ -3,6 +3,16 @@
 The CLI prints the events with a progress bar; the napari plugin runs the same generator in a
 worker and draws them. Stopping is checked between steps; the run then saves a resumable
 checkpoint, so ``train(..., resume=folder)`` continues it as if it had never stopped.
+
+Batches are built by a ``torch.utils.data.DataLoader`` (worker processes; pinned memory and
+asynchronous copies with CUDA). Each batch is fixed by (seed, epoch, step) alone: the epoch
+order comes from the seed and the epoch, and each item's augmentation from (seed, epoch,
+index), so neither the number of workers nor the point a run resumed from changes the data.
+Mixed precision (``amp``) and the ``channels_last`` layout are options; losses are computed in
+fp32 and checkpoints hold fp32 weights.
+
+Started by ``torchrun``, the trainer runs data-parallel (``DistributedDataParallel``) with
+batch normalisation over the global batch; see the notes of :func:`train`.
 """
 
 from __future__ import annotations
@@ -24,7 +34,12 @@ import torch
 
 from ..core.metrics import segmentation_metrics
 from .checkpoints import load_checkpoint, load_optimizer_state, save_checkpoint
-from .devices import pick_device
+from .devices import (
+    Distributed,
+    amp_dtype,
+    default_workers,
+    synchronise_layers,
+)
 from .losses import make_loss
 from .model_kinds import MODEL_REGISTRY
 from .models import build_model
@@ -191,8 +206,92 @@ def _collate(dataset, indices, partners=None) -> dict:
     return batch
 
 
-def _to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+class _Batches(torch.utils.data.Dataset):
+    """Item ``s`` is the whole batch of step ``s``, so that one DataLoader worker builds one
+    batch, and what a batch holds does not depend on which worker built it.
+
+    Picklable whenever ``dataset`` is, for workers started by spawn as well as by fork.
+    """
+
+    def __init__(self, dataset, order, bounds, partners=None, self_pairs: bool = False):
+        self.dataset = dataset
+        self.order = torch.as_tensor(order, dtype=torch.long)
+        self.bounds = list(bounds)
+        self.partners = partners
+        self.self_pairs = self_pairs
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def __getitem__(self, step: int) -> dict:
+        start, end = self.bounds[step]
+        batch = _collate(self.dataset, self.order[start:end], self.partners)
+        if self.self_pairs:
+            # At inference a lesion is paired with itself, so validation pairs it so too.
+            batch["partner_image"] = batch["image"]
+            batch["partner_mask"] = batch["mask"]
+        return batch
+
+
+def _loader(batches: _Batches, steps, workers: int, device, seed: int):
+    """A DataLoader over the steps ``steps`` of ``batches``.
+
+    Workers start anew for each loader (never persistent), so they copy the data set after
+    its epoch was set. The loader draws its workers' seeds from a generator of its own: the
+    global random state, which checkpoints save for an exact resume, stays untouched.
+    """
+    return torch.utils.data.DataLoader(
+        batches, batch_size=None, sampler=list(steps), num_workers=int(workers),
+        pin_memory=torch.device(device).type == "cuda",
+        generator=torch.Generator().manual_seed(int(seed)), persistent_workers=False,
+    )
+
+
+def _shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's part of an epoch order: padded with its first items to a multiple of
+    ``world`` and dealt out round-robin, as ``DistributedSampler`` does."""
+    if world == 1:
+        return order
+    total = math.ceil(len(order) / world) * world
+    padded = torch.cat([order, order[: total - len(order)]]) if total > len(order) else order
+    return padded[rank:total:world]
+
+
+def _rank_bounds(per_epoch: int, per_step: int, world: int) -> list[tuple[int, int]]:
+    """Each step's start and end in one rank's shard.
+
+    Global step ``s`` covers the same positions of the (padded) epoch order as step ``s`` of
+    a single process, so N processes see each step's images together that one would see.
+    ``per_step`` is a multiple of ``world``, and the padded epoch too, so the bounds divide.
+    """
+    padded = math.ceil(per_epoch / world) * world
+    return [(s // world, e // world) for s, e in _batch_bounds(padded, per_step)]
+
+
+#: Network inputs that take the ``channels_last`` layout.
+_IMAGE_KEYS = ("image", "partner_image", "prompt")
+
+
+def _to_device(batch: dict, device, channels_last: bool = False) -> dict:
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if channels_last:
+        for key in _IMAGE_KEYS:
+            if key in out and out[key].dim() == 4:
+                out[key] = out[key].contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def _autocast(device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def _as_float(outputs):
+    """Network outputs in fp32, so that losses are computed at full precision after autocast."""
+    if isinstance(outputs, (tuple, list)):
+        return type(outputs)(o.float() for o in outputs)
+    return outputs.float()
 
 
 def _forward(model, kind: str, batch: dict):
@@ -226,34 +325,49 @@ def _with_prompt(dataset, config: TrainConfig, name: str):
     return dataset
 
 
-def _validate(model, kind, loss_fn, dataset, batch_size, device) -> dict:
-    """Mean loss and mask metrics on the validation set, against its pseudo-masks."""
+def _validate(model, kind, loss_fn, dataset, batch_size, device, *, workers: int = 0,
+              amp=None, channels_last: bool = False, ranks: Distributed | None = None) -> dict:
+    """Mean loss and mask metrics on the validation set, against its pseudo-masks.
+
+    Under ``torchrun`` each rank scores every ``world``-th item and the sums are gathered,
+    so every rank returns the same figures.
+    """
+    rank, world = (0, 1) if ranks is None else (ranks.rank, ranks.world_size)
     model.eval()
     totals: dict[str, float] = {}
-    metrics: list[dict] = []
+    metrics: list[tuple[int, dict]] = []
     n = len(dataset)
+    mine = list(range(rank, n, world))
+    bounds = [(s, min(len(mine), s + batch_size)) for s in range(0, len(mine), batch_size)]
+    batches = _Batches(dataset, mine, bounds, self_pairs=MODEL_REGISTRY[kind].paired)
     with torch.no_grad():
-        for start in range(0, n, batch_size):
-            idx = list(range(start, min(n, start + batch_size)))
-            batch = _collate(dataset, idx)
-            if MODEL_REGISTRY[kind].paired:
-                # At inference a lesion is paired with itself, so validate the same way.
-                batch["partner_image"] = batch["image"]
-                batch["partner_mask"] = batch["mask"]
-            batch = _to_device(batch, device)
-            outputs = _forward(model, kind, batch)
+        for step, raw in enumerate(_loader(batches, range(len(bounds)), workers, device, 0)):
+            batch = _to_device(raw, device, channels_last)
+            with _autocast(device, amp):
+                outputs = _forward(model, kind, batch)
+            outputs = _as_float(outputs)
             _, terms = loss_fn(outputs, batch)
+            size = len(batch["image"])
             for key, value in terms.items():
-                totals[key] = totals.get(key, 0.0) + float(value) * len(idx)
+                totals[key] = totals.get(key, 0.0) + float(value) * size
             pred = (_mask_logits(outputs, kind) > 0).cpu().numpy()[:, 0]
             target = batch["mask"].cpu().numpy()[:, 0] > 0.5
-            metrics.extend(segmentation_metrics(p, t) for p, t in zip(pred, target))
+            first = bounds[step][0]
+            metrics.extend((mine[first + j], segmentation_metrics(p, t))
+                           for j, (p, t) in enumerate(zip(pred, target)))
     model.train()
+    if ranks is not None and ranks.parallel:
+        parts = ranks.gather((totals, metrics))
+        totals = {}
+        for part_totals, _ in parts:
+            for key, value in part_totals.items():
+                totals[key] = totals.get(key, 0.0) + value
+        metrics = sorted((m for _, part in parts for m in part), key=lambda im: im[0])
     out = {f"loss_{k}": v / max(1, n) for k, v in totals.items()}
     out["loss"] = out.get("loss_total", float("nan"))
     if metrics:
         for key in ("dice", "iou", "hausdorff", "centre_error"):
-            out[key] = float(np.mean([m[key] for m in metrics]))
+            out[key] = float(np.mean([m[key] for _, m in metrics]))
     return out
 
 
@@ -333,6 +447,31 @@ def train(
     TrainingInterrupted
         On Ctrl+C (KeyboardInterrupt) during the run, after ``last/`` was saved: the run
         resumes from it at the step it reached.
+
+    Notes
+    -----
+    Started by ``torchrun`` (``WORLD_SIZE`` above 1), every process calls ``train`` with the
+    same arguments, and together they train one model. The process group is created here
+    when none exists: NCCL on CUDA (each process on the GPU of its local rank), gloo on CPUs.
+
+    - ``config.batch_size`` is the global batch: each of the N processes takes ``1/N`` of
+      every step (it must divide evenly). Each epoch's order is padded with its first items
+      to a multiple of N and dealt out round-robin, as ``DistributedSampler`` does, so that
+      the N parts of step ``s`` are the images one process would take at step ``s``.
+    - Gradients are averaged over the processes, and batch normalisation uses the statistics
+      of the global batch (``SyncBatchNorm`` on GPUs, ``devices.CpuSyncBatchNorm`` on CPUs).
+      Every process keeps the random stream one process would have, and dropout draws the
+      masks of the global batch (``devices.GlobalBatchDropout``). With an epoch that needs
+      no padding, N processes on CPUs therefore compute what one process computes with the
+      same ``batch_size``, up to float rounding; the exception is trimap-weighted losses,
+      which each process averages over its own decided pixels. (On GPUs the kernels differ
+      from one process's, dropout's random numbers among them.)
+    - The data, settings, seed and RECIST grouping must be the same on every process (the
+      K-means grouping is fitted from the seed); this is checked, and a run whose processes
+      differ is refused.
+    - Rank 0 alone claims ``out_dir`` and writes checkpoints; events (losses and validation
+      of the global batch) arrive on every rank, and front ends show rank 0's. A stop
+      request on any rank stops all of them; ``resume`` must be readable by every process.
     """
     config.validate()
     if len(train_set) < 2:
@@ -345,16 +484,72 @@ def train(
     train_set = _with_prompt(train_set, config, "training")
     val_set = _with_prompt(val_set, config, "validation")
     stop = stop or (lambda: False)
-    if resume is not None:
-        resume = resume_checkpoint(resume)
-    with claim_run_folder(out_dir, resume=resume, overwrite=overwrite):
+    ranks = Distributed(config.device)
+    if ranks.parallel:
+        _check_world(config, ranks.world_size)
+    error = None
+    try:
+        if resume is not None:
+            resume = resume_checkpoint(resume)
+    except (ValueError, OSError) as exc:
+        error = exc
+    ranks.agree(error)
+    if ranks.parallel:
+        _check_same_everywhere(ranks, train_set, val_set, config, grouping)
+    with contextlib.ExitStack() as claim:
+        error = None
+        if ranks.is_main:
+            try:
+                claim.enter_context(claim_run_folder(out_dir, resume=resume,
+                                                     overwrite=overwrite))
+            except Exception as exc:  # noqa: BLE001 (re-raised on this rank by agree)
+                error = exc
+        # The other ranks start once rank 0 holds the folder, or stop with it.
+        ranks.agree(error)
         yield from _train_in_folder(train_set, val_set, config, out_dir, grouping=grouping,
-                                    extra_config=extra_config, stop=stop, resume=resume)
+                                    extra_config=extra_config, stop=stop, resume=resume,
+                                    ranks=ranks)
+        # Rank 0's checkpoints are complete before any rank goes on (to load them, say).
+        ranks.barrier()
+
+
+def _check_world(config: TrainConfig, world: int) -> None:
+    """The global batch must split evenly over ``world`` processes."""
+    pairs = MODEL_REGISTRY[config.kind].paired
+    per_step = max(1, config.batch_size // 2) if pairs else config.batch_size
+    if per_step % world:
+        what = (f"{per_step} image pairs a step (batch_size {config.batch_size})" if pairs
+                else f"batch_size {config.batch_size}")
+        lower = max(1, per_step // world) * world
+        raise ValueError(
+            f"{what} does not split evenly over {world} processes: the batch size is the "
+            f"global batch; use a multiple of {world} such as "
+            f"{lower * (2 if pairs else 1)} or {(lower + world) * (2 if pairs else 1)}"
+        )
+
+
+def _check_same_everywhere(ranks: Distributed, train_set, val_set, config: TrainConfig,
+                           grouping) -> None:
+    """Refuse a torchrun job whose processes were given different data: their shards would
+    not add up to the epochs of one data set, and different groupings would train the group
+    head on different labels."""
+    def groups(dataset):
+        g = getattr(dataset, "groups", None)
+        return None if g is None else np.asarray(g, dtype=np.int64).tobytes()
+
+    ranks.same_everywhere("settings", config.to_dict())
+    ranks.same_everywhere("data (numbers of images or RECIST groups)",
+                          (len(train_set), len(val_set), groups(train_set), groups(val_set)))
+    ranks.same_everywhere("RECIST groupings (K-means centres)",
+                          None if grouping is None else grouping.to_dict())
 
 
 def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, grouping,
-                     extra_config, stop, resume) -> Iterator[TrainEvent]:
-    device = pick_device(config.device)
+                     extra_config, stop, resume, ranks: Distributed) -> Iterator[TrainEvent]:
+    device = ranks.device(config.device)
+    world, rank = ranks.world_size, ranks.rank
+    workers = default_workers(device) if config.num_workers is None else int(config.num_workers)
+    amp = amp_dtype(config.amp, device)
     _seed_everything(config.seed)
     model = build_model(
         config.kind,
@@ -364,19 +559,35 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
         encoder_weights=config.encoder_weights,
         input_size=config.input_size,
     )
-    out = check_output_folder(out_dir, _checkpoint_bytes(model))
+    error = None
+    out = Path(out_dir)
+    if ranks.is_main:
+        try:
+            out = check_output_folder(out_dir, _checkpoint_bytes(model))
+        except ValueError as exc:
+            error = exc
+    ranks.agree(error)
+    if ranks.parallel or config.channels_last:
+        # Every rank keeps the random stream of one process, and dropout masks and batch
+        # statistics are those of the global batch; dropout masks do not depend on the
+        # memory layout.
+        synchronise_layers(model, device, batch_norm=ranks.parallel)
     model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = make_loss(config.kind, w_seg=config.w_seg, w_cls=config.w_cls,
                         dice_weight=config.dice_weight)
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     n_train = len(train_set)
     # A co-segmentation step sees each anchor and its partner, so half as many anchors per
     # batch and per epoch keep the images processed per step and per epoch equal across kinds.
     pairs = MODEL_REGISTRY[config.kind].paired
     per_epoch = math.ceil(n_train / 2) if pairs else n_train
     per_step = max(1, config.batch_size // 2) if pairs else config.batch_size
-    bounds = _batch_bounds(per_epoch, per_step)
+    bounds = _rank_bounds(per_epoch, per_step, world)
     steps_per_epoch = len(bounds)
     scheduler = _make_scheduler(optimizer, config, steps_per_epoch)
 
@@ -391,48 +602,21 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
     best_loss, best_epoch, bad_epochs = math.inf, None, 0
     elapsed_before = 0.0
     resumed_running: dict[str, float] = {}
-    if resume is not None:
-        resumed_model, saved = load_checkpoint(resume, map_location=device)
-        saved_train = saved.get("train_config", {})
-        if not isinstance(saved_train, dict):
-            raise ValueError(f"checkpoint {resume}: 'train_config' is not an object")
-        if saved_train.get("kind") != config.kind:
-            raise ValueError(
-                f"checkpoint {resume} is a {saved_train.get('kind')!r} run, not {config.kind!r}"
-            )
-        if resumed_model.config != model.config:
-            raise ValueError(
-                f"checkpoint {resume} holds a model built with {resumed_model.config}, "
-                f"not {model.config}: resume with the settings of the original run"
-            )
-        model.load_state_dict(resumed_model.state_dict())
-        del resumed_model
-        state = load_optimizer_state(resume, optimizer, scheduler)
-        # The state comes from a file: anything malformed is a clear error, not a crash later.
-        try:
-            history = list(saved.get("history") or [])
-            start_epoch = int(state.get("epoch", 0))
-            start_step = int(state.get("step_in_epoch", 0))
-            global_step = int(state.get("global_step", 0))
-            best_loss = float(state.get("best_loss") if state.get("best_loss") is not None
-                              else math.inf)
-            best_epoch = state.get("best_epoch")
-            best_epoch = None if best_epoch is None else int(best_epoch)
-            bad_epochs = int(state.get("bad_epochs", 0))
-            elapsed_before = float(state.get("elapsed", 0.0))
-            resumed_running = {str(k): float(v) for k, v in dict(state.get("running") or {}
-                                                                 ).items()}
-            if min(start_epoch, start_step, global_step, bad_epochs) < 0:
-                raise ValueError(f"negative epoch or step counts ({start_epoch}, {start_step})")
-            if state.get("rng") is not None:
-                _set_rng_state(state["rng"])
-        except (AttributeError, TypeError, ValueError, RuntimeError, KeyError) as exc:
-            raise ValueError(f"checkpoint {resume}: its training state is invalid: {exc}"
-                             ) from None
+    error = None
+    try:
+        if resume is not None:
+            (history, start_epoch, start_step, global_step, best_loss, best_epoch, bad_epochs,
+             elapsed_before, resumed_running) = _resume_state(
+                resume, model, optimizer, scheduler, scaler, config, device)
+    except (ValueError, OSError, RuntimeError) as exc:
+        error = exc
+    ranks.agree(error)
 
     def save(kind_of: str, epoch: int, step_in_epoch: int, elapsed: float,
              running: dict | None = None) -> str:
         folder = out / kind_of
+        if not ranks.is_main:
+            return str(folder)
         if kind_of == "best":
             save_checkpoint(folder, model, ckpt_config, history)
             return str(folder)
@@ -447,10 +631,21 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
             "rng": _rng_state(),
             # Loss sums of the epoch in progress, so a resumed epoch reports a whole mean.
             "running": dict(running or {}),
+            "world_size": world,
+            "scaler": None if scaler is None else scaler.state_dict(),
         }
         save_checkpoint(folder, model, ckpt_config, history, optimizer=optimizer,
                         scheduler=scheduler, state=state)
         return str(folder)
+
+    net = model
+    if ranks.parallel:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    if device.type == "cuda":
+        # Every batch has the same shape, so the fastest convolution algorithms are found once.
+        torch.backends.cudnn.benchmark = True
 
     t_start = time.perf_counter() - elapsed_before
     train_seconds = 0.0
@@ -462,11 +657,11 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
     try:
         yield TrainEvent("start", epoch=start_epoch + 1, step=start_step,
                          global_step=global_step, lr=optimizer.param_groups[0]["lr"], **common,
-                         message=f"training {config.kind} on {device} ({n_train} images)")
+                         message=_start_message(config, device, ranks, n_train, workers, amp))
         for epoch in range(start_epoch, config.epochs):
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)
-            order = _epoch_order(n_train, config.seed, epoch)[:per_epoch]
+            order = _shard(_epoch_order(n_train, config.seed, epoch)[:per_epoch], rank, world)
             partners = None
             if pairs:
                 from ..data.dataset import pair_indices
@@ -476,8 +671,12 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
             first = start_step if epoch == start_epoch else 0
             running: dict[str, float] = dict(resumed_running) if first else {}
             at_epoch, at_step, at_running = epoch, first, running
+            batches = iter(_loader(_Batches(train_set, order, bounds, partners),
+                                   range(first, steps_per_epoch), workers, device,
+                                   int(config.seed) * 100_003 + epoch))
             for step in range(first, steps_per_epoch):
-                if stop():
+                if ranks.any(stop()):
+                    del batches
                     path = save("last", epoch, step, time.perf_counter() - t_start, running)
                     yield TrainEvent("stopped", epoch=epoch + 1, step=step, global_step=global_step,
                                      elapsed=time.perf_counter() - t_start, checkpoint=path,
@@ -485,19 +684,30 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
                                      message="stopped on request", **common)
                     return
                 t0 = time.perf_counter()
-                idx = order[bounds[step][0]:bounds[step][1]]
-                batch = _to_device(_collate(train_set, idx, partners), device)
+                batch = _to_device(next(batches), device, config.channels_last)
                 optimizer.zero_grad(set_to_none=True)
-                outputs = _forward(model, config.kind, batch)
-                loss, terms = loss_fn(outputs, batch)
-                if not torch.isfinite(loss):
+                with _autocast(device, amp):
+                    outputs = _forward(net, config.kind, batch)
+                loss, terms = loss_fn(_as_float(outputs), batch)
+                if ranks.parallel:
+                    # The global batch's losses, the same on every rank: what is reported and
+                    # checked, so that all ranks take the same decisions.
+                    terms = dict(zip(terms, ranks.mean(list(terms.values()))))
+                if not math.isfinite(terms["total"]):
                     raise FloatingPointError(
-                        f"training loss became {float(loss)} at epoch {epoch + 1}, "
+                        f"training loss became {terms['total']} at epoch {epoch + 1}, "
                         f"step {step + 1}; try a lower learning rate"
                     )
-                loss.backward()
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                else:
+                    loss.backward()
                 with _ctrl_c_deferred():
-                    optimizer.step()
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
                     if scheduler is not None:
                         scheduler.step()
                     global_step += 1
@@ -506,7 +716,7 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
                     at_step = step + 1
                 dt = time.perf_counter() - t0
                 train_seconds += dt
-                images_seen += len(idx) * (2 if pairs else 1)
+                images_seen += len(batch["image"]) * (2 if pairs else 1) * world
                 yield TrainEvent(
                     "step", epoch=epoch + 1, step=step + 1, global_step=global_step,
                     losses={k: float(v) for k, v in terms.items()},
@@ -514,7 +724,10 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
                     images_per_second=images_seen / max(train_seconds, 1e-9),
                     best_epoch=best_epoch, **common,
                 )
-            val = _validate(model, config.kind, loss_fn, val_set, config.batch_size, device)
+            del batches
+            val = _validate(model, config.kind, loss_fn, val_set, config.batch_size, device,
+                            workers=workers, amp=amp, channels_last=config.channels_last,
+                            ranks=ranks)
             n_steps = max(1, steps_per_epoch)
             record = {
                 "epoch": epoch + 1,
@@ -564,10 +777,74 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
         raise TrainingInterrupted(path, at_epoch + 1, at_step) from None
     finally:
         # Free accelerator memory as soon as training ends, however it ends.
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        del net
         optimizer.state.clear()
         model.to("cpu")
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _resume_state(resume, model, optimizer, scheduler, scaler, config: TrainConfig,
+                  device) -> tuple:
+    """Load a ``last/`` checkpoint into the model, optimiser, scheduler and random state;
+    return the run's counters (history, epoch, step, global step, best loss and epoch, bad
+    epochs, elapsed seconds, loss sums of the epoch in progress)."""
+    resumed_model, saved = load_checkpoint(resume, map_location=device)
+    saved_train = saved.get("train_config", {})
+    if not isinstance(saved_train, dict):
+        raise ValueError(f"checkpoint {resume}: 'train_config' is not an object")
+    if saved_train.get("kind") != config.kind:
+        raise ValueError(
+            f"checkpoint {resume} is a {saved_train.get('kind')!r} run, not {config.kind!r}"
+        )
+    if resumed_model.config != model.config:
+        raise ValueError(
+            f"checkpoint {resume} holds a model built with {resumed_model.config}, "
+            f"not {model.config}: resume with the settings of the original run"
+        )
+    model.load_state_dict(resumed_model.state_dict())
+    del resumed_model
+    state = load_optimizer_state(resume, optimizer, scheduler)
+    # The state comes from a file: anything malformed is a clear error, not a crash later.
+    try:
+        history = list(saved.get("history") or [])
+        start_epoch = int(state.get("epoch", 0))
+        start_step = int(state.get("step_in_epoch", 0))
+        global_step = int(state.get("global_step", 0))
+        best_loss = float(state.get("best_loss") if state.get("best_loss") is not None
+                          else math.inf)
+        best_epoch = state.get("best_epoch")
+        best_epoch = None if best_epoch is None else int(best_epoch)
+        bad_epochs = int(state.get("bad_epochs", 0))
+        elapsed_before = float(state.get("elapsed", 0.0))
+        resumed_running = {str(k): float(v) for k, v in dict(state.get("running") or {}
+                                                             ).items()}
+        if min(start_epoch, start_step, global_step, bad_epochs) < 0:
+            raise ValueError(f"negative epoch or step counts ({start_epoch}, {start_step})")
+        if state.get("rng") is not None:
+            _set_rng_state(state["rng"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(dict(state["scaler"]))
+    except (AttributeError, TypeError, ValueError, RuntimeError, KeyError) as exc:
+        raise ValueError(f"checkpoint {resume}: its training state is invalid: {exc}"
+                         ) from None
+    return (history, start_epoch, start_step, global_step, best_loss, best_epoch, bad_epochs,
+            elapsed_before, resumed_running)
+
+
+def _start_message(config: TrainConfig, device, ranks: Distributed, n_train: int,
+                   workers: int, amp) -> str:
+    where = str(device)
+    details = [f"{n_train} images", f"{workers} data worker{'s' if workers != 1 else ''}"]
+    if ranks.parallel:
+        where += f" in {ranks.world_size} processes"
+        details.insert(0, f"world size {ranks.world_size}, {ranks.backend}")
+    if amp is not None:
+        details.append(f"mixed precision {str(amp).replace('torch.', '')}")
+    if config.channels_last:
+        details.append("channels_last")
+    return f"training {config.kind} on {where} ({', '.join(details)})"
 
 
 def _check_channels(dataset, config: TrainConfig) -> None:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.training_targets import DEFAULT_TARGET
 from ..learning.model_kinds import MODEL_KINDS, MODEL_REGISTRY
 from ..learning.train_config import TrainConfig
 
@@ -75,7 +76,7 @@ class TrainingJob:
     k: int | None = None
     seed: int = TrainConfig.seed
     val_fraction: float = 0.15
-    pseudo_mask_method: str = "ellipse"
+    pseudo_mask_method: str = DEFAULT_TARGET
     mode: str = "whole_image"
     images: list = field(default_factory=list)
     recists: list = field(default_factory=list)
@@ -223,9 +224,12 @@ def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> It
             config = TrainConfig(
                 kind=kind, encoder=job.encoder, input_size=job.input_size,
                 in_channels=in_channels,
-                n_groups=int(data.grouping.k) if kind == "multitask" else None,
+                n_groups=int(data.grouping.k) if MODEL_REGISTRY[kind].groups else None,
                 epochs=job.epochs, batch_size=job.batch_size, lr=job.lr, patience=job.patience,
                 seed=job.seed, device=job.device,
+                # Batches are built where training runs: forking DataLoader workers from a
+                # process that holds Qt (or from the viewer's child) is not safe.
+                num_workers=0,
             )
             out = Path(job.out_dir) / kind
             resume = out / "last" if job.resume and (out / "last").is_dir() else None

@@ -14,6 +14,7 @@ _WIDGETS = {
     "GroupsWidget": ".groups_widget",
     "TrainingWidget": ".training_widget",
     "CompareWidget": ".compare_widget",
+    "SegmentWidget": ".segment_widget",
 }
 
 __all__ = list(_WIDGETS)

@@ -7,7 +7,7 @@ import contextlib
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox
 
-from ..layer_units import unproxied
+from ..layer_units import MM, length_unit, slice_spacing_of, spacing_of, unproxied
 
 __all__ = ["Connections", "LayerCombo"]
 
@@ -150,3 +150,38 @@ class LayerCombo(QComboBox):
 
     def _emit(self, _index) -> None:
         self.layer_changed.emit(self.layer())
+
+
+class RecistLayerAccess:
+    """The image and RECIST layers a widget works on, and the pixel size and length unit they
+    give. The widget holds ``image_combo`` (a ``LayerCombo``) and ``_layer`` (the RECIST
+    Shapes layer it follows, or None)."""
+
+    _layer = None
+
+    def image_layer(self):
+        """The chosen image layer (None when there is none)."""
+        return self.image_combo.layer()
+
+    def recist_layer(self):
+        """The RECIST Shapes layer the widget follows (None when there is none)."""
+        return self._layer
+
+    def spacing(self) -> tuple[float, float]:
+        """Pixel size (row, col) in mm: the image layer's, else the RECIST layer's."""
+        if self.image_layer() is not None:
+            return spacing_of(self.image_layer())
+        if self._layer is not None:
+            return spacing_of(self._layer)
+        return (1.0, 1.0)
+
+    def slice_spacing(self):
+        """``{slice: (row, col)}`` of a stack whose slices differ in pixel size, else None."""
+        return slice_spacing_of(self._layer, self.image_layer())
+
+    def unit(self) -> str:
+        """Unit of the lengths shown: "mm" where a pixel size is known, else "px"."""
+        layer = self._layer
+        if layer is not None and (self.slice_spacing() or "spacing_row" in layer.features):
+            return MM
+        return length_unit(self.image_layer(), layer)

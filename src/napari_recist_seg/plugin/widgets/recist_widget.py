@@ -56,7 +56,7 @@ from ..recist_layers import (
     sync_recist_layer,
     table_layer_tuple,
 )
-from ._common import Connections, LayerCombo, bind_lifetime
+from ._common import Connections, LayerCombo, RecistLayerAccess, bind_lifetime
 
 __all__ = ["SHORTCUTS", "RecistWidget"]
 
@@ -145,7 +145,7 @@ class LesionTableModel(QAbstractTableModel):
         return None
 
 
-class RecistWidget(QWidget):
+class RecistWidget(RecistLayerAccess, QWidget):
     """Dock widget: RECIST drawing, live lesion table, fixes, import and export.
 
     napari keeps no undo history for Shapes data, so the widget keeps its own: the layer's
@@ -308,33 +308,6 @@ class RecistWidget(QWidget):
         layout.addWidget(self.status)
 
     # -- layers -----------------------------------------------------------------------------
-    def image_layer(self):
-        """The chosen image layer (None when there is none)."""
-        return self.image_combo.layer()
-
-    def recist_layer(self):
-        """The RECIST Shapes layer the widget keeps in order (None when there is none)."""
-        return self._layer
-
-    def spacing(self) -> tuple[float, float]:
-        """Pixel size (row, col) in mm: the image layer's, else the RECIST layer's."""
-        if self.image_layer() is not None:
-            return spacing_of(self.image_layer())
-        if self._layer is not None:
-            return spacing_of(self._layer)
-        return (1.0, 1.0)
-
-    def slice_spacing(self):
-        """``{slice: (row, col)}`` of a stack whose slices differ in pixel size, else None."""
-        return slice_spacing_of(self._layer, self.image_layer())
-
-    def unit(self) -> str:
-        """Unit of the lengths shown: "mm" where a pixel size is known, else "px"."""
-        layer = self._layer
-        if layer is not None and (self.slice_spacing() or "spacing_row" in layer.features):
-            return "mm"
-        return length_unit(self.image_layer(), layer)
-
     def set_recist_layer(self, layer) -> None:
         """Attach to ``layer`` (a Shapes layer): pair its lines and follow its edits."""
         layer = unproxied(layer)

@@ -1,0 +1,412 @@
+"""The Segment from RECIST widget with a real viewer, driven the way a user drives it.
+
+Lesions are drawn with the RECIST annotation widget, the model is loaded with the Load
+button (the folder dialog answered by the test), the model list is picked from, vertices are
+dragged with napari's own mouse callbacks, and Keep and Stop are clicked. The prompted model is
+trained here on 32-pixel crops of generated CT-like slices (bright elliptic
+lesions), three short epochs at a high learning rate: enough for masks that overlap the
+lesions well (fewer steps leave every probability under the threshold), not a measure of
+quality.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFileDialog
+
+from napari_recist_seg.core.recist import recist_from_mask
+from napari_recist_seg.plugin.layer_units import META_KEY
+from napari_recist_seg.plugin.training_job import prepare_torch_import
+from napari_recist_seg.plugin.widgets.segment_widget import (
+    SegmentWidget,
+    keep_name,
+    preview_name,
+)
+
+from ._gui import click, pick, type_number
+from ._learning_data import crop_preprocessing, quick, saved_model
+
+PLUGIN = "napari-recist-seg"
+LEFT = Qt.MouseButton.LeftButton
+SPACING = (0.8, 0.8)
+LESION_HU, TISSUE_HU, NOISE_HU = 120.0, 20.0, 10.0
+TIMEOUT = 60000
+
+pytestmark = pytest.mark.usefixtures("empty_model_registry")
+
+
+def _ellipse(shape, centre, a, b, theta):
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    u = (rr - centre[0]) * np.cos(theta) + (cc - centre[1]) * np.sin(theta)
+    v = -(rr - centre[0]) * np.sin(theta) + (cc - centre[1]) * np.cos(theta)
+    return (u / a) ** 2 + (v / b) ** 2 <= 1
+
+
+def _ct(masks, shape, seed):
+    """A CT-like slice in HU: soft tissue with bright lesions where ``masks`` are."""
+    rng = np.random.default_rng(seed)
+    lesion = np.any(masks, axis=0) if len(masks) else np.zeros(shape, bool)
+    image = np.where(lesion, LESION_HU, TISSUE_HU) + rng.normal(0, NOISE_HU, shape)
+    return image.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A prompted model trained briefly, a model that is not prompted, and a prompted
+    model that takes three channels."""
+    from napari_recist_seg.learning.preparation import prepare_crops
+    from napari_recist_seg.learning.trainer import TrainConfig, train
+
+    prepare_torch_import()
+    rng = np.random.default_rng(0)
+    images, recists = [], []
+    for i in range(48):
+        mask = _ellipse((96, 96), rng.uniform(35, 60, 2), rng.uniform(8, 16), rng.uniform(5, 9),
+                        rng.uniform(0, np.pi))
+        images.append(_ct([mask], mask.shape, seed=100 + i))
+        recists.append(recist_from_mask(mask))
+    root = tmp_path_factory.mktemp("segment-models")
+    data = prepare_crops(images, recists, size=32, val_fraction=0.25, k=2,
+                         window=(-160.0, 240.0))
+    config = TrainConfig(kind="prompted", input_size=32, in_channels=1, epochs=3, batch_size=4,
+                         lr=3e-3, schedule="constant", seed=0, device="cpu")
+    with quick():
+        for _event in train(data.train_set, data.val_set, config, root / "prompted",
+                            grouping=data.grouping):
+            pass
+        others = {
+            "a1": saved_model(root / "a1", "a1", in_channels=1,
+                              preprocessing=crop_preprocessing()),
+            "rgb": saved_model(root / "rgb", "prompted", in_channels=3,
+                               preprocessing=crop_preprocessing()),
+        }
+    return {"prompted": root / "prompted" / "best", **others}
+
+
+@pytest.fixture
+def predict_calls(monkeypatch):
+    """The RECIST passed to each call of the library's prediction, in order."""
+    from napari_recist_seg.learning import inference
+
+    calls = []
+    real = inference.predict_detailed
+
+    def counted(model, image, recists=None, **kwargs):
+        calls.append(list(recists))
+        return real(model, image, recists, **kwargs)
+
+    monkeypatch.setattr(inference, "predict_detailed", counted)
+    return calls
+
+
+def _patch_folder_dialog(monkeypatch, path):
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory",
+                        staticmethod(lambda *args, **kwargs: str(path)))
+
+
+def _recist_widget(viewer):
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "RECIST annotation")
+    return widget
+
+
+def _segment_widget(viewer):
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment from RECIST")
+    return widget
+
+
+def _draw_lesion(draw, layer, recist, z=None):
+    for axis in (recist.long_axis, recist.short_axis):
+        points = np.asarray(axis, dtype=float)
+        if z is not None:
+            points = np.column_stack([np.full(2, float(z)), points])
+        draw(layer, points)
+
+
+def _drag_vertex(layer, line: int, vertex: int, to):
+    """Drag a vertex of a line with napari's direct-selection tool, as the mouse does."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import (
+        mouse_move_callbacks,
+        mouse_press_callbacks,
+        mouse_release_callbacks,
+    )
+
+    layer.mode = "direct"
+    layer.selected_data = {line}
+    start = tuple(layer.data_to_world(np.asarray(layer.data[line][vertex], dtype=float)))
+    end = tuple(layer.data_to_world(np.asarray(to, dtype=float)))
+    mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", position=start))
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=start))
+    mouse_move_callbacks(
+        layer, read_only_mouse_event(type="mouse_move", is_dragging=True, position=end))
+    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=end))
+
+
+def _idle(widget):
+    return widget._worker is None and not widget._timer.isActive() and \
+        widget.load_button.isEnabled()
+
+
+def _wait_segmented(qtbot, widget, n_rows):
+    def done():
+        rows = widget.rows()
+        return (_idle(widget) and widget.preview_layer is not None and len(rows) == n_rows
+                and all(r["note"] in ("", "empty prediction") for r in rows))
+
+    qtbot.waitUntil(done, timeout=TIMEOUT)
+
+
+def _dice(a, b) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+
+def _snapshot(layer):
+    data = layer.data
+    return [np.array(d) for d in data] if isinstance(data, list) else np.array(data)
+
+
+def _same(before, layer) -> bool:
+    now = layer.data
+    if isinstance(before, list):
+        return len(before) == len(now) and all(np.array_equal(a, b) for a, b in zip(before, now))
+    return np.array_equal(before, now)
+
+
+# -- the whole story on a slice ---------------------------------------------------------------
+def test_lesions_segmented_live_kept_and_stopped(make_napari_viewer, qtbot, checkpoints, draw,
+                                                 predict_calls, monkeypatch):
+    shape = (128, 128)
+    masks = [_ellipse(shape, (40, 45), 13, 8, 0.4), _ellipse(shape, (88, 85), 11, 7, 2.0)]
+    viewer = make_napari_viewer()
+    image = viewer.add_image(_ct(masks, shape, seed=7), name="ct", scale=SPACING)
+    recists = [recist_from_mask(m, spacing=SPACING) for m in masks]
+    annotation = _recist_widget(viewer)
+    click(qtbot, annotation.new_button)
+    lines = annotation.recist_layer()
+    for r in recists:
+        _draw_lesion(draw, lines, r)
+
+    widget = _segment_widget(viewer)
+    assert widget.recist_layer() is lines and widget.image_layer() is image
+    assert widget.model_combo.currentText() == "(no model: Load...)"
+    _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
+    click(qtbot, widget.load_button)
+    _wait_segmented(qtbot, widget, 2)
+
+    preview = widget.preview_layer
+    assert preview.name == preview_name("ct") and preview in viewer.layers
+    assert preview.data.shape == shape and tuple(preview.scale) == SPACING
+    assert preview.metadata[META_KEY]["role"] == "prompted preview"
+    # The lines stay above the masks, and the layer being drawn in stays the active one.
+    assert viewer.layers.index(preview) < viewer.layers.index(lines)
+    assert viewer.layers.selection.active is lines
+    assert len(predict_calls) == 2
+    for label, mask in ((1, masks[0]), (2, masks[1])):
+        assert _dice(preview.data == label, mask) > 0.6, label
+
+    # The table: drawn and measured diameters in mm, the mask's area in mm².
+    rows = widget.rows()
+    assert [r["lesion"] for r in rows] == ["0", "1"]
+    for row, r, label in zip(rows, recists, (1, 2)):
+        assert row["drawn long (mm)"] == f"{r.long_mm:.1f}"
+        assert row["drawn short (mm)"] == f"{r.short_mm:.1f}"
+        area = float(row["mask area (mm²)"])
+        assert 0 < area <= (preview.data == label).sum() * 0.64 + 0.05
+        assert float(row["mask long (mm)"]) == pytest.approx(r.long_mm, rel=0.3)
+        assert float(row["mask short (mm)"]) == pytest.approx(r.short_mm, rel=0.4)
+    assert "2 segmented" in widget.status.text()
+
+    # Moving a vertex of lesion 1's short axis predicts lesion 1 again, and only it.
+    first = preview.data == 1
+    end = np.asarray(lines.data[3][1]) + [2.0, 1.0]
+    _drag_vertex(lines, 3, 1, end)
+    qtbot.waitUntil(lambda: len(predict_calls) == 3 and _idle(widget), timeout=TIMEOUT)
+    _wait_segmented(qtbot, widget, 2)
+    np.testing.assert_allclose(predict_calls[-1][0].short_axis[1], end)
+    np.testing.assert_array_equal(preview.data == 1, first)
+    assert (preview.data == 2).any()
+    # Back where it was: the mask is the one predicted before, without running the model.
+    _drag_vertex(lines, 3, 1, end - [2.0, 1.0])
+    qtbot.wait(200)
+    _wait_segmented(qtbot, widget, 2)
+    assert len(predict_calls) == 3
+
+    # A deleted lesion leaves the preview; a new one is predicted on its own.
+    lines.selected_data = {2, 3}
+    lines.remove_selected()
+    qtbot.waitUntil(lambda: _idle(widget) and not (preview.data == 2).any(), timeout=TIMEOUT)
+    assert len(predict_calls) == 3 and len(widget.rows()) == 1
+    moved = recists[1].translated((0.5, -0.5))
+    _draw_lesion(draw, lines, moved)
+    qtbot.waitUntil(lambda: len(predict_calls) == 4, timeout=TIMEOUT)
+    _wait_segmented(qtbot, widget, 2)
+    np.testing.assert_allclose(predict_calls[-1][0].long_axis, moved.long_axis)
+    assert _dice(preview.data > 1, masks[1]) > 0.6
+
+    # Keep: a new layer equal to the preview; the user's layers are as they were.
+    before = {layer.name: _snapshot(layer) for layer in (image, lines)}
+    n_layers = len(viewer.layers)
+    click(qtbot, widget.keep_button)
+    assert len(viewer.layers) == n_layers + 1
+    kept = viewer.layers[keep_name("ct")]
+    np.testing.assert_array_equal(kept.data, preview.data)
+    assert kept is not preview and kept.data is not preview.data
+    assert tuple(kept.scale) == SPACING
+    assert kept.metadata[META_KEY]["role"] == "prompted masks"
+    assert _same(before["ct"], image) and _same(before[lines.name], lines)
+    assert lines.nshapes == 4
+
+    # Stop removes the preview and no longer follows the lines; the kept layer stays.
+    click(qtbot, widget.stop_button)
+    assert widget.preview_layer is None and preview not in viewer.layers
+    assert kept in viewer.layers
+    _drag_vertex(lines, 1, 1, np.asarray(lines.data[1][1]) + [1.0, 0.0])
+    qtbot.wait(200)
+    assert len(predict_calls) == 4 and widget.preview_layer is None
+    assert not widget.stop_button.isEnabled() and not widget.keep_button.isEnabled()
+    # Segment starts again: the moved lesion is predicted, the other comes from the cache.
+    click(qtbot, widget.segment_button)
+    _wait_segmented(qtbot, widget, 2)
+    assert len(predict_calls) == 5 and widget.preview_layer in viewer.layers
+
+
+def test_threshold_measures_again_without_running_the_model(make_napari_viewer, qtbot,
+                                                            checkpoints, draw, predict_calls,
+                                                            monkeypatch):
+    shape = (96, 96)
+    mask = _ellipse(shape, (48, 48), 14, 9, 0.7)
+    viewer = make_napari_viewer()
+    viewer.add_image(_ct([mask], shape, seed=3), name="ct", scale=SPACING)
+    annotation = _recist_widget(viewer)
+    click(qtbot, annotation.new_button)
+    _draw_lesion(draw, annotation.recist_layer(), recist_from_mask(mask, spacing=SPACING))
+    widget = _segment_widget(viewer)
+    _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
+    click(qtbot, widget.load_button)
+    _wait_segmented(qtbot, widget, 1)
+    area = float(widget.rows()[0]["mask area (mm²)"])
+    pixels = int((widget.preview_layer.data > 0).sum())
+
+    type_number(qtbot, widget.threshold_spin, 0.3)
+    qtbot.waitUntil(lambda: _idle(widget) and widget.rows()[0]["mask area (mm²)"] != f"{area:.1f}",
+                    timeout=TIMEOUT)
+    assert float(widget.rows()[0]["mask area (mm²)"]) > area
+    assert int((widget.preview_layer.data > 0).sum()) > pixels
+    assert len(predict_calls) == 1
+
+
+# -- a stack of slices ------------------------------------------------------------------------
+def test_volume_lesion_is_segmented_on_its_own_slice(make_napari_viewer, qtbot, checkpoints,
+                                                     draw, monkeypatch):
+    shape = (96, 96)
+    mask = _ellipse(shape, (50, 40), 13, 8, 1.1)
+    volume = np.stack([_ct([], shape, seed=z) for z in range(5)])
+    volume[2] = _ct([mask], shape, seed=2)
+    viewer = make_napari_viewer()
+    viewer.add_image(volume, name="ct stack", scale=(2.5, *SPACING))
+    annotation = _recist_widget(viewer)
+    click(qtbot, annotation.new_button)
+    lines = annotation.recist_layer()
+    assert lines.ndim == 3
+    _draw_lesion(draw, lines, recist_from_mask(mask, spacing=SPACING), z=2)
+
+    widget = _segment_widget(viewer)
+    _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
+    click(qtbot, widget.load_button)
+    _wait_segmented(qtbot, widget, 1)
+    preview = widget.preview_layer
+    assert preview.data.shape == volume.shape and tuple(preview.scale) == (2.5, *SPACING)
+    assert _dice(preview.data[2] == 1, mask) > 0.6
+    assert not preview.data[[0, 1, 3, 4]].any()
+    assert widget.rows()[0]["slice"] == "2"
+
+
+# -- models and messages ----------------------------------------------------------------------
+def test_models_that_cannot_segment_from_recist_say_why(make_napari_viewer, qtbot, checkpoints,
+                                                        draw, monkeypatch, notifications):
+    shape = (96, 96)
+    mask = _ellipse(shape, (48, 48), 12, 8, 0.3)
+    viewer = make_napari_viewer()
+    viewer.add_image(_ct([mask], shape, seed=5), name="ct", scale=SPACING)
+    annotation = _recist_widget(viewer)
+    click(qtbot, annotation.new_button)
+    _draw_lesion(draw, annotation.recist_layer(), recist_from_mask(mask, spacing=SPACING))
+    widget = _segment_widget(viewer)
+    n_layers = len(viewer.layers)
+
+    # A model that does not take the RECIST: loaded, chosen, refused with the reason.
+    _patch_folder_dialog(monkeypatch, checkpoints["a1"])
+    click(qtbot, widget.load_button)
+    qtbot.waitUntil(lambda: _idle(widget) and "Not segmented" in widget.status.text(),
+                    timeout=TIMEOUT)
+    errors = [text for level, text in notifications if level == "error"]
+    assert errors and "A1 model" in errors[-1] and "RECIST-prompted" in errors[-1]
+    assert "does not take the lesion's RECIST" in widget.status.text()
+    assert widget.model_combo.currentText().endswith("[not prompted]")
+    assert len(viewer.layers) == n_layers and widget.preview_layer is None
+
+    # A prompted model whose channels the grey image does not give.
+    _patch_folder_dialog(monkeypatch, checkpoints["rgb"])
+    click(qtbot, widget.load_button)
+    qtbot.waitUntil(lambda: _idle(widget) and "3-channel" in widget.status.text(),
+                    timeout=TIMEOUT)
+    assert "'ct' is a grey image (1 channel)" in notifications[-1][1]
+    assert widget.preview_layer is None
+
+    # The right model, picked from the list: the lesion is segmented.
+    _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
+    click(qtbot, widget.load_button)
+    _wait_segmented(qtbot, widget, 1)
+    names = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
+    prompted_name = widget.model_combo.currentText()
+    pick(widget.model_combo, next(n for n in names if n.endswith("[not prompted]")))
+    assert widget.preview_layer is None and "Not segmented" in widget.status.text()
+    pick(widget.model_combo, prompted_name)
+    _wait_segmented(qtbot, widget, 1)
+    assert (widget.preview_layer.data == 1).any()
+
+
+def test_without_image_or_model_segment_says_what_is_missing(make_napari_viewer, qtbot,
+                                                             notifications):
+    viewer = make_napari_viewer()
+    widget = _segment_widget(viewer)
+    click(qtbot, widget.segment_button)
+    assert notifications[-1][0] == "error" and "no image layer" in notifications[-1][1]
+    assert "no image layer" in widget.status.text()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="ct")
+    click(qtbot, widget.segment_button)
+    assert "load a RECIST-prompted one" in notifications[-1][1]
+    assert not widget.keep_button.isEnabled() and len(viewer.layers) == 1
+
+
+def test_closing_the_dock_while_predicting_leaves_the_viewer_working(
+        make_napari_viewer, qtbot, checkpoints, draw, monkeypatch, predict_calls):
+    shape = (96, 96)
+    mask = _ellipse(shape, (48, 48), 12, 8, 0.3)
+    viewer = make_napari_viewer()
+    viewer.add_image(_ct([mask], shape, seed=5), name="ct", scale=SPACING)
+    annotation = _recist_widget(viewer)
+    click(qtbot, annotation.new_button)
+    lines = annotation.recist_layer()
+    _draw_lesion(draw, lines, recist_from_mask(mask, spacing=SPACING))
+    widget = _segment_widget(viewer)
+    _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
+    click(qtbot, widget.load_button)
+    _wait_segmented(qtbot, widget, 1)
+    preview = widget.preview_layer
+
+    _drag_vertex(lines, 1, 1, np.asarray(lines.data[1][1]) + [1.0, 0.0])
+    qtbot.waitUntil(lambda: widget._worker is not None, timeout=TIMEOUT)
+    viewer.window.remove_dock_widget(widget)
+    with qtbot.waitSignal(widget.destroyed, timeout=TIMEOUT):
+        widget.deleteLater()  # what becomes of a closed dock's widget nobody holds
+    qtbot.wait(1500)
+    # The lines are still edited; the preview stays as it was and is no longer followed.
+    calls = len(predict_calls)
+    _drag_vertex(lines, 1, 1, np.asarray(lines.data[1][1]) + [1.0, 0.0])
+    qtbot.wait(300)
+    assert preview in viewer.layers and len(predict_calls) == calls

@@ -148,3 +148,18 @@ def test_defaults_for_the_device():
     assert amp_dtype("fp16", cuda) is torch.float16
     with pytest.raises(ValueError, match="amp"):
         amp_dtype("half", cpu)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_keeps_fp32_checkpoints(amp, tmp_path):
+    """The autocast path (run here on the CPU, where it is opt-in) learns like full precision
+    and saves fp32 weights; fp16 goes through the gradient scaler."""
+    data = prepared()
+    with quick():
+        events = list(train(data.train_set, data.val_set, config("a1", amp=amp, epochs=2),
+                            tmp_path / "run", grouping=data.grouping))
+    assert f"mixed precision {'bfloat16' if amp == 'bf16' else 'float16'}" in events[0].message
+    losses = [e.val["loss"] for e in events if e.kind == "epoch"]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    model, _ = load_checkpoint(tmp_path / "run" / "best")
+    assert all(p.dtype == torch.float32 for p in model.parameters())

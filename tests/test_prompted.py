@@ -259,3 +259,17 @@ def test_the_random_walker_target_follows_the_image_where_the_ellipse_does_not()
     assert dice(ds.pseudo_mask(0)) > 0.95
     with pytest.raises(ValueError, match="unknown pseudo-mask method 'blob'.*trimap"):
         LesionDataset.from_whole_images([image], [recist], size=64, pseudo_mask_method="blob")
+
+
+def test_only_the_pieces_the_recist_crosses_are_kept():
+    from napari_recist_seg.core.recist_prompt import keep_marked_parts
+
+    mask = np.zeros((40, 40), bool)
+    mask[8:20, 8:20] = True  # the lesion
+    mask[28:34, 28:34] = True  # something else
+    r = Recist([[9.0, 14.0], [19.0, 14.0]], [[14.0, 9.5], [14.0, 18.5]])
+    kept = keep_marked_parts(mask, r)
+    assert kept[14, 14] and not kept[30, 30]
+    assert kept.sum() == 144
+    away = Recist([[1.0, 36.0], [5.0, 36.0]], [[3.0, 35.0], [3.0, 37.0]])
+    assert np.array_equal(keep_marked_parts(mask, away), mask)  # nothing crossed: unchanged

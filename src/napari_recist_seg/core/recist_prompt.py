@@ -25,7 +25,7 @@ from skimage.draw import line_aa
 from .pseudo_masks import pseudo_mask
 from .recist import Recist
 
-__all__ = ["PROMPT_CHANNELS", "jitter_recist", "prompt_channels"]
+__all__ = ["PROMPT_CHANNELS", "jitter_recist", "keep_marked_parts", "prompt_channels"]
 
 #: Names of the prompt channels, in the order they follow the image channels.
 PROMPT_CHANNELS = ("axes", "endpoints", "prior")
@@ -101,3 +101,39 @@ def jitter_recist(recist: Recist, rng: np.random.Generator, pixels: float) -> Re
         return Recist(long_axis, short_axis, recist.spacing, max_perpendicularity_error=90.0)
     except ValueError:
         return recist
+
+
+def keep_marked_parts(mask, recist: Recist) -> np.ndarray:
+    """The parts (8-connected) of ``mask`` that the RECIST's axes cross.
+
+    Both axes lie inside the lesion they measure, so a predicted piece that no axis touches
+    belongs to something else (a neighbouring organ or lesion). When no piece is crossed the
+    mask is returned unchanged: nothing better is known.
+
+    Parameters
+    ----------
+    mask : array_like of bool, 2D
+    recist : Recist
+        In the coordinates of ``mask``.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return mask
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n <= 1:
+        return mask
+    rows, cols = mask.shape
+    on_axes = set()
+    for a, b in (recist.long_axis, recist.short_axis):
+        steps = int(np.ceil(np.hypot(*(b - a)))) * 2 + 1
+        for t in np.linspace(0.0, 1.0, steps):
+            r, c = (int(round(float(v))) for v in a + t * (b - a))
+            if 0 <= r < rows and 0 <= c < cols and labels[r, c]:
+                on_axes.add(int(labels[r, c]))
+    if not on_axes:
+        return mask
+    return np.isin(labels, sorted(on_axes))

@@ -10,7 +10,7 @@ import torch
 from skimage.transform import resize
 
 from ..core.grouping import LesionGrouping
-from ..core.recist_prompt import prompt_channels
+from ..core.recist_prompt import keep_marked_parts, prompt_channels
 from ..data.crops import crop_transform_for
 from ..data.dataset import crop_input, whole_image_input, whole_image_recist
 from .checkpoints import (
@@ -216,8 +216,11 @@ def predict_detailed(model, image, recists=None, *, threshold: float = 0.5, tta:
             prompts = np.stack([prompt_channels(t.crop_recist(r), (size, size))
                                 for t, r in zip(transforms, chunk)])
         prob, groups = _run(model, batch, tta, prompts)
-        for t, p in zip(transforms, prob):
-            full = np.maximum(full, t.paste_values(p, shape))
+        for t, p, r in zip(transforms, prob, chunk):
+            pasted = t.paste_values(p, shape)
+            if prompted:
+                pasted = _marked_only(pasted, r, threshold)
+            full = np.maximum(full, pasted)
         if groups is not None:
             group_out.extend(np.argmax(groups, axis=1).tolist())
     groups_arr = (np.asarray(group_out, dtype=np.int64) if MODEL_REGISTRY[model.kind].groups
@@ -230,15 +233,24 @@ def _predict_whole_prompted(model, image, recists, size, normalise, shape, chann
     """A whole-image prompted model: one pass per lesion, each prompted by its own RECIST."""
     x = whole_image_input(image, size, channel_axis=channel_axis, normalise=normalise)
     _check_channels(model, x)
-    small = np.zeros((size, size), np.float32)
+    full = np.zeros(shape, np.float32)
     for start in range(0, len(recists), batch_size):
         chunk = recists[start:start + batch_size]
         prompts = np.stack([prompt_channels(whole_image_recist(r, shape, size), (size, size))
                             for r in chunk])
         prob, _ = _run(model, np.repeat(x[None], len(chunk), axis=0), tta, prompts)
-        small = np.maximum(small, prob.max(axis=0))
-    full = resize(small, shape, order=1, mode="edge", anti_aliasing=False).astype(np.float32)
+        for p, r in zip(prob, chunk):
+            lesion = resize(p, shape, order=1, mode="edge", anti_aliasing=False)
+            full = np.maximum(full, _marked_only(lesion.astype(np.float32), r, threshold))
     return Prediction(full >= threshold, full, None)
+
+
+def _marked_only(probability: np.ndarray, recist, threshold: float) -> np.ndarray:
+    """A prompted lesion's probability map without the pieces its RECIST does not cross
+    (their probabilities are set to 0)."""
+    above = probability >= threshold
+    kept = keep_marked_parts(above, recist)
+    return np.where(above & ~kept, np.float32(0.0), probability)
 
 
 def _check_channels(model, x: np.ndarray) -> None:
@@ -475,7 +487,10 @@ def _predict_stacks(model, table, stacks, windows, threshold, tta, batch_size):
                                     for (_, r), t in zip(chunk, transforms)])
             prob, groups = _run(model, batch, tta, prompts)
             for k, t in enumerate(transforms):
-                masks.append(t.paste_values(prob[k], shape) >= threshold)
+                pasted = t.paste_values(prob[k], shape)
+                if prompts is not None:
+                    pasted = _marked_only(pasted, chunk[k][1].recist, threshold)
+                masks.append(pasted >= threshold)
                 groups_out.append(None if groups is None else int(np.argmax(groups[k])))
         yield s, members, masks, groups_out
 

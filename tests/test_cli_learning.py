@@ -72,7 +72,7 @@ def test_benchmark_writes_results_in_the_documented_shape(tmp_path):
         assert 0 <= entry["metrics"]["dice"]["mean"] <= 1
     # Pseudo-masks of the simulated RECIST of elliptic lesions are near perfect.
     assert block["methods"]["ellipse"]["metrics"]["dice"]["mean"] > 0.85
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     assert "training_curves.png" in report and (out / "training_curves.png").is_file()
     assert (out / "overlays_test.png").is_file()
 

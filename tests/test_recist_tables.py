@@ -388,7 +388,7 @@ def test_benchmark_on_deeplesion_scores_split_three_against_masks(tmp_path, caps
     assert set(methods) == {"a1", "ellipse", "quarter_ellipse"}
     # The discs' RECIST give near-perfect ellipses; the 1-epoch model scores something else.
     assert methods["ellipse"]["metrics"]["dice"]["mean"] > 0.85
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     assert f"RECIST table `{table}`: 5 lesions" in report and "simulated" not in report
     # Without masks/ the models are trained but not scored.
     shutil.rmtree(tmp_path / "dl" / "masks")

@@ -55,7 +55,7 @@ def _results(n_seeds: int, with_statistics: bool = True) -> dict:
 
 def _report(tmp_path, results) -> str:
     path = write_report(tmp_path, results, [SimpleNamespace(name="test")], {})
-    return path.read_text()
+    return path.read_text(encoding="utf-8")
 
 
 def test_report_has_a_paired_comparisons_table_with_the_numbers(tmp_path):

@@ -269,7 +269,7 @@ def test_lesions_segmented_live_kept_and_stopped(make_napari_viewer, qtbot, chec
     assert len(predict_calls) == 4 and widget.preview_layer is None
     assert not widget.stop_button.isEnabled() and not widget.keep_button.isEnabled()
     # Segment starts again: the moved lesion is predicted, the other comes from the cache.
-    click(qtbot, widget.segment_button)
+    widget.segment_button.click()  # through Qt: the button's clicked signal
     _wait_segmented(qtbot, widget, 2)
     assert len(predict_calls) == 5 and widget.preview_layer in viewer.layers
 

@@ -73,8 +73,51 @@ def test_benchmark_writes_results_in_the_documented_shape(tmp_path):
     # Pseudo-masks of the simulated RECIST of elliptic lesions are near perfect.
     assert block["methods"]["ellipse"]["metrics"]["dice"]["mean"] > 0.85
     report = (out / "report.md").read_text(encoding="utf-8")
+    assert "on whole images." in report
     assert "training_curves.png" in report and (out / "training_curves.png").is_file()
     assert (out / "overlays_test.png").is_file()
+
+
+def test_benchmark_on_lesion_crops_trains_and_scores_crop_models(tmp_path):
+    from napari_recist_seg.data.crops import crop_transform_for
+    from napari_recist_seg.learning.benchmark import load_folder
+    from napari_recist_seg.learning.inference import load_model, predict
+
+    train_dir = make_isic_folder(tmp_path / "train", n=10, size=48, seed=1)
+    test_dir = make_isic_folder(tmp_path / "test", n=3, size=48, seed=2)
+    out = tmp_path / "bench"
+    code = main(["benchmark", "--train", str(train_dir), "--test", str(test_dir), "--out",
+                 str(out), "--models", "a1,prompted", "--epochs", "1", "--size", "32",
+                 "--batch", "4", "--k", "2", "--lesion-crops", "0.25"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["lesion_margin"] == 0.25
+    assert set(results["tests"]["test"]["methods"]) >= {"a1", "prompted"}
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "crops around each lesion's RECIST (margin 0.25)" in report
+    test = load_folder(test_dir)
+    for kind in ("a1", "prompted"):
+        model = load_model(out / "runs" / f"{kind}-seed0")
+        assert model.preprocessing["mode"] == "crops"
+        assert model.preprocessing["margin"] == 0.25
+        # Scored on the whole image: the crop's mask is pasted back where the lesion lies.
+        image, recist = test.images[0], test.recists[0]
+        mask = predict(model, image, [recist], threshold=0.01)
+        assert mask.shape == image.shape[:2]
+        t = crop_transform_for(recist, 32, 0.25)
+        corners = t.to_source(np.array([[0.0, 0.0], [32.0, 32.0]]))
+        (r0, c0), (r1, c1) = np.floor(corners.min(0)) - 1, np.ceil(corners.max(0)) + 1
+        outside = np.ones(mask.shape, bool)
+        outside[max(0, int(r0)):int(r1) + 1, max(0, int(c0)):int(c1) + 1] = False
+        assert outside.any() and not mask[outside].any()
+
+
+def test_lesion_crops_are_refused_for_a_lesion_table(tmp_path, deeplesion_folder, capsys):
+    code = main(["benchmark", "--train", str(deeplesion_folder / "DL_info.csv"), "--out",
+                 str(tmp_path / "bench"), "--lesion-crops"])
+    assert code != 0
+    assert "--lesion-crops" in capsys.readouterr().err
+    assert not (tmp_path / "bench").exists()
 
 
 def test_demo_runs_end_to_end(tmp_path):

@@ -501,6 +501,11 @@ def _configure_benchmark(p) -> None:
     p.add_argument("--window", default="auto",
                    help="DL_info.csv: HU window, 'auto' (each row's DICOM_windows), a preset "
                         "or LO,HI (default: %(default)s)")
+    p.add_argument("--lesion-crops", type=float, nargs="?", const=0.5, default=None,
+                   metavar="MARGIN",
+                   help="image folders: train and score on a crop around each lesion's RECIST, "
+                        "widened by MARGIN times the lesion's extent on each side (0.5 when "
+                        "given alone; default: whole images)")
     p.add_argument("--out", required=True,
                    help="folder for results.json, report.md, figures and the runs")
     p.add_argument("--models", default=",".join(d.models),
@@ -561,7 +566,7 @@ def _benchmark(args) -> int:
         encoder_weights=args.encoder_weights,
         batch_size=args.batch, lr=args.lr, patience=args.patience, k=args.k,
         device=args.device, tta=args.tta, workers=args.workers, amp=args.amp,
-        channels_last=args.channels_last,
+        channels_last=args.channels_last, lesion_margin=args.lesion_crops,
     )
     bars = TrainingBars()
     from ..data.recist_sources import is_lesion_table
@@ -573,6 +578,9 @@ def _benchmark(args) -> int:
             raise ValueError("--test does not apply to DL_info.csv: its split 3 is the test set")
         if args.n_train is not None:
             raise ValueError("--n-train does not apply to DL_info.csv: its splits decide")
+        if args.lesion_crops is not None:
+            raise ValueError("--lesion-crops does not apply to DL_info.csv: it always trains "
+                             "on lesion crops (--crop sets their side)")
         results = run_table_benchmark(args.train, args.out, config, images=args.images,
                                       masks=args.masks, crop_px=args.crop, window=args.window,
                                       on_event=bars, progress=lambda it, d: progress(it, d),

@@ -24,7 +24,7 @@ from ..core.training_targets import DEFAULT_TARGET
 from ..data._atomic import atomic_write
 from ..data.image_folders import load_pair, read_image_mask_folder
 from .devices import is_main_process
-from .preparation import prepare_whole_images
+from .preparation import prepare_crops, prepare_whole_images
 from .statistics import compare_methods, default_pairs, json_floats, per_image_means, seed_summary
 from .trainer import TrainConfig, train
 
@@ -57,6 +57,9 @@ class BenchmarkConfig:
     workers: int | None = None
     amp: str = "auto"
     channels_last: bool = False
+    #: Image folders: train and score on crops around each lesion's RECIST, widened by this
+    #: share of the lesion's size on each side; None keeps whole images.
+    lesion_margin: float | None = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -221,11 +224,7 @@ def run_benchmark(
     examples: dict[str, dict[str, list[np.ndarray]]] = {t.name: {} for t in tests}
     stopped = False
     for seed in range(config.seeds):
-        data = prepare_whole_images(
-            train_data.images, train_data.recists, size=config.size,
-            val_fraction=config.val_fraction, k=config.k,
-            pseudo_mask_method=config.pseudo_mask, seed=seed,
-        )
+        data = _prepare_folder(train_data, config, seed)
         for kind in config.models:
             run_dir, best, stopped = _train_and_record(
                 results, data, config, kind, seed, train_data.in_channels, out,
@@ -233,14 +232,14 @@ def run_benchmark(
             if best is None:
                 continue
             model = load_model(run_dir, device=config.device)
-            prompted = is_prompted(model)
+            # Prompted and lesion-crop models are given each test lesion's RECIST, simulated
+            # from its mask exactly as for the pseudo-mask reference rows.
+            needs_recist = is_prompted(model) or model.preprocessing.get("mode") == "crops"
             for test in tests:
                 it = zip(test.images, test.masks)
                 if progress is not None:
                     it = progress(list(it), f"scoring {kind} on {test.name}")
-                # A prompted model is given each test lesion's RECIST, simulated from its
-                # mask exactly as for the pseudo-mask reference rows.
-                preds = [predict(model, img, [r] if prompted else None, tta=config.tta)
+                preds = [predict(model, img, [r] if needs_recist else None, tta=config.tta)
                          for (img, _), r in zip(it, test.recists)]
                 rows = [segmentation_metrics(p, m) for p, m in zip(preds, test.masks)]
                 scores[test.name].setdefault(kind, []).append(rows)
@@ -278,6 +277,16 @@ def run_benchmark(
 
         write_report(out, results, tests, examples)
     return results
+
+
+def _prepare_folder(train_data: LoadedFolder, config: BenchmarkConfig, seed: int):
+    """Training and validation sets of an image+mask folder: whole images, or lesion crops."""
+    common = dict(size=config.size, val_fraction=config.val_fraction, k=config.k,
+                  pseudo_mask_method=config.pseudo_mask, seed=seed, normalise="image")
+    if config.lesion_margin is None:
+        return prepare_whole_images(train_data.images, train_data.recists, **common)
+    return prepare_crops(train_data.images, train_data.recists, margin=config.lesion_margin,
+                         **common)
 
 
 def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, seed: int,

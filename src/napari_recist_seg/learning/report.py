@@ -176,7 +176,9 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
         source = (
             f"Training folder `{cfg.get('train_dir')}`: {results['n_train']} images, RECIST "
             f"simulated from their masks; models trained on `{cfg.get('pseudo_mask')}` "
-            f"pseudo-masks only."
+            f"pseudo-masks only, "
+            + ("on whole images." if cfg.get("lesion_margin") is None else
+               f"on crops around each lesion's RECIST (margin {cfg['lesion_margin']:g}).")
         )
     lines += [
         f"{source} Encoder {cfg.get('encoder')}, input {cfg.get('size')} px, at most "

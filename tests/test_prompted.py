@@ -167,6 +167,50 @@ def test_a_prompted_crop_model_segments_each_lesion_of_a_slice(tmp_path):
     assert (both >= one - 1e-6).all() and (both > one + 1e-3).any()
 
 
+def test_a_prior_residual_network_starts_from_the_quarter_ellipse_of_its_recist():
+    from napari_recist_seg.learning.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("prompted", in_channels=3, input_size=32, prior_residual=True).eval()
+    assert model.config["prior_residual"] is True
+    # With the last layer silent, only the prior's logit is left.
+    torch.nn.init.zeros_(model.segmentation_head[0].weight)
+    torch.nn.init.zeros_(model.segmentation_head[0].bias)
+    r = _recist()
+    prompt = torch.from_numpy(np.stack([prompt_channels(r, (32, 32)),
+                                        prompt_channels(r, (32, 32), prior=False)]))
+    with torch.no_grad():
+        logits = model(torch.zeros(2, 3, 32, 32), prompt)
+    inside = torch.from_numpy(pseudo_mask(r, (32, 32), "quarter_ellipse"))
+    assert ((logits[0, 0] > 0) == inside).float().mean() > 0.95
+    assert torch.all(logits[1] == 0)  # a blanked prior adds nothing
+    plain = build_model("prompted", in_channels=3, input_size=32)
+    assert "prior_residual" not in plain.config and not plain.prior_residual
+    with pytest.raises(ValueError, match="prior_residual applies to prompted"):
+        build_model("a1", input_size=32, prior_residual=True)
+
+
+def test_a_prior_residual_run_keeps_its_kind_through_the_checkpoint(tmp_path):
+    from napari_recist_seg.learning.trainer import train
+
+    from ._learning_data import config, quick
+
+    data = prepared()
+    with quick():
+        events = list(train(data.train_set, data.val_set,
+                            config("prompted", epochs=1, prior_residual=True), tmp_path / "run",
+                            grouping=data.grouping))
+    assert events[-1].kind == "finished"
+    model = load_model(tmp_path / "run")
+    assert model.prior_residual and model.config["prior_residual"] is True
+    images, recists = dermoscopy()
+    result = predict_detailed(model, images[0], [recists[0]])
+    drawn = pseudo_mask(recists[0], images[0].shape[:2], "quarter_ellipse")
+    # One epoch barely moves the network: the mask is still close to the prior it corrects.
+    dice = 2 * (result.mask & drawn).sum() / (result.mask.sum() + drawn.sum())
+    assert dice > 0.6
+
+
 # -- commands ----------------------------------------------------------------------------------
 def test_prompted_from_a_deeplesion_table_with_trimap_targets_end_to_end(tmp_path, capsys):
     """Train on RECIST rows alone with the trimap target, predict the test split, and refuse

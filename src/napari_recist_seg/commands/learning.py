@@ -77,6 +77,12 @@ def _encoder_weights_option(p) -> None:
                         f"random")
 
 
+def _prompted_options(p) -> None:
+    p.add_argument("--prior-residual", action="store_true",
+                   help="prompted models learn a correction of the quarter-ellipse drawn from "
+                        "the RECIST instead of a mask from nothing")
+
+
 def _speed_options(p) -> None:
     """Options that make training faster without changing what it learns."""
     from ..learning.train_config import AMP_SETTINGS
@@ -168,6 +174,7 @@ def _configure_train(p) -> None:
     p.add_argument("--n-train", type=int, help="use this many images (default: all)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or mps")
+    _prompted_options(p)
     _speed_options(p)
     _encoder_weights_option(p)
     p.add_argument("--resume",
@@ -230,7 +237,8 @@ def _train(args) -> int:
                              lr=args.lr, patience=args.patience, seed=args.seed,
                              device=args.device, encoder_weights=args.encoder_weights,
                              num_workers=args.workers, amp=args.amp,
-                             channels_last=args.channels_last)
+                             channels_last=args.channels_last,
+                             prior_residual=args.prior_residual and kind == "prompted")
         run = train(data.train_set, data.val_set, config, Path(args.out) / kind,
                     grouping=data.grouping, resume=resume, overwrite=args.overwrite)
         try:
@@ -536,6 +544,7 @@ def _configure_benchmark(p) -> None:
                         "lesions, 2 to 45)")
     p.add_argument("--device", default=d.device,
                    help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    _prompted_options(p)
     _speed_options(p)
     p.add_argument("--tta", action="store_true", help="average with flipped predictions")
     p.add_argument("--overwrite", action="store_true",
@@ -567,6 +576,7 @@ def _benchmark(args) -> int:
         batch_size=args.batch, lr=args.lr, patience=args.patience, k=args.k,
         device=args.device, tta=args.tta, workers=args.workers, amp=args.amp,
         channels_last=args.channels_last, lesion_margin=args.lesion_crops,
+        prior_residual=args.prior_residual,
     )
     bars = TrainingBars()
     from ..data.recist_sources import is_lesion_table

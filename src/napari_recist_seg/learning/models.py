@@ -127,7 +127,17 @@ class PromptedNetwork(SegmentationNetwork):
 
     The encoder's first convolution takes the image channels followed by the prompt channels;
     ``forward(x, prompt)`` joins them, so that a caller cannot forget the prompt unnoticed.
+    With ``prior_residual`` the output is a correction added to the logit of the prompt's
+    prior channel.
     """
+
+    #: Logits of the prior are taken at these clipped probabilities: a certain prior would
+    #: give infinite logits that no correction could overrule.
+    PRIOR_CLIP = 0.02
+
+    def __init__(self, encoder, decoder, segmentation_head, prior_residual: bool = False):
+        super().__init__(encoder, decoder, segmentation_head)
+        self.prior_residual = bool(prior_residual)
 
     def forward(self, x: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
         """Mask logits ``[B, 1, H, W]`` of ``x`` ``[B, C, H, W]`` with ``prompt``
@@ -139,7 +149,13 @@ class PromptedNetwork(SegmentationNetwork):
         if prompt.shape[0] != x.shape[0] or prompt.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"prompt has shape {tuple(prompt.shape)}, the image "
                              f"{tuple(x.shape)}: they must agree in batch, height and width")
-        return super().forward(torch.cat([x, prompt.to(x.dtype)], dim=1))
+        logits = super().forward(torch.cat([x, prompt.to(x.dtype)], dim=1))
+        if not self.prior_residual:
+            return logits
+        prior = prompt[:, PROMPT_CHANNELS.index("prior")].unsqueeze(1).to(logits.dtype)
+        present = prior.flatten(1).amax(dim=1).gt(0).to(logits.dtype).view(-1, 1, 1, 1)
+        eps = self.PRIOR_CLIP
+        return logits + present * torch.logit(prior.clamp(eps, 1 - eps))
 
 
 class CoSegmentationModel(nn.Module):
@@ -227,7 +243,7 @@ def _check_int(value: Any, name: str, minimum: int, maximum: int | None = None) 
 def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
                 n_groups: int | None = None, encoder_weights: str | os.PathLike | None = None,
                 input_size: int = 128, dropout: float = 0.2, output_stride: int = 16,
-                prompt_channels: int | None = None) -> nn.Module:
+                prompt_channels: int | None = None, prior_residual: bool = False) -> nn.Module:
     """Build a segmentation network on segmentation-models-pytorch's DeepLabV3Plus.
 
     Parameters
@@ -261,6 +277,10 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
         Recorded in ``config`` for a ``"prompted"`` network (3); when given it must be what
         the kind takes, so a config edited by hand cannot build a network its weights do not
         fit.
+    prior_residual : bool
+        ``"prompted"`` only: the network's output is added to the logit of the prompt's
+        quarter-ellipse prior, so that it learns a correction of the RECIST's own shape guess
+        and starts from it (items whose prior channel is blank get no such term).
 
     Returns
     -------
@@ -312,6 +332,8 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
         raise ValueError(f"prompt_channels is {prompt_channels!r}, a {kind!r} network takes "
                          f"{expected_prompt!r}")
     prompt_channels = expected_prompt or 0
+    if prior_residual and not entry.prompted:
+        raise ValueError(f"prior_residual applies to prompted networks, not to {kind!r}")
     try:
         base = smp.DeepLabV3Plus(
             encoder_name=encoder,
@@ -328,7 +350,8 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
     if entry.paired:
         model: nn.Module = CoSegmentationModel(base.encoder, base.decoder, base.segmentation_head)
     elif entry.prompted:
-        model = PromptedNetwork(base.encoder, base.decoder, base.segmentation_head)
+        model = PromptedNetwork(base.encoder, base.decoder, base.segmentation_head,
+                                prior_residual=bool(prior_residual))
     else:
         model = SegmentationNetwork(base.encoder, base.decoder, base.segmentation_head,
                                     base.classification_head)
@@ -352,6 +375,8 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
     }
     if prompt_channels:
         model.config["prompt_channels"] = prompt_channels
+    if prior_residual:
+        model.config["prior_residual"] = True
     return model
 
 

@@ -65,6 +65,7 @@ class TrainConfig:
     encoder_weights: str | None = None
     prompt_jitter: float = 2.0
     prior_dropout: float = 0.5
+    prior_residual: bool = False
     num_workers: int | None = None
     amp: str = "auto"
     channels_last: bool = False

@@ -9,7 +9,7 @@ from qtpy.QtWidgets import QComboBox
 
 from ..layer_units import MM, length_unit, slice_spacing_of, spacing_of, unproxied
 
-__all__ = ["Connections", "LayerCombo"]
+__all__ = ["Connections", "LayerCombo", "enable_if_alive", "start_model_load"]
 
 
 class Connections:
@@ -48,6 +48,46 @@ def bind_lifetime(widget, connections: Connections) -> None:
     """Clear ``connections`` when ``widget``'s Qt object is destroyed."""
     # The slot captures the bookkeeping, not the widget, so it does not keep the widget alive.
     widget.destroyed.connect(lambda *_: connections.clear())
+
+
+def enable_if_alive(button) -> None:
+    """Enable ``button`` unless its widget was closed meanwhile."""
+    with contextlib.suppress(RuntimeError):
+        button.setEnabled(True)
+
+
+def start_model_load(path, button, on_error, on_loaded=None):
+    """Load the checkpoint folder ``path`` in a worker and add it to the session's models.
+
+    ``button`` is disabled while loading; ``on_error(message)`` reports an empty path or a
+    failed load; ``on_loaded(entry)`` runs with the new registry entry. Returns the started
+    worker, or None when no path was given.
+    """
+    from napari.qt.threading import create_worker
+
+    from ...learning.model_kinds import display_name
+    from ..model_registry import MODEL_REGISTRY, load_entry
+    from ..notifications import notify_info
+
+    path = str(path).strip()
+    if not path:
+        on_error("Load model: choose a checkpoint folder.")
+        return None
+
+    def loaded(result) -> None:
+        kind, folder, model = result
+        entry = MODEL_REGISTRY.add(kind, folder, model)
+        notify_info(f"Loaded the {display_name(kind)} model {entry.name!r} from {folder}")
+        if on_loaded is not None:
+            on_loaded(entry)
+
+    worker = create_worker(load_entry, path, "cpu", _start_thread=False, _ignore_errors=True)
+    worker.returned.connect(loaded)
+    worker.errored.connect(lambda exc: on_error(f"Load model: {exc}"))
+    worker.finished.connect(lambda: enable_if_alive(button))
+    button.setEnabled(False)
+    worker.start()
+    return worker
 
 
 class LayerCombo(QComboBox):

@@ -68,11 +68,11 @@ from ..comparison import (
     prediction_name,
 )
 from ..layer_units import META_KEY, derived_units
-from ..model_registry import MODEL_REGISTRY, load_entry
+from ..model_registry import MODEL_REGISTRY
 from ..notifications import notify_error, notify_info
 from ..recist_layers import is_recist_layer
 from ..training_job import KIND_NAMES
-from ._common import Connections, LayerCombo, bind_lifetime
+from ._common import Connections, LayerCombo, bind_lifetime, start_model_load
 
 __all__ = ["CompareWidget", "prediction_name", "predict_models"]
 
@@ -222,26 +222,8 @@ class CompareWidget(QWidget):
 
     def load_model(self, path):
         """Load a checkpoint folder in a worker and add it to the models."""
-        from napari.qt.threading import create_worker
-
-        path = str(path).strip()
-        if not path:
-            notify_error("Load model: choose a checkpoint folder.")
-            return None
-        worker = create_worker(load_entry, path, "cpu", _start_thread=False,
-                               _ignore_errors=True)
-        worker.returned.connect(self._on_loaded)
-        worker.errored.connect(lambda exc: notify_error(f"Load model: {exc}"))
-        worker.finished.connect(lambda: _enable(self.load_button))
-        self._load_worker = worker
-        self.load_button.setEnabled(False)
-        worker.start()
-        return worker
-
-    def _on_loaded(self, result) -> None:
-        kind, folder, model = result
-        entry = MODEL_REGISTRY.add(kind, folder, model)
-        notify_info(f"Loaded the {KIND_NAMES.get(kind, kind)} model {entry.name!r} from {folder}")
+        self._load_worker = start_model_load(path, self.load_button, notify_error)
+        return self._load_worker
 
     # -- predicting -------------------------------------------------------------------------
     def predict(self):
@@ -523,8 +505,3 @@ def _qcolor(colour: str):
     from qtpy.QtGui import QColor
 
     return QColor(colour)
-
-
-def _enable(button) -> None:
-    with contextlib.suppress(RuntimeError):
-        button.setEnabled(True)

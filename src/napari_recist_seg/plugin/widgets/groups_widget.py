@@ -43,7 +43,7 @@ from ..layer_units import (
 )
 from ..notifications import notify_error, notify_info
 from ..recist_layers import describe_layer, is_recist_layer, recolour, write_columns
-from ._common import Connections, LayerCombo, bind_lifetime
+from ._common import Connections, LayerCombo, bind_lifetime, enable_if_alive
 
 __all__ = ["GroupsWidget", "preview_name"]
 
@@ -283,14 +283,8 @@ class GroupsWidget(QWidget):
         worker.errored.connect(lambda exc: notify_error(f"Run K-means: {exc}"))
         self._worker = worker
         self.run_button.setEnabled(False)
-        worker.finished.connect(lambda: self._enable(self.run_button))
+        worker.finished.connect(lambda: enable_if_alive(self.run_button))
         worker.start()
-
-    def _enable(self, button) -> None:
-        try:
-            button.setEnabled(True)
-        except RuntimeError:  # the widget was closed while the worker ran
-            pass
 
     def _apply_groups(self, layer, lesion_ids, grouping) -> None:
         if layer is None or layer not in self.viewer.layers:
@@ -335,7 +329,7 @@ class GroupsWidget(QWidget):
         worker.errored.connect(lambda exc: notify_error(f"Suggest K: {exc}"))
         self._worker = worker
         self.suggest_button.setEnabled(False)
-        worker.finished.connect(lambda: self._enable(self.suggest_button))
+        worker.finished.connect(lambda: enable_if_alive(self.suggest_button))
         worker.start()
 
     def _on_suggested(self, result) -> None:

@@ -62,9 +62,15 @@ from ..layer_units import (
     unproxied,
 )
 from ..model_registry import MODEL_REGISTRY, load_entry
-from ..notifications import notify_error, notify_info
+from ..notifications import notify_error
 from ..recist_layers import describe_layer, is_recist_layer
-from ._common import Connections, LayerCombo, RecistLayerAccess, bind_lifetime
+from ._common import (
+    Connections,
+    LayerCombo,
+    RecistLayerAccess,
+    bind_lifetime,
+    start_model_load,
+)
 
 __all__ = [
     "LesionMask",
@@ -611,27 +617,13 @@ class SegmentWidget(RecistLayerAccess, QWidget):
 
     def load_model(self, path):
         """Load a checkpoint folder in a worker, add it to the session's models, choose it."""
-        from napari.qt.threading import create_worker
-
-        path = str(path).strip()
-        if not path:
-            notify_error("Load model: choose a checkpoint folder.")
-            return None
-        worker = create_worker(load_entry, path, "cpu", _start_thread=False,
-                               _ignore_errors=True)
-        worker.returned.connect(self._on_loaded)
-        worker.errored.connect(lambda exc: self._fail(f"Load model: {exc}"))
-        worker.finished.connect(lambda: _enable(self.load_button))
+        worker = start_model_load(path, self.load_button, self._fail, self._on_loaded)
+        if worker is not None:
+            self._set_status(f"Loading the model in {str(path).strip()}...")
         self._load_worker = worker
-        self.load_button.setEnabled(False)
-        self._set_status(f"Loading the model in {path}...")
-        worker.start()
         return worker
 
-    def _on_loaded(self, result) -> None:
-        kind, folder, model = result
-        entry = MODEL_REGISTRY.add(kind, folder, model)
-        notify_info(f"Loaded the {display_name(kind)} model {entry.name!r} from {folder}")
+    def _on_loaded(self, entry) -> None:
         if not self._alive[0]:
             return
         try:
@@ -1033,8 +1025,3 @@ def _is_prompted_kind(kind) -> bool:
 def _quit(worker) -> None:
     with contextlib.suppress(RuntimeError, AttributeError):
         worker.quit()
-
-
-def _enable(button) -> None:
-    with contextlib.suppress(RuntimeError):
-        button.setEnabled(True)

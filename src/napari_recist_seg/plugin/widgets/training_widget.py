@@ -49,13 +49,13 @@ from qtpy.QtWidgets import (
 )
 
 from ..curves import SERIES, CurveFigure, add_event
-from ..model_registry import MODEL_REGISTRY, load_entry
+from ..model_registry import MODEL_REGISTRY
 from ..notifications import notify_error, notify_info, notify_warning
 from ..recist_layers import is_recist_layer
 from ..training_data import training_data_from_layers
 from ..training_job import KIND_NAMES, TrainingJob, run_training
 from ..training_process import run_training_in_process
-from ._common import Connections, bind_lifetime
+from ._common import Connections, bind_lifetime, start_model_load
 from .training_form import TrainingForm, default_output_folder
 
 __all__ = ["CurvePlot", "TrainingWidget", "default_output_folder"]
@@ -691,30 +691,8 @@ class TrainingWidget(QWidget):
     # -- loading a saved model --------------------------------------------------------------
     def load_model(self, path):
         """Load a checkpoint folder in a worker and offer it to the comparison widget."""
-        from napari.qt.threading import create_worker
-
-        path = str(path).strip()
-        if not path:
-            notify_error("Load model: choose a checkpoint folder.")
-            return None
-        worker = create_worker(load_entry, path, "cpu", _start_thread=False,
-                               _ignore_errors=True)
-        worker.returned.connect(self._on_loaded)
-        worker.errored.connect(lambda exc: notify_error(f"Load model: {exc}"))
-        worker.finished.connect(lambda: self._enable(self.load_button))
-        self._load_worker = worker
-        self.load_button.setEnabled(False)
-        worker.start()
-        return worker
-
-    def _on_loaded(self, result) -> None:
-        kind, folder, model = result
-        entry = MODEL_REGISTRY.add(kind, folder, model)
-        notify_info(f"Loaded the {KIND_NAMES.get(kind, kind)} model {entry.name!r} from {folder}")
-
-    def _enable(self, button) -> None:
-        with contextlib.suppress(RuntimeError):
-            button.setEnabled(True)
+        self._load_worker = start_model_load(path, self.load_button, notify_error)
+        return self._load_worker
 
     # -- dialogs ----------------------------------------------------------------------------
     def _ask_data_folder(self) -> None:

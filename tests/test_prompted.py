@@ -190,6 +190,16 @@ def test_a_prior_residual_network_starts_from_the_quarter_ellipse_of_its_recist(
         build_model("a1", input_size=32, prior_residual=True)
 
 
+def test_prompted_models_correct_their_prior_unless_told_not_to():
+    from napari_recist_seg.learning.train_config import TrainConfig
+
+    assert TrainConfig(kind="prompted").uses_prior_residual
+    assert not TrainConfig(kind="prompted", prior_residual=False).uses_prior_residual
+    assert not TrainConfig(kind="a1", n_groups=None).uses_prior_residual
+    with pytest.raises(ValueError, match="prior_residual applies to prompted models"):
+        TrainConfig(kind="a1", prior_residual=True).validate()
+
+
 def test_a_prior_residual_run_keeps_its_kind_through_the_checkpoint(tmp_path):
     from napari_recist_seg.learning.trainer import train
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import sys
 from pathlib import Path
@@ -78,9 +79,9 @@ def _encoder_weights_option(p) -> None:
 
 
 def _prompted_options(p) -> None:
-    p.add_argument("--prior-residual", action="store_true",
+    p.add_argument("--prior-residual", action=argparse.BooleanOptionalAction, default=None,
                    help="prompted models learn a correction of the quarter-ellipse drawn from "
-                        "the RECIST instead of a mask from nothing")
+                        "the RECIST (default) or, with --no-prior-residual, a mask from nothing")
 
 
 def _speed_options(p) -> None:
@@ -238,7 +239,7 @@ def _train(args) -> int:
                              device=args.device, encoder_weights=args.encoder_weights,
                              num_workers=args.workers, amp=args.amp,
                              channels_last=args.channels_last,
-                             prior_residual=args.prior_residual and kind == "prompted")
+                             prior_residual=args.prior_residual if kind == "prompted" else None)
         run = train(data.train_set, data.val_set, config, Path(args.out) / kind,
                     grouping=data.grouping, resume=resume, overwrite=args.overwrite)
         try:

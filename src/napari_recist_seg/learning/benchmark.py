@@ -60,7 +60,7 @@ class BenchmarkConfig:
     #: Image folders: train and score on crops around each lesion's RECIST, widened by this
     #: share of the lesion's size on each side; None keeps whole images.
     lesion_margin: float | None = None
-    prior_residual: bool = False
+    prior_residual: bool | None = None  # None: TrainConfig's default
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -300,7 +300,7 @@ def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, s
                      seed=seed, device=config.device, encoder_weights=config.encoder_weights,
                      num_workers=config.workers, amp=config.amp,
                      channels_last=config.channels_last,
-                     prior_residual=config.prior_residual and kind == "prompted")
+                     prior_residual=config.prior_residual if kind == "prompted" else None)
     run_dir = out / "runs" / f"{kind}-seed{seed}"
     last = None
     for event in train(data.train_set, data.val_set, tc, run_dir, grouping=data.grouping,

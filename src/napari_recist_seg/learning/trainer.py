@@ -558,7 +558,7 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
         n_groups=config.n_groups,
         encoder_weights=config.encoder_weights,
         input_size=config.input_size,
-        prior_residual=config.prior_residual,
+        prior_residual=config.uses_prior_residual,
     )
     error = None
     out = Path(out_dir)

@@ -11,7 +11,9 @@ Chu et al. (MIDL 2021):
     RECIST cluster. ``forward`` returns ``(mask_logits [B, 1, H, W], group_logits [B, K])``.
 ``"prompted"``
     Plain DeepLabV3+ whose input is the image followed by the lesion's RECIST drawn as three
-    channels (``core.recist_prompt``): ``forward(x, prompt)``.
+    channels (``core.recist_prompt``): ``forward(x, prompt)``. With ``prior_residual`` (the
+    trainer's default for this kind) its output corrects the logit of the prompt's
+    quarter-ellipse prior.
 ``"coseg"``
     Attention-based co-segmentation (Chen et al., "Semantic aware attention based deep object
     co-segmentation"; Agarwal et al. for lesions): a siamese encoder, cross channel attention on

@@ -184,6 +184,14 @@ def test_a_prior_residual_network_starts_from_the_quarter_ellipse_of_its_recist(
     inside = torch.from_numpy(pseudo_mask(r, (32, 32), "quarter_ellipse"))
     assert ((logits[0, 0] > 0) == inside).float().mean() > 0.95
     assert torch.all(logits[1] == 0)  # a blanked prior adds nothing
+    # A lesion a few pixels across, whose blurred prior never reaches one half, is not
+    # started empty.
+    tiny = Recist([[15.0, 13.5], [15.0, 16.5]], [[14.25, 15.0], [15.75, 15.0]])
+    tiny_prompt = torch.from_numpy(prompt_channels(tiny, (32, 32)))[None]
+    assert tiny_prompt[0, 2].max() < 0.5
+    with torch.no_grad():
+        tiny_logits = model(torch.zeros(1, 3, 32, 32), tiny_prompt)
+    assert (tiny_logits > 0).sum() >= 2 and tiny_logits[0, 0, 15, 15] > 0
     plain = build_model("prompted", in_channels=3, input_size=32)
     assert "prior_residual" not in plain.config and not plain.prior_residual
     with pytest.raises(ValueError, match="prior_residual applies to prompted"):

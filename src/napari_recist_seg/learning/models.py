@@ -155,7 +155,11 @@ class PromptedNetwork(SegmentationNetwork):
         if not self.prior_residual:
             return logits
         prior = prompt[:, PROMPT_CHANNELS.index("prior")].unsqueeze(1).to(logits.dtype)
-        present = prior.flatten(1).amax(dim=1).gt(0).to(logits.dtype).view(-1, 1, 1, 1)
+        peak = prior.amax(dim=(2, 3), keepdim=True)
+        present = peak.gt(0).to(logits.dtype)
+        # The prior is a blurred quarter-ellipse: on a lesion a few pixels across the blur
+        # leaves no pixel above one half, and an unscaled logit would start it empty.
+        prior = prior / peak.clamp_min(1e-6)
         eps = self.PRIOR_CLIP
         return logits + present * torch.logit(prior.clamp(eps, 1 - eps))
 

@@ -61,6 +61,12 @@ def test_jitter_moves_endpoints_by_about_the_asked_pixels_and_zero_keeps_them():
         moves.append(np.abs(j.long_axis - r.long_axis).mean())
     assert 0.8 < np.mean(moves) < 2.5
     assert jitter_recist(r, np.random.default_rng(0), 0.0) is r
+    # A lesion 5 px long is moved by at most a tenth of its length (std), not by 2 px.
+    small = Recist([[10.0, 10.0], [10.0, 15.0]], [[11.5, 12.5], [8.5, 12.5]])
+    rng = np.random.default_rng(0)
+    small_moves = [np.abs(jitter_recist(small, rng, 2.0).long_axis - small.long_axis).mean()
+                   for _ in range(200)]
+    assert 0.2 < np.mean(small_moves) < 0.6
 
 
 # -- data --------------------------------------------------------------------------------------

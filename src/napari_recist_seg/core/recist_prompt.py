@@ -83,17 +83,24 @@ def prompt_channels(recist: Recist, shape, *, prior: bool = True) -> np.ndarray:
     return out
 
 
+#: Endpoint jitter never exceeds this share of the long axis (as a standard deviation).
+JITTER_SHARE_OF_LONG_AXIS = 0.1
+
+
 def jitter_recist(recist: Recist, rng: np.random.Generator, pixels: float) -> Recist:
     """The same RECIST with each endpoint moved by a random offset (normal, ``pixels`` std).
 
     Readers disagree with each other by a few pixels on where a boundary is; training on such
-    jitter keeps a prompted network from trusting the endpoints more than a reader would. Four
-    offsets are always drawn (so the random stream does not depend on the outcome); when the
-    moved axes no longer cross, or the short one becomes the longer, the RECIST is returned
-    unchanged.
+    jitter keeps a prompted network from trusting the endpoints more than a reader would. How
+    far readers disagree shrinks with the lesion, so the std is at most
+    ``JITTER_SHARE_OF_LONG_AXIS`` of the long axis: 2 px would move the ends of a 5 px lesion
+    by almost half its length. Four offsets are always drawn (so the random stream does not
+    depend on the outcome); when the moved axes no longer cross, or the short one becomes the
+    longer, the RECIST is returned unchanged.
     """
-    offsets = rng.normal(0.0, float(pixels), size=(4, 2))
-    if pixels <= 0:
+    sigma = min(float(pixels), JITTER_SHARE_OF_LONG_AXIS * recist.long_length)
+    offsets = rng.normal(0.0, 1.0, size=(4, 2)) * sigma
+    if sigma <= 0:
         return recist
     long_axis = recist.long_axis + offsets[:2]
     short_axis = recist.short_axis + offsets[2:]

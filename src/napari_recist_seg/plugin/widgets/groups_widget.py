@@ -37,13 +37,18 @@ from ..layer_units import (
     derived_units,
     length_unit,
     slice_spacing_of,
-    spacing_of,
     spatial_shape,
     unproxied,
 )
 from ..notifications import notify_error, notify_info
 from ..recist_layers import describe_layer, is_recist_layer, recolour, write_columns
-from ._common import Connections, LayerCombo, bind_lifetime, enable_if_alive
+from ._common import (
+    Connections,
+    LayerCombo,
+    RecistLayerAccess,
+    bind_lifetime,
+    enable_if_alive,
+)
 
 __all__ = ["GroupsWidget", "preview_name"]
 
@@ -74,7 +79,7 @@ def _slice_signature(recists, labels) -> tuple:
     ))
 
 
-class GroupsWidget(QWidget):
+class GroupsWidget(RecistLayerAccess, QWidget):
     """Dock widget: K-means groups of the lesions and pseudo-mask previews.
 
     Parameters
@@ -189,21 +194,6 @@ class GroupsWidget(QWidget):
         self._draw_plot([])
 
     # -- layers -----------------------------------------------------------------------------
-    def recist_layer(self):
-        """The RECIST Shapes layer the widget reads."""
-        return self._layer
-
-    def image_layer(self):
-        """The image whose size and pixel size the pseudo-masks take."""
-        return self.image_combo.layer()
-
-    def spacing(self) -> tuple[float, float]:
-        if self.image_layer() is not None:
-            return spacing_of(self.image_layer())
-        if self._layer is not None:
-            return spacing_of(self._layer)
-        return (1.0, 1.0)
-
     def unit(self) -> str:
         """Unit of the plotted diameters: "mm" where a pixel size is known, else "px"."""
         layer = self._layer

@@ -291,3 +291,41 @@ def test_training_from_a_recist_table_chosen_with_the_file_chooser(
     type_text(qtbot, widget.table_edit, str(root / "missing.csv"))
     click(qtbot, widget.start_button)
     assert widget.worker is None and "missing.csv is not a file" in notifications[-1][1]
+
+
+def test_self_training_rounds_typed_into_the_form_train_each_round(
+        make_napari_viewer, qtbot, tmp_path, tiny, monkeypatch, notifications):
+    from napari_recist_seg.plugin.widgets import training_widget
+
+    viewer = make_napari_viewer()
+    _ct_layers(viewer)
+    widget = _widget(viewer)
+    out = tmp_path / "models"
+    fill_training_form(qtbot, widget, out, epochs=1, batch=2)
+    type_number(qtbot, widget.form.self_training_rounds.native, 1)
+    messages = _run(qtbot, widget, widget.start_button)
+    finished = [m[1]["message"] for m in messages
+                if m[0] == "event" and m[1]["kind"] == "finished"]
+    assert [f.split(" all")[0] for f in finished] == ["first training",
+                                                      "self-training round 1 of 1"]
+    assert (out / "multitask" / "round-0" / "best").is_dir()
+    model = next(m[1] for m in messages if m[0] == "model")
+    assert model["path"] == str(out / "multitask" / "best")
+    saved = json.loads((out / "multitask" / "best" / "config.json").read_text())
+    assert saved["self_training"] == {"round": 1, "rounds": 1,
+                                      "first_target": "quarter_ellipse"}
+
+    # Resuming cannot continue a run of rounds: the question offers no Resume, and the
+    # Resume button says why.
+    asked = []
+
+    def ask(parent, folder, runs, new_folder, can_resume):
+        asked.append(can_resume)
+        return "cancel"
+
+    monkeypatch.setattr(training_widget, "ask_about_occupied_folder", ask)
+    click(qtbot, widget.start_button)
+    assert asked == [False] and widget.worker is None
+    click(qtbot, widget.resume_button)
+    assert widget.worker is None
+    assert notifications[-1][0] == "error"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 import sys
 from pathlib import Path
 
@@ -32,9 +33,10 @@ class TrainingBars:
         if event.kind == "start":
             self.close()
             total = event.epochs * event.steps_per_epoch
-            self._bar = tqdm(total=total, initial=event.global_step, unit="step",
-                             desc=f"{kind} (seed {seed})", file=sys.stderr, dynamic_ncols=True,
-                             mininterval=0.5)
+            round_of = re.match(r"first training|self-training round \d+ of \d+", event.message)
+            desc = f"{kind} (seed {seed}" + (f", {round_of.group(0)})" if round_of else ")")
+            self._bar = tqdm(total=total, initial=event.global_step, unit="step", desc=desc,
+                             file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
         elif self._bar is None:
             return
         elif event.kind == "step":
@@ -82,6 +84,10 @@ def _prompted_options(p) -> None:
     p.add_argument("--prior-residual", action=argparse.BooleanOptionalAction, default=None,
                    help="prompted models learn a correction of the quarter-ellipse drawn from "
                         "the RECIST (default) or, with --no-prior-residual, a mask from nothing")
+    p.add_argument("--self-training-rounds", type=int, default=0, metavar="N",
+                   help="after training, N more rounds each train a fresh network towards the "
+                        "last one's masks, kept within what each RECIST allows (earlier rounds "
+                        "go to round-R subfolders; default: 0)")
 
 
 def _speed_options(p) -> None:
@@ -198,13 +204,20 @@ def _train(args) -> int:
         raise ValueError("--resume continues one run: name a single model with --models")
     if args.resume and args.overwrite:
         raise ValueError("--resume continues a run and --overwrite replaces it: give one")
+    if args.resume and args.self_training_rounds:
+        raise ValueError("--resume continues one training run; it cannot be combined with "
+                         "--self-training-rounds")
     resume = None if args.resume is None else _resume_from(args.resume)
     from ..learning.preparation import check_input_size
+    from ..learning.self_training import check_rounds, round_folders, self_train
+
+    check_rounds(args.self_training_rounds)
 
     check_input_size(args.size)
     # Every run folder is checked before any data is read or any model trained.
     for kind in models:
-        _check_run_folder(Path(args.out) / kind, resume, args.overwrite)
+        for folder in round_folders(Path(args.out) / kind, args.self_training_rounds):
+            _check_run_folder(folder, resume, args.overwrite)
     from ..data.recist_sources import is_lesion_table
 
     if is_lesion_table(args.data):
@@ -240,8 +253,13 @@ def _train(args) -> int:
                              num_workers=args.workers, amp=args.amp,
                              channels_last=args.channels_last,
                              prior_residual=args.prior_residual if kind == "prompted" else None)
-        run = train(data.train_set, data.val_set, config, Path(args.out) / kind,
-                    grouping=data.grouping, resume=resume, overwrite=args.overwrite)
+        if args.self_training_rounds:
+            run = self_train(data.train_set, data.val_set, config, Path(args.out) / kind,
+                             rounds=args.self_training_rounds, grouping=data.grouping,
+                             overwrite=args.overwrite, on_targets=_report_round)
+        else:
+            run = train(data.train_set, data.val_set, config, Path(args.out) / kind,
+                        grouping=data.grouping, resume=resume, overwrite=args.overwrite)
         try:
             for event in run:
                 bars(kind, args.seed, event)
@@ -254,6 +272,11 @@ def _train(args) -> int:
             return 130
     bars.close()
     return 0
+
+
+def _report_round(targets) -> None:
+    print(f"  before self-training round {targets.round}: the targets of "
+          f"{100 * targets.changed:.2f}% of pixels changed", file=sys.stderr)
 
 
 def _resume_from(text: str) -> Path:
@@ -577,7 +600,7 @@ def _benchmark(args) -> int:
         batch_size=args.batch, lr=args.lr, patience=args.patience, k=args.k,
         device=args.device, tta=args.tta, workers=args.workers, amp=args.amp,
         channels_last=args.channels_last, lesion_margin=args.lesion_crops,
-        prior_residual=args.prior_residual,
+        prior_residual=args.prior_residual, self_training_rounds=args.self_training_rounds,
     )
     bars = TrainingBars()
     from ..data.recist_sources import is_lesion_table

@@ -18,9 +18,11 @@ import numpy as np
 
 from .pseudo_masks import PSEUDO_MASK_METHODS, pseudo_mask
 from .recist import Recist
-from .trimap import LESION, UNKNOWN, recist_trimap, refine_trimap
+from .recist_prompt import keep_marked_parts
+from .trimap import BACKGROUND, LESION, UNKNOWN, recist_trimap, refine_trimap
 
-__all__ = ["DEFAULT_TARGET", "IMAGE_TARGETS", "TARGET_METHODS", "training_target"]
+__all__ = ["DEFAULT_TARGET", "IMAGE_TARGETS", "TARGET_METHODS", "self_training_target",
+           "training_target"]
 
 #: Every target a training run can use.
 TARGET_METHODS = (*PSEUDO_MASK_METHODS, "trimap", "trimap_random_walker")
@@ -74,3 +76,34 @@ def training_target(recist: Recist, shape, method: str, image=None
     elif image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     return refine_trimap(image, trimap, "random_walker"), None
+
+
+def self_training_target(probability, recist: Recist, *, threshold: float = 0.5) -> np.ndarray:
+    """The next round's target of one lesion from a trained network's prediction.
+
+    The network's mask keeps only what the RECIST allows: the pieces its axes cross, with
+    everything its trimap calls certain lesion added and everything it calls certain
+    background removed (``core.trimap.recist_trimap``). So a round can move the outline only
+    within the band the measurement leaves undecided.
+
+    Parameters
+    ----------
+    probability : array_like, 2D
+        The network's lesion probability for the item.
+    recist : Recist
+        The lesion's measurement in the coordinates of ``probability``.
+    threshold : float
+        Probability at which a pixel is lesion.
+
+    Returns
+    -------
+    numpy.ndarray of bool, the shape of ``probability``
+    """
+    probability = np.asarray(probability, dtype=np.float32)
+    if probability.ndim != 2:
+        raise ValueError(f"probability must be a 2D map, got shape {probability.shape}")
+    if not np.isfinite(probability).all():
+        raise ValueError("probability holds NaN or infinite values")
+    mask = keep_marked_parts(probability >= threshold, recist)
+    trimap = recist_trimap(recist, probability.shape)
+    return (mask | (trimap == LESION)) & (trimap != BACKGROUND)

@@ -839,6 +839,34 @@ class LesionDataset(Dataset):
         view.prior_dropout = float(prior_dropout)
         return view
 
+    def with_targets(self, masks) -> LesionDataset:
+        """A view of this data set training towards other targets (a self-training round's).
+
+        Parameters
+        ----------
+        masks : array_like of bool, (n, size, size)
+            One target per lesion, in item coordinates (unaugmented), in this data set's
+            order.
+
+        Returns
+        -------
+        LesionDataset
+            A shallow copy sharing images, prompts and groups; every pixel of the new targets
+            counts in the loss (a trimap's band weights are dropped). This data set is not
+            changed.
+        """
+        masks = np.asarray(masks)
+        expected = (len(self), self.size, self.size)
+        if masks.shape != expected:
+            raise ValueError(f"targets must have shape {expected}, got {masks.shape}")
+        packed = _packed_store(len(self), self.size)
+        for i, mask in enumerate(masks):
+            _pack_into(packed, i, mask)
+        view = copy.copy(self)
+        view._masks = packed
+        view._weights = None
+        return view
+
     def prompt_of(self, index) -> np.ndarray:
         """Lesion ``index``'s prompt channels without augmentation, float32 (3, size, size)."""
         i = self._check_index(index)

@@ -25,8 +25,9 @@ from ..data._atomic import atomic_write
 from ..data.image_folders import load_pair, read_image_mask_folder
 from .devices import is_main_process
 from .preparation import prepare_crops, prepare_whole_images
+from .self_training import RoundTargets, check_rounds, self_train
 from .statistics import compare_methods, default_pairs, json_floats, per_image_means, seed_summary
-from .trainer import TrainConfig, train
+from .trainer import TrainConfig
 
 __all__ = ["BenchmarkConfig", "load_folder", "run_benchmark", "run_table_benchmark",
            "REFERENCE_METHODS"]
@@ -61,6 +62,8 @@ class BenchmarkConfig:
     #: share of the lesion's size on each side; None keeps whole images.
     lesion_margin: float | None = None
     prior_residual: bool | None = None  # None: TrainConfig's default
+    #: Extra self-training rounds after each model's first training (see ``self_training``).
+    self_training_rounds: int = 0
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -201,6 +204,7 @@ def run_benchmark(
     from .inference import is_prompted, load_model, predict
 
     out = Path(out_dir)
+    check_rounds(config.self_training_rounds)
     if not test_dirs:
         raise ValueError("give at least one test folder")
     if not overwrite:
@@ -229,7 +233,8 @@ def run_benchmark(
         for kind in config.models:
             run_dir, best, stopped = _train_and_record(
                 results, data, config, kind, seed, train_data.in_channels, out,
-                stop=stop, overwrite=overwrite, on_event=on_event)
+                stop=stop, overwrite=overwrite, on_event=on_event,
+                truth_of=_folder_truth(train_data, data))
             if best is None:
                 continue
             model = load_model(run_dir, device=config.device)
@@ -290,10 +295,69 @@ def _prepare_folder(train_data: LoadedFolder, config: BenchmarkConfig, seed: int
                          **common)
 
 
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def _targets_dice(dataset, masks: np.ndarray, truth) -> float | None:
+    """Mean Dice of item targets against true masks in source pixels (None: no truth)."""
+    scores = []
+    for i, mask in enumerate(masks):
+        t = truth(i)
+        if t is not None:
+            scores.append(_dice(dataset.paste_back(i, mask, t.shape), t))
+    return float(np.mean(scores)) if scores else None
+
+
+def _round_record(targets: RoundTargets, data, truth_of) -> dict:
+    """A self-training refinement as results.json keeps it: how much the targets moved and,
+    where true masks of the training data are known, their Dice before and after."""
+    entry = {"round": targets.round, "changed_pixels": targets.changed}
+    if truth_of is not None:
+        for name, dataset, masks, before in (
+                ("train", data.train_set, targets.train_masks, targets.previous_train_masks),
+                ("val", data.val_set, targets.val_masks, targets.previous_val_masks)):
+            entry[f"{name}_target_dice"] = _targets_dice(dataset, masks, truth_of[name])
+            entry[f"{name}_previous_dice"] = _targets_dice(dataset, before, truth_of[name])
+    return entry
+
+
+def _folder_truth(folder: LoadedFolder, data) -> dict:
+    """True masks of the training and validation items of an image+mask folder."""
+    return {name: (lambda i, idx=idx: folder.masks[int(idx[i])])
+            for name, idx in (("train", data.train_indices), ("val", data.val_indices))}
+
+
+def _table_truth(table, data, mask_dir: Path) -> dict:
+    """True masks of a table's training and validation lesions, where ``mask_dir`` holds
+    their key slices' masks (each lesion's own part of it)."""
+    from ..data.image_folders import load_mask
+
+    slices: dict[str, np.ndarray | None] = {}
+
+    def truth(row):
+        if row.image not in slices:
+            f = mask_dir / row.image
+            slices[row.image] = load_mask(f) > 0 if f.is_file() else None
+        whole = slices[row.image]
+        if whole is None:
+            return None
+        return truth_under_recist(whole, row.recist.long_axis, row.recist.short_axis)
+
+    return {name: (lambda i, idx=idx: truth(table.rows[int(idx[i])]))
+            for name, idx in (("train", data.train_indices), ("val", data.val_indices))}
+
+
 def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, seed: int,
-                      in_channels: int, out: Path, *, stop, overwrite: bool, on_event):
+                      in_channels: int, out: Path, *, stop, overwrite: bool, on_event,
+                      truth_of: dict | None = None):
     """Train one model of the benchmark into ``out/runs/KIND-seedN`` and record its run in
-    ``results``; returns (run folder, best epoch or None, whether it was stopped)."""
+    ``results``; returns (run folder, best epoch or None, whether it was stopped).
+
+    ``truth_of`` (``{"train": f, "val": f}``, ``f(item) -> true mask or None``) lets
+    self-training rounds report their targets' quality against the training data's true
+    masks, which nothing trains on."""
     tc = TrainConfig(kind=kind, encoder=config.encoder, input_size=config.size,
                      in_channels=in_channels, n_groups=data.grouping.k, epochs=config.epochs,
                      batch_size=config.batch_size, lr=config.lr, patience=config.patience,
@@ -303,18 +367,30 @@ def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, s
                      prior_residual=config.prior_residual if kind == "prompted" else None)
     run_dir = out / "runs" / f"{kind}-seed{seed}"
     last = None
-    for event in train(data.train_set, data.val_set, tc, run_dir, grouping=data.grouping,
-                       stop=stop, overwrite=overwrite):
+    seconds = 0.0
+    rounds: list[dict] = []
+
+    def record(targets: RoundTargets) -> None:
+        rounds.append(_round_record(targets, data, truth_of))
+
+    for event in self_train(data.train_set, data.val_set, tc, run_dir, grouping=data.grouping,
+                            rounds=config.self_training_rounds, stop=stop, overwrite=overwrite,
+                            on_targets=record):
         last = event
+        if event.kind in ("finished", "stopped"):
+            seconds += event.elapsed
         if on_event is not None:
             on_event(kind, seed, event)
     stopped = last is not None and last.kind == "stopped"
+    if config.self_training_rounds:
+        results.setdefault("self_training", {}).setdefault(kind, []).append(
+            {"seed": seed, "rounds": rounds})
     history = _history(run_dir)
     best = last.best_epoch if last is not None else None
     entry = results["training"].setdefault(kind, {"seeds": []})
     entry["seeds"].append({
         "seed": seed,
-        "train_seconds": last.elapsed if last else 0.0,
+        "train_seconds": seconds,
         "epochs_run": len(history),
         "best_epoch": best,
         "seconds_to_best": next((h["elapsed"] for h in history if h["epoch"] == best), None),
@@ -418,6 +494,7 @@ def run_table_benchmark(
     from .preparation import prepare_from_table
 
     out = Path(out_dir)
+    check_rounds(config.self_training_rounds)
     if not overwrite:
         _refuse_earlier_runs(out, config)
     table = read_lesion_table(table_path, images)
@@ -465,7 +542,8 @@ def run_table_benchmark(
         for kind in config.models:
             run_dir, best, stopped = _train_and_record(
                 results, data, config, kind, seed, data.train_set.n_channels, out,
-                stop=stop, overwrite=overwrite, on_event=on_event)
+                stop=stop, overwrite=overwrite, on_event=on_event,
+                truth_of=_table_truth(table, data, mask_dir))
             if best is None or truths is None:
                 if stopped:
                     break

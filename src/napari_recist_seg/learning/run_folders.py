@@ -27,6 +27,8 @@ __all__ = [
     "claim_run_folder",
     "find_run",
     "resume_checkpoint",
+    "round_folders",
+    "round_name",
 ]
 
 LOCK_FILE = ".lock"
@@ -384,3 +386,14 @@ def claim_run_folder(folder, *, resume=None, overwrite: bool = False) -> Iterato
     finally:
         with contextlib.suppress(OSError):
             lock.unlink()
+
+
+def round_folders(out_dir, rounds: int) -> list[Path]:
+    """The run folder of each round: ``OUT/round-0`` ... ``OUT/round-{R-1}``, then ``OUT``."""
+    out = Path(out_dir)
+    return [out / f"round-{r}" for r in range(int(rounds))] + [out]
+
+
+def round_name(r: int, rounds: int) -> str:
+    """How progress messages name round ``r``: "first training", "self-training round 1 of 2"."""
+    return "first training" if r == 0 else f"self-training round {r} of {rounds}"

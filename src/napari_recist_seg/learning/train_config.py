@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 
 from .model_kinds import MODEL_KINDS, model_kind
 
-__all__ = ["AMP_SETTINGS", "MAX_GROUPS", "MAX_INPUT_SIZE", "MAX_IN_CHANNELS", "MODEL_KINDS",
-           "TrainConfig"]
+__all__ = ["AMP_SETTINGS", "MAX_GROUPS", "MAX_INPUT_SIZE", "MAX_IN_CHANNELS", "MAX_ROUNDS",
+           "MODEL_KINDS", "TrainConfig", "check_rounds"]
 
 # Upper bounds: far above any real use, low enough that no setting makes a network of absurd
 # size (a config file may come from anywhere).
@@ -22,6 +22,8 @@ MAX_IN_CHANNELS = 64
 MAX_INPUT_SIZE = 4096
 #: Largest number of RECIST groups (classes of the multitask head).
 MAX_GROUPS = 10_000
+#: Most self-training rounds a run may ask for: each one trains a whole network again.
+MAX_ROUNDS = 10
 #: Mixed-precision settings (see ``devices.amp_dtype``).
 AMP_SETTINGS = ("auto", "bf16", "fp16", "off")
 
@@ -128,3 +130,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_rounds(rounds) -> int:
+    """``rounds`` as an int, or ValueError unless it is a whole number from 0 to MAX_ROUNDS."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or not 0 <= rounds <= MAX_ROUNDS:
+        raise ValueError(f"self-training rounds must be a whole number from 0 to {MAX_ROUNDS}, "
+                         f"got {rounds!r}")
+    return int(rounds)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ..core.training_targets import DEFAULT_TARGET
 from ..learning.model_kinds import MODEL_KINDS, MODEL_REGISTRY
-from ..learning.train_config import TrainConfig
+from ..learning.train_config import TrainConfig, check_rounds
 
 __all__ = [
     "KIND_NAMES",
@@ -98,6 +98,10 @@ class TrainingJob:
     #: Continue each kind's stopped run from its ``last/`` checkpoint in ``out_dir/<kind>``
     #: (kinds without one start afresh).
     resume: bool = False
+    #: Extra rounds after the first training, each on the last network's masks kept within
+    #: each RECIST's trimap (``learning.self_training``); earlier rounds go to
+    #: ``out_dir/<kind>/round-R``.
+    self_training_rounds: int = 0
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -110,6 +114,10 @@ class TrainingJob:
             raise ValueError("choose an output folder for the checkpoints")
         if self.mode not in ("whole_image", "crops"):
             raise ValueError(f"mode must be 'whole_image' or 'crops', got {self.mode!r}")
+        check_rounds(self.self_training_rounds)
+        if self.resume and self.self_training_rounds:
+            raise ValueError("Resume continues one training run; self-training rounds start "
+                             "afresh: set the rounds to 0 to resume")
         if self.folder is None and self.table is None and len(self.recists) < 3:
             raise ValueError(
                 f"{len(self.recists)} complete lesion(s): training needs at least 3 (some are "
@@ -184,6 +192,7 @@ def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> It
         return
     prepare_torch_import()
     from ..learning.preparation import prepare_crops, prepare_from_table, prepare_whole_images
+    from ..learning.self_training import self_train
     from ..learning.trainer import TrainConfig, train
 
     if job.torch_threads:
@@ -236,9 +245,14 @@ def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> It
             if resume is not None:
                 yield ("status", f"resuming {KIND_NAMES[kind]} from {resume}")
             last = None
-            for event in train(data.train_set, data.val_set, config, out,
-                               grouping=data.grouping, extra_config=extra, stop=stop,
-                               resume=resume):
+            if job.self_training_rounds:
+                run = self_train(data.train_set, data.val_set, config, out,
+                                 rounds=job.self_training_rounds, grouping=data.grouping,
+                                 extra_config=extra, stop=stop)
+            else:
+                run = train(data.train_set, data.val_set, config, out, grouping=data.grouping,
+                            extra_config=extra, stop=stop, resume=resume)
+            for event in run:
                 last = event
                 payload = event.to_dict()
                 payload["progress"] = event.progress

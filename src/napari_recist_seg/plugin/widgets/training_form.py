@@ -17,6 +17,7 @@ from magicgui import magicgui
 from qtpy.QtCore import QEvent, QObject
 
 from ...learning.model_kinds import MODEL_KINDS, MODEL_REGISTRY, colour_of
+from ...learning.train_config import MAX_ROUNDS
 from ..remembered_settings import load_settings, save_settings
 from ..training_job import TrainingJob, prepare_torch_import
 
@@ -68,6 +69,7 @@ _settings.__signature__ = inspect.Signature([
           ("batch_size", int, _DEFAULTS["batch_size"]),
           ("lr", float, _DEFAULTS["lr"]),
           ("k", int, 0),
+          ("self_training_rounds", int, _DEFAULTS["self_training_rounds"]),
           ("device", str, "auto"),
           ("out_dir", Path, _DEFAULT_OUTPUT),
           ("separate_process", bool, True),
@@ -126,6 +128,10 @@ class TrainingForm:
             lr={"label": "Learning rate", "min": 1e-6, "max": 1.0, "step": 1e-4},
             k={"label": "K (0: auto)", "min": 0, "max": 500,
                "tooltip": "Number of RECIST groups (0: about 20 lesions a group)"},
+            self_training_rounds={
+                "label": "Self-training rounds", "min": 0, "max": MAX_ROUNDS,
+                "tooltip": "After training, retrain this many times on the last network's "
+                           "masks, kept within what each RECIST allows (0: off)"},
             device={"label": "Device", "widget_type": "ComboBox", "choices": _device_choices,
                     "tooltip": "auto: CUDA, then Apple MPS, then the CPU"},
             out_dir={"label": "Output", "mode": "d",
@@ -136,7 +142,7 @@ class TrainingForm:
         )
         self.widget = gui
         gui.lr.native.setDecimals(6)
-        for name in ("input_size", "epochs", "batch_size", "k", "lr"):
+        for name in ("input_size", "epochs", "batch_size", "k", "lr", "self_training_rounds"):
             # Read the number when typing ends: tracking each key clamps "3" of "32" to the
             # minimum 16 at once, and "32" becomes "162".
             gui[name].native.setKeyboardTracking(False)
@@ -184,4 +190,5 @@ class TrainingForm:
             lr=float(gui.lr.value),
             device=str(gui.device.value),
             k=None if k < 2 else k,
+            self_training_rounds=int(gui.self_training_rounds.value),
         )

@@ -503,6 +503,7 @@ class TrainingWidget(QWidget):
             if resume:
                 _resumable_runs(job)  # says what is missing when there is nothing to resume
                 job.resume = True
+                job.validate()
             elif not job.resume:
                 job = self._settle_occupied_folder(job)
                 if job is None:
@@ -545,7 +546,8 @@ class TrainingWidget(QWidget):
         runs = _runs_of(job)
         if not runs:
             return job
-        can_resume = all(run.has_last and not run.finished for run in runs.values())
+        can_resume = not job.self_training_rounds and all(
+            run.has_last and not run.finished for run in runs.values())
         lines = "\n".join(f"- {KIND_NAMES[kind]}: {run.describe()}" for kind, run in runs.items())
         new_folder = _free_subfolder(Path(job.out_dir))
         choice = ask_about_occupied_folder(self, job.out_dir, lines, new_folder, can_resume)
@@ -743,10 +745,17 @@ def _free_subfolder(folder: Path) -> Path:
 
 def _runs_of(job: TrainingJob) -> dict:
     """The runs already in the output folder for the job's kinds (kind -> ``RunInfo``)."""
-    from ...learning.run_folders import find_run
+    from ...learning.run_folders import find_run, round_folders
 
-    runs = {kind: find_run(Path(job.out_dir) / kind) for kind in job.kinds}
-    return {kind: run for kind, run in runs.items() if run is not None}
+    runs = {}
+    for kind in job.kinds:
+        # A self-training run's earlier rounds count as runs of its kind too.
+        found = (find_run(f) for f in round_folders(Path(job.out_dir) / kind,
+                                                     job.self_training_rounds))
+        run = next((r for r in found if r is not None), None)
+        if run is not None:
+            runs[kind] = run
+    return runs
 
 
 def _chosen_path(edit, what: str, folder: bool) -> str:

@@ -396,3 +396,23 @@ def test_benchmark_on_deeplesion_scores_split_three_against_masks(tmp_path, caps
                  "a1", "--epochs", "1", "--size", "32", "--batch", "2", "--crop", "40"]) == 0
     assert "not scored" in capsys.readouterr().out
     assert json.loads((tmp_path / "b2" / "results.json").read_text())["scored"] is False
+
+
+def test_crop_lesion_sizes_each_patch_to_its_lesion(tmp_path, capsys):
+    import json
+
+    table = write_deeplesion(tmp_path / "dl")
+    runs = tmp_path / "runs"
+    tiny = [a for a in TINY if a not in ("--crop", "40")]
+    assert main(["train", str(table), "--out", str(runs), *tiny, "--crop", "lesion"]) == 0
+    saved = json.loads((runs / "multitask" / "best" / "config.json").read_text())
+    assert saved["preprocessing"]["source"]["field_of_view_px"] is None
+    # Its patches follow each lesion: twice the long axis at the default margin of 0.5.
+    data = prepare_from_table(table, size=32, crop_px=None)
+    for t, r in zip(data.train_set.transforms, data.train_set.source_recists):
+        assert t.side == pytest.approx(2 * r.long_length, rel=0.05)
+    for bad in ("wide", "-5", "nan"):
+        with pytest.raises(SystemExit) as exc:  # argparse's own usage error
+            main(["train", str(table), "--out", str(tmp_path / "x"), "--crop", bad])
+        assert exc.value.code == 2 and "argument --crop" in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()

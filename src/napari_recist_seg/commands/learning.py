@@ -133,6 +133,21 @@ def _encoder(args) -> str:
 
 
 # -- train ------------------------------------------------------------------------------------
+def _crop_side(text: str) -> float | None:
+    """``--crop``: a patch side in source pixels, or "lesion" (None: sized to each lesion)."""
+    if text.strip().lower() == "lesion":
+        return None
+    try:
+        side = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of pixels nor "
+                                         f"'lesion'") from None
+    if not (side > 0 and np.isfinite(side)):
+        raise argparse.ArgumentTypeError(f"the patch side must be a positive number of "
+                                         f"pixels, got {text!r}")
+    return side
+
+
 def _table_options(p) -> None:
     """Options of the lesion-table input (DL_info.csv, RECIST files)."""
     from ..learning.preparation import DEFAULT_CROP_PX
@@ -143,9 +158,10 @@ def _table_options(p) -> None:
                    help="lesion tables: HU window, 'auto' (each row's DICOM_windows, else soft "
                         "tissue), a preset (soft-tissue, lung, bone, liver, wide) or LO,HI "
                         "(default: %(default)s)")
-    p.add_argument("--crop", type=float, default=DEFAULT_CROP_PX,
-                   help="lesion tables: patch side in source px, widened for long lesions "
-                        "(default: %(default)s)")
+    p.add_argument("--crop", type=_crop_side, default=DEFAULT_CROP_PX,
+                   help="lesion tables: patch side in source px, widened for long lesions, or "
+                        "'lesion': each patch twice its lesion's long axis (default: "
+                        "%(default)s)")
     p.add_argument("--neighbours", type=int, default=1,
                    help="lesion tables: slices each side of the key slice as channels "
                         "(default: %(default)s)")
@@ -528,8 +544,9 @@ def _configure_benchmark(p) -> None:
     p.add_argument("--images", help="DL_info.csv: the Images_png folder (default: beside it)")
     p.add_argument("--masks", help="DL_info.csv: the true masks' folder (default: masks/ "
                                    "beside it)")
-    p.add_argument("--crop", type=float, default=120.0,
-                   help="DL_info.csv: patch side in source px (default: %(default)s)")
+    p.add_argument("--crop", type=_crop_side, default=120.0,
+                   help="DL_info.csv: patch side in source px, or 'lesion': each patch twice "
+                        "its lesion's long axis (default: %(default)s)")
     p.add_argument("--window", default="auto",
                    help="DL_info.csv: HU window, 'auto' (each row's DICOM_windows), a preset "
                         "or LO,HI (default: %(default)s)")

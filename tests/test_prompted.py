@@ -214,6 +214,43 @@ def test_prompted_models_correct_their_prior_unless_told_not_to():
         TrainConfig(kind="a1", prior_residual=True).validate()
 
 
+def test_a_network_that_corrects_its_prior_always_sees_it_unless_told_otherwise(monkeypatch):
+    from napari_recist_seg.learning import trainer
+    from napari_recist_seg.learning.train_config import TrainConfig
+
+    assert TrainConfig(kind="prompted").training_prior_dropout == 0.0
+    assert TrainConfig(kind="prompted", prior_residual=False).training_prior_dropout == 0.5
+    assert TrainConfig(kind="prompted", prior_dropout=0.25).training_prior_dropout == 0.25
+    with pytest.raises(ValueError, match="prior_dropout"):
+        TrainConfig(kind="prompted", prior_dropout=1.5).validate()
+    # What the trainer hands the data set is the resolved share.
+    seen = []
+    monkeypatch.setattr(type(prepared().train_set), "with_prompt",
+                        lambda self, jitter, dropout: seen.append(dropout) or self)
+    for cfg in (TrainConfig(kind="prompted"), TrainConfig(kind="prompted", prior_residual=False)):
+        trainer._with_prompt(prepared().train_set, cfg, "training")
+    assert seen == [0.0, 0.5]
+
+
+def test_prior_dropout_from_the_command_line_reaches_the_checkpoint(tmp_path):
+    import json
+
+    from napari_recist_seg.cli import main
+
+    from ._folders import make_isic_folder
+    from ._learning_data import quick
+
+    data = make_isic_folder(tmp_path / "data", n=8, size=48)
+    with quick():
+        assert main(["train", str(data), "--out", str(tmp_path / "runs"), "--models",
+                     "prompted", "--size", "32", "--epochs", "1", "--batch", "4",
+                     "--prior-dropout", "0.3"]) == 0
+    saved = json.loads((tmp_path / "runs" / "prompted" / "best" / "config.json").read_text())
+    assert saved["train_config"]["prior_dropout"] == 0.3
+    assert main(["train", str(data), "--out", str(tmp_path / "r2"), "--models", "prompted",
+                 "--prior-dropout", "2"]) == 2
+
+
 def test_a_prior_residual_run_keeps_its_kind_through_the_checkpoint(tmp_path):
     from napari_recist_seg.learning.trainer import train
 

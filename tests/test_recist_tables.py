@@ -416,3 +416,20 @@ def test_crop_lesion_sizes_each_patch_to_its_lesion(tmp_path, capsys):
             main(["train", str(table), "--out", str(tmp_path / "x"), "--crop", bad])
         assert exc.value.code == 2 and "argument --crop" in capsys.readouterr().err
         assert not (tmp_path / "x").exists()
+
+
+def test_by_default_prompted_models_train_on_lesion_sized_patches(tmp_path, capsys):
+    import json
+
+    table = write_deeplesion(tmp_path / "dl")
+    runs = tmp_path / "runs"
+    tiny = [a for a in TINY if a not in ("--crop", "40")]
+    assert main(["train", str(table), "--out", str(runs), *tiny, "--models", "a1,prompted"]) == 0
+    said = capsys.readouterr().out
+    assert "120 px patches" in said and "patches twice each lesion's long axis" in said
+
+    def side(kind):
+        saved = json.loads((runs / kind / "best" / "config.json").read_text())
+        return saved["preprocessing"]["source"]["field_of_view_px"]
+
+    assert side("a1") == 120.0 and side("prompted") is None

@@ -84,6 +84,9 @@ def _prompted_options(p) -> None:
     p.add_argument("--prior-residual", action=argparse.BooleanOptionalAction, default=None,
                    help="prompted models learn a correction of the quarter-ellipse drawn from "
                         "the RECIST (default) or, with --no-prior-residual, a mask from nothing")
+    p.add_argument("--prior-dropout", type=float, default=None, metavar="P",
+                   help="prompted models: the share of training items whose quarter-ellipse "
+                        "channel is blanked (default: 0 with the prior residual, else 0.5)")
     p.add_argument("--self-training-rounds", type=int, default=0, metavar="N",
                    help="after training, N more rounds each train a fresh network towards the "
                         "last one's masks, kept within what each RECIST allows (earlier rounds "
@@ -133,15 +136,20 @@ def _encoder(args) -> str:
 
 
 # -- train ------------------------------------------------------------------------------------
-def _crop_side(text: str) -> float | None:
-    """``--crop``: a patch side in source pixels, or "lesion" (None: sized to each lesion)."""
+def _crop_side(text: str) -> float | str | None:
+    """``--crop``: a patch side in source pixels, "lesion" (None: sized to each lesion) or
+    "auto" (each model kind its own: ``preparation.crop_px_for``)."""
+    from ..learning.preparation import AUTO_CROP
+
     if text.strip().lower() == "lesion":
         return None
+    if text.strip().lower() == AUTO_CROP:
+        return AUTO_CROP
     try:
         side = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of pixels nor "
-                                         f"'lesion'") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of pixels, 'lesion' or "
+                                         f"'auto'") from None
     if not (side > 0 and np.isfinite(side)):
         raise argparse.ArgumentTypeError(f"the patch side must be a positive number of "
                                          f"pixels, got {text!r}")
@@ -158,10 +166,10 @@ def _table_options(p) -> None:
                    help="lesion tables: HU window, 'auto' (each row's DICOM_windows, else soft "
                         "tissue), a preset (soft-tissue, lung, bone, liver, wide) or LO,HI "
                         "(default: %(default)s)")
-    p.add_argument("--crop", type=_crop_side, default=DEFAULT_CROP_PX,
-                   help="lesion tables: patch side in source px, widened for long lesions, or "
-                        "'lesion': each patch twice its lesion's long axis (default: "
-                        "%(default)s)")
+    p.add_argument("--crop", type=_crop_side, default="auto",
+                   help=f"lesion tables: patch side in source px, widened for long lesions; "
+                        f"'lesion': each patch twice its lesion's long axis; 'auto': 'lesion' "
+                        f"for prompted models, {DEFAULT_CROP_PX:g} for the others (default)")
     p.add_argument("--neighbours", type=int, default=1,
                    help="lesion tables: slices each side of the key slice as channels "
                         "(default: %(default)s)")
@@ -237,38 +245,31 @@ def _train(args) -> int:
     from ..data.recist_sources import is_lesion_table
 
     if is_lesion_table(args.data):
-        from ..learning.preparation import prepare_from_table
-
         if args.n_train is not None:
             raise ValueError("--n-train applies to image+mask folders; a table trains on its "
                              "training rows")
-        data = prepare_from_table(args.data, args.images, size=args.size, crop_px=args.crop,
-                                  neighbours=args.neighbours, slice_gap_mm=args.slice_gap_mm,
-                                  window=args.window, k=args.k,
-                                  pseudo_mask_method=args.pseudo_mask, seed=args.seed)
-        in_channels = data.train_set.n_channels
-        held_out = len(data.table) - len(data.train_indices) - len(data.val_indices)
-        print(f"{len(data.train_indices)} training and {len(data.val_indices)} validation "
-              f"lesions from {data.table.path}" + (f" ({held_out} test rows not used)"
-                                                    if held_out else "")
-              + f", {in_channels} input channels, {data.grouping.k} RECIST groups")
+        data_for = _table_data(args)
     else:
         folder = load_folder(args.data, args.n_train, progress=lambda it, d: progress(it, d))
         data = prepare_whole_images(folder.images, folder.recists, size=args.size, k=args.k,
                                     pseudo_mask_method=args.pseudo_mask, seed=args.seed)
-        in_channels = folder.in_channels
         print(f"{len(data.train_indices)} training and {len(data.val_indices)} validation "
               f"images, {data.grouping.k} RECIST groups")
+
+        def data_for(kind):
+            return data
     bars = TrainingBars()
     for kind in models:
+        data = data_for(kind)
         config = TrainConfig(kind=kind, encoder=_encoder(args), input_size=args.size,
-                             in_channels=in_channels, n_groups=data.grouping.k,
+                             in_channels=data.train_set.n_channels, n_groups=data.grouping.k,
                              epochs=args.epochs, batch_size=args.batch,
                              lr=args.lr, patience=args.patience, seed=args.seed,
                              device=args.device, encoder_weights=args.encoder_weights,
                              num_workers=args.workers, amp=args.amp,
                              channels_last=args.channels_last,
-                             prior_residual=args.prior_residual if kind == "prompted" else None)
+                             prior_residual=args.prior_residual if kind == "prompted" else None,
+                             prior_dropout=args.prior_dropout)
         if args.self_training_rounds:
             run = self_train(data.train_set, data.val_set, config, Path(args.out) / kind,
                              rounds=args.self_training_rounds, grouping=data.grouping,
@@ -288,6 +289,36 @@ def _train(args) -> int:
             return 130
     bars.close()
     return 0
+
+
+def _table_data(args):
+    """``kind -> PreparedData`` of a lesion table: one set per patch side the kinds train on
+    (``--crop auto`` gives prompted models lesion-sized patches), each read once."""
+    from ..learning.preparation import crop_px_for, prepare_from_table
+
+    prepared = {}
+
+    def data_for(kind):
+        side = crop_px_for(kind, args.crop)
+        if side not in prepared:
+            data = prepare_from_table(args.data, args.images, size=args.size, crop_px=side,
+                                      neighbours=args.neighbours,
+                                      slice_gap_mm=args.slice_gap_mm, window=args.window,
+                                      k=args.k, pseudo_mask_method=args.pseudo_mask,
+                                      seed=args.seed)
+            held_out = len(data.table) - len(data.train_indices) - len(data.val_indices)
+            patches = ("patches twice each lesion's long axis" if side is None
+                       else f"{side:g} px patches")
+            print(f"{len(data.train_indices)} training and {len(data.val_indices)} validation "
+                  f"lesions from {data.table.path}" + (f" ({held_out} test rows not used)"
+                                                        if held_out else "")
+                  + f", {data.train_set.n_channels} input channels, {data.grouping.k} RECIST "
+                  f"groups, "
+                  f"{patches}")
+            prepared[side] = data
+        return prepared[side]
+
+    return data_for
 
 
 def _report_round(targets) -> None:
@@ -544,9 +575,10 @@ def _configure_benchmark(p) -> None:
     p.add_argument("--images", help="DL_info.csv: the Images_png folder (default: beside it)")
     p.add_argument("--masks", help="DL_info.csv: the true masks' folder (default: masks/ "
                                    "beside it)")
-    p.add_argument("--crop", type=_crop_side, default=120.0,
-                   help="DL_info.csv: patch side in source px, or 'lesion': each patch twice "
-                        "its lesion's long axis (default: %(default)s)")
+    p.add_argument("--crop", type=_crop_side, default="auto",
+                   help="DL_info.csv: patch side in source px; 'lesion': each patch twice its "
+                        "lesion's long axis; 'auto': 'lesion' for prompted models, 120 for "
+                        "the others (default)")
     p.add_argument("--window", default="auto",
                    help="DL_info.csv: HU window, 'auto' (each row's DICOM_windows), a preset "
                         "or LO,HI (default: %(default)s)")
@@ -617,7 +649,8 @@ def _benchmark(args) -> int:
         batch_size=args.batch, lr=args.lr, patience=args.patience, k=args.k,
         device=args.device, tta=args.tta, workers=args.workers, amp=args.amp,
         channels_last=args.channels_last, lesion_margin=args.lesion_crops,
-        prior_residual=args.prior_residual, self_training_rounds=args.self_training_rounds,
+        prior_residual=args.prior_residual, prior_dropout=args.prior_dropout,
+        self_training_rounds=args.self_training_rounds,
     )
     bars = TrainingBars()
     from ..data.recist_sources import is_lesion_table

@@ -24,7 +24,13 @@ from ..core.training_targets import DEFAULT_TARGET
 from ..data._atomic import atomic_write
 from ..data.image_folders import load_pair, read_image_mask_folder
 from .devices import is_main_process
-from .preparation import prepare_crops, prepare_whole_images
+from .preparation import (
+    AUTO_CROP,
+    DEFAULT_CROP_PX,
+    crop_px_for,
+    prepare_crops,
+    prepare_whole_images,
+)
 from .self_training import RoundTargets, check_rounds, self_train
 from .statistics import compare_methods, default_pairs, json_floats, per_image_means, seed_summary
 from .trainer import TrainConfig
@@ -62,6 +68,7 @@ class BenchmarkConfig:
     #: share of the lesion's size on each side; None keeps whole images.
     lesion_margin: float | None = None
     prior_residual: bool | None = None  # None: TrainConfig's default
+    prior_dropout: float | None = None  # None: TrainConfig's default
     #: Extra self-training rounds after each model's first training (see ``self_training``).
     self_training_rounds: int = 0
     extra: dict = field(default_factory=dict)
@@ -364,7 +371,8 @@ def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, s
                      seed=seed, device=config.device, encoder_weights=config.encoder_weights,
                      num_workers=config.workers, amp=config.amp,
                      channels_last=config.channels_last,
-                     prior_residual=config.prior_residual if kind == "prompted" else None)
+                     prior_residual=config.prior_residual if kind == "prompted" else None,
+                     prior_dropout=config.prior_dropout)
     run_dir = out / "runs" / f"{kind}-seed{seed}"
     last = None
     seconds = 0.0
@@ -454,7 +462,7 @@ def run_table_benchmark(
     *,
     images=None,
     masks=None,
-    crop_px: float | None = 120.0,
+    crop_px: float | str | None = AUTO_CROP,
     window=None,
     on_event: Callable | None = None,
     progress=None,
@@ -477,8 +485,12 @@ def run_table_benchmark(
         Receives ``results.json``, ``report.md`` and the runs (``runs/KIND-seedN``).
     config : BenchmarkConfig
         ``n_train`` and ``val_fraction`` do not apply: the table's splits decide.
-    images, crop_px, window
+    images, window
         As in ``prepare_from_table``.
+    crop_px : float, None or "auto"
+        The patch side in source px (None: sized to each lesion); "auto" gives each model
+        kind its own (``preparation.crop_px_for``). Reference rows are scored in patches of
+        ``DEFAULT_CROP_PX``.
     masks : path, optional
     on_event, progress, stop, overwrite
         As in ``run_benchmark``.
@@ -535,11 +547,16 @@ def run_table_benchmark(
     stopped = False
     data = None
     for seed in range(config.seeds):
-        data = prepare_from_table(table.path, images, size=config.size, crop_px=crop_px,
-                                  window=window, k=config.k,
-                                  pseudo_mask_method=config.pseudo_mask, seed=seed)
-        results["n_train"] = len(data.train_indices)
+        prepared: dict = {}  # one data set per patch side the models ask for
         for kind in config.models:
+            side = crop_px_for(kind, crop_px)
+            if side not in prepared:
+                prepared[side] = prepare_from_table(
+                    table.path, images, size=config.size, crop_px=side, window=window,
+                    k=config.k, pseudo_mask_method=config.pseudo_mask, seed=seed)
+            data = prepared[side]
+            results["n_train"] = len(data.train_indices)
+            results["training"].setdefault(kind, {"seeds": []})["crop_px"] = side
             run_dir, best, stopped = _train_and_record(
                 results, data, config, kind, seed, data.train_set.n_channels, out,
                 stop=stop, overwrite=overwrite, on_event=on_event,
@@ -572,7 +589,7 @@ def run_table_benchmark(
         order = [m for _, members in stacks for m in members]
         boxes, test_images, test_masks = [], [], []
         for _, r in order:
-            t = _scoring_transform(r, None, config.size, crop_px)
+            t = _scoring_transform(r, None, config.size, DEFAULT_CROP_PX)
             boxes.append(_lesion_box(t, truths[r.image].shape))
         for method in REFERENCE_METHODS:
             drawn, rows = [], []

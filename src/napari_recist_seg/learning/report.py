@@ -157,6 +157,21 @@ def _comparison_lines(block: dict, seeds_line: list[str]) -> list[str]:
     return lines
 
 
+def _patch_words(side) -> str:
+    return "patches twice the lesion's long axis" if side is None else f"{side:g} px patches"
+
+
+def _patches(results: dict) -> str:
+    """The lesion patches of a table benchmark, per model where they differ."""
+    sides = {kind: t["crop_px"] for kind, t in results["training"].items() if "crop_px" in t}
+    if not sides:
+        crop = results["config"].get("crop_px")
+        return _patch_words(None if crop == "auto" else crop)
+    if len(set(sides.values())) == 1:
+        return _patch_words(next(iter(sides.values())))
+    return "; ".join(f"{kind} on {_patch_words(side)}" for kind, side in sides.items())
+
+
 def _self_training_lines(results: dict) -> list[str]:
     """The self-training rounds: how far each refinement moved the targets and, where the
     training data's true masks are known, how good the targets were (mean over seeds)."""
@@ -198,11 +213,10 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
     lines = ["# RECIST weak supervision: benchmark report", ""]
     cfg = results["config"]
     if cfg.get("source") == "table":
-        crop = cfg.get("crop_px")
         source = (
             f"RECIST table `{cfg.get('train_dir')}`: {results['n_train']} lesions of "
             f"Train_Val_Test 1 and 2 (validation on 2), scored on split 3 against its true "
-            f"masks; lesion patches of {crop if crop else 'the lesion-sized'} source px, "
+            f"masks; {_patches(results)}, "
             f"window {cfg.get('window') or 'from each row'}; models trained on "
             f"`{cfg.get('pseudo_mask')}` pseudo-masks only, no mask read."
         )

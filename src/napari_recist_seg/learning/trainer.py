@@ -318,7 +318,7 @@ def _with_prompt(dataset, config: TrainConfig, name: str):
     if hasattr(dataset, "with_prompt"):
         if name == "validation":
             return dataset.with_prompt(0.0, 0.0)
-        return dataset.with_prompt(config.prompt_jitter, config.prior_dropout)
+        return dataset.with_prompt(config.prompt_jitter, config.training_prior_dropout)
     if "prompt" not in dataset[0]:
         raise ValueError(f"the {name} set's items have no 'prompt' entry, which a prompted "
                          f"model needs: build it as a LesionDataset")

@@ -433,3 +433,21 @@ def test_by_default_prompted_models_train_on_lesion_sized_patches(tmp_path, caps
         return saved["preprocessing"]["source"]["field_of_view_px"]
 
     assert side("a1") == 120.0 and side("prompted") is None
+
+
+def test_table_benchmark_gives_each_kind_its_own_patches_and_says_so(tmp_path):
+    import json
+
+    slices = [*DL_SLICES, (6, 9, (8,), [(20, 44, 8), (40, 20, 6)], 3)]
+    table = write_deeplesion(tmp_path / "dl", slices, masks=True)
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--train", str(table), "--out", str(out), "--models",
+                 "a1,prompted", "--epochs", "1", "--size", "32", "--batch", "2"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["training"]["a1"]["crop_px"] == 120.0
+    assert results["training"]["prompted"]["crop_px"] is None
+    methods = results["tests"]["test split"]["methods"]
+    assert {"a1", "prompted", "quarter_ellipse"} <= set(methods)
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert ("a1 on 120 px patches; prompted on patches twice the lesion's long axis"
+            in report)

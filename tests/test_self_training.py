@@ -154,3 +154,22 @@ def test_benchmark_reports_the_quality_of_each_round_targets(tmp_path):
     assert (out / "runs" / "prompted-seed0" / "round-1" / "best").is_dir()
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "### Self-training rounds" in report and "| prompted | 2 |" in report
+
+
+def test_a_stop_between_rounds_ends_with_the_round_that_finished(tmp_path):
+    data = prepared()
+    out = tmp_path / "run"
+    asked = []
+    events = []
+    with quick():
+        for event in self_train(data.train_set, data.val_set, config("a1", epochs=1), out,
+                                rounds=2, grouping=data.grouping, stop=lambda: bool(asked)):
+            events.append(event)
+            if event.kind == "finished":
+                asked.append(True)  # the user clicks Stop as the first round ends
+    assert [e.kind for e in events][-2:] == ["finished", "stopped"]
+    final = events[-1]
+    assert "stopped after the first training" in final.message and str(out / "round-0") in \
+        final.message
+    assert final.checkpoint.startswith(str(out / "round-0"))
+    assert not (out / "round-1").exists() and not (out / "best").exists()

@@ -390,6 +390,8 @@ def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, s
         if on_event is not None:
             on_event(kind, seed, event)
     stopped = last is not None and last.kind == "stopped"
+    if last is not None and last.checkpoint:
+        run_dir = Path(last.checkpoint).parent  # an earlier round's, when stopped between rounds
     if config.self_training_rounds:
         results.setdefault("self_training", {}).setdefault(kind, []).append(
             {"seed": seed, "rounds": rounds})

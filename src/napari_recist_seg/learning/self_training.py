@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from .trainer import TrainEvent, train
 
 __all__ = ["MAX_ROUNDS", "RoundTargets", "check_rounds", "refine_targets", "round_folders",
            "round_name", "self_train"]
+
 
 @dataclass
 class RoundTargets:
@@ -66,7 +67,8 @@ def _targets_of(dataset) -> np.ndarray:
 
 
 def refine_targets(model, dataset, *, batch_size: int = 16, threshold: float = 0.5,
-                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                   progress: Callable[[int, int], None] | None = None,
+                   stop: Callable[[], bool] | None = None) -> np.ndarray | None:
     """Each lesion's next-round target from ``model``'s prediction on ``dataset``.
 
     Parameters
@@ -81,10 +83,12 @@ def refine_targets(model, dataset, *, batch_size: int = 16, threshold: float = 0
         Probability at which a pixel is lesion.
     progress : callable, optional
         Called with (lesions done, lesions) after each batch.
+    stop : callable returning bool, optional
+        Polled between batches; when it returns True nothing more is predicted.
 
     Returns
     -------
-    numpy.ndarray of bool, (n, size, size)
+    numpy.ndarray of bool, (n, size, size), or None when stopped
         See ``core.training_targets.self_training_target``.
     """
     plain = _plain(dataset)
@@ -92,6 +96,8 @@ def refine_targets(model, dataset, *, batch_size: int = 16, threshold: float = 0
     n = len(plain)
     out = np.zeros((n, plain.size, plain.size), dtype=bool)
     for start in range(0, n, int(batch_size)):
+        if stop is not None and stop():
+            return None
         idx = range(start, min(n, start + int(batch_size)))
         images = np.stack([plain[i]["image"].numpy() for i in idx])
         prompts = np.stack([plain.prompt_of(i) for i in idx]) if prompted else None
@@ -164,13 +170,22 @@ def self_train(
                 event.message = " ".join(filter(None, (round_name(r, rounds), event.message)))
             last = event
             yield event
-        if last is None or last.kind == "stopped" or r == rounds or stop():
+        if last is None or last.kind == "stopped" or r == rounds:
             return
         model = load_model(folder, config.device)
         previous = (_targets_of(train_set), _targets_of(val_set))
-        train_masks = refine_targets(model, train_set, batch_size=config.batch_size)
-        val_masks = refine_targets(model, val_set, batch_size=config.batch_size)
+        masks = [None, None]
+        for k, dataset in enumerate((train_set, val_set)):
+            if not stop():
+                masks[k] = refine_targets(model, dataset, batch_size=config.batch_size,
+                                          stop=stop)
         del model
+        train_masks, val_masks = masks
+        if train_masks is None or val_masks is None:
+            # Stopped between rounds: the round that finished is the result.
+            yield replace(last, kind="stopped", message=f"stopped after the "
+                          f"{round_name(r, rounds)}; its network is in {folder}")
+            return
         if on_targets is not None:
             on_targets(RoundTargets(r + 1, train_masks, val_masks, *previous))
         train_set = train_set.with_targets(train_masks)

@@ -272,8 +272,11 @@ def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> It
             stopped = last is not None and last.kind == "stopped"
             # best/ exists once an epoch of this run improved; before that only last/ does.
             has_best = last is not None and last.best_epoch is not None
-            path = out / ("best" if has_best else "last")
-            yield ("model", {"kind": kind, "path": str(path), "last": str(out / "last"),
+            # A self-training run stopped between rounds ends with an earlier round's folder.
+            run_dir = Path(last.checkpoint).parent if last is not None and last.checkpoint \
+                else out
+            path = run_dir / ("best" if has_best else "last")
+            yield ("model", {"kind": kind, "path": str(path), "last": str(run_dir / "last"),
                              "stopped": stopped, "name": run_label(kind, last)})
             if stopped:
                 break

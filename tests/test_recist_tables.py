@@ -435,9 +435,16 @@ def test_by_default_prompted_models_train_on_lesion_sized_patches(tmp_path, caps
     assert side("a1") == 120.0 and side("prompted") is None
 
 
-def test_table_benchmark_gives_each_kind_its_own_patches_and_says_so(tmp_path):
+def test_table_benchmark_gives_each_kind_its_own_patches_and_says_so(tmp_path, monkeypatch):
     import json
 
+    from napari_recist_seg.learning import report
+
+    drawn = []
+    plot = report.plot_overlays
+    monkeypatch.setattr(report, "plot_overlays", lambda images, truths, predictions, *a, **k:
+                        drawn.append((images, truths, predictions)) or plot(
+                            images, truths, predictions, *a, **k))
     slices = [*DL_SLICES, (6, 9, (8,), [(20, 44, 8), (40, 20, 6)], 3)]
     table = write_deeplesion(tmp_path / "dl", slices, masks=True)
     out = tmp_path / "bench"
@@ -448,6 +455,10 @@ def test_table_benchmark_gives_each_kind_its_own_patches_and_says_so(tmp_path):
     assert results["training"]["prompted"]["crop_px"] is None
     methods = results["tests"]["test split"]["methods"]
     assert {"a1", "prompted", "quarter_ellipse"} <= set(methods)
-    report = (out / "report.md").read_text(encoding="utf-8")
+    text = (out / "report.md").read_text(encoding="utf-8")
     assert ("a1 on 120 px patches; prompted on patches twice the lesion's long axis"
-            in report)
+            in text)
+    # The overlays show every method in the same patch as the image and the true mask.
+    ((images, truths, predictions),) = drawn
+    for kind in ("a1", "prompted", "quarter_ellipse"):
+        assert [m.shape for m in predictions[kind]] == [t.shape for t in truths]

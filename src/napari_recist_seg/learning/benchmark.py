@@ -576,7 +576,10 @@ def run_table_benchmark(
                 for (_, r), pred in zip(members, lesion_masks):
                     box = _lesion_box(_scoring_transform(r, model), pred.shape)
                     rows.append(segmentation_metrics(pred[box], _own_truth(truths, r)[box]))
-                    preds.append(pred[box])
+                    if len(preds) < config.examples:
+                        # Overlays show every method in the reference rows' patch.
+                        shown = _scoring_transform(r, None, config.size, DEFAULT_CROP_PX)
+                        preds.append(pred[_lesion_box(shown, pred.shape)])
             scores.setdefault(kind, []).append(rows)
             if seed == 0:
                 examples[kind] = preds[: config.examples]

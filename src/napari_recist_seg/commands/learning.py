@@ -248,19 +248,17 @@ def _train(args) -> int:
         if args.n_train is not None:
             raise ValueError("--n-train applies to image+mask folders; a table trains on its "
                              "training rows")
-        data_for = _table_data(args)
+        sets = _table_data(args, models)
     else:
         folder = load_folder(args.data, args.n_train, progress=lambda it, d: progress(it, d))
         data = prepare_whole_images(folder.images, folder.recists, size=args.size, k=args.k,
                                     pseudo_mask_method=args.pseudo_mask, seed=args.seed)
         print(f"{len(data.train_indices)} training and {len(data.val_indices)} validation "
               f"images, {data.grouping.k} RECIST groups")
-
-        def data_for(kind):
-            return data
+        sets = dict.fromkeys(models, data)
     bars = TrainingBars()
     for kind in models:
-        data = data_for(kind)
+        data = sets[kind]
         config = TrainConfig(kind=kind, encoder=_encoder(args), input_size=args.size,
                              in_channels=data.train_set.n_channels, n_groups=data.grouping.k,
                              epochs=args.epochs, batch_size=args.batch,
@@ -291,34 +289,30 @@ def _train(args) -> int:
     return 0
 
 
-def _table_data(args):
-    """``kind -> PreparedData`` of a lesion table: one set per patch side the kinds train on
-    (``--crop auto`` gives prompted models lesion-sized patches), each read once."""
-    from ..learning.preparation import crop_px_for, prepare_from_table
+def _table_data(args, models) -> dict:
+    """Each model kind's training and validation sets of a lesion table (``--crop auto``
+    gives prompted models lesion-sized patches); each patch side is read once and described."""
+    from ..learning.preparation import crop_px_for, prepare_table_for_kinds
 
-    prepared = {}
-
-    def data_for(kind):
+    sets = prepare_table_for_kinds(
+        args.data, models, args.images, crop_px=args.crop, size=args.size,
+        neighbours=args.neighbours, slice_gap_mm=args.slice_gap_mm, window=args.window,
+        k=args.k, pseudo_mask_method=args.pseudo_mask, seed=args.seed)
+    described = set()
+    for kind, data in sets.items():
+        if id(data) in described:
+            continue
+        described.add(id(data))
         side = crop_px_for(kind, args.crop)
-        if side not in prepared:
-            data = prepare_from_table(args.data, args.images, size=args.size, crop_px=side,
-                                      neighbours=args.neighbours,
-                                      slice_gap_mm=args.slice_gap_mm, window=args.window,
-                                      k=args.k, pseudo_mask_method=args.pseudo_mask,
-                                      seed=args.seed)
-            held_out = len(data.table) - len(data.train_indices) - len(data.val_indices)
-            patches = ("patches twice each lesion's long axis" if side is None
-                       else f"{side:g} px patches")
-            print(f"{len(data.train_indices)} training and {len(data.val_indices)} validation "
-                  f"lesions from {data.table.path}" + (f" ({held_out} test rows not used)"
-                                                        if held_out else "")
-                  + f", {data.train_set.n_channels} input channels, {data.grouping.k} RECIST "
-                  f"groups, "
-                  f"{patches}")
-            prepared[side] = data
-        return prepared[side]
-
-    return data_for
+        held_out = len(data.table) - len(data.train_indices) - len(data.val_indices)
+        patches = ("patches twice each lesion's long axis" if side is None
+                   else f"{side:g} px patches")
+        print(f"{len(data.train_indices)} training and {len(data.val_indices)} validation "
+              f"lesions from {data.table.path}"
+              + (f" ({held_out} test rows not used)" if held_out else "")
+              + f", {data.train_set.n_channels} input channels, {data.grouping.k} RECIST "
+              f"groups, {patches}")
+    return sets
 
 
 def _report_round(targets) -> None:

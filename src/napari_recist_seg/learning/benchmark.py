@@ -29,6 +29,7 @@ from .preparation import (
     DEFAULT_CROP_PX,
     crop_px_for,
     prepare_crops,
+    prepare_table_for_kinds,
     prepare_whole_images,
 )
 from .self_training import RoundTargets, check_rounds, self_train
@@ -336,24 +337,32 @@ def _folder_truth(folder: LoadedFolder, data) -> dict:
             for name, idx in (("train", data.train_indices), ("val", data.val_indices))}
 
 
-def _table_truth(table, data, mask_dir: Path) -> dict:
-    """True masks of a table's training and validation lesions, where ``mask_dir`` holds
-    their key slices' masks (each lesion's own part of it)."""
-    from ..data.image_folders import load_mask
+class _TrainingTruth:
+    """True masks of a table's training and validation lesions, where the masks folder holds
+    their key slices' masks (each lesion's own part of it); each slice is read once per
+    benchmark, whatever the seeds and models."""
 
-    slices: dict[str, np.ndarray | None] = {}
+    def __init__(self, table, mask_dir: Path):
+        self.table = table
+        self.mask_dir = mask_dir
+        self._slices: dict[str, np.ndarray | None] = {}
 
-    def truth(row):
-        if row.image not in slices:
-            f = mask_dir / row.image
-            slices[row.image] = load_mask(f) > 0 if f.is_file() else None
-        whole = slices[row.image]
+    def _truth(self, row):
+        from ..data.image_folders import load_mask
+
+        if row.image not in self._slices:
+            f = self.mask_dir / row.image
+            self._slices[row.image] = load_mask(f) > 0 if f.is_file() else None
+        whole = self._slices[row.image]
         if whole is None:
             return None
         return truth_under_recist(whole, row.recist.long_axis, row.recist.short_axis)
 
-    return {name: (lambda i, idx=idx: truth(table.rows[int(idx[i])]))
-            for name, idx in (("train", data.train_indices), ("val", data.val_indices))}
+    def of(self, data) -> dict:
+        """``truth_of`` of ``_train_and_record`` for the sets of ``data``."""
+        rows = self.table.rows
+        return {name: (lambda i, idx=idx: self._truth(rows[int(idx[i])]))
+                for name, idx in (("train", data.train_indices), ("val", data.val_indices))}
 
 
 def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, seed: int,
@@ -505,8 +514,6 @@ def run_table_benchmark(
     from ..data.image_folders import load_mask
     from ..data.recist_sources import read_lesion_table
     from .inference import _predict_stacks, load_model
-    from .preparation import prepare_from_table
-
     out = Path(out_dir)
     check_rounds(config.self_training_rounds)
     if not overwrite:
@@ -548,21 +555,20 @@ def run_table_benchmark(
     examples: dict[str, list[np.ndarray]] = {}
     stopped = False
     data = None
+    training_truth = _TrainingTruth(table, mask_dir)
     for seed in range(config.seeds):
-        prepared: dict = {}  # one data set per patch side the models ask for
+        sets = prepare_table_for_kinds(
+            table.path, config.models, images, crop_px=crop_px, size=config.size,
+            window=window, k=config.k, pseudo_mask_method=config.pseudo_mask, seed=seed)
         for kind in config.models:
-            side = crop_px_for(kind, crop_px)
-            if side not in prepared:
-                prepared[side] = prepare_from_table(
-                    table.path, images, size=config.size, crop_px=side, window=window,
-                    k=config.k, pseudo_mask_method=config.pseudo_mask, seed=seed)
-            data = prepared[side]
+            data = sets[kind]
             results["n_train"] = len(data.train_indices)
-            results["training"].setdefault(kind, {"seeds": []})["crop_px"] = side
+            results["training"].setdefault(kind, {"seeds": []})["crop_px"] = crop_px_for(
+                kind, crop_px)
             run_dir, best, stopped = _train_and_record(
                 results, data, config, kind, seed, data.train_set.n_channels, out,
                 stop=stop, overwrite=overwrite, on_event=on_event,
-                truth_of=_table_truth(table, data, mask_dir))
+                truth_of=training_truth.of(data))
             if best is None or truths is None:
                 if stopped:
                     break

@@ -20,6 +20,7 @@ __all__ = [
     "default_k",
     "prepare_crops",
     "prepare_from_table",
+    "prepare_table_for_kinds",
     "prepare_whole_images",
     "split_indices",
     "split_table",
@@ -362,3 +363,35 @@ def prepare_from_table(
     for ds in (train_set, val_set):
         ds.preprocessing["source"] = dict(source)
     return PreparedData(train_set, val_set, grouping, train_idx, val_idx, table)
+
+
+def prepare_table_for_kinds(path, kinds, images=None, *, crop_px=AUTO_CROP,
+                            **settings) -> dict[str, PreparedData]:
+    """``prepare_from_table`` for each model kind of ``kinds``, on its own patch side.
+
+    Kinds that train on the same side (``crop_px_for``) share one ``PreparedData``, read and
+    prepared once.
+
+    Parameters
+    ----------
+    path, images
+        As in ``prepare_from_table``.
+    kinds : sequence of str
+    crop_px : float, None or ``AUTO_CROP``
+        See ``crop_px_for``.
+    **settings
+        The other arguments of ``prepare_from_table``.
+
+    Returns
+    -------
+    dict
+        Kind -> its training and validation sets, in the order of ``kinds``.
+    """
+    by_side: dict = {}
+    out = {}
+    for kind in kinds:
+        side = crop_px_for(kind, crop_px)
+        if side not in by_side:
+            by_side[side] = prepare_from_table(path, images, crop_px=side, **settings)
+        out[kind] = by_side[side]
+    return out

@@ -192,10 +192,8 @@ def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> It
         return
     prepare_torch_import()
     from ..learning.preparation import (
-        AUTO_CROP,
-        crop_px_for,
         prepare_crops,
-        prepare_from_table,
+        prepare_table_for_kinds,
         prepare_whole_images,
     )
     from ..learning.self_training import self_train
@@ -216,13 +214,12 @@ def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> It
         return
     common = dict(size=job.input_size, val_fraction=job.val_fraction, k=job.k,
                   pseudo_mask_method=job.pseudo_mask_method, seed=job.seed)
-    by_side = {}
+    sets = {}
     if job.table is not None:
+        yield ("status", f"reading {job.table}, making pseudo-masks and groups")
         # Each model kind trains on its own patch side (prompted: sized to the lesion).
-        for side in dict.fromkeys(crop_px_for(kind, AUTO_CROP) for kind in job.kinds):
-            yield ("status", f"reading {job.table}, making pseudo-masks and groups")
-            by_side[side] = prepare_from_table(job.table, crop_px=side, **common)
-        data, mode = next(iter(by_side.values())), "crops"
+        sets = prepare_table_for_kinds(job.table, job.kinds, **common)
+        data, mode = sets[job.kinds[0]], "crops"
     elif mode == "crops":
         yield ("status", f"making pseudo-masks and groups for {len(recists)} lesions")
         data = prepare_crops(images, recists, image_index=job.image_index, slices=job.slices,
@@ -240,8 +237,7 @@ def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> It
         for kind in job.kinds:
             if stop():
                 break
-            if by_side:
-                data = by_side[crop_px_for(kind, AUTO_CROP)]
+            data = sets.get(kind, data)
             config = TrainConfig(
                 kind=kind, encoder=job.encoder, input_size=job.input_size,
                 in_channels=in_channels,

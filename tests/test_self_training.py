@@ -87,6 +87,8 @@ def test_rounds_train_fresh_networks_on_the_refined_targets(tmp_path):
     assert np.array_equal(data.train_set.pseudo_mask(0), seen[0].previous_train_masks[0])
     assert [e.message.split(" all")[0] for e in events if e.kind == "finished"] == [
         "first training", "self-training round 1 of 1"]
+    assert [e.stage for e in events if e.kind == "start"] == [
+        "first training", "self-training round 1 of 1"]
     saved = json.loads((final / "best" / "config.json").read_text())
     assert saved["self_training"]["round"] == 1 and saved["self_training"]["rounds"] == 1
 
@@ -121,7 +123,10 @@ def test_train_command_runs_rounds_and_refuses_resume_with_them(tmp_path, capsys
     assert code == 0
     assert (out / "prompted" / "round-0" / "best").is_dir()
     assert (out / "prompted" / "best").is_dir()
-    assert "before self-training round 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "before self-training round 1" in err
+    assert "prompted (seed 0, first training)" in err
+    assert "prompted (seed 0, self-training round 1 of 1)" in err
     # A second run into the same folder is refused, naming the round's folder.
     code = main(["train", str(data), "--out", str(out), "--models", "prompted", "--size", "32",
                  "--epochs", "1", "--batch", "4", "--self-training-rounds", "1"])

@@ -293,6 +293,24 @@ def test_training_from_a_recist_table_chosen_with_the_file_chooser(
     assert widget.worker is None and "missing.csv is not a file" in notifications[-1][1]
 
 
+def test_an_edge_aware_loss_weight_typed_into_the_form_reaches_the_trainer(
+        make_napari_viewer, qtbot, tmp_path, tiny, notifications):
+    viewer = make_napari_viewer()
+    _ct_layers(viewer)
+    widget = _widget(viewer)
+    field = widget.form.crf_weight.native
+    assert field.text() == "auto" and widget.form.values()["crf_weight"] is None
+    out = tmp_path / "models"
+    fill_training_form(qtbot, widget, out, kinds=("a1",), epochs=1, batch=2)
+    type_number(qtbot, field, 30)
+    messages = _run(qtbot, widget, widget.start_button)
+    assert _event_kinds(messages)[-2:] == ["finished", "model"], notifications
+    losses = [m[1]["losses"] for m in messages if m[0] == "event" and m[1]["kind"] == "step"]
+    assert losses and all("crf" in terms for terms in losses)
+    saved = json.loads((out / "a1" / "best" / "config.json").read_text(encoding="utf-8"))
+    assert saved["train_config"]["crf_weight"] == 30.0
+
+
 def test_self_training_rounds_typed_into_the_form_train_each_round(
         make_napari_viewer, qtbot, tmp_path, tiny, monkeypatch, notifications):
     from napari_recist_seg.plugin.widgets import training_widget

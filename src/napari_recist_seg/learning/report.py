@@ -172,6 +172,16 @@ def _patches(results: dict) -> str:
     return "; ".join(f"{kind} on {_patch_words(side)}" for kind, side in sides.items())
 
 
+def _crf_words(results: dict) -> str:
+    """Which models trained with the edge-aware pairwise loss, and its weight."""
+    weights = {kind: t["crf_weight"] for kind, t in results["training"].items()
+               if t.get("crf_weight")}
+    if not weights:
+        return ""
+    return " Edge-aware pairwise loss: " + ", ".join(
+        f"{kind} weight {w:g}" for kind, w in weights.items()) + "."
+
+
 def _self_training_lines(results: dict) -> list[str]:
     """The self-training rounds: how far each refinement moved the targets and, where the
     training data's true masks are known, how good the targets were (mean over seeds)."""
@@ -231,7 +241,7 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
     lines += [
         f"{source} Encoder {cfg.get('encoder')}, input {cfg.get('size')} px, at most "
         f"{cfg.get('epochs')} epochs, {seeds} seed(s)"
-        f"{' (mean ± std over seeds)' if seeds > 1 else ''}.",
+        f"{' (mean ± std over seeds)' if seeds > 1 else ''}.{_crf_words(results)}",
         "",
         "## Training",
         "",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..core.training_targets import self_training_target
-from .inference import _run, load_model
+from .inference import batch_probabilities, load_model
 from .model_kinds import MODEL_REGISTRY
 from .run_folders import RunFolderOccupied, find_run, round_folders, round_name
 from .train_config import MAX_ROUNDS, TrainConfig, check_rounds
@@ -101,7 +101,7 @@ def refine_targets(model, dataset, *, batch_size: int = 16, threshold: float = 0
         idx = range(start, min(n, start + int(batch_size)))
         images = np.stack([plain[i]["image"].numpy() for i in idx])
         prompts = np.stack([plain.prompt_of(i) for i in idx]) if prompted else None
-        prob, _ = _run(model, images, True, prompts)
+        prob, _ = batch_probabilities(model, images, True, prompts)
         for j, i in enumerate(idx):
             out[i] = self_training_target(prob[j], plain.recists[i], threshold=threshold)
         if progress is not None:
@@ -139,7 +139,8 @@ def self_train(
     Yields
     ------
     TrainEvent
-        Every round's events; ``message`` starts with the round's ``round_name``.
+        Every round's events; ``stage`` is the round's ``round_name``, which also starts
+        ``message``.
 
     Raises
     ------
@@ -167,7 +168,8 @@ def self_train(
         for event in train(train_set, val_set, config, folder, grouping=grouping,
                            extra_config=facts, stop=stop, overwrite=overwrite):
             if rounds:
-                event.message = " ".join(filter(None, (round_name(r, rounds), event.message)))
+                event.stage = round_name(r, rounds)
+                event.message = " ".join(filter(None, (event.stage, event.message)))
             last = event
             yield event
         if last is None or last.kind == "stopped" or r == rounds:

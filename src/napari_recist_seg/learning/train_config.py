@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass
 
 from .model_kinds import MODEL_KINDS, model_kind
 
-__all__ = ["AMP_SETTINGS", "MAX_GROUPS", "MAX_INPUT_SIZE", "MAX_IN_CHANNELS", "MAX_ROUNDS",
-           "MODEL_KINDS", "TrainConfig", "check_rounds"]
+__all__ = ["AMP_SETTINGS", "DEFAULT_CRF_WEIGHT", "MAX_GROUPS", "MAX_INPUT_SIZE",
+           "MAX_IN_CHANNELS", "MAX_ROUNDS", "MODEL_KINDS", "TrainConfig", "check_rounds",
+           "default_crf_weight"]
 
 # Upper bounds: far above any real use, low enough that no setting makes a network of absurd
 # size (a config file may come from anywhere).
@@ -73,6 +74,7 @@ class TrainConfig:
     w_seg: float | None = None
     w_cls: float | None = None
     dice_weight: float = 0.0
+    crf_weight: float | None = None
     pairing: str = "same_group"
     encoder_weights: str | None = None
     prompt_jitter: float = 2.0
@@ -96,6 +98,14 @@ class TrainConfig:
         if self.prior_dropout is not None:
             return float(self.prior_dropout)
         return 0.0 if self.uses_prior_residual else 0.5
+
+    @property
+    def training_crf_weight(self) -> float:
+        """The weight of the edge-aware pairwise loss term (``crf_weight`` resolved with
+        ``default_crf_weight``)."""
+        if self.crf_weight is not None:
+            return float(self.crf_weight)
+        return default_crf_weight(self.kind, self.in_channels)
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
@@ -126,6 +136,9 @@ class TrainConfig:
         if not 0 <= self.prompt_jitter <= 0.25 * self.input_size:
             raise ValueError(f"prompt_jitter must be between 0 and a quarter of input_size, "
                              f"got {self.prompt_jitter}")
+        if self.crf_weight is not None and not (self.crf_weight >= 0
+                                                and math.isfinite(self.crf_weight)):
+            raise ValueError(f"crf_weight must be a number >= 0, got {self.crf_weight}")
         if self.prior_dropout is not None and not 0 <= self.prior_dropout <= 1:
             raise ValueError(f"prior_dropout must be in [0, 1], got {self.prior_dropout}")
         if self.prior_residual and not entry.prompted:
@@ -143,6 +156,22 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+#: Weight of the edge-aware pairwise loss term where it is on by default.
+DEFAULT_CRF_WEIGHT = 100.0
+
+
+def default_crf_weight(kind: str, in_channels: int) -> float:
+    """The edge-aware pairwise loss weight a model trains with unless told otherwise.
+
+    On for prompted models on colour images: on a held-out part of the ISIC training folder
+    it lifted the prompted model from 0.929 to 0.941 Dice (weight 100; 20 gave 0.937, 400
+    0.921). Off elsewhere: on the CT-like set's validation split it lowered the prompted model
+    from 0.904 to 0.875, shrinking lesions whose edges are faint next to the patch's bone and
+    air.
+    """
+    return DEFAULT_CRF_WEIGHT if model_kind(kind).prompted and in_channels == 3 else 0.0
 
 
 def check_rounds(rounds) -> int:

@@ -56,6 +56,8 @@ class TrainEvent:
     honoured; ``checkpoint`` is resumable) or "finished" (all epochs run or early stopping).
     ``epoch`` counts from 1: the epoch in progress for "start", "step" and "stopped", the
     epoch just completed for "epoch" and "finished"; ``step`` counts steps done in it.
+    ``stage`` names the training within a longer run ("first training", "self-training round
+    1 of 2"; see ``self_training``), empty for a single training.
     """
 
     kind: str
@@ -73,6 +75,7 @@ class TrainEvent:
     best_epoch: int | None = None
     checkpoint: str | None = None
     message: str = ""
+    stage: str = ""
 
     @property
     def progress(self) -> float:
@@ -579,7 +582,7 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = make_loss(config.kind, w_seg=config.w_seg, w_cls=config.w_cls,
-                        dice_weight=config.dice_weight)
+                        dice_weight=config.dice_weight, crf_weight=config.training_crf_weight)
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     n_train = len(train_set)

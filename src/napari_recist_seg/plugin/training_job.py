@@ -102,6 +102,9 @@ class TrainingJob:
     #: each RECIST's trimap (``learning.self_training``); earlier rounds go to
     #: ``out_dir/<kind>/round-R``.
     self_training_rounds: int = 0
+    #: Weight of the edge-aware pairwise loss (``TrainConfig.crf_weight``); None: the
+    #: trainer's default for each model kind and image.
+    crf_weight: float | None = TrainConfig.crf_weight
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -115,6 +118,9 @@ class TrainingJob:
         if self.mode not in ("whole_image", "crops"):
             raise ValueError(f"mode must be 'whole_image' or 'crops', got {self.mode!r}")
         check_rounds(self.self_training_rounds)
+        if self.crf_weight is not None and not self.crf_weight >= 0:
+            raise ValueError(f"the edge-aware loss weight must be 0 or more, got "
+                             f"{self.crf_weight}")
         if self.resume and self.self_training_rounds:
             raise ValueError("Resume continues one training run; self-training rounds start "
                              "afresh: set the rounds to 0 to resume")
@@ -243,7 +249,7 @@ def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> It
                 in_channels=in_channels,
                 n_groups=int(data.grouping.k) if MODEL_REGISTRY[kind].groups else None,
                 epochs=job.epochs, batch_size=job.batch_size, lr=job.lr, patience=job.patience,
-                seed=job.seed, device=job.device,
+                seed=job.seed, device=job.device, crf_weight=job.crf_weight,
                 # Batches are built where training runs: forking DataLoader workers from a
                 # process that holds Qt (or from the viewer's child) is not safe.
                 num_workers=0,

@@ -53,6 +53,10 @@ def _lookup_devices() -> list[str]:
     return ["auto", *[d for d in available_devices() if d != "auto"]]
 
 
+#: The edge-aware loss field's lowest value, shown as "auto": the trainer's default.
+_AUTO = -1.0
+
+
 def _settings(**values) -> None:
     """Fields of the form (magicgui builds one widget per parameter of the signature below)."""
 
@@ -70,6 +74,8 @@ _settings.__signature__ = inspect.Signature([
           ("lr", float, _DEFAULTS["lr"]),
           ("k", int, 0),
           ("self_training_rounds", int, _DEFAULTS["self_training_rounds"]),
+          ("crf_weight", float, _AUTO if _DEFAULTS["crf_weight"] is None
+           else _DEFAULTS["crf_weight"]),
           ("device", str, "auto"),
           ("out_dir", Path, _DEFAULT_OUTPUT),
           ("separate_process", bool, True),
@@ -132,6 +138,11 @@ class TrainingForm:
                 "label": "Self-training rounds", "min": 0, "max": MAX_ROUNDS,
                 "tooltip": "After training, retrain this many times on the last network's "
                            "masks, kept within what each RECIST allows (0: off)"},
+            crf_weight={
+                "label": "Edge-aware loss", "min": _AUTO, "max": 10000.0, "step": 10.0,
+                "tooltip": "Weight of a loss that makes outlines follow the image's edges "
+                           "(auto: 100 for prompted models on colour images, else off; "
+                           "0: off)"},
             device={"label": "Device", "widget_type": "ComboBox", "choices": _device_choices,
                     "tooltip": "auto: CUDA, then Apple MPS, then the CPU"},
             out_dir={"label": "Output", "mode": "d",
@@ -142,7 +153,9 @@ class TrainingForm:
         )
         self.widget = gui
         gui.lr.native.setDecimals(6)
-        for name in ("input_size", "epochs", "batch_size", "k", "lr", "self_training_rounds"):
+        gui.crf_weight.native.setSpecialValueText("auto")  # shown at the minimum, _AUTO
+        for name in ("input_size", "epochs", "batch_size", "k", "lr", "self_training_rounds",
+                     "crf_weight"):
             # Read the number when typing ends: tracking each key clamps "3" of "32" to the
             # minimum 16 at once, and "32" becomes "162".
             gui[name].native.setKeyboardTracking(False)
@@ -191,4 +204,5 @@ class TrainingForm:
             device=str(gui.device.value),
             k=None if k < 2 else k,
             self_training_rounds=int(gui.self_training_rounds.value),
+            crf_weight=None if gui.crf_weight.value <= _AUTO else float(gui.crf_weight.value),
         )

@@ -135,6 +135,7 @@ def test_prompted_models_on_colour_images_use_it_unless_told_otherwise():
 
 def test_the_benchmark_says_which_models_trained_with_it(tmp_path):
     from napari_recist_seg.cli import main
+    from napari_recist_seg.learning.train_config import DEFAULT_CRF_WEIGHT
 
     from ._folders import make_isic_folder
     from ._learning_data import quick
@@ -147,10 +148,10 @@ def test_the_benchmark_says_which_models_trained_with_it(tmp_path):
                      str(out), "--models", "prompted,a1", "--epochs", "1", "--size", "32",
                      "--batch", "4"]) == 0
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    assert results["training"]["prompted"]["crf_weight"] == 100.0
+    assert results["training"]["prompted"]["crf_weight"] == DEFAULT_CRF_WEIGHT > 0
     assert results["training"]["a1"]["crf_weight"] == 0.0
     saved = json.loads((out / "runs" / "prompted-seed0" / "best" / "config.json").read_text(
         encoding="utf-8"))
     assert saved["train_config"]["crf_weight"] is None  # resolved at training time
     report = (out / "report.md").read_text(encoding="utf-8")
-    assert "Edge-aware pairwise loss: prompted weight 100." in report
+    assert f"Edge-aware pairwise loss: prompted weight {DEFAULT_CRF_WEIGHT:g}." in report

@@ -79,10 +79,13 @@ def _encoder_weights_option(p) -> None:
 
 
 def _crf_option(p) -> None:
+    from ..learning.train_config import DEFAULT_CRF_WEIGHT
+
     p.add_argument("--crf-weight", type=float, default=None, metavar="W",
                    help="weight of an edge-aware pairwise loss that asks neighbouring pixels "
                         "of similar colour to agree, so outlines follow the image's edges "
-                        "(default: 100 for prompted models on colour images, else 0: off)")
+                        f"(default: {DEFAULT_CRF_WEIGHT:g} for prompted models on colour images, "
+                        f"else 0: off)")
 
 
 def _prompted_options(p) -> None:

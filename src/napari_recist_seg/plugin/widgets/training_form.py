@@ -17,7 +17,7 @@ from magicgui import magicgui
 from qtpy.QtCore import QEvent, QObject
 
 from ...learning.model_kinds import MODEL_KINDS, MODEL_REGISTRY, colour_of
-from ...learning.train_config import MAX_ROUNDS
+from ...learning.train_config import DEFAULT_CRF_WEIGHT, MAX_ROUNDS
 from ..remembered_settings import load_settings, save_settings
 from ..training_job import TrainingJob, prepare_torch_import
 
@@ -141,8 +141,8 @@ class TrainingForm:
             crf_weight={
                 "label": "Edge-aware loss", "min": _AUTO, "max": 10000.0, "step": 10.0,
                 "tooltip": "Weight of a loss that makes outlines follow the image's edges "
-                           "(auto: 100 for prompted models on colour images, else off; "
-                           "0: off)"},
+                           f"(auto: {DEFAULT_CRF_WEIGHT:g} for prompted models on colour "
+                           f"images, else off; 0: off)"},
             device={"label": "Device", "widget_type": "ComboBox", "choices": _device_choices,
                     "tooltip": "auto: CUDA, then Apple MPS, then the CPU"},
             out_dir={"label": "Output", "mode": "d",

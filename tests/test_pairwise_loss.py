@@ -125,12 +125,30 @@ def test_prompted_models_on_colour_images_use_it_unless_told_otherwise():
         default_crf_weight,
     )
 
-    assert TrainConfig(kind="prompted", in_channels=3).training_crf_weight == DEFAULT_CRF_WEIGHT
-    assert TrainConfig(kind="prompted", in_channels=1).training_crf_weight == 0.0
-    assert TrainConfig(kind="a1", in_channels=3).training_crf_weight == 0.0
-    assert TrainConfig(kind="a1", crf_weight=5.0).training_crf_weight == 5.0
-    assert TrainConfig(kind="prompted", crf_weight=0.0).training_crf_weight == 0.0
-    assert default_crf_weight("multitask", 3) == 0.0
+    assert TrainConfig(kind="prompted").crf_weight_for(colour=True) == DEFAULT_CRF_WEIGHT
+    assert TrainConfig(kind="prompted").crf_weight_for(colour=False) == 0.0
+    assert TrainConfig(kind="a1").crf_weight_for(colour=True) == 0.0
+    assert TrainConfig(kind="a1", crf_weight=5.0).crf_weight_for(colour=False) == 5.0
+    assert TrainConfig(kind="prompted", crf_weight=0.0).crf_weight_for(colour=True) == 0.0
+    assert default_crf_weight("multitask", True) == 0.0
+
+
+def test_colour_means_a_photograph_not_a_ct_slice_with_its_neighbours(tmp_path):
+    from napari_recist_seg.learning.preparation import prepare_from_table, prepare_whole_images
+
+    from ._learning_data import dermoscopy
+    from ._recist_table_data import write_deeplesion
+
+    images, recists = dermoscopy()
+    rgb = prepare_whole_images(images, recists, size=32, val_fraction=0.25, k=2)
+    assert rgb.train_set.n_channels == 3 and rgb.train_set.colour
+    grey = prepare_whole_images([im.mean(axis=-1) for im in images], recists, size=32,
+                                val_fraction=0.25, k=2)
+    assert grey.train_set.n_channels == 1 and not grey.train_set.colour
+    write_deeplesion(tmp_path / "dl")
+    table = prepare_from_table(tmp_path / "dl" / "DL_info.csv", size=32, k=2)
+    # A slice and its two neighbours make three channels, none of them a colour.
+    assert table.train_set.n_channels == 3 and not table.train_set.colour
 
 
 def test_the_benchmark_says_which_models_trained_with_it(tmp_path):

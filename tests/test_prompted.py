@@ -313,6 +313,8 @@ def test_prompted_from_a_deeplesion_table_with_trimap_targets_end_to_end(tmp_pat
     assert {"prompted", "a1", "quarter_ellipse"} <= set(block["methods"])
     pairs = {(c["a"], c["b"]) for c in block["comparisons"]}
     assert ("prompted", "quarter_ellipse") in pairs and ("prompted", "a1") in pairs
+    # CT slices with their neighbours as channels are not colour: no edge-aware loss.
+    assert results["training"]["prompted"]["crf_weight"] == 0.0
 
 
 # -- training targets --------------------------------------------------------------------------

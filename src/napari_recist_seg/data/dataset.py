@@ -809,6 +809,16 @@ class LesionDataset(Dataset):
             return np.arange(n)
         return np.random.default_rng([self.seed, self.epoch, 0, 0]).permutation(n)
 
+    @property
+    def colour(self) -> bool:
+        """Whether the channels are a photograph's colours, rather than one grey image or a
+        CT slice with its neighbours."""
+        pre = getattr(self, "preprocessing", None) or {}
+        source = pre.get("source")
+        if isinstance(source, dict) and "colour" in source:
+            return bool(source["colour"])
+        return self.n_channels == 3 and not pre.get("context")
+
     def with_prompt(self, jitter: float = 2.0, prior_dropout: float = 0.5) -> LesionDataset:
         """A view of this data set whose items also hold the RECIST prompt channels.
 

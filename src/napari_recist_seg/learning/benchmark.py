@@ -410,7 +410,7 @@ def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, s
     history = _history(run_dir)
     best = last.best_epoch if last is not None else None
     entry = results["training"].setdefault(kind, {"seeds": []})
-    entry["crf_weight"] = tc.training_crf_weight
+    entry["crf_weight"] = tc.crf_weight_for(data.train_set.colour)
     entry["seeds"].append({
         "seed": seed,
         "train_seconds": seconds,

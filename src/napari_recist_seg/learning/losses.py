@@ -76,7 +76,7 @@ def edge_aware_pairwise_loss(logits: torch.Tensor, image: torch.Tensor, *, radiu
     stride : int, optional
         Average-pool both inputs by this factor first. None: one coarse pixel per 64th of the
         logits' side, so the neighbourhood covers the same share of the network's input
-        whatever its size (about a twelfth of a side), and the cost stays a fraction of the
+        whatever its size (about a thirteenth of a side), and the cost stays a fraction of the
         network's.
 
     Returns

@@ -582,7 +582,8 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = make_loss(config.kind, w_seg=config.w_seg, w_cls=config.w_cls,
-                        dice_weight=config.dice_weight, crf_weight=config.training_crf_weight)
+                        dice_weight=config.dice_weight, crf_weight=config.crf_weight_for(
+                            bool(getattr(train_set, "colour", False))))
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     n_train = len(train_set)

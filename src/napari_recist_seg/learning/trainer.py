@@ -25,6 +25,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -714,7 +715,14 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
                     else:
                         optimizer.step()
                     if scheduler is not None:
-                        scheduler.step()
+                        with warnings.catch_warnings():
+                            # The gradient scaler skips the optimiser's step while it finds
+                            # its scale (infinite fp16 gradients); the schedule still follows
+                            # the step count, which torch mistakes for a wrong call order.
+                            warnings.filterwarnings(
+                                "ignore", message=r"Detected call of `lr_scheduler\.step\(\)` "
+                                r"before `optimizer\.step\(\)`", category=UserWarning)
+                            scheduler.step()
                     global_step += 1
                     for k, v in terms.items():
                         running[k] = running.get(k, 0.0) + float(v)

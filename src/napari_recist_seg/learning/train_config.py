@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 from .model_kinds import MODEL_KINDS, model_kind
 
 __all__ = ["AMP_SETTINGS", "DEFAULT_CRF_WEIGHT", "MAX_GROUPS", "MAX_INPUT_SIZE",
-           "MAX_IN_CHANNELS", "MAX_ROUNDS", "MODEL_KINDS", "TrainConfig", "check_rounds",
+           "MAX_IN_CHANNELS", "MAX_ROUNDS", "MODEL_KINDS", "TrainConfig", "check_crf_weight",
+           "check_rounds",
            "default_crf_weight"]
 
 # Upper bounds: far above any real use, low enough that no setting makes a network of absurd
@@ -135,9 +136,7 @@ class TrainConfig:
         if not 0 <= self.prompt_jitter <= 0.25 * self.input_size:
             raise ValueError(f"prompt_jitter must be between 0 and a quarter of input_size, "
                              f"got {self.prompt_jitter}")
-        if self.crf_weight is not None and not (self.crf_weight >= 0
-                                                and math.isfinite(self.crf_weight)):
-            raise ValueError(f"crf_weight must be a number >= 0, got {self.crf_weight}")
+        check_crf_weight(self.crf_weight)
         if self.prior_dropout is not None and not 0 <= self.prior_dropout <= 1:
             raise ValueError(f"prior_dropout must be in [0, 1], got {self.prior_dropout}")
         if self.prior_residual and not entry.prompted:
@@ -174,6 +173,18 @@ def default_crf_weight(kind: str, colour: bool) -> float:
     0.838 to 0.797 (100).
     """
     return DEFAULT_CRF_WEIGHT if model_kind(kind).prompted and colour else 0.0
+
+
+def check_crf_weight(weight) -> float | None:
+    """``weight`` as a float (None stays None: the default), or ValueError unless it is a
+    finite number of 0 or more."""
+    if weight is None:
+        return None
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
+            weight >= 0 and math.isfinite(weight)):
+        raise ValueError(f"crf_weight (the edge-aware loss weight) must be a number >= 0, "
+                         f"got {weight!r}")
+    return float(weight)
 
 
 def check_rounds(rounds) -> int:

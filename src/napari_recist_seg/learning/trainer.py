@@ -329,6 +329,22 @@ def _with_prompt(dataset, config: TrainConfig, name: str):
     return dataset
 
 
+@contextlib.contextmanager
+def _skipped_first_step_unreported():
+    """Silence torch's call-order warning for the schedule's first step under fp16.
+
+    The gradient scaler skips the optimiser's step while it finds its scale (infinite fp16
+    gradients); the schedule still follows the step count, which torch mistakes for a wrong
+    call order. Entered once per run, as ``catch_warnings`` swaps process-wide state (the
+    plugin trains in a thread beside the viewer).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning,
+                                message=r"Detected call of `lr_scheduler\.step\(\)` before "
+                                        r"`optimizer\.step\(\)`")
+        yield
+
+
 def _validate(model, kind, loss_fn, dataset, batch_size, device, *, workers: int = 0,
               amp=None, channels_last: bool = False, ranks: Distributed | None = None) -> dict:
     """Mean loss and mask metrics on the validation set, against its pseudo-masks.
@@ -715,13 +731,9 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
                     else:
                         optimizer.step()
                     if scheduler is not None:
-                        with warnings.catch_warnings():
-                            # The gradient scaler skips the optimiser's step while it finds
-                            # its scale (infinite fp16 gradients); the schedule still follows
-                            # the step count, which torch mistakes for a wrong call order.
-                            warnings.filterwarnings(
-                                "ignore", message=r"Detected call of `lr_scheduler\.step\(\)` "
-                                r"before `optimizer\.step\(\)`", category=UserWarning)
+                        # torch checks the call order on the schedule's first step only.
+                        with (_skipped_first_step_unreported() if scaler is not None
+                              and global_step == 0 else contextlib.nullcontext()):
                             scheduler.step()
                     global_step += 1
                     for k, v in terms.items():

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ..core.training_targets import DEFAULT_TARGET
 from ..learning.model_kinds import MODEL_KINDS, MODEL_REGISTRY
-from ..learning.train_config import TrainConfig, check_rounds
+from ..learning.train_config import TrainConfig, check_crf_weight, check_rounds
 
 __all__ = [
     "KIND_NAMES",
@@ -118,9 +118,7 @@ class TrainingJob:
         if self.mode not in ("whole_image", "crops"):
             raise ValueError(f"mode must be 'whole_image' or 'crops', got {self.mode!r}")
         check_rounds(self.self_training_rounds)
-        if self.crf_weight is not None and not self.crf_weight >= 0:
-            raise ValueError(f"the edge-aware loss weight must be 0 or more, got "
-                             f"{self.crf_weight}")
+        check_crf_weight(self.crf_weight)
         if self.resume and self.self_training_rounds:
             raise ValueError("Resume continues one training run; self-training rounds start "
                              "afresh: set the rounds to 0 to resume")

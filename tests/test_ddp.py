@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,20 @@ def _job(out: Path) -> None:
         if rank == 0:
             shutil.copytree(out / "stopped" / "last", out / "step1")
         report["written_by_stop"] = list(written)
+        # Rank 1 alone gets a Ctrl+C after its first step, as from a terminal reaching one
+        # process first: both must end at the same step, with one last/ written.
+        interrupted = []
+        try:
+            for event in trainer.train(data.train_set, data.val_set, cfg, out / "interrupted",
+                                       grouping=data.grouping):
+                interrupted.append(event)
+                if event.kind == "step" and rank == 1:
+                    os.kill(os.getpid(), signal.SIGINT)
+            report["interrupted"] = {"events": _events(interrupted), "error": None}
+        except trainer.TrainingInterrupted as exc:
+            report["interrupted"] = {"events": _events(interrupted), "error": str(exc),
+                                     "step": exc.step, "epoch": exc.epoch}
+        report["written_by_interrupt"] = [w for w in written if w.startswith("interrupted/")]
         report["resumed"] = _events(trainer.train(data.train_set, data.val_set, cfg,
                                                   out / "stopped", grouping=data.grouping,
                                                   resume=out / "stopped" / "last"))
@@ -217,6 +232,18 @@ def test_a_stop_on_one_rank_stops_both_and_last_is_written_once(job):
     assert rank1["written_by_stop"] == []
     _, saved = load_checkpoint(out / "stopped" / "last")
     assert len(saved["history"]) == 2  # the resumed run's, which wrote last/ after it
+
+
+def test_ctrl_c_on_one_rank_ends_both_at_the_same_step_with_one_last(job):
+    out, (rank0, rank1) = job
+    for report in (rank0, rank1):
+        got = report["interrupted"]
+        assert got["error"] is not None and "interrupted" in got["error"], got
+        assert (got["epoch"], got["step"]) == (1, 1)
+        assert [e["kind"] for e in got["events"]] == ["start", "step"]
+    assert rank0["written_by_interrupt"] == ["interrupted/last"]
+    assert rank1["written_by_interrupt"] == []
+    assert sorted(p.name for p in (out / "interrupted").iterdir()) == ["last"]
 
 
 def test_resume_under_ddp_matches_the_uninterrupted_run(job):

@@ -290,9 +290,12 @@ def _train(args) -> int:
         except KeyboardInterrupt as exc:
             bars.close()
             saved = _interrupt(run, exc)
-            print(f"recist-seg train: interrupted; {kind} saved at epoch {saved.epoch}, step "
-                  f"{saved.step} in {saved.checkpoint}\n  continue with: --models {kind} "
-                  f"--resume {saved.checkpoint}", file=sys.stderr)
+            from ..learning.devices import is_main_process
+
+            if is_main_process():  # under torchrun every process stops at this step
+                print(f"recist-seg train: interrupted; {kind} saved at epoch {saved.epoch}, "
+                      f"step {saved.step} in {saved.checkpoint}\n  continue with: --models "
+                      f"{kind} --resume {saved.checkpoint}", file=sys.stderr)
             return 130
     bars.close()
     return 0

@@ -132,6 +132,35 @@ def _ctrl_c_deferred():
                 raise KeyboardInterrupt
 
 
+class _CtrlCAsStop:
+    """Under torchrun, turn Ctrl+C into a stop request that every process honours together.
+
+    A terminal's Ctrl+C reaches each process of a torchrun job (and torchrun passes it on), at
+    slightly different moments: a process that stopped where the signal found it would leave
+    the others waiting in their next all-reduce. So each process only notes the signal, and the
+    step loop's all-reduced stop check ends all of them at the same step, where ``last/`` is
+    saved once. Only the main thread receives signals: elsewhere this notes nothing.
+    """
+
+    def __init__(self, enabled: bool):
+        self.received = False
+        self._previous = None
+        if enabled and threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._note)
+            except (ValueError, OSError):
+                self._previous = None
+
+    def _note(self, signum, frame) -> None:
+        self.received = True
+
+    def restore(self) -> None:
+        """Put back the Ctrl+C handler that was there before."""
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))  # noqa: NPY002 (seeds code that uses the global state)
@@ -466,7 +495,8 @@ def train(
     ------
     TrainingInterrupted
         On Ctrl+C (KeyboardInterrupt) during the run, after ``last/`` was saved: the run
-        resumes from it at the step it reached.
+        resumes from it at the step it reached. Under torchrun a Ctrl+C on any process ends
+        every process at the same step, before it begins, with one ``last/``.
 
     Notes
     -----
@@ -676,6 +706,7 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
     # Where a Ctrl+C resumes from: the epoch (from 0), the steps of it whose updates are
     # complete, and their loss sums. Validation interrupted resumes at the validation.
     at_epoch, at_step, at_running = start_epoch, start_step, dict(resumed_running)
+    ctrl_c = _CtrlCAsStop(ranks.parallel)
     try:
         yield TrainEvent("start", epoch=start_epoch + 1, step=start_step,
                          global_step=global_step, lr=optimizer.param_groups[0]["lr"], **common,
@@ -697,9 +728,11 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
                                    range(first, steps_per_epoch), workers, device,
                                    int(config.seed) * 100_003 + epoch))
             for step in range(first, steps_per_epoch):
-                if ranks.any(stop()):
+                if ranks.any(stop() or ctrl_c.received):
                     del batches
                     path = save("last", epoch, step, time.perf_counter() - t_start, running)
+                    if ranks.any(ctrl_c.received):
+                        raise TrainingInterrupted(path, epoch + 1, step)
                     yield TrainEvent("stopped", epoch=epoch + 1, step=step, global_step=global_step,
                                      elapsed=time.perf_counter() - t_start, checkpoint=path,
                                      best_epoch=best_epoch, lr=optimizer.param_groups[0]["lr"],
@@ -796,11 +829,14 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
             checkpoint=str(out / "best"), lr=optimizer.param_groups[0]["lr"], **common,
             message="all epochs done",
         )
+    except TrainingInterrupted:
+        raise
     except KeyboardInterrupt:
         with _ctrl_c_deferred():
             path = save("last", at_epoch, at_step, time.perf_counter() - t_start, at_running)
         raise TrainingInterrupted(path, at_epoch + 1, at_step) from None
     finally:
+        ctrl_c.restore()
         # Free accelerator memory as soon as training ends, however it ends.
         torch.backends.cudnn.benchmark = cudnn_benchmark
         del net

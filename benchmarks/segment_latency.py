@@ -9,10 +9,11 @@ takes does not depend on what the weights are; the threshold is set to the lowes
 that each mask fills its lesion's crop (the most drawing and measuring an update can need).
 
 Each trial drags one vertex of one lesion's short axis to a new place with napari's own mouse
-callbacks (press, drag, release) and times, from the release, until the preview layer shows
+callbacks (press, two drag moves 30 ms apart, release), each in its own turn of the event loop
+as a user's mouse events arrive, and times, from the release, until the preview layer shows
 that lesion's new mask (its ``set_data`` event after the prediction). A precise 10 ms
 ``QTimer`` stamps every turn of the GUI event loop; the longest gap between two stamps from the
-release until 100 ms after the update is the longest time the viewer could not react. Each
+press until 100 ms after the update is the longest time the viewer could not react. Each
 trial puts the vertex somewhere new, so no prediction comes from the widget's cache.
 
     xvfb-run -a python benchmarks/segment_latency.py
@@ -67,7 +68,12 @@ def _prompted_checkpoint(folder: Path, size: int) -> Path:
     return save_checkpoint(folder, model, {"preprocessing": pre, "grouping": None}, [])
 
 
-def _drag(layer, line: int, vertex: int, to) -> None:
+def _drag_steps(layer, line: int, vertex: int, to) -> list:
+    """The mouse events of dragging one vertex, as callables to run one per event-loop turn.
+
+    A user's press, drag and release reach napari as separate Qt events, each handled in its
+    own turn of the event loop; running them apart keeps the release's turn what it is in use.
+    """
     from napari.utils._test_utils import read_only_mouse_event
     from napari.utils.interactions import (
         mouse_move_callbacks,
@@ -79,11 +85,17 @@ def _drag(layer, line: int, vertex: int, to) -> None:
     layer.selected_data = {line}
     start = tuple(layer.data_to_world(np.asarray(layer.data[line][vertex], dtype=float)))
     end = tuple(layer.data_to_world(np.asarray(to, dtype=float)))
-    mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", position=start))
-    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=start))
-    mouse_move_callbacks(
-        layer, read_only_mouse_event(type="mouse_move", is_dragging=True, position=end))
-    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=end))
+    mid = tuple((np.asarray(start) + np.asarray(end)) / 2)
+
+    def event(callbacks, kind, position, dragging=False):
+        return lambda: callbacks(layer, read_only_mouse_event(
+            type=kind, is_dragging=dragging, position=position))
+
+    return [event(mouse_move_callbacks, "mouse_move", start),
+            event(mouse_press_callbacks, "mouse_press", start),
+            event(mouse_move_callbacks, "mouse_move", mid, True),
+            event(mouse_move_callbacks, "mouse_move", end, True),
+            event(mouse_release_callbacks, "mouse_release", end)]
 
 
 def _run_until(app, condition, timeout: float) -> bool:
@@ -162,11 +174,21 @@ def measure(args, app) -> dict:
     base = np.array(lines.data[short_line], dtype=float)
     direction = (base[1] - base[0]) / np.linalg.norm(base[1] - base[0])
     released: list[float] = []
+    letting_go: list[float] = []
     target = {"to": base[1]}
 
     def edit():
-        _drag(lines, short_line, 1, target["to"])
-        released.append(time.perf_counter())
+        *moves, release = _drag_steps(lines, short_line, 1, target["to"])
+        for move in moves:
+            move()
+            _run_until(app, lambda: False, 0.03)  # the pointer moves on between events
+
+        def let_go():
+            letting_go.append(time.perf_counter())
+            release()
+            released.append(time.perf_counter())
+
+        QTimer.singleShot(0, let_go)
 
     def gaps(start: float, end: float) -> tuple[float, float]:
         """(the tick gap that holds the release, the longest gap after it until ``end``)."""
@@ -178,14 +200,21 @@ def measure(args, app) -> dict:
         rest = np.diff(after).max() * 1000.0 if len(after) > 1 else 0.0
         return first, float(rest)
 
+    def longest_gap(start: float, end: float) -> float:
+        """The longest gap between ticks from the one before ``start`` until ``end``."""
+        held = [s for s in stamps if s <= start][-1:] + [s for s in stamps if start < s <= end]
+        return float(np.diff(held).max() * 1000.0) if len(held) > 1 else float("nan")
+
     def trials(n: int, offset: int, live: bool) -> dict:
-        out = {"latency": [], "edit": [], "after": [], "calls": []}
+        out = {"latency": [], "drag": [], "edit": [], "after": [], "calls": []}
         for trial in range(n):
             # Lengthen the short axis a little, a new length each time (nothing cached).
             target["to"] = base[1] + direction * 0.15 * (offset + trial + 1)
             n_pred, n_upd = len(predict_s), len(updates)
             released.clear()
-            QTimer.singleShot(0, edit)
+            letting_go.clear()
+            pressed = time.perf_counter()
+            edit()
             if live:
                 ok = _run_until(
                     app, lambda n_pred=n_pred, n_upd=n_upd: bool(released) and idle()
@@ -201,6 +230,7 @@ def measure(args, app) -> dict:
                 done = released[0] + 0.3  # as long as an update takes, about
             _run_until(app, lambda done=done: time.perf_counter() > done + 0.1, args.timeout)
             first, rest = gaps(released[0], done + 0.1)
+            out["drag"].append(longest_gap(pressed, letting_go[0]))
             out["edit"].append(first)
             out["after"].append(rest)
             out["calls"].append(len(predict_s) - n_pred)
@@ -239,7 +269,7 @@ def main(argv=None) -> int:
     r = measure(args, app)
     live, alone = r["live"], r["alone"]
     lat = live["latency"]
-    stall = np.maximum(live["edit"], live["after"])
+    stall = np.maximum.reduce([live["drag"], live["edit"], live["after"]])
     print(f"{os.cpu_count()} CPU cores, torch threads {args.threads}; prompted model (untrained, "
           f"ResNet-18 DeepLabV3+) at input {args.size}; 512x512 slice, {r['lesions']} lesions; "
           f"QTimer every {TICK_MS} ms")
@@ -250,9 +280,11 @@ def main(argv=None) -> int:
     print(f"  of which the model call (worker thread): median "
           f"{np.median(r['predict']) * 1000:.0f} ms; lesions predicted per edit: "
           f"{sorted(set(live['calls'].tolist()))}")
-    print(f"longest main-thread stall per edit, release to update + 100 ms: median "
+    print(f"longest main-thread stall per edit, press to update + 100 ms: median "
           f"{np.median(stall):.0f} ms, max {stall.max():.0f} ms  "
           f"(target < {TARGET_STALL_MS:.0f} ms)")
+    print(f"  press and drag moves: median {np.median(live['drag']):.0f} ms, max "
+          f"{live['drag'].max():.0f}")
     print(f"  the turn of the event loop that handles the release (napari, RECIST widget, "
           f"redraw): median {np.median(live['edit']):.0f} ms, max {live['edit'].max():.0f}")
     print(f"  after it, while the widget predicts and updates the preview: median "

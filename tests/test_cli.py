@@ -102,3 +102,37 @@ def test_file_system_errors_are_one_line_naming_the_path(tmp_path, capsys):
         last = err.strip().splitlines()[-1]  # after the progress bar's line
         assert last.startswith("recist-seg groups: error: ") and str(out) in last, err
     assert blocker.read_text() == "keep me" and not any(taken.iterdir())
+
+
+def test_groups_read_a_deeplesion_table_without_its_images(deeplesion_folder, tmp_path, capsys):
+    import shutil
+
+    # DL_info.csv under another name, with no image anywhere: K-means needs the RECIST only.
+    table_path = tmp_path / "exported_rows.csv"
+    shutil.copy(deeplesion_folder / "DL_info.csv", table_path)
+    out = tmp_path / "groups.csv"
+    assert main(["groups", str(table_path), "--k", "2", "--out", str(out)]) == 0
+    table = read_recists(out)
+    assert table.images == ["000001_01_01_109.png", "000001_01_01_109.png",
+                            "000002_01_01_020.png"]
+    assert sorted(set(table.features["group"])) == [0, 1]
+    assert table.features["split"] == ["train", "val", "test"]
+    first = table.recists[0]
+    # 1-based x, y (11, 21)-(41, 21): 0-based rows 20, columns 10 to 40, 0.7 mm pixels.
+    np.testing.assert_allclose(first.long_axis, [[20, 10], [20, 40]])
+    assert first.long_mm == pytest.approx(30 * 0.7)
+
+
+def test_pseudo_masks_take_the_image_size_from_a_deeplesion_table(deeplesion_folder, tmp_path,
+                                                                  capsys):
+    import imageio.v3 as iio
+
+    out = tmp_path / "out"
+    # The folder holding DL_info.csv; Image_size "64, 48" is x, y: 48 rows, 64 columns.
+    assert main(["pseudo-masks", str(deeplesion_folder), "--out", str(out)]) == 0
+    assert "3 lesions on 2 images" in capsys.readouterr().out
+    labels = iio.imread(out / "000001_01_01_109_ellipse.png")
+    assert labels.shape == (48, 64)
+    assert sorted(np.unique(labels).tolist()) == [0, 1, 2]
+    # The first lesion's ellipse spans its long axis: row 20, columns 10 to 40.
+    assert labels[20, 11] == 1 and labels[20, 39] == 1 and labels[20, 45] != 1

@@ -18,17 +18,22 @@ from ._progress import progress
 
 
 def load_lesions(source) -> tuple[RecistTable, dict]:
-    """RECIST from a RECIST file, or simulated from the masks of an image+mask folder.
+    """RECIST from a RECIST file or DeepLesion's ``DL_info.csv``, or simulated from the masks
+    of an image+mask folder.
 
     Returns the table and, for a folder, ``{"pairs": [...], "masks": {name: mask}}`` so that
-    callers can score against the real masks without reading them twice.
+    callers can score against the real masks without reading them twice; for a DeepLesion
+    table, ``{"shapes": {file_name: (rows, cols)}}`` from its ``Image_size`` column.
     """
     from ..core.recist import recist_from_mask
     from ..data.image_folders import load_mask, read_image_mask_folder
+    from ..data.recist_sources import is_deeplesion_table
 
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
+    if is_deeplesion_table(path):
+        return _deeplesion_lesions(path)
     if path.is_file():
         return read_recists(path), {}
     pairs = read_image_mask_folder(path)
@@ -43,6 +48,20 @@ def load_lesions(source) -> tuple[RecistTable, dict]:
         masks[pair.name] = mask
     table = RecistTable(recists, images=names)
     return table, {"pairs": pairs, "masks": masks}
+
+
+def _deeplesion_lesions(path: Path) -> tuple[RecistTable, dict]:
+    """The RECIST rows of a DeepLesion table; its images are not needed (nor read)."""
+    from ..data.deeplesion import read_deeplesion
+
+    records = read_deeplesion(path, warn_missing=False)
+    if not records:
+        raise ValueError(f"{path}: no valid RECIST row")
+    table = RecistTable(
+        [r.recist for r in records], images=[r.file_name for r in records],
+        features={"lesion_type": [r.lesion_type_name for r in records],
+                  "split": [r.split for r in records]})
+    return table, {"shapes": {r.file_name: tuple(r.image_size) for r in records}}
 
 
 def _image_shape(table: RecistTable, source: Path, name: str, shape_arg) -> tuple[int, int]:
@@ -70,7 +89,8 @@ def _write_label_png(path: Path, labels: np.ndarray) -> None:
 
 
 def _configure_pseudo_masks(p) -> None:
-    p.add_argument("input", help="a RECIST .csv/.json file, or an image+mask folder")
+    p.add_argument("input", help="a RECIST .csv/.json file, DeepLesion's DL_info.csv (image "
+                                 "sizes from its Image_size), or an image+mask folder")
     p.add_argument("--out", required=True, help="folder for label PNGs and recists.csv")
     p.add_argument("--method", default="ellipse", choices=(*PSEUDO_MASK_METHODS, "all"))
     p.add_argument("--shape", type=int, nargs=2, metavar=("ROWS", "COLS"),
@@ -99,7 +119,8 @@ def _pseudo_masks(args) -> int:
     scores = {m: [] for m in methods}
     for name, idx in progress(by_image.items(), desc="drawing pseudo-masks", unit="image"):
         mask = folder.get("masks", {}).get(name)
-        shape = mask.shape if mask is not None else _image_shape(table, source, name, args.shape)
+        shape = (mask.shape if mask is not None else folder.get("shapes", {}).get(name)
+                 or _image_shape(table, source, name, args.shape))
         for method in methods:
             labels = pseudo_mask_labels([table.recists[i] for i in idx], shape, method,
                                         labels=[i + 1 for i in range(len(idx))])
@@ -125,7 +146,8 @@ def _parse_k_range(text: str) -> range:
 
 
 def _configure_groups(p) -> None:
-    p.add_argument("input", help="a RECIST .csv/.json file, or an image+mask folder")
+    p.add_argument("input", help="a RECIST .csv/.json file, DeepLesion's DL_info.csv, or an "
+                                 "image+mask folder")
     p.add_argument("--out", required=True, help="RECIST file (.csv/.json) to write with groups")
     p.add_argument("--k", type=int,
                    help="number of groups: from 1 to the number of lesions (and of distinct "

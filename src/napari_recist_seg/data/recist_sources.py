@@ -45,6 +45,7 @@ __all__ = [
     "LesionRow",
     "LesionTable",
     "SliceStack",
+    "is_deeplesion_table",
     "is_lesion_table",
     "parse_window",
     "read_lesion_table",
@@ -332,6 +333,19 @@ def is_lesion_table(path) -> bool:
         if p.is_dir():
             return (p / "DL_info.csv").is_file()
         return p.suffix.lower() in (".csv", ".json")
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def is_deeplesion_table(path) -> bool:
+    """Whether ``path`` is DeepLesion's ``DL_info.csv`` (a CSV with its ``File_name`` or
+    ``Measurement_coordinates`` column, whatever its name) or a folder holding one.
+    Never raises."""
+    try:
+        p = Path(path)
+        if p.is_dir():
+            return (p / "DL_info.csv").is_file()
+        return _is_deeplesion_csv(p)
     except (OSError, TypeError, ValueError):
         return False
 

@@ -136,3 +136,19 @@ def test_pseudo_masks_take_the_image_size_from_a_deeplesion_table(deeplesion_fol
     assert sorted(np.unique(labels).tolist()) == [0, 1, 2]
     # The first lesion's ellipse spans its long axis: row 20, columns 10 to 40.
     assert labels[20, 11] == 1 and labels[20, 39] == 1 and labels[20, 45] != 1
+
+
+def test_library_warnings_reach_the_user_as_one_line(deeplesion_folder, tmp_path, capsys):
+    rows = (deeplesion_folder / "DL_info.csv").read_text().splitlines()
+    # A fourth row whose short axis lies along its long axis: not a RECIST, skipped.
+    bad = rows[1].replace('"11, 21, 41, 21, 26, 16, 26, 26"', '"11, 21, 41, 21, 20, 21, 30, 21"')
+    assert bad != rows[1]
+    table_path = tmp_path / "DL_info.csv"
+    table_path.write_text("\n".join([*rows, bad]) + "\n")
+    out = tmp_path / "groups.csv"
+    assert main(["groups", str(table_path), "--k", "2", "--out", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("recist-seg groups: warning: DL_info.csv: skipped 1 row(s)")
+    assert "row 4" in err[0]
+    assert len(read_recists(out)) == 3

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from pathlib import Path
 
 from . import __version__
 
@@ -51,7 +53,9 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command, warnings.showwarning)
+            return int(args._run(args) or 0)
     except (ValueError, OSError, RunFolderBusy) as exc:
         # Bad input and file-system trouble (missing, unreadable, read-only, full disk) are
         # the user's to fix: one line naming the problem, not a traceback.
@@ -63,6 +67,25 @@ def main(argv=None) -> int:
 
 
 _MAX_MESSAGE = 600
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _one_line_warning(command: str, fallback):
+    """A ``warnings.showwarning`` that prints this package's warnings (a skipped row, a
+    duplicate lesion) as one line addressed to the user, without the source line that
+    Python's format adds; other libraries' warnings keep their usual form."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        try:
+            ours = Path(filename).resolve().is_relative_to(_PACKAGE)
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            return fallback(message, category, filename, lineno, file, line)
+        print(f"recist-seg {command}: warning: {_describe(Exception(str(message)))}",
+              file=file if file is not None else sys.stderr)
+
+    return show
 
 
 def _describe(exc: Exception) -> str:

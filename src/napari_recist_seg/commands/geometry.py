@@ -52,16 +52,13 @@ def load_lesions(source) -> tuple[RecistTable, dict]:
 
 def _deeplesion_lesions(path: Path) -> tuple[RecistTable, dict]:
     """The RECIST rows of a DeepLesion table; its images are not needed (nor read)."""
-    from ..data.deeplesion import read_deeplesion
+    from ..data.deeplesion import read_deeplesion, recist_table
 
     records = read_deeplesion(path, warn_missing=False)
     if not records:
         raise ValueError(f"{path}: no valid RECIST row")
-    table = RecistTable(
-        [r.recist for r in records], images=[r.file_name for r in records],
-        features={"lesion_type": [r.lesion_type_name for r in records],
-                  "split": [r.split for r in records]})
-    return table, {"shapes": {r.file_name: tuple(r.image_size) for r in records}}
+    return recist_table(records), {"shapes": {r.file_name: tuple(r.image_size)
+                                               for r in records}}
 
 
 def _image_shape(table: RecistTable, source: Path, name: str, shape_arg) -> tuple[int, int]:

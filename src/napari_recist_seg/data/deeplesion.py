@@ -32,6 +32,7 @@ __all__ = [
     "SkippedRow",
     "read_deeplesion",
     "read_deeplesion_slice",
+    "recist_table",
 ]
 
 LESION_TYPES = {
@@ -668,3 +669,37 @@ def read_deeplesion_slice(
         raise ValueError(f"{path.parent}: neighbouring slices differ in size: {sorted(shapes)}")
     _check_size(channels[0], record, path)
     return np.stack(channels).astype(np.float32, copy=False)
+
+
+def recist_table(records, slices=None):
+    """DeepLesion rows as a ``RecistTable``: each row's RECIST (with its own pixel size), its
+    ``File_name`` as the image, its CSV row number less one as the lesion id, and its lesion
+    type, split, key slice, patient, study and series as per-lesion features.
+
+    Parameters
+    ----------
+    records : sequence of DeepLesionRecord
+    slices : sequence of int, optional
+        Each lesion's index in a stack of key slices.
+
+    Returns
+    -------
+    RecistTable
+    """
+    from .recist_files import RecistTable
+
+    rows = list(records)
+    return RecistTable(
+        recists=[r.recist for r in rows],
+        lesion_ids=[r.csv_row - 1 for r in rows],
+        slices=None if slices is None else list(slices),
+        images=[r.file_name for r in rows],
+        features={
+            "lesion_type": [r.lesion_type_name for r in rows],
+            "split": [r.split for r in rows],
+            "key_slice": [r.key_slice for r in rows],
+            "patient_index": [r.patient_index for r in rows],
+            "study_index": [r.study_index for r in rows],
+            "series_id": [r.series_id for r in rows],
+        },
+    )

@@ -190,7 +190,7 @@ def deeplesion_layers(records, name: str, with_image: bool = True):
     -------
     list of napari LayerData tuples
     """
-    from ..data.recist_files import RecistTable
+    from ..data.deeplesion import recist_table
 
     have = [r for r in records if r.image_path is not None]
     with_image = with_image and bool(have)
@@ -200,20 +200,7 @@ def deeplesion_layers(records, name: str, with_image: bool = True):
         if r.file_name not in files:
             files.append(r.file_name)
     stacked = len(files) > 1
-    table = RecistTable(
-        recists=[r.recist for r in rows],
-        lesion_ids=[r.csv_row - 1 for r in rows],
-        slices=[files.index(r.file_name) for r in rows] if stacked else None,
-        images=[r.file_name for r in rows],
-        features={
-            "lesion_type": [r.lesion_type_name for r in rows],
-            "split": [r.split for r in rows],
-            "key_slice": [r.key_slice for r in rows],
-            "patient_index": [r.patient_index for r in rows],
-            "study_index": [r.study_index for r in rows],
-            "series_id": [r.series_id for r in rows],
-        },
-    )
+    table = recist_table(rows, [files.index(r.file_name) for r in rows] if stacked else None)
     first = {}
     for r in rows:
         first.setdefault(r.file_name, r)

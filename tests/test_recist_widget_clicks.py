@@ -174,6 +174,9 @@ def test_import_export_and_deeplesion_buttons_with_file_dialogs(
     qtbot.mouseClick(widget.deeplesion_button, LEFT)
     rows = widget.recist_layer()
     assert rows.name == "000001_01_01_109 DeepLesion RECIST" and rows.nshapes == 4
+    # Each line carries its row's split and key slice, as when the table is opened.
+    assert list(rows.features["split"]) == ["train", "train", "val", "val"]
+    assert set(rows.features["key_slice"]) == {109}
 
     # A cancelled dialog does nothing.
     n = len(viewer_2d.layers)

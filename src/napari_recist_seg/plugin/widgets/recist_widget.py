@@ -696,8 +696,7 @@ class RecistWidget(RecistLayerAccess, QWidget):
         The rows of a stack opened from a DL_info.csv go to their slices; for a single image,
         the rows whose ``File_name`` matches the layer's name.
         """
-        from ...data.deeplesion import read_deeplesion
-        from ...data.recist_files import RecistTable
+        from ...data.deeplesion import read_deeplesion, recist_table
 
         image = self.image_layer()
         if image is None:
@@ -731,13 +730,7 @@ class RecistWidget(RecistLayerAccess, QWidget):
                 "Open to see all of its rows."
             )
             return None
-        table = RecistTable(
-            recists=[r.recist for r in rows],
-            lesion_ids=[r.csv_row - 1 for r in rows],
-            slices=slices,
-            images=[r.file_name for r in rows],
-            features={"lesion_type": [r.lesion_type_name for r in rows]},
-        )
+        table = recist_table(rows, slices)
         self._warn_other_spacing(image, rows, slices)
         # Each row keeps its own Spacing_mm_px_ (per-line features); the lines take the
         # image's scale so that they sit on it.

@@ -13,8 +13,7 @@ from .model_kinds import MODEL_KINDS, model_kind
 
 __all__ = ["AMP_SETTINGS", "DEFAULT_CRF_WEIGHT", "MAX_GROUPS", "MAX_INPUT_SIZE",
            "MAX_IN_CHANNELS", "MAX_ROUNDS", "MODEL_KINDS", "TrainConfig", "check_crf_weight",
-           "check_rounds",
-           "default_crf_weight"]
+           "check_rounds", "default_crf_weight"]
 
 # Upper bounds: far above any real use, low enough that no setting makes a network of absurd
 # size (a config file may come from anywhere).

@@ -410,3 +410,25 @@ def test_closing_the_dock_while_predicting_leaves_the_viewer_working(
     _drag_vertex(lines, 1, 1, np.asarray(lines.data[1][1]) + [1.0, 0.0])
     qtbot.wait(300)
     assert preview in viewer.layers and len(predict_calls) == calls
+
+
+@pytest.mark.parametrize("dock", ["Segment from RECIST", "Groups and pseudo-masks"])
+def test_lengths_on_lines_follow_a_drag_without_the_annotation_widget(make_napari_viewer,
+                                                                      tmp_path, dock):
+    # A RECIST file opened from the File menu and edited with only another dock of the plugin
+    # open: the line's label must show the new length, as the lesion table beside it does.
+    from napari_recist_seg.core.recist import Recist
+    from napari_recist_seg.data.recist_files import RecistTable, write_recists
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64), np.float32), name="ct", scale=(0.5, 0.5))
+    path = write_recists(tmp_path / "lesions.csv", RecistTable(
+        [Recist([[30, 10], [30, 40]], [[22, 25], [38, 25]], (0.5, 0.5))]))
+    (lines,) = viewer.open(str(path), plugin=PLUGIN)
+    viewer.window.add_plugin_dock_widget(PLUGIN, dock)
+    long_line = list(lines.features["axis"]).index("long")
+    assert lines.features["measurement"][long_line] == "15.0 x 8.0 mm"
+
+    _drag_vertex(lines, long_line, 1, (30, 50))
+    assert lines.features["length_mm"][long_line] == pytest.approx(20.0)
+    assert lines.features["measurement"][long_line] == "20.0 x 8.0 mm"

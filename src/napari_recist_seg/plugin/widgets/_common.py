@@ -8,6 +8,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox
 
 from ..layer_units import MM, length_unit, slice_spacing_of, spacing_of, unproxied
+from ..recist_layers import sync_recist_layer
 
 __all__ = ["Connections", "LayerCombo", "enable_if_alive", "start_model_load"]
 
@@ -225,3 +226,21 @@ class RecistLayerAccess:
         if layer is not None and (self.slice_spacing() or "spacing_row" in layer.features):
             return MM
         return length_unit(self.image_layer(), layer)
+
+    def sync_layer_labels(self) -> None:
+        """Pair new lines and bring lengths, colours and text labels of the followed RECIST
+        layer up to date after an edit.
+
+        Every widget that follows edits does this, not only the RECIST widget: a layer opened
+        from a file and edited with only this widget docked would otherwise keep showing the
+        lengths it was opened with. The update is idempotent, so widgets docked together do
+        not fight over it.
+        """
+        layer = self._layer
+        if layer is None or getattr(self, "_syncing_labels", False):
+            return
+        self._syncing_labels = True
+        try:
+            sync_recist_layer(layer, self.spacing(), self.unit(), self.slice_spacing())
+        finally:
+            self._syncing_labels = False

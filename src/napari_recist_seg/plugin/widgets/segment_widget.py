@@ -529,6 +529,7 @@ class SegmentWidget(RecistLayerAccess, QWidget):
     def _on_data(self, event=None) -> None:
         action = getattr(getattr(event, "action", None), "value", None)
         if action is None or action in _SETTLED:
+            self.sync_layer_labels()
             self._schedule()
 
     def _on_features(self, event=None) -> None:

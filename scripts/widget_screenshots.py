@@ -1,14 +1,15 @@
-"""The README's screenshots of the four dock widgets, taken from a real viewer.
+"""The README's screenshots of the five dock widgets, taken from a real viewer.
 
 Walks the path a user takes on the CT phantom sample, by clicks and keys as a user does it
 (menus, buttons, typing into the fields): the RECIST table, K-means groups and an ellipse
-pseudo-mask preview, a short training of the three models on other phantom slices, and their
-predictions compared against the true masks, overlaid and side by side. napari draws with
+pseudo-mask preview, a short training of the four models on other phantom slices, their
+predictions compared against the true masks, overlaid and side by side, and the prompted
+model's live masks of the drawn lesions after one endpoint is moved. napari draws with
 OpenGL, so run it under a virtual display:
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/widget_screenshots.py
 
-Takes two to four minutes on 2 CPU cores (most of it training).
+Takes five to fifteen minutes on 2 CPU cores (most of it training the four models).
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ def main(argv=None) -> None:
     from napari_recist_seg.plugin.widgets.compare_widget import CompareWidget
     from napari_recist_seg.plugin.widgets.groups_widget import GroupsWidget
     from napari_recist_seg.plugin.widgets.recist_widget import RecistWidget
+    from napari_recist_seg.plugin.widgets.segment_widget import SegmentWidget
     from napari_recist_seg.plugin.widgets.training_widget import TrainingWidget
 
     viewer = napari.Viewer(title="napari-recist-seg", show=True)
@@ -220,13 +222,13 @@ def main(argv=None) -> None:
     shots.shoot("widget_groups.png")
     set_checked(widget.preview_button, False)
 
-    # 3. Training: the three models on other slices, one after another, with the live plot.
+    # 3. Training: the four models on other slices, one after another, with the live plot.
     pairs = add_training_slices(viewer, range(1, args.train_slices + 1))
     widget = shots.show("Training", TrainingWidget)
     rows = [widget.pairs.item(r, 0).text() for r in range(widget.pairs.rowCount())]
     click_table_cell(widget.pairs, rows.index(image.name), 0)  # untick the sample slice
     form = widget.form
-    for kind in ("multitask", "a1", "coseg"):
+    for kind in ("multitask", "a1", "coseg", "prompted"):
         set_checked(form[kind].native, True)
     type_into(form.input_size.native, args.size)
     type_into(form.epochs.native, args.epochs)
@@ -238,7 +240,7 @@ def main(argv=None) -> None:
         if widget.worker is None:
             raise SystemExit("training did not start (see the notification above)")
         wait_for(lambda: not widget.is_running(), "training", timeout=3600)
-        print(f"trained three models in {time.monotonic() - started:.0f} s")
+        print(f"trained four models in {time.monotonic() - started:.0f} s")
         shots.shoot("widget_training.png")
 
         # 4. Comparison on the sample slice (not trained on), against its true masks.
@@ -261,7 +263,46 @@ def main(argv=None) -> None:
         camera(viewer).zoom *= 1.5
         shots.shoot("compare_side_by_side.png")
         print(mean_dice_by_model(widget))
+        set_checked(widget.side_button, False)
+
+        # 5. Segment from RECIST: the prompted model's masks follow an edited endpoint, over
+        # the true masks' outlines (the comparison's layers hidden by their eye buttons).
+        for layer in viewer.layers:
+            if layer.name.endswith(" prediction"):
+                layer.visible = False
+        widget = shots.show("Segment from RECIST", SegmentWidget)
+        pick(widget.image_combo, image.name)
+        pick(widget.recist_combo, recist.name)
+        pick(widget.model_combo, next(widget.model_combo.itemText(i)
+                                      for i in range(widget.model_combo.count())
+                                      if widget.model_combo.itemText(i).startswith("prompted")))
+        click(widget.segment_button)
+        wait_for(lambda: widget.preview_layer is not None and widget._worker is None,
+                 "the prompted masks")
+        move_endpoint(recist, lesion=0, by=4.0)
+        wait_for(lambda: widget._worker is None and not widget._timer.isActive(),
+                 "the edited lesion's mask")
+        truth.visible = True
+        truth.contour = 1
+        camera(viewer).center = tuple(_lesions(recist)[0].centre * np.asarray(image.scale))
+        camera(viewer).zoom = 12.0
+        shots.shoot("widget_segment.png")
+        click(widget.keep_button)
     viewer.close()
+
+
+def move_endpoint(recist_layer, lesion: int, by: float) -> None:
+    """Lengthen a lesion's long axis by ``by`` pixels at its first end, as dragging that
+    vertex in the select-vertices mode does (the layer's data is set once, on release)."""
+    data = [np.array(d) for d in recist_layer.data]
+    ids = list(recist_layer.features["lesion_id"])
+    axes = list(recist_layer.features["axis"])
+    wanted = sorted(set(i for i in ids if i >= 0))[lesion]
+    line = next(k for k, (i, a) in enumerate(zip(ids, axes)) if i == wanted and a == "long")
+    start, end = data[line][0], data[line][1]
+    data[line][0] = start + by * (start - end) / np.linalg.norm(start - end)
+    recist_layer.data = data
+    settle(0.1)
 
 
 def _lesions(recist_layer):

@@ -219,6 +219,9 @@ def test_lesions_segmented_live_kept_and_stopped(make_napari_viewer, qtbot, chec
         assert float(row["mask long (mm)"]) == pytest.approx(r.long_mm, rel=0.3)
         assert float(row["mask short (mm)"]) == pytest.approx(r.short_mm, rel=0.4)
     assert "2 segmented" in widget.status.text()
+    # A 2D image has no slice column to show; titles wrap onto two lines to keep it narrow.
+    assert widget.table.isColumnHidden(1)
+    assert widget.table_model.headerData(2, Qt.Orientation.Horizontal) == "drawn\nlong (mm)"
 
     # Moving a vertex of lesion 1's short axis predicts lesion 1 again, and only it.
     first = preview.data == 1
@@ -322,7 +325,7 @@ def test_volume_lesion_is_segmented_on_its_own_slice(make_napari_viewer, qtbot, 
     assert preview.data.shape == volume.shape and tuple(preview.scale) == (2.5, *SPACING)
     assert _dice(preview.data[2] == 1, mask) > 0.6
     assert not preview.data[[0, 1, 3, 4]].any()
-    assert widget.rows()[0]["slice"] == "2"
+    assert widget.rows()[0]["slice"] == "2" and not widget.table.isColumnHidden(1)
 
 
 # -- models and messages ----------------------------------------------------------------------

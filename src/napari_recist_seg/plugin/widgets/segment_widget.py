@@ -97,10 +97,12 @@ _NO_MODEL = "(no model: Load...)"
 _CHOOSE = "(choose a model)"
 
 # "{u}" is the length unit (mm or px).
+# Two-line titles keep the table narrow enough to read in a dock beside the canvas.
 _COLUMNS = (
-    "lesion", "slice", "drawn long ({u})", "drawn short ({u})", "mask area ({u}²)",
-    "mask long ({u})", "mask short ({u})", "note",
+    "lesion", "slice", "drawn\nlong ({u})", "drawn\nshort ({u})", "mask\narea ({u}²)",
+    "mask\nlong ({u})", "mask\nshort ({u})", "note",
 )
+_SLICE_COLUMN = 1
 _TIPS = {
     4: "Area of the largest connected piece of the lesion's predicted mask",
     5: "Long diameter measured on the predicted mask (largest piece)",
@@ -990,6 +992,8 @@ class SegmentWidget(RecistLayerAccess, QWidget):
                 np.nan if shown is None else shown.short, note,
             ))
         self.table_model.set_rows(rows, self.unit())
+        # A 2D image has no slices: its column would only take room.
+        self.table.setColumnHidden(_SLICE_COLUMN, all(row[1] is None for row in rows))
         if self._live and not running:
             entry = self.model_entry()
             parts = [f"{len(self.lesions)} lesion(s): {counts['ok']} segmented"]
@@ -1010,9 +1014,9 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         notify_error(message)
 
     def rows(self) -> list[dict]:
-        """The table as shown: header title -> cell text, per row."""
+        """The table as shown: header title (on one line) -> cell text, per row."""
         model = self.table_model
-        titles = [model.headerData(c, Qt.Orientation.Horizontal)
+        titles = [model.headerData(c, Qt.Orientation.Horizontal).replace("\n", " ")
                   for c in range(model.columnCount())]
         return [{t: model.index(r, c).data() for c, t in enumerate(titles)}
                 for r in range(model.rowCount())]

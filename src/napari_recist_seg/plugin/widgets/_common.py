@@ -242,5 +242,7 @@ class RecistLayerAccess:
         self._syncing_labels = True
         try:
             sync_recist_layer(layer, self.spacing(), self.unit(), self.slice_spacing())
+        except RuntimeError:
+            pass  # the widget's Qt objects are gone (its dock was closed mid-event)
         finally:
             self._syncing_labels = False

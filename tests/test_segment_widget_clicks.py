@@ -435,3 +435,28 @@ def test_lengths_on_lines_follow_a_drag_without_the_annotation_widget(make_napar
     _drag_vertex(lines, long_line, 1, (30, 50))
     assert lines.features["length_mm"][long_line] == pytest.approx(20.0)
     assert lines.features["measurement"][long_line] == "20.0 x 8.0 mm"
+
+
+def test_one_edit_updates_the_layer_once_with_three_widgets_docked(make_napari_viewer, tmp_path,
+                                                                   monkeypatch):
+    # Every widget that follows the layer receives the drag's event; the layer's pairing and
+    # labels are worked out once for it, not once per widget.
+    from napari_recist_seg.core.recist import Recist
+    from napari_recist_seg.data.recist_files import RecistTable, write_recists
+    from napari_recist_seg.plugin import recist_layers
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64), np.float32), name="ct", scale=(0.5, 0.5))
+    path = write_recists(tmp_path / "lesions.csv", RecistTable(
+        [Recist([[30, 10], [30, 40]], [[22, 25], [38, 25]], (0.5, 0.5))]))
+    (lines,) = viewer.open(str(path), plugin=PLUGIN)
+    for dock in ("RECIST annotation", "Segment from RECIST", "Groups and pseudo-masks"):
+        viewer.window.add_plugin_dock_widget(PLUGIN, dock)
+    calls = []
+    real = recist_layers.sync_recist_layer
+    monkeypatch.setattr(recist_layers, "sync_recist_layer",
+                        lambda layer, *args: calls.append(layer) or real(layer, *args))
+    long_line = list(lines.features["axis"]).index("long")
+    _drag_vertex(lines, long_line, 1, (30, 50))
+    assert calls == [lines]
+    assert lines.features["measurement"][long_line] == "20.0 x 8.0 mm"

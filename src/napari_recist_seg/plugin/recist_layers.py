@@ -51,6 +51,7 @@ __all__ = [
     "recist_layer_tuple",
     "recist_shapes_kwargs",
     "recolour",
+    "sync_after_edit",
     "sync_recist_layer",
     "table_layer_tuple",
     "text_style",
@@ -356,6 +357,29 @@ def recolour(layer) -> None:
     colours[lines] = line_colours(axes, groups)[lines]
     if not np.allclose(current, colours):
         layer.edge_color = colours
+
+
+# The data event each layer was last brought up to date for (weakly held): every widget that
+# follows the layer receives the same event object, and only the first need do the work.
+_SYNCED_FOR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def sync_after_edit(layer, edit, spacing, unit: str | None = None, slice_spacing=None) -> bool:
+    """``sync_recist_layer`` once per edit, however many widgets follow the layer.
+
+    ``edit`` is the layer's data event that prompted the call; a layer already brought up to
+    date for that same event is left alone (False). With ``edit`` None it always runs.
+    """
+    layer = unproxied(layer)
+    if edit is not None:
+        done = _SYNCED_FOR.get(layer)
+        if done is not None and done() is edit:
+            return False
+    changed = sync_recist_layer(layer, spacing, unit, slice_spacing)
+    if edit is not None:
+        with contextlib.suppress(TypeError):  # an event that cannot be weakly referenced
+            _SYNCED_FOR[layer] = weakref.ref(edit)
+    return changed
 
 
 # What each layer's lesions were last measured as, shared by every widget that reads the layer:

@@ -8,9 +8,19 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox
 
 from ..layer_units import MM, length_unit, slice_spacing_of, spacing_of, unproxied
-from ..recist_layers import sync_recist_layer
+from ..recist_layers import sync_after_edit
 
-__all__ = ["Connections", "LayerCombo", "enable_if_alive", "start_model_load"]
+# Data events that end an edit; napari also reports the moves of a vertex being dragged.
+_SETTLED = ("added", "removed", "changed")
+
+__all__ = ["Connections", "LayerCombo", "enable_if_alive", "is_settled_edit",
+           "start_model_load"]
+
+
+def is_settled_edit(event) -> bool:
+    """Whether a Shapes data event ends an edit (None, as from a direct call, counts)."""
+    action = getattr(getattr(event, "action", None), "value", None)
+    return action is None or action in _SETTLED
 
 
 class Connections:
@@ -227,22 +237,26 @@ class RecistLayerAccess:
             return MM
         return length_unit(self.image_layer(), layer)
 
-    def sync_layer_labels(self) -> None:
+    def sync_layer_labels(self, edit=None) -> None:
         """Pair new lines and bring lengths, colours and text labels of the followed RECIST
-        layer up to date after an edit.
+        layer up to date after ``edit`` (the layer's data event, if any).
 
         Every widget that follows edits does this, not only the RECIST widget: a layer opened
         from a file and edited with only this widget docked would otherwise keep showing the
-        lengths it was opened with. The update is idempotent, so widgets docked together do
-        not fight over it.
+        lengths it was opened with. Widgets docked together share the work of one edit (see
+        ``sync_after_edit``).
         """
         layer = self._layer
-        if layer is None or getattr(self, "_syncing_labels", False):
+        if layer is None:
             return
-        self._syncing_labels = True
         try:
-            sync_recist_layer(layer, self.spacing(), self.unit(), self.slice_spacing())
+            sync_after_edit(layer, edit, self.spacing(), self.unit(), self.slice_spacing())
         except RuntimeError:
             pass  # the widget's Qt objects are gone (its dock was closed mid-event)
-        finally:
-            self._syncing_labels = False
+
+    def _on_data(self, event=None) -> None:
+        """Follow an edit of the RECIST layer: labels now, the widget's own work debounced
+        (``_schedule``)."""
+        if is_settled_edit(event):
+            self.sync_layer_labels(event)
+            self._schedule()

@@ -54,7 +54,6 @@ __all__ = ["GroupsWidget", "preview_name"]
 
 #: Delay after the last edit before the plot and preview are brought up to date (ms).
 DEBOUNCE_MS = 150
-_SETTLED = ("added", "removed", "changed")
 _NO_GROUP = "#9a9a9a"
 
 
@@ -430,12 +429,6 @@ class GroupsWidget(RecistLayerAccess, QWidget):
             pass
 
     # -- following the RECIST layer ---------------------------------------------------------
-    def _on_data(self, event=None) -> None:
-        action = getattr(getattr(event, "action", None), "value", None)
-        if action is None or action in _SETTLED:
-            self.sync_layer_labels()
-            self._schedule()
-
     def _on_features(self, event=None) -> None:
         self._schedule()
 

@@ -53,10 +53,16 @@ from ..recist_layers import (
     describe_layer,
     is_recist_layer,
     recist_shapes_kwargs,
-    sync_recist_layer,
+    sync_after_edit,
     table_layer_tuple,
 )
-from ._common import Connections, LayerCombo, RecistLayerAccess, bind_lifetime
+from ._common import (
+    Connections,
+    LayerCombo,
+    RecistLayerAccess,
+    bind_lifetime,
+    is_settled_edit,
+)
 
 __all__ = ["SHORTCUTS", "RecistWidget"]
 
@@ -81,7 +87,6 @@ _COLUMNS = (
 STATUS_COLUMN = _COLUMNS.index("status")
 _BAD = QColor(200, 60, 60, 110)
 _INCOMPLETE = QColor(200, 160, 40, 110)
-_SETTLED = ("added", "removed", "changed")
 
 
 def _fmt(value: float, digits: int = 1) -> str:
@@ -390,23 +395,25 @@ class RecistWidget(RecistLayerAccess, QWidget):
 
     # -- keeping the layer in order ---------------------------------------------------------
     def _on_data(self, event=None) -> None:
-        action = getattr(getattr(event, "action", None), "value", None)
         if self._restoring:
             return
-        if action is None or action in _SETTLED:
+        if is_settled_edit(event):
             if not self._restoring and self._snapshot is not None:
                 if self._snapshot[0] is self._layer:
                     self._undo.append(self._snapshot)
                     del self._undo[:-UNDO_DEPTH]
                 self._snapshot = None
-            self.sync()
+            self.sync(event)
 
     def _on_features(self, event=None) -> None:
         if not self._busy:
             self._refresh_table()
 
-    def sync(self) -> None:
-        """Pair new lines, update lengths, colours and labels, and refresh the table."""
+    def sync(self, edit=None) -> None:
+        """Pair new lines, update lengths, colours and labels, and refresh the table.
+
+        ``edit`` is the layer's data event that prompted it, if any (see ``sync_after_edit``).
+        """
         if self._busy:
             return
         self._busy = True
@@ -416,7 +423,7 @@ class RecistWidget(RecistLayerAccess, QWidget):
                 self.lesions = []
             else:
                 spacing, unit, table = self.spacing(), self.unit(), self.slice_spacing()
-                sync_recist_layer(layer, spacing, unit, table)
+                sync_after_edit(layer, edit, spacing, unit, table)
                 self.lesions = describe_layer(layer, spacing, unit, table)
                 self._snapshot = _snapshot(layer)
             self.undo_button.setEnabled(bool(self._undo))

@@ -90,7 +90,6 @@ DEBOUNCE_MS = 30
 #: vertex back; and the most memory the cache holds then (bytes).
 CACHE_SPARE = 64
 CACHE_BYTES = 256 * 2**20
-_SETTLED = ("added", "removed", "changed")
 _PREVIEW_ROLE = "prompted preview"
 _KEPT_ROLE = "prompted masks"
 _NO_MODEL = "(no model: Load...)"
@@ -527,12 +526,6 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         self._cache.clear()
         self._shown = {}
         self._schedule()
-
-    def _on_data(self, event=None) -> None:
-        action = getattr(getattr(event, "action", None), "value", None)
-        if action is None or action in _SETTLED:
-            self.sync_layer_labels()
-            self._schedule()
 
     def _on_features(self, event=None) -> None:
         self._schedule()

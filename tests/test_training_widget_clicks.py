@@ -311,6 +311,37 @@ def test_an_edge_aware_loss_weight_typed_into_the_form_reaches_the_trainer(
     assert saved["train_config"]["crf_weight"] == 30.0
 
 
+def test_pretrained_encoder_picked_in_the_list_reaches_the_trainer(
+        make_napari_viewer, qtbot, tmp_path, tiny, notifications):
+    from napari_recist_seg.learning.inference import load_model
+    from napari_recist_seg.learning.pretrained import pretrained_encoder_state
+
+    viewer = make_napari_viewer()
+    _ct_layers(viewer)
+    widget = _widget(viewer)
+    combo = widget.form.encoder.native
+    entries = [combo.itemText(i) for i in range(combo.count())]
+    assert "resnet18" in entries
+    (entry,) = [e for e in entries if "efficientnet-lite0-imagenet" in e]
+    out = tmp_path / "models"
+    fill_training_form(qtbot, widget, out, kinds=("a1",), epochs=1, batch=2)
+    pick(combo, entry)
+    settings = widget.settings()
+    assert settings["encoder"] == "tu-tf_efficientnet_lite0"
+    assert settings["encoder_weights"] == "efficientnet-lite0-imagenet"
+    messages = _run(qtbot, widget, widget.start_button)
+    assert _event_kinds(messages)[-2:] == ["finished", "model"], notifications
+    saved = json.loads((out / "a1" / "best" / "config.json").read_text(encoding="utf-8"))
+    assert saved["train_config"]["encoder_weights"] == "efficientnet-lite0-imagenet"
+    model = load_model(out / "a1" / "best")
+    assert model.config["encoder"] == "tu-tf_efficientnet_lite0"
+    # One epoch of a few steps moves the weights a little from ImageNet's, not far.
+    key = "model.blocks.3.0.conv_pw.weight"
+    start = pretrained_encoder_state("efficientnet-lite0-imagenet")[key]
+    trained = model.encoder.state_dict()[key]
+    assert float(np.corrcoef(start.flatten(), trained.flatten())[0, 1]) > 0.9
+
+
 def test_self_training_rounds_typed_into_the_form_train_each_round(
         make_napari_viewer, qtbot, tmp_path, tiny, monkeypatch, notifications):
     from napari_recist_seg.plugin.widgets import training_widget

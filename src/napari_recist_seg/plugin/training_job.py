@@ -67,6 +67,9 @@ class TrainingJob:
     out_dir: str
     # The trainer's own defaults: one place for the plugin, the command line and the library.
     encoder: str = TrainConfig.encoder
+    #: Encoder weights (``TrainConfig.encoder_weights``): a local file or the name of weights
+    #: shipped in an installed package; None: random.
+    encoder_weights: str | None = TrainConfig.encoder_weights
     input_size: int = TrainConfig.input_size
     epochs: int = TrainConfig.epochs
     batch_size: int = TrainConfig.batch_size
@@ -243,7 +246,8 @@ def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> It
                 break
             data = sets.get(kind, data)
             config = TrainConfig(
-                kind=kind, encoder=job.encoder, input_size=job.input_size,
+                kind=kind, encoder=job.encoder, encoder_weights=job.encoder_weights,
+                input_size=job.input_size,
                 in_channels=in_channels,
                 n_groups=int(data.grouping.k) if MODEL_REGISTRY[kind].groups else None,
                 epochs=job.epochs, batch_size=job.batch_size, lr=job.lr, patience=job.patience,

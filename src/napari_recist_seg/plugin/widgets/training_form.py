@@ -8,6 +8,7 @@ the dock, or napari, keeps the user's choices.
 
 # No ``from __future__ import annotations``: magicgui reads the form's types at run time.
 import contextlib
+import importlib.util
 import inspect
 import sys
 from dataclasses import fields
@@ -17,13 +18,15 @@ from magicgui import magicgui
 from qtpy.QtCore import QEvent, QObject
 
 from ...learning.model_kinds import MODEL_KINDS, MODEL_REGISTRY, colour_of
+from ...learning.pretrained import PRETRAINED_ENCODERS
 from ...learning.train_config import DEFAULT_CRF_WEIGHT, MAX_ROUNDS
 from ..remembered_settings import load_settings, save_settings
 from ..training_job import TrainingJob, prepare_torch_import
 
-__all__ = ["ENCODERS", "SETTINGS_NAME", "TrainingForm", "default_output_folder"]
+__all__ = ["ENCODERS", "SETTINGS_NAME", "TrainingForm", "default_output_folder",
+           "encoder_and_weights"]
 
-#: Encoders offered in the list.
+#: Encoders offered in the list, trained from random weights.
 ENCODERS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "efficientnet-b0")
 #: Name of the remembered settings (``remembered_settings``).
 SETTINGS_NAME = "training"
@@ -40,6 +43,22 @@ def default_output_folder() -> str:
 
 def _device_choices(_widget=None) -> list[str]:
     return list(_devices)
+
+
+def _encoder_choices(_widget=None) -> list[tuple[str, str]]:
+    """The encoder list: (shown text, value). Pretrained weights shipped in an installed
+    package are offered under their ``PRETRAINED_ENCODERS`` name; nothing is downloaded."""
+    choices = [(name, name) for name in ENCODERS]
+    for name, spec in PRETRAINED_ENCODERS.items():
+        if importlib.util.find_spec(spec.module) is not None:
+            choices.append((f"{spec.encoder.removeprefix('tu-')} ({name})", name))
+    return choices
+
+
+def encoder_and_weights(choice: str) -> tuple[str, str | None]:
+    """The encoder and encoder weights an entry of the encoder list stands for."""
+    spec = PRETRAINED_ENCODERS.get(choice)
+    return (spec.encoder, choice) if spec is not None else (choice, None)
 
 
 def _torch_is_loaded() -> bool:
@@ -123,8 +142,9 @@ class TrainingForm:
             auto_call=False,
             **{entry.name: {"text": entry.display, "tooltip": entry.description}
                for entry in MODEL_REGISTRY.values()},
-            encoder={"label": "Encoder", "widget_type": "ComboBox", "choices": ENCODERS,
-                     "tooltip": "The network's encoder (no pretrained weights)"},
+            encoder={"label": "Encoder", "widget_type": "ComboBox", "choices": _encoder_choices,
+                     "tooltip": "The network's encoder: random weights, or (in brackets) "
+                                "ImageNet weights shipped in an installed package"},
             input_size={"label": "Input size", "min": 16, "max": 1024, "step": 16,
                         "tooltip": "Network input side in pixels (a multiple of 16)"},
             epochs={"label": "Epochs", "min": 1, "max": 10000,
@@ -192,11 +212,13 @@ class TrainingForm:
         """The chosen settings as ``TrainingJob`` keyword arguments."""
         gui = self.widget
         k = int(gui.k.value)
+        encoder, weights = encoder_and_weights(str(gui.encoder.value))
         return dict(
             kinds=tuple(kind for kind in MODEL_KINDS if gui[kind].value),
             # an emptied field means no folder, not the current one
             out_dir=gui.out_dir.line_edit.value.strip(),
-            encoder=str(gui.encoder.value),
+            encoder=encoder,
+            encoder_weights=weights,
             input_size=int(gui.input_size.value),
             epochs=int(gui.epochs.value),
             batch_size=int(gui.batch_size.value),

@@ -25,9 +25,11 @@ def test_train_predict_evaluate(tmp_path, capsys):
     data = make_isic_folder(tmp_path / "data", n=10, size=48)
     out = tmp_path / "runs"
     code = main(["train", str(data), "--out", str(out), "--models", "multitask", "--size", "32",
-                 "--epochs", "1", "--batch", "4", "--k", "2"])
+                 "--epochs", "1", "--batch", "4", "--k", "2", "--select", "dice"])
     assert code == 0
     assert (out / "multitask" / "best" / "model.safetensors").is_file()
+    saved = json.loads((out / "multitask" / "best" / "config.json").read_text())
+    assert saved["train_config"]["select"] == "dice"
     preds = tmp_path / "preds"
     assert main(["predict", str(data / "images"), "--model", str(out / "multitask"),
                  "--out", str(preds)]) == 0
@@ -57,8 +59,10 @@ def test_benchmark_writes_results_in_the_documented_shape(tmp_path):
     out = tmp_path / "bench"
     code = main(["benchmark", "--train", str(train_dir), "--test", str(test_dir), "--out",
                  str(out), "--models", "a1,coseg", "--epochs", "1", "--size", "32",
-                 "--batch", "4", "--n-train", "8", "--k", "2"])
+                 "--batch", "4", "--n-train", "8", "--k", "2", "--select", "dice"])
     assert code == 0
+    saved = json.loads((out / "runs" / "coseg-seed0" / "best" / "config.json").read_text())
+    assert saved["train_config"]["select"] == "dice"
     results = json.loads((out / "results.json").read_text())
     assert results["n_train"] == 8
     for kind in ("a1", "coseg"):
@@ -74,6 +78,8 @@ def test_benchmark_writes_results_in_the_documented_shape(tmp_path):
     assert block["methods"]["ellipse"]["metrics"]["dice"]["mean"] > 0.85
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "on whole images." in report
+    assert "learning rate 0.001" in report
+    assert "the checkpoint of the best validation dice" in report
     assert "training_curves.png" in report and (out / "training_curves.png").is_file()
     assert (out / "overlays_test.png").is_file()
 

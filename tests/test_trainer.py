@@ -275,6 +275,20 @@ def _scripted_validation(monkeypatch, losses):
     monkeypatch.setattr(trainer, "_validate", scripted)
 
 
+def _scripted_dice(monkeypatch, losses, dice):
+    """Validation that reports the scripted losses and Dice, in turn."""
+    real = trainer._validate
+    script = iter(zip(losses, dice))
+
+    def scripted(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out["loss"], out["dice"] = next(script)
+        out["loss_total"] = out["loss"]
+        return out
+
+    monkeypatch.setattr(trainer, "_validate", scripted)
+
+
 def _two_images():
     return Subset(prepared().train_set, range(2))  # one step an epoch
 
@@ -310,6 +324,28 @@ def test_early_stop_patience_counts_epochs_since_the_best(monkeypatch, tmp_path)
     assert all(e.lr == 1e-3 for e in events if e.kind == "step")
     _, best = load_checkpoint(tmp_path / "best")
     assert len(best["history"]) == 3
+
+
+@pytest.mark.parametrize(("select", "best", "stopped_at"), [("loss", 2, 4), ("dice", 4, 5)])
+def test_the_best_checkpoint_follows_the_chosen_validation_figure(monkeypatch, tmp_path,
+                                                                  select, best, stopped_at):
+    # An over-confident network: its loss rises after epoch 2 while its Dice still grows.
+    _scripted_dice(monkeypatch, [2.0, 1.0, 1.5, 1.8, 2.2], [0.6, 0.7, 0.75, 0.8, 0.79])
+    cfg = config("a1", epochs=5, patience=2, select=select)
+    events = list(train(_two_images(), prepared().val_set, cfg, tmp_path))
+    finished = events[-1]
+    assert finished.best_epoch == best and finished.epoch == stopped_at
+    assert (finished.message == "all epochs done") == (stopped_at == 5)
+    if stopped_at < 5:
+        assert finished.message == f"early stop: no better validation {select} for 2 epochs"
+    _, saved = load_checkpoint(tmp_path / "best")
+    assert len(saved["history"]) == best
+    assert saved["train_config"]["select"] == select
+
+
+def test_an_unknown_selection_figure_is_refused():
+    with pytest.raises(ValueError, match="select must be one of"):
+        TrainConfig(select="iou").validate()
 
 
 # -- checks before training -----------------------------------------------------------------

@@ -78,6 +78,15 @@ def _encoder_weights_option(p) -> None:
                         f"random")
 
 
+def _select_option(p, default: str) -> None:
+    from ..learning.train_config import SELECT_METRICS
+
+    p.add_argument("--select", choices=SELECT_METRICS, default=default,
+                   help="what picks the best checkpoint and drives early stopping: the "
+                        "validation loss, or the validation Dice against the pseudo-masks "
+                        "(default: %(default)s)")
+
+
 def _crf_option(p) -> None:
     from ..learning.train_config import DEFAULT_CRF_WEIGHT
 
@@ -206,6 +215,7 @@ def _configure_train(p) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help="default: %(default)s")
     p.add_argument("--patience", type=int, default=d.patience,
                    help="epochs without improvement before stopping (default: %(default)s)")
+    _select_option(p, d.select)
     p.add_argument("--k", type=int, help="number of RECIST groups (default: about 20 a group)")
     p.add_argument("--pseudo-mask", default=DEFAULT_TARGET, choices=TARGET_METHODS,
                    help="training target drawn from each RECIST; the trimap ones leave a band "
@@ -271,7 +281,8 @@ def _train(args) -> int:
         config = TrainConfig(kind=kind, encoder=_encoder(args), input_size=args.size,
                              in_channels=data.train_set.n_channels, n_groups=data.grouping.k,
                              epochs=args.epochs, batch_size=args.batch,
-                             lr=args.lr, patience=args.patience, seed=args.seed,
+                             lr=args.lr, patience=args.patience, select=args.select,
+                             seed=args.seed,
                              device=args.device, encoder_weights=args.encoder_weights,
                              num_workers=args.workers, amp=args.amp,
                              channels_last=args.channels_last,
@@ -619,6 +630,7 @@ def _configure_benchmark(p) -> None:
     p.add_argument("--patience", type=int, default=d.patience,
                    help="early stopping: epochs without a better validation loss "
                         "(default: %(default)s)")
+    _select_option(p, d.select)
     p.add_argument("--k", type=int, default=None,
                    help="RECIST groups for the multitask model (default: one per 20 training "
                         "lesions, 2 to 45)")
@@ -653,7 +665,8 @@ def _benchmark(args) -> int:
         models=_models(args.models), seeds=args.seeds, epochs=args.epochs, size=args.size,
         n_train=args.n_train, pseudo_mask=args.pseudo_mask, encoder=_encoder(args),
         encoder_weights=args.encoder_weights,
-        batch_size=args.batch, lr=args.lr, patience=args.patience, k=args.k,
+        batch_size=args.batch, lr=args.lr, patience=args.patience, select=args.select,
+        k=args.k,
         device=args.device, tta=args.tta, workers=args.workers, amp=args.amp,
         channels_last=args.channels_last, lesion_margin=args.lesion_crops,
         prior_residual=args.prior_residual, prior_dropout=args.prior_dropout,

@@ -239,9 +239,14 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
                f"on crops around each lesion's RECIST (margin {cfg['lesion_margin']:g}).")
         )
     lines += [
-        f"{source} Encoder {cfg.get('encoder')}, input {cfg.get('size')} px, at most "
+        f"{source} Encoder {cfg.get('encoder')}"
+        f"{' with weights ' + repr(cfg['encoder_weights']) if cfg.get('encoder_weights') else ''}"
+        f", input {cfg.get('size')} px, learning rate {cfg.get('lr')}, at most "
         f"{cfg.get('epochs')} epochs, {seeds} seed(s)"
-        f"{' (mean ± std over seeds)' if seeds > 1 else ''}.{_crf_words(results)}",
+        f"{' (mean ± std over seeds)' if seeds > 1 else ''}; the checkpoint of the best "
+        f"validation {cfg.get('select', 'loss')}"
+        f"{'; predictions averaged with their flips' if cfg.get('tta') else ''}."
+        f"{_crf_words(results)}",
         "",
         "## Training",
         "",

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 from .model_kinds import MODEL_KINDS, model_kind
 
 __all__ = ["AMP_SETTINGS", "DEFAULT_CRF_WEIGHT", "MAX_GROUPS", "MAX_INPUT_SIZE",
-           "MAX_IN_CHANNELS", "MAX_ROUNDS", "MODEL_KINDS", "TrainConfig", "check_crf_weight",
-           "check_rounds", "default_crf_weight"]
+           "MAX_IN_CHANNELS", "MAX_ROUNDS", "MODEL_KINDS", "SELECT_METRICS", "TrainConfig",
+           "check_crf_weight", "check_rounds", "default_crf_weight", "selection_score"]
 
 # Upper bounds: far above any real use, low enough that no setting makes a network of absurd
 # size (a config file may come from anywhere).
@@ -27,6 +27,17 @@ MAX_GROUPS = 10_000
 MAX_ROUNDS = 10
 #: Mixed-precision settings (see ``devices.amp_dtype``).
 AMP_SETTINGS = ("auto", "bf16", "fp16", "off")
+#: What picks the ``best`` checkpoint and drives early stopping: the validation loss, or the
+#: validation Dice against the pseudo-masks.
+SELECT_METRICS = ("loss", "dice")
+
+
+def selection_score(val: dict, select: str) -> float:
+    """The number a validation record ranks epochs by, lower being better: its loss, or its
+    Dice negated (``select`` is one of ``SELECT_METRICS``)."""
+    if select == "dice":
+        return -float(val.get("dice", float("nan")))
+    return float(val["loss"])
 
 
 
@@ -56,6 +67,11 @@ class TrainConfig:
     blanked. None, the default, is 0 for a network that corrects its prior (a blank prior
     leaves it nothing to correct, and on the CT-like set's validation split it lifted the
     prompted model from 0.861 to 0.887 Dice) and 0.5 for the plain network.
+
+    ``select``: what ranks the epochs for the ``best`` checkpoint and early stopping, "loss"
+    (the validation loss, the default) or "dice" (the validation Dice against the
+    pseudo-masks). A network that grows over-confident can see its loss rise while its masks
+    still improve, and "dice" keeps those later epochs.
     """
 
     kind: str = "multitask"
@@ -69,6 +85,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     patience: int = 5
+    select: str = "loss"
     seed: int = 0
     device: str = "auto"
     w_seg: float | None = None
@@ -124,6 +141,9 @@ class TrainConfig:
                              f"{self.in_channels}")
         if self.patience < 1:
             raise ValueError(f"patience must be at least 1, got {self.patience}")
+        if self.select not in SELECT_METRICS:
+            raise ValueError(f"select must be one of {list(SELECT_METRICS)}, got "
+                             f"{self.select!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         if self.schedule not in ("cosine", "constant"):

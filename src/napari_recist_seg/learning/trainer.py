@@ -45,7 +45,7 @@ from .losses import make_loss
 from .model_kinds import MODEL_REGISTRY
 from .models import build_model
 from .run_folders import claim_run_folder, resume_checkpoint
-from .train_config import TrainConfig
+from .train_config import TrainConfig, selection_score
 
 __all__ = ["TrainConfig", "TrainEvent", "TrainingInterrupted", "train", "check_output_folder"]
 
@@ -651,6 +651,8 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
     }
     history: list[dict] = []
     start_epoch, start_step, global_step = 0, 0, 0
+    # best_loss is the best selection score (selection_score: the loss, or the Dice negated);
+    # checkpoints keep the name of the days when it was always the loss.
     best_loss, best_epoch, bad_epochs = math.inf, None, 0
     elapsed_before = 0.0
     resumed_running: dict[str, float] = {}
@@ -798,9 +800,10 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
             # leave a history that a resume extends twice.
             with _ctrl_c_deferred():
                 history.append(record)
-                improved = val["loss"] < best_loss - 1e-9
+                score = selection_score(val, config.select)
+                improved = score < best_loss - 1e-9
                 if improved:
-                    best_loss, best_epoch, bad_epochs = val["loss"], epoch + 1, 0
+                    best_loss, best_epoch, bad_epochs = score, epoch + 1, 0
                 else:
                     bad_epochs += 1
                 if improved:
@@ -819,7 +822,8 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
                     elapsed=time.perf_counter() - t_start, best_epoch=best_epoch,
                     images_per_second=images_seen / max(train_seconds, 1e-9),
                     checkpoint=str(out / "best"), lr=record["lr"], **common,
-                    message=f"early stop: no better validation loss for {bad_epochs} epochs",
+                    message=f"early stop: no better validation {config.select} for "
+                            f"{bad_epochs} epochs",
                 )
                 return
         yield TrainEvent(

@@ -23,6 +23,7 @@ from napari_recist_seg.plugin.training_job import prepare_torch_import
 from napari_recist_seg.plugin.widgets.compare_widget import TABLE_METRICS, prediction_name
 
 from ._compare_stubs import ConstantModel, RampModel
+from ._gui import set_checked
 from ._learning_data import crop_preprocessing, quick, saved_model, whole_preprocessing
 
 PLUGIN = "napari-recist-seg"
@@ -251,6 +252,23 @@ def test_threshold_spin_box_cuts_the_probability_map(make_napari_viewer, qtbot, 
     assert widget.threshold_spin.value() == pytest.approx(0.85)
     _type_threshold(widget, qtbot, "0.99")
     assert widget.threshold_spin.value() <= 0.95
+
+
+def test_flip_averaging_box_averages_with_the_mirrored_predictions(make_napari_viewer, qtbot,
+                                                                   tmp_path):
+    # The ramp mirrored left-right is 1 - p, upside down unchanged: the average of the three
+    # is (p + 1) / 3, above 0.4 where p > 0.2, against p > 0.4 without flips.
+    viewer = _ct_viewer(make_napari_viewer)
+    _stub("a1", RampModel(), tmp_path / "ramp")
+    widget = _widget(viewer)
+    assert not widget.tta_box.isChecked()
+    _type_threshold(widget, qtbot, "0.4")
+    _click_predict(widget, qtbot)
+    layer = viewer.layers[prediction_name("A1")]
+    assert layer.data.mean() == pytest.approx(0.6, abs=0.03)
+    set_checked(qtbot, widget.tta_box, True)
+    _click_predict(widget, qtbot)
+    assert layer.data.mean() == pytest.approx(0.8, abs=0.03)
 
 
 def test_empty_prediction_is_blank_with_a_note_in_table_and_csv(make_napari_viewer, qtbot,

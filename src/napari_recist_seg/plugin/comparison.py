@@ -156,7 +156,7 @@ def _label_at(labels: np.ndarray, point) -> int:
 
 
 def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
-                   threshold: float = DEFAULT_THRESHOLD):
+                   threshold: float = DEFAULT_THRESHOLD, tta: bool = False):
     """Predict ``image`` with each model of ``entries``, yielding one result per model.
 
     Parameters
@@ -173,6 +173,9 @@ def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
         The last axis of ``image`` holds colours.
     threshold : float
         The probability above which a pixel is lesion, in (0, 1).
+    tta : bool
+        Average each prediction with those of the image flipped left-right and upside down
+        (three passes of the network, as ``recist-seg predict --tta``).
 
     Yields
     ------
@@ -222,12 +225,12 @@ def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
                 if not mine:
                     continue
                 pred = predict_detailed(model, plane, [r for _, r in mine],
-                                        threshold=threshold)
+                                        threshold=threshold, tta=tta)
                 if pred.groups is not None:
                     for (lid, _), g in zip(mine, pred.groups):
                         groups[(z, lid)] = int(g)
             else:
-                pred = predict_detailed(model, plane, threshold=threshold)
+                pred = predict_detailed(model, plane, threshold=threshold, tta=tta)
                 if pred.groups is not None:
                     groups[(z, None)] = int(pred.groups[0])
             if z is None:

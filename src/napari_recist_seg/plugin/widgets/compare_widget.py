@@ -40,6 +40,7 @@ from napari.layers import Image, Labels, Layer, Shapes
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QDoubleSpinBox,
     QFileDialog,
     QGridLayout,
@@ -152,6 +153,11 @@ class CompareWidget(QWidget):
             "Probability above which a pixel is lesion (as recist-seg predict --threshold)")
         pick.addWidget(QLabel("Threshold"), 3, 0)
         pick.addWidget(self.threshold_spin, 3, 1)
+        self.tta_box = QCheckBox("Average with flips")
+        self.tta_box.setToolTip(
+            "Also predict the image flipped left-right and upside down and average the three "
+            "(three times slower; as recist-seg predict --tta)")
+        pick.addWidget(self.tta_box, 4, 1)
 
         self.models_list = QListWidget()
         self.models_list.setMaximumHeight(110)
@@ -244,7 +250,7 @@ class CompareWidget(QWidget):
             return None
         threshold = round(self.threshold_spin.value(), 2)
         worker = create_worker(predict_models, entries, inputs.image, inputs.lesions,
-                               inputs.truth, inputs.rgb, threshold,
+                               inputs.truth, inputs.rgb, threshold, self.tta_box.isChecked(),
                                _start_thread=False, _ignore_errors=True)
         results: list = []
         failed: list = []

@@ -19,7 +19,7 @@ from qtpy.QtCore import QEvent, QObject
 
 from ...learning.model_kinds import MODEL_KINDS, MODEL_REGISTRY, colour_of
 from ...learning.pretrained import PRETRAINED_ENCODERS
-from ...learning.train_config import DEFAULT_CRF_WEIGHT, MAX_ROUNDS
+from ...learning.train_config import DEFAULT_CRF_WEIGHT, MAX_ROUNDS, SELECT_METRICS
 from ..remembered_settings import load_settings, save_settings
 from ..training_job import TrainingJob, prepare_torch_import
 
@@ -91,6 +91,7 @@ _settings.__signature__ = inspect.Signature([
           ("epochs", int, _DEFAULTS["epochs"]),
           ("batch_size", int, _DEFAULTS["batch_size"]),
           ("lr", float, _DEFAULTS["lr"]),
+          ("select", str, _DEFAULTS["select"]),
           ("k", int, 0),
           ("self_training_rounds", int, _DEFAULTS["self_training_rounds"]),
           ("crf_weight", float, _AUTO if _DEFAULTS["crf_weight"] is None
@@ -152,6 +153,11 @@ class TrainingForm:
                                "validation stops improving)"},
             batch_size={"label": "Batch", "min": 2, "max": 1024},
             lr={"label": "Learning rate", "min": 1e-6, "max": 1.0, "step": 1e-4},
+            select={"label": "Best epoch by", "widget_type": "ComboBox",
+                    "choices": [(f"validation {m}", m) for m in SELECT_METRICS],
+                    "tooltip": "What picks the kept (best) checkpoint and stops training "
+                               "early: the validation loss, or the validation Dice against "
+                               "the pseudo-masks"},
             k={"label": "K (0: auto)", "min": 0, "max": 500,
                "tooltip": "Number of RECIST groups (0: about 20 lesions a group)"},
             self_training_rounds={
@@ -223,6 +229,7 @@ class TrainingForm:
             epochs=int(gui.epochs.value),
             batch_size=int(gui.batch_size.value),
             lr=float(gui.lr.value),
+            select=str(gui.select.value),
             device=str(gui.device.value),
             k=None if k < 2 else k,
             self_training_rounds=int(gui.self_training_rounds.value),

@@ -254,9 +254,7 @@ def main(argv=None) -> None:
         click(widget.predict_button)
         wait_for(lambda: widget._worker is None and widget.predict_button.isEnabled(),
                  "predictions")
-        centre = np.mean([r.centre for r in _lesions(recist)], axis=0)
-        camera(viewer).center = tuple(centre * np.asarray(image.scale))
-        camera(viewer).zoom = 3.0
+        frame_lesions(viewer, image, recist)
         shots.shoot("widget_compare.png")
         set_checked(widget.side_button, True)
         viewer.reset_view()
@@ -289,6 +287,21 @@ def main(argv=None) -> None:
         shots.shoot("widget_segment.png")
         click(widget.keep_button)
     viewer.close()
+
+
+def frame_lesions(viewer, image, recist_layer, margin: float = 1.4) -> None:
+    """Centre the camera on the lesions and zoom until they (widened by ``margin``) fill it.
+
+    The zoom is found relative to the one that fits the whole image, so that it does not
+    depend on the canvas's size in pixels.
+    """
+    ends = np.concatenate([np.asarray(line)[:, -2:] for line in recist_layer.data])
+    ends = ends * np.asarray(image.scale)[-2:]
+    viewer.reset_view()
+    whole = np.asarray(image.data.shape[-2:]) * np.asarray(image.scale)[-2:]
+    span = (ends.max(axis=0) - ends.min(axis=0)) * margin
+    camera(viewer).center = tuple((ends.max(axis=0) + ends.min(axis=0)) / 2)
+    camera(viewer).zoom *= float(np.min(whole / np.maximum(span, 1e-6)))
 
 
 def move_endpoint(recist_layer, lesion: int, by: float) -> None:

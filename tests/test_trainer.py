@@ -343,6 +343,15 @@ def test_the_best_checkpoint_follows_the_chosen_validation_figure(monkeypatch, t
     assert saved["train_config"]["select"] == select
 
 
+def test_patience_running_out_at_the_last_epoch_is_no_early_stop(monkeypatch, tmp_path):
+    _scripted_validation(monkeypatch, [1.0, 2.0, 3.0])
+    events = list(train(_two_images(), prepared().val_set, config("a1", epochs=3, patience=2),
+                        tmp_path))
+    finished = events[-1]
+    assert finished.kind == "finished" and finished.epoch == 3 and finished.best_epoch == 1
+    assert finished.message == "all epochs done"
+
+
 def test_an_unknown_selection_figure_is_refused():
     with pytest.raises(ValueError, match="select must be one of"):
         TrainConfig(select="iou").validate()

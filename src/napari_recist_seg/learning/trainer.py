@@ -816,7 +816,8 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
                 elapsed=record["elapsed"], images_per_second=images_seen / max(train_seconds, 1e-9),
                 best_epoch=best_epoch, checkpoint=last, **common,
             )
-            if bad_epochs >= config.patience:
+            # At the last epoch there is nothing left to stop: the run ends as planned.
+            if bad_epochs >= config.patience and epoch + 1 < config.epochs:
                 yield TrainEvent(
                     "finished", epoch=epoch + 1, step=steps_per_epoch, global_step=global_step,
                     elapsed=time.perf_counter() - t_start, best_epoch=best_epoch,

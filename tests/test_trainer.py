@@ -243,6 +243,14 @@ def test_resume_with_another_kind_is_refused(tmp_path_factory, tmp_path):
     assert events == []
 
 
+def test_resume_with_another_selection_figure_is_refused(tmp_path_factory, tmp_path):
+    out_a, _ = trained_run("multitask", tmp_path_factory)
+    data = prepared()
+    with pytest.raises(ValueError, match="by validation loss: resume with select='loss'"):
+        next(train(data.train_set, data.val_set, config("multitask", select="dice"), tmp_path,
+                   resume=out_a / "last"))
+
+
 def test_resume_with_another_architecture_is_a_value_error(tmp_path_factory, tmp_path):
     """Same kind, other number of groups: the checkpoint cannot fit the new model."""
     out_a, _ = trained_run("multitask", tmp_path_factory)

@@ -143,13 +143,10 @@ def _only_rank_zero_reports() -> None:
 
 def _encoder(args) -> str:
     """The asked encoder; else the one packaged weights are for; else the default."""
-    from ..learning.pretrained import PRETRAINED_ENCODERS
+    from ..learning.pretrained import packaged_encoder
     from ..learning.train_config import TrainConfig
 
-    if args.encoder:
-        return args.encoder
-    option = PRETRAINED_ENCODERS.get(args.encoder_weights or "")
-    return option.encoder if option is not None else TrainConfig.encoder
+    return args.encoder or packaged_encoder(args.encoder_weights) or TrainConfig.encoder
 
 
 # -- train ------------------------------------------------------------------------------------
@@ -628,8 +625,8 @@ def _configure_benchmark(p) -> None:
     p.add_argument("--lr", type=float, default=d.lr,
                    help="Adam learning rate, cosine schedule (default: %(default)s)")
     p.add_argument("--patience", type=int, default=d.patience,
-                   help="early stopping: epochs without a better validation loss "
-                        "(default: %(default)s)")
+                   help="early stopping: epochs without a better validation figure "
+                        "(--select) (default: %(default)s)")
     _select_option(p, d.select)
     p.add_argument("--k", type=int, default=None,
                    help="RECIST groups for the multitask model (default: one per 20 training "

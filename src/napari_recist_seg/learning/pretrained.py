@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # torch loads only when weights are read: --help stays quick
 __all__ = [
     "PRETRAINED_ENCODERS",
     "PretrainedEncoder",
+    "packaged_encoder",
     "pretrained_encoder_state",
     "write_pretrained_encoder",
 ]
@@ -112,6 +113,13 @@ _TOP_LAYERS = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_hea
 _HEAD_LAYERS = ("conv_head.", "bn2.", "classifier.")
 _BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)")
 _TOP_KEY = re.compile(r"(\w+)\.(\w+)")
+
+
+def packaged_encoder(name) -> str | None:
+    """The encoder that the packaged weights ``name`` fill (a ``PRETRAINED_ENCODERS`` key);
+    None when ``name`` names no packaged weights (a file path, or nothing)."""
+    spec = PRETRAINED_ENCODERS.get(name) if isinstance(name, str) else None
+    return None if spec is None else spec.encoder
 
 
 def _spec(name: str) -> PretrainedEncoder:

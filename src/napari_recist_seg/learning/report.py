@@ -238,15 +238,14 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
             + ("on whole images." if cfg.get("lesion_margin") is None else
                f"on crops around each lesion's RECIST (margin {cfg['lesion_margin']:g}).")
         )
+    weights = f" with weights {cfg['encoder_weights']!r}" if cfg.get("encoder_weights") else ""
+    flips = "; predictions averaged with their flips" if cfg.get("tta") else ""
+    over_seeds = " (mean ± std over seeds)" if seeds > 1 else ""
     lines += [
-        f"{source} Encoder {cfg.get('encoder')}"
-        f"{' with weights ' + repr(cfg['encoder_weights']) if cfg.get('encoder_weights') else ''}"
-        f", input {cfg.get('size')} px, learning rate {cfg.get('lr')}, at most "
-        f"{cfg.get('epochs')} epochs, {seeds} seed(s)"
-        f"{' (mean ± std over seeds)' if seeds > 1 else ''}; the checkpoint of the best "
-        f"validation {cfg.get('select', 'loss')}"
-        f"{'; predictions averaged with their flips' if cfg.get('tta') else ''}."
-        f"{_crf_words(results)}",
+        f"{source} Encoder {cfg.get('encoder')}{weights}, input {cfg.get('size')} px, "
+        f"learning rate {cfg.get('lr')}, at most {cfg.get('epochs')} epochs, {seeds} seed(s)"
+        f"{over_seeds}; the checkpoint of the best validation {cfg.get('select', 'loss')}"
+        f"{flips}.{_crf_words(results)}",
         "",
         "## Training",
         "",

@@ -651,15 +651,14 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
     }
     history: list[dict] = []
     start_epoch, start_step, global_step = 0, 0, 0
-    # best_loss is the best selection score (selection_score: the loss, or the Dice negated);
-    # checkpoints keep the name of the days when it was always the loss.
-    best_loss, best_epoch, bad_epochs = math.inf, None, 0
+    # The best selection score so far (selection_score: the loss, or the Dice negated).
+    best_score, best_epoch, bad_epochs = math.inf, None, 0
     elapsed_before = 0.0
     resumed_running: dict[str, float] = {}
     error = None
     try:
         if resume is not None:
-            (history, start_epoch, start_step, global_step, best_loss, best_epoch, bad_epochs,
+            (history, start_epoch, start_step, global_step, best_score, best_epoch, bad_epochs,
              elapsed_before, resumed_running) = _resume_state(
                 resume, model, optimizer, scheduler, scaler, config, device)
     except (ValueError, OSError, RuntimeError) as exc:
@@ -678,7 +677,8 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
             "epoch": epoch,
             "step_in_epoch": step_in_epoch,
             "global_step": global_step,
-            "best_loss": best_loss if math.isfinite(best_loss) else None,
+            # Named when it was always the loss; checkpoints keep the name.
+            "best_loss": best_score if math.isfinite(best_score) else None,
             "best_epoch": best_epoch,
             "bad_epochs": bad_epochs,
             "elapsed": elapsed,
@@ -801,9 +801,9 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
             with _ctrl_c_deferred():
                 history.append(record)
                 score = selection_score(val, config.select)
-                improved = score < best_loss - 1e-9
+                improved = score < best_score - 1e-9
                 if improved:
-                    best_loss, best_epoch, bad_epochs = score, epoch + 1, 0
+                    best_score, best_epoch, bad_epochs = score, epoch + 1, 0
                 else:
                     bad_epochs += 1
                 if improved:
@@ -864,6 +864,12 @@ def _resume_state(resume, model, optimizer, scheduler, scaler, config: TrainConf
         raise ValueError(
             f"checkpoint {resume} is a {saved_train.get('kind')!r} run, not {config.kind!r}"
         )
+    saved_select = saved_train.get("select", "loss")
+    if saved_select != config.select:
+        # Its best score so far is a number of the other figure: the two cannot be compared.
+        raise ValueError(f"checkpoint {resume} picked its best epoch by validation "
+                         f"{saved_select}: resume with select={saved_select!r} (--select "
+                         f"{saved_select})")
     if resumed_model.config != model.config:
         raise ValueError(
             f"checkpoint {resume} holds a model built with {resumed_model.config}, "
@@ -878,8 +884,8 @@ def _resume_state(resume, model, optimizer, scheduler, scaler, config: TrainConf
         start_epoch = int(state.get("epoch", 0))
         start_step = int(state.get("step_in_epoch", 0))
         global_step = int(state.get("global_step", 0))
-        best_loss = float(state.get("best_loss") if state.get("best_loss") is not None
-                          else math.inf)
+        best_score = float(state.get("best_loss") if state.get("best_loss") is not None
+                           else math.inf)
         best_epoch = state.get("best_epoch")
         best_epoch = None if best_epoch is None else int(best_epoch)
         bad_epochs = int(state.get("bad_epochs", 0))
@@ -895,7 +901,7 @@ def _resume_state(resume, model, optimizer, scheduler, scaler, config: TrainConf
     except (AttributeError, TypeError, ValueError, RuntimeError, KeyError) as exc:
         raise ValueError(f"checkpoint {resume}: its training state is invalid: {exc}"
                          ) from None
-    return (history, start_epoch, start_step, global_step, best_loss, best_epoch, bad_epochs,
+    return (history, start_epoch, start_step, global_step, best_score, best_epoch, bad_epochs,
             elapsed_before, resumed_running)
 
 

@@ -18,7 +18,7 @@ from magicgui import magicgui
 from qtpy.QtCore import QEvent, QObject
 
 from ...learning.model_kinds import MODEL_KINDS, MODEL_REGISTRY, colour_of
-from ...learning.pretrained import PRETRAINED_ENCODERS
+from ...learning.pretrained import PRETRAINED_ENCODERS, packaged_encoder
 from ...learning.train_config import DEFAULT_CRF_WEIGHT, MAX_ROUNDS, SELECT_METRICS
 from ..remembered_settings import load_settings, save_settings
 from ..training_job import TrainingJob, prepare_torch_import
@@ -57,8 +57,8 @@ def _encoder_choices(_widget=None) -> list[tuple[str, str]]:
 
 def encoder_and_weights(choice: str) -> tuple[str, str | None]:
     """The encoder and encoder weights an entry of the encoder list stands for."""
-    spec = PRETRAINED_ENCODERS.get(choice)
-    return (spec.encoder, choice) if spec is not None else (choice, None)
+    encoder = packaged_encoder(choice)
+    return (encoder, choice) if encoder is not None else (choice, None)
 
 
 def _torch_is_loaded() -> bool:

@@ -382,3 +382,31 @@ def test_self_training_rounds_typed_into_the_form_train_each_round(
     click(qtbot, widget.resume_button)
     assert widget.worker is None
     assert notifications[-1][0] == "error"
+
+
+def test_a_teacher_folder_typed_into_the_form_draws_the_targets(
+        make_napari_viewer, qtbot, tmp_path, tiny, notifications):
+    viewer = make_napari_viewer()
+    _ct_layers(viewer)
+    widget = _widget(viewer)
+    assert widget.form.values()["teacher"] is None
+    # First a prompted model, then an A1 model taught by it.
+    fill_training_form(qtbot, widget, tmp_path / "teacher", kinds=("prompted",), epochs=1,
+                       batch=2)
+    assert _event_kinds(_run(qtbot, widget, widget.start_button))[-2:] == ["finished",
+                                                                          "model"]
+    teacher = tmp_path / "teacher" / "prompted"
+    out = tmp_path / "student"
+    fill_training_form(qtbot, widget, out, kinds=("a1",), epochs=1, batch=2)
+    type_text(qtbot, widget.form.teacher.line_edit.native, str(teacher))
+    messages = _run(qtbot, widget, widget.start_button)
+    assert _event_kinds(messages)[-2:] == ["finished", "model"], notifications
+    statuses = [m[1] for m in messages if m[0] == "status"]
+    assert any(s.startswith("the teacher draws the targets") for s in statuses), statuses
+    saved = json.loads((out / "a1" / "best" / "config.json").read_text(encoding="utf-8"))
+    assert saved["teacher"] == str(teacher)
+    # A folder that is not there is named, and nothing starts.
+    type_text(qtbot, widget.form.teacher.line_edit.native, str(tmp_path / "nowhere"))
+    fill_training_form(qtbot, widget, tmp_path / "other", kinds=("a1",), epochs=1, batch=2)
+    click(qtbot, widget.start_button)
+    assert widget.worker is None and "nowhere" in notifications[-1][1]

@@ -110,6 +110,42 @@ def _prompted_options(p) -> None:
                         "go to round-R subfolders; default: 0)")
 
 
+def _teacher_option(p) -> None:
+    p.add_argument("--teacher", metavar="RUN",
+                   help="train towards the masks that a trained model (a run or checkpoint "
+                        "folder, usually a prompted one) draws from each training lesion's "
+                        "RECIST, kept within what the RECIST allows, in place of the "
+                        "--pseudo-mask drawing; it must take the same --size and crops")
+
+
+def _teacher_model(args):
+    """The --teacher model, loaded before any data is read so that a wrong one fails first."""
+    if not args.teacher:
+        return None
+    from ..learning.inference import load_model
+
+    if not Path(args.teacher).exists():
+        raise ValueError(f"--teacher {args.teacher}: no such run or checkpoint folder")
+    return load_model(args.teacher, device=args.device)
+
+
+def _taught(teacher, args, data):
+    """``data`` with the teacher's targets, with a progress bar."""
+    from ..learning.teacher import teacher_targets
+
+    bar = progress(None, "teacher's targets", unit="lesion",
+                   total=len(data.train_set) + len(data.val_set))
+    try:
+        taught, targets = teacher_targets(teacher, data, batch_size=args.batch,
+                                          name=str(args.teacher),
+                                          progress=lambda done, _n: bar.update(done - bar.n))
+    finally:
+        bar.close()
+    print(f"targets drawn by the teacher {args.teacher}: "
+          f"{100 * targets.changed:.2f}% of pixels differ from the {args.pseudo_mask} drawing")
+    return taught
+
+
 def _speed_options(p) -> None:
     """Options that make training faster without changing what it learns."""
     from ..learning.train_config import AMP_SETTINGS
@@ -222,6 +258,7 @@ def _configure_train(p) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or mps")
     _prompted_options(p)
+    _teacher_option(p)
     _speed_options(p)
     _encoder_weights_option(p)
     p.add_argument("--resume",
@@ -258,6 +295,11 @@ def _train(args) -> int:
     for kind in models:
         for folder in round_folders(Path(args.out) / kind, args.self_training_rounds):
             _check_run_folder(folder, resume, args.overwrite)
+    if resume is not None:
+        from ..learning.teacher import check_resume_teacher
+
+        check_resume_teacher(resume, args.teacher, "--teacher")
+    teacher = _teacher_model(args)
     from ..data.recist_sources import is_lesion_table
 
     if is_lesion_table(args.data):
@@ -272,6 +314,14 @@ def _train(args) -> int:
         print(f"{len(data.train_indices)} training and {len(data.val_indices)} validation "
               f"images, {data.grouping.k} RECIST groups")
         sets = dict.fromkeys(models, data)
+    if teacher is not None:
+        taught = {}
+        for kind, data in sets.items():
+            if id(data) not in taught:
+                taught[id(data)] = _taught(teacher, args, data)
+            sets[kind] = taught[id(data)]
+        del teacher
+    facts = {"teacher": str(args.teacher)} if args.teacher else None
     bars = TrainingBars()
     for kind in models:
         data = sets[kind]
@@ -288,10 +338,12 @@ def _train(args) -> int:
         if args.self_training_rounds:
             run = self_train(data.train_set, data.val_set, config, Path(args.out) / kind,
                              rounds=args.self_training_rounds, grouping=data.grouping,
-                             overwrite=args.overwrite, on_targets=_report_round)
+                             overwrite=args.overwrite, on_targets=_report_round,
+                             extra_config=facts)
         else:
             run = train(data.train_set, data.val_set, config, Path(args.out) / kind,
-                        grouping=data.grouping, resume=resume, overwrite=args.overwrite)
+                        grouping=data.grouping, resume=resume, overwrite=args.overwrite,
+                        extra_config=facts)
         try:
             for event in run:
                 bars(kind, args.seed, event)
@@ -634,6 +686,7 @@ def _configure_benchmark(p) -> None:
     p.add_argument("--device", default=d.device,
                    help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     _prompted_options(p)
+    _teacher_option(p)
     _speed_options(p)
     p.add_argument("--tta", action="store_true", help="average with flipped predictions")
     p.add_argument("--overwrite", action="store_true",
@@ -668,7 +721,9 @@ def _benchmark(args) -> int:
         channels_last=args.channels_last, lesion_margin=args.lesion_crops,
         prior_residual=args.prior_residual, prior_dropout=args.prior_dropout,
         crf_weight=args.crf_weight, self_training_rounds=args.self_training_rounds,
+        teacher=args.teacher,
     )
+    _teacher_model(args)  # a wrong --teacher is refused before any data is read
     bars = TrainingBars()
     from ..data.recist_sources import is_lesion_table
 

@@ -76,6 +76,9 @@ class BenchmarkConfig:
     crf_weight: float | None = None
     #: Extra self-training rounds after each model's first training (see ``self_training``).
     self_training_rounds: int = 0
+    #: A trained model (run or checkpoint folder) whose masks, drawn from each training
+    #: lesion's RECIST, replace the ``pseudo_mask`` targets (see ``teacher``).
+    teacher: str | None = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -246,7 +249,7 @@ def run_benchmark(
             run_dir, best, stopped = _train_and_record(
                 results, data, config, kind, seed, train_data.in_channels, out,
                 stop=stop, overwrite=overwrite, on_event=on_event,
-                truth_of=_folder_truth(train_data, data))
+                truth_of=_folder_truth(train_data, data), progress=progress)
             if best is None:
                 continue
             model = load_model(run_dir, device=config.device)
@@ -371,13 +374,24 @@ class _TrainingTruth:
 
 def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, seed: int,
                       in_channels: int, out: Path, *, stop, overwrite: bool, on_event,
-                      truth_of: dict | None = None):
+                      truth_of: dict | None = None, progress=None):
     """Train one model of the benchmark into ``out/runs/KIND-seedN`` and record its run in
     ``results``; returns (run folder, best epoch or None, whether it was stopped).
 
     ``truth_of`` (``{"train": f, "val": f}``, ``f(item) -> true mask or None``) lets
     self-training rounds report their targets' quality against the training data's true
-    masks, which nothing trains on."""
+    masks, which nothing trains on. With ``config.teacher`` the model trains towards the
+    teacher's masks, whose quality is recorded in the same way."""
+    run_dir = out / "runs" / f"{kind}-seed{seed}"
+    facts = {}
+    if config.teacher:
+        drawn = _taught(data, config, kind, truth_of, progress, stop)
+        if drawn is None:
+            return run_dir, None, True
+        data, quality = drawn
+        results.setdefault("teacher", {"path": str(config.teacher), "targets": {}})[
+            "targets"].setdefault(kind, []).append({"seed": seed, **quality})
+        facts["teacher"] = str(config.teacher)
     tc = TrainConfig(kind=kind, encoder=config.encoder, input_size=config.size,
                      in_channels=in_channels, n_groups=data.grouping.k, epochs=config.epochs,
                      batch_size=config.batch_size, lr=config.lr, patience=config.patience,
@@ -387,7 +401,6 @@ def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, s
                      channels_last=config.channels_last,
                      prior_residual=config.prior_residual if kind == "prompted" else None,
                      prior_dropout=config.prior_dropout, crf_weight=config.crf_weight)
-    run_dir = out / "runs" / f"{kind}-seed{seed}"
     last = None
     seconds = 0.0
     rounds: list[dict] = []
@@ -397,7 +410,7 @@ def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, s
 
     for event in self_train(data.train_set, data.val_set, tc, run_dir, grouping=data.grouping,
                             rounds=config.self_training_rounds, stop=stop, overwrite=overwrite,
-                            on_targets=record):
+                            on_targets=record, extra_config=facts):
         last = event
         if event.kind in ("finished", "stopped"):
             seconds += event.elapsed
@@ -425,6 +438,41 @@ def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, s
     })
     results["histories"].setdefault(kind, []).append(history)
     return run_dir, best, stopped
+
+
+def _taught(data, config: BenchmarkConfig, kind: str, truth_of, progress, stop):
+    """``data`` with the teacher's targets and their record, or None when stopped."""
+    from .inference import load_model
+    from .teacher import teacher_targets
+
+    teacher = load_model(config.teacher, device=config.device)
+    drawn = teacher_targets(teacher, data, batch_size=config.batch_size,
+                            name=str(config.teacher), stop=stop,
+                            progress=_step_progress(progress, f"{kind}: teacher's targets"))
+    if drawn is None:
+        return None
+    taught, targets = drawn
+    record = _round_record(targets, data, truth_of)
+    record.pop("round")
+    return taught, record
+
+
+def _step_progress(progress, description: str):
+    """A ``(done, total)`` callback that advances a ``progress(iterable, description)`` bar."""
+    if progress is None:
+        return None
+    state = {"bar": None, "done": 0}
+
+    def step(done: int, total: int) -> None:
+        if state["bar"] is None:
+            state["bar"] = iter(progress(range(total), description))
+        while state["done"] < done:
+            next(state["bar"], None)
+            state["done"] += 1
+        if done >= total:
+            next(state["bar"], None)  # the bar closes when its iterable ends
+
+    return step
 
 
 def _average_seeds(results: dict) -> None:
@@ -574,7 +622,7 @@ def run_table_benchmark(
             run_dir, best, stopped = _train_and_record(
                 results, data, config, kind, seed, data.train_set.n_channels, out,
                 stop=stop, overwrite=overwrite, on_event=on_event,
-                truth_of=training_truth.of(data))
+                truth_of=training_truth.of(data), progress=progress)
             if best is None or truths is None:
                 if stopped:
                     break

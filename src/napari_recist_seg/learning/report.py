@@ -182,6 +182,18 @@ def _crf_words(results: dict) -> str:
         f"{kind} weight {w:g}" for kind, w in weights.items()) + "."
 
 
+def _mean_of(entries, key):
+    values = [e[key] for e in entries if e.get(key) is not None]
+    return None if not values else float(np.mean(values))
+
+
+def _dice_change(entries, name: str) -> str:
+    """'before → after' of the targets' Dice of one set ("train", "val"), mean of entries."""
+    before = _mean_of(entries, f"{name}_previous_dice")
+    after = _mean_of(entries, f"{name}_target_dice")
+    return "-" if before is None or after is None else f"{before:.4f} → {after:.4f}"
+
+
 def _self_training_lines(results: dict) -> list[str]:
     """The self-training rounds: how far each refinement moved the targets and, where the
     training data's true masks are known, how good the targets were (mean over seeds)."""
@@ -197,22 +209,36 @@ def _self_training_lines(results: dict) -> list[str]:
              "(before → after) | validation targets Dice (before → after) |",
              "|---|---|---|---|---|"]
 
-    def mean(entries, key):
-        values = [e[key] for e in entries if e.get(key) is not None]
-        return None if not values else float(np.mean(values))
-
-    def pair(entries, name):
-        before, after = mean(entries, f"{name}_previous_dice"), mean(entries, f"{name}_target_dice")
-        return "-" if before is None or after is None else f"{before:.4f} → {after:.4f}"
-
     for kind, seeds in runs.items():
         by_round: dict[int, list[dict]] = {}
         for seed in seeds:
             for entry in seed["rounds"]:
                 by_round.setdefault(entry["round"], []).append(entry)
         for r, entries in sorted(by_round.items()):
-            lines.append(f"| {kind} | {r} | {100 * mean(entries, 'changed_pixels'):.2f} | "
-                         f"{pair(entries, 'train')} | {pair(entries, 'val')} |")
+            lines.append(f"| {kind} | {r} | {100 * _mean_of(entries, 'changed_pixels'):.2f} | "
+                         f"{_dice_change(entries, 'train')} | {_dice_change(entries, 'val')} |")
+    return lines
+
+
+def _teacher_lines(results: dict) -> list[str]:
+    """The teacher's targets and how good they were against the training data's true masks
+    (mean over seeds), beside the drawn targets they replaced."""
+    teacher = results.get("teacher") or {}
+    if not teacher.get("targets"):
+        return []
+    lines = ["", "### Targets drawn by a teacher", "",
+             f"Each model trained towards the masks that the model in `{teacher['path']}` drew "
+             f"from each training lesion's RECIST (flip-averaged, kept within the RECIST's "
+             f"trimap), in place of the `{results['config'].get('pseudo_mask')}` drawing. "
+             "Dice is against the training data's own true masks, which nothing trains on "
+             "(- where they are unknown).", "",
+             "| model | targets changed (% of pixels) | training targets Dice (drawing → "
+             "teacher) | validation targets Dice (drawing → teacher) |",
+             "|---|---|---|---|"]
+
+    for kind, entries in teacher["targets"].items():
+        lines.append(f"| {kind} | {100 * _mean_of(entries, 'changed_pixels'):.2f} | "
+                     f"{_dice_change(entries, 'train')} | {_dice_change(entries, 'val')} |")
     return lines
 
 
@@ -238,6 +264,9 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
             + ("on whole images." if cfg.get("lesion_margin") is None else
                f"on crops around each lesion's RECIST (margin {cfg['lesion_margin']:g}).")
         )
+    if cfg.get("teacher"):
+        source += (f" In their place, the masks the model `{cfg['teacher']}` drew from the same "
+                   f"RECIST (below).")
     weights = f" with weights {cfg['encoder_weights']!r}" if cfg.get("encoder_weights") else ""
     flips = "; predictions averaged with their flips" if cfg.get("tta") else ""
     over_seeds = " (mean ± std over seeds)" if seeds > 1 else ""
@@ -261,6 +290,7 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
                      f"{f('seconds_to_best', 0)} | {f('train_seconds', 0)} | "
                      f"{f('images_per_second', 2)} |")
     lines += _self_training_lines(results)
+    lines += _teacher_lines(results)
     if results.get("histories"):
         plot_training_curves(results["histories"], out / "training_curves.png")
         lines += ["", "![training curves](training_curves.png)", ""]

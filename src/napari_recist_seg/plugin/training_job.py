@@ -109,6 +109,9 @@ class TrainingJob:
     #: Weight of the edge-aware pairwise loss (``TrainConfig.crf_weight``); None: the
     #: trainer's default for each model kind and image.
     crf_weight: float | None = TrainConfig.crf_weight
+    #: A trained model (run or checkpoint folder) whose masks, drawn from each training
+    #: lesion's RECIST, replace the pseudo-masks as targets (``learning.teacher``); None: off.
+    teacher: str | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -123,6 +126,8 @@ class TrainingJob:
             raise ValueError(f"mode must be 'whole_image' or 'crops', got {self.mode!r}")
         check_rounds(self.self_training_rounds)
         check_crf_weight(self.crf_weight)
+        if self.teacher is not None and not Path(self.teacher).is_dir():
+            raise ValueError(f"teacher {self.teacher}: no such run or checkpoint folder")
         if self.resume and self.self_training_rounds:
             raise ValueError("Resume continues one training run; self-training rounds start "
                              "afresh: set the rounds to 0 to resume")
@@ -188,6 +193,39 @@ def _release_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _teacher_targets(job: TrainingJob, data, taught: dict, stop) -> Iterator[tuple]:
+    """Draw ``data``'s targets with the job's teacher into ``taught[id(data)]``, yielding
+    status messages with the count of lesions done (nothing is stored when stopped)."""
+    import threading
+
+    from ..learning.inference import load_model
+    from ..learning.teacher import teacher_targets
+
+    total = len(data.train_set) + len(data.val_set)
+    done = [0]
+    outcome: dict = {}
+
+    def draw() -> None:
+        try:
+            teacher = load_model(job.teacher, device=job.device)
+            outcome["result"] = teacher_targets(
+                teacher, data, batch_size=job.batch_size, name=str(job.teacher), stop=stop,
+                progress=lambda n, _total: done.__setitem__(0, n))
+        except Exception as exc:  # noqa: BLE001 (raised again in the generator's thread)
+            outcome["error"] = exc
+
+    # The drawing runs beside this generator so that it can report how far it has got.
+    worker = threading.Thread(target=draw, name="teacher-targets", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        yield ("status", f"the teacher draws the targets: {done[0]} of {total} lesions")
+        worker.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    if outcome.get("result") is not None:
+        taught[id(data)] = outcome["result"][0]
+
+
 def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> Iterator[tuple]:
     """Prepare the data and train each model kind of ``job`` in turn, yielding messages.
 
@@ -241,6 +279,15 @@ def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> It
                         "in_channels": in_channels})
     source = job.source or job.folder or job.table or ""
     extra = {"trained_with": {"front_end": "napari", "source": source}}
+    if job.teacher:
+        taught = {}
+        for d in {id(d): d for d in [data, *sets.values()]}.values():
+            yield from _teacher_targets(job, d, taught, stop)
+            if id(d) not in taught:  # stopped
+                return
+        data = taught[id(data)]
+        sets = {kind: taught[id(d)] for kind, d in sets.items()}
+        extra["teacher"] = str(job.teacher)
     try:
         for kind in job.kinds:
             if stop():
@@ -261,6 +308,9 @@ def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> It
             out = Path(job.out_dir) / kind
             resume = out / "last" if job.resume and (out / "last").is_dir() else None
             if resume is not None:
+                from ..learning.teacher import check_resume_teacher
+
+                check_resume_teacher(resume, job.teacher, "teacher")
                 yield ("status", f"resuming {KIND_NAMES[kind]} from {resume}")
             last = None
             if job.self_training_rounds:

@@ -96,6 +96,7 @@ _settings.__signature__ = inspect.Signature([
           ("self_training_rounds", int, _DEFAULTS["self_training_rounds"]),
           ("crf_weight", float, _AUTO if _DEFAULTS["crf_weight"] is None
            else _DEFAULTS["crf_weight"]),
+          ("teacher", Path, None),
           ("device", str, "auto"),
           ("out_dir", Path, _DEFAULT_OUTPUT),
           ("separate_process", bool, True),
@@ -169,6 +170,11 @@ class TrainingForm:
                 "tooltip": "Weight of a loss that makes outlines follow the image's edges "
                            f"(auto: {DEFAULT_CRF_WEIGHT:g} for prompted models on colour "
                            f"images, else off; 0: off)"},
+            teacher={"label": "Teacher", "mode": "d", "nullable": True,
+                     "tooltip": "Optional: a trained model's folder (usually a prompted one). "
+                                "The models train towards the masks it draws from each "
+                                "lesion's RECIST, kept within what the RECIST allows, instead "
+                                "of the pseudo-masks. Empty: off"},
             device={"label": "Device", "widget_type": "ComboBox", "choices": _device_choices,
                     "tooltip": "auto: CUDA, then Apple MPS, then the CPU"},
             out_dir={"label": "Output", "mode": "d",
@@ -212,6 +218,7 @@ class TrainingForm:
     def _remember(self, *_args) -> None:
         values = {w.name: w.value for w in self.widget}
         values["out_dir"] = str(values["out_dir"])
+        values["teacher"] = self.widget.teacher.line_edit.value.strip() or None
         save_settings(SETTINGS_NAME, values)
 
     def values(self) -> dict:
@@ -234,4 +241,5 @@ class TrainingForm:
             k=None if k < 2 else k,
             self_training_rounds=int(gui.self_training_rounds.value),
             crf_weight=None if gui.crf_weight.value <= _AUTO else float(gui.crf_weight.value),
+            teacher=gui.teacher.line_edit.value.strip() or None,
         )

@@ -311,7 +311,7 @@ def test_an_edge_aware_loss_weight_typed_into_the_form_reaches_the_trainer(
     assert saved["train_config"]["crf_weight"] == 30.0
 
 
-def test_pretrained_encoder_and_best_epoch_figure_picked_in_the_lists_reach_the_trainer(
+def test_encoder_best_epoch_and_augmentation_picked_in_the_lists_reach_the_trainer(
         make_napari_viewer, qtbot, tmp_path, tiny, notifications):
     from napari_recist_seg.learning.inference import load_model
     from napari_recist_seg.learning.pretrained import pretrained_encoder_state
@@ -328,15 +328,18 @@ def test_pretrained_encoder_and_best_epoch_figure_picked_in_the_lists_reach_the_
     pick(combo, entry)
     assert widget.form.select.native.currentText() == "validation loss"
     pick(widget.form.select.native, "validation dice")
+    assert widget.form.augment.native.currentText() == "none"
+    pick(widget.form.augment.native, "flips, any rotation, scale, shift")
     settings = widget.settings()
     assert settings["encoder"] == "tu-tf_efficientnet_lite0"
     assert settings["encoder_weights"] == "efficientnet-lite0-imagenet"
-    assert settings["select"] == "dice"
+    assert settings["select"] == "dice" and settings["augment"] == "affine"
     messages = _run(qtbot, widget, widget.start_button)
     assert _event_kinds(messages)[-2:] == ["finished", "model"], notifications
     saved = json.loads((out / "a1" / "best" / "config.json").read_text(encoding="utf-8"))
     assert saved["train_config"]["encoder_weights"] == "efficientnet-lite0-imagenet"
     assert saved["train_config"]["select"] == "dice"
+    assert saved["train_config"]["augment"] == "affine"
     model = load_model(out / "a1" / "best")
     assert model.config["encoder"] == "tu-tf_efficientnet_lite0"
     # One epoch of a few steps moves the weights a little from ImageNet's, not far.

@@ -87,6 +87,16 @@ def _select_option(p, default: str) -> None:
                         "(default: %(default)s)")
 
 
+def _augment_option(p, default: str) -> None:
+    from ..learning.train_config import AUGMENTATIONS
+
+    p.add_argument("--augment", choices=AUGMENTATIONS, default=default,
+                   help="vary the training images from epoch to epoch: 'flips' flips and "
+                        "turns them by quarter turns and jitters brightness and contrast, "
+                        "'affine' also rotates them by any angle, scales and shifts them "
+                        "(default: %(default)s)")
+
+
 def _crf_option(p) -> None:
     from ..learning.train_config import DEFAULT_CRF_WEIGHT
 
@@ -249,6 +259,7 @@ def _configure_train(p) -> None:
     p.add_argument("--patience", type=int, default=d.patience,
                    help="epochs without improvement before stopping (default: %(default)s)")
     _select_option(p, d.select)
+    _augment_option(p, d.augment)
     p.add_argument("--k", type=int, help="number of RECIST groups (default: about 20 a group)")
     p.add_argument("--pseudo-mask", default=DEFAULT_TARGET, choices=TARGET_METHODS,
                    help="training target drawn from each RECIST; the trimap ones leave a band "
@@ -329,7 +340,7 @@ def _train(args) -> int:
                              in_channels=data.train_set.n_channels, n_groups=data.grouping.k,
                              epochs=args.epochs, batch_size=args.batch,
                              lr=args.lr, patience=args.patience, select=args.select,
-                             seed=args.seed,
+                             augment=args.augment, seed=args.seed,
                              device=args.device, encoder_weights=args.encoder_weights,
                              num_workers=args.workers, amp=args.amp,
                              channels_last=args.channels_last,
@@ -680,6 +691,7 @@ def _configure_benchmark(p) -> None:
                    help="early stopping: epochs without a better validation figure "
                         "(--select) (default: %(default)s)")
     _select_option(p, d.select)
+    _augment_option(p, d.augment)
     p.add_argument("--k", type=int, default=None,
                    help="RECIST groups for the multitask model (default: one per 20 training "
                         "lesions, 2 to 45)")
@@ -716,7 +728,7 @@ def _benchmark(args) -> int:
         n_train=args.n_train, pseudo_mask=args.pseudo_mask, encoder=_encoder(args),
         encoder_weights=args.encoder_weights,
         batch_size=args.batch, lr=args.lr, patience=args.patience, select=args.select,
-        k=args.k,
+        augment=args.augment, k=args.k,
         device=args.device, tta=args.tta, workers=args.workers, amp=args.amp,
         channels_last=args.channels_last, lesion_margin=args.lesion_crops,
         prior_residual=args.prior_residual, prior_dropout=args.prior_dropout,

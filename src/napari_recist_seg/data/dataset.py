@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 from skimage.transform import resize
 from torch.utils.data import Dataset, Sampler
 
@@ -56,6 +57,10 @@ __all__ = ["EpochSampler", "LesionDataset", "crop_input", "pair_indices", "whole
            "whole_image_recist"]
 
 _PAIR_MODES = ("same_group", "random")
+#: Largest scaling (and smallest, its inverse) and shift (a share of the side) of the
+#: "affine" augmentation.
+_AFFINE_SCALE = 1.25
+_AFFINE_SHIFT = 0.1
 _NORMALISE = (None, "image", "imagenet")
 
 
@@ -431,6 +436,7 @@ class LesionDataset(Dataset):
         self.prompt = False
         self.prompt_jitter = 0.0
         self.prior_dropout = 0.0
+        self.affine = False
 
     # -- constructors --------------------------------------------------------------------------
     @classmethod
@@ -849,6 +855,29 @@ class LesionDataset(Dataset):
         view.prior_dropout = float(prior_dropout)
         return view
 
+    def with_augmentation(self, kind: str) -> LesionDataset:
+        """A view of this data set whose items are varied from epoch to epoch.
+
+        Parameters
+        ----------
+        kind : {"none", "flips", "affine"}
+            "flips": random flips and quarter turns with brightness and contrast jitter;
+            "affine": those, then a rotation by any angle, a scaling by 0.8 to 1.25 and a
+            shift of up to a tenth of the side (images, masks and weights mirrored at the
+            edges, prompt channels blank beyond them); "none": items as they are.
+
+        Returns
+        -------
+        LesionDataset
+            A shallow copy; this data set is not changed.
+        """
+        if kind not in ("none", "flips", "affine"):
+            raise ValueError(f"augmentation must be 'none', 'flips' or 'affine', got {kind!r}")
+        view = copy.copy(self)
+        view.augment = kind != "none"
+        view.affine = kind == "affine"
+        return view
+
     def with_targets(self, masks) -> LesionDataset:
         """A view of this data set training towards other targets (a self-training round's).
 
@@ -956,6 +985,33 @@ class LesionDataset(Dataset):
         mean = image.mean(axis=(1, 2), keepdims=True)
         image = (image - mean) * np.float32(contrast) + mean + np.float32(brightness)
         image = np.clip(image, 0.0, 1.0)
+        if self.affine:
+            image, mask, gt, prompt, weight = self._warp(i, image, mask, gt, prompt, weight)
+        return image, mask, gt, prompt, weight
+
+    def _warp(self, i, image, mask, gt, prompt, weight):
+        """A random rotation, scaling and shift of an item (``with_augmentation("affine")``)."""
+        # A stream of its own, so that the flips and jitter stay those of "flips".
+        rng = np.random.default_rng([self.seed, self.epoch, 4, i])
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        scale = np.exp(rng.uniform(-np.log(_AFFINE_SCALE), np.log(_AFFINE_SCALE)))
+        shift = rng.uniform(-_AFFINE_SHIFT, _AFFINE_SHIFT, 2) * self.size
+        # affine_transform maps output coordinates to input ones: o -> M o + offset.
+        matrix = np.array([[np.cos(angle), -np.sin(angle)],
+                           [np.sin(angle), np.cos(angle)]]) / scale
+        centre = np.full(2, (self.size - 1) / 2.0)
+        offset = centre - matrix @ centre + shift
+
+        def warp(a, order=1, mode="reflect"):
+            return ndi.affine_transform(np.asarray(a, np.float32), matrix, offset=offset,
+                                        order=order, mode=mode)
+
+        image = np.stack([warp(c) for c in image])
+        mask = warp(mask) >= 0.5
+        gt = None if gt is None else warp(gt) >= 0.5
+        prompt = None if prompt is None else np.stack([warp(c, mode="constant")
+                                                       for c in prompt])
+        weight = None if weight is None else warp(weight, order=0)
         return image, mask, gt, prompt, weight
 
     def paste_back(self, index, mask, source_shape=None) -> np.ndarray:

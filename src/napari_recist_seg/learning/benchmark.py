@@ -58,6 +58,8 @@ class BenchmarkConfig:
     lr: float = 1e-3
     patience: int = 5
     select: str = "loss"
+    #: Training augmentation (``train_config.AUGMENTATIONS``).
+    augment: str = "none"
     val_fraction: float = 0.15
     k: int | None = None
     device: str = "auto"
@@ -395,8 +397,8 @@ def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, s
     tc = TrainConfig(kind=kind, encoder=config.encoder, input_size=config.size,
                      in_channels=in_channels, n_groups=data.grouping.k, epochs=config.epochs,
                      batch_size=config.batch_size, lr=config.lr, patience=config.patience,
-                     select=config.select, seed=seed, device=config.device,
-                     encoder_weights=config.encoder_weights,
+                     select=config.select, augment=config.augment, seed=seed,
+                     device=config.device, encoder_weights=config.encoder_weights,
                      num_workers=config.workers, amp=config.amp,
                      channels_last=config.channels_last,
                      prior_residual=config.prior_residual if kind == "prompted" else None,

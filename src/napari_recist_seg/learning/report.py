@@ -269,6 +269,9 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
                    f"RECIST (below).")
     weights = f" with weights {cfg['encoder_weights']!r}" if cfg.get("encoder_weights") else ""
     flips = "; predictions averaged with their flips" if cfg.get("tta") else ""
+    augment = cfg.get("augment", "none")
+    if augment != "none":
+        flips = f"; training augmentation '{augment}'" + flips
     over_seeds = " (mean ± std over seeds)" if seeds > 1 else ""
     lines += [
         f"{source} Encoder {cfg.get('encoder')}{weights}, input {cfg.get('size')} px, "

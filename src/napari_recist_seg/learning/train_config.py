@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 from .model_kinds import MODEL_KINDS, model_kind
 
-__all__ = ["AMP_SETTINGS", "DEFAULT_CRF_WEIGHT", "MAX_GROUPS", "MAX_INPUT_SIZE",
+__all__ = ["AMP_SETTINGS", "AUGMENTATIONS", "DEFAULT_CRF_WEIGHT", "MAX_GROUPS", "MAX_INPUT_SIZE",
            "MAX_IN_CHANNELS", "MAX_ROUNDS", "MODEL_KINDS", "SELECT_METRICS", "TrainConfig",
            "check_crf_weight", "check_rounds", "default_crf_weight", "selection_score"]
 
@@ -30,6 +30,10 @@ AMP_SETTINGS = ("auto", "bf16", "fp16", "off")
 #: What picks the ``best`` checkpoint and drives early stopping: the validation loss, or the
 #: validation Dice against the pseudo-masks.
 SELECT_METRICS = ("loss", "dice")
+#: Training augmentations (see ``data.dataset.LesionDataset.with_augmentation``): none, flips
+#: and quarter turns with brightness and contrast jitter, or those and a random rotation by
+#: any angle, scaling and shift.
+AUGMENTATIONS = ("none", "flips", "affine")
 
 
 def selection_score(val: dict, select: str) -> float:
@@ -72,6 +76,9 @@ class TrainConfig:
     (the validation loss, the default) or "dice" (the validation Dice against the
     pseudo-masks). A network that grows over-confident can see its loss rise while its masks
     still improve, and "dice" keeps those later epochs.
+
+    ``augment``: how training items are varied from epoch to epoch, one of ``AUGMENTATIONS``
+    ("none", the default, as the paper trains).
     """
 
     kind: str = "multitask"
@@ -86,6 +93,7 @@ class TrainConfig:
     schedule: str = "cosine"
     patience: int = 5
     select: str = "loss"
+    augment: str = "none"
     seed: int = 0
     device: str = "auto"
     w_seg: float | None = None
@@ -144,6 +152,9 @@ class TrainConfig:
         if self.select not in SELECT_METRICS:
             raise ValueError(f"select must be one of {list(SELECT_METRICS)}, got "
                              f"{self.select!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {list(AUGMENTATIONS)}, got "
+                             f"{self.augment!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         if self.schedule not in ("cosine", "constant"):

@@ -358,6 +358,16 @@ def _with_prompt(dataset, config: TrainConfig, name: str):
     return dataset
 
 
+def _with_augmentation(dataset, config: TrainConfig):
+    """The training set varied as ``config.augment`` asks (a set already augmented by its
+    maker keeps its own augmentation when nothing more is asked)."""
+    if config.augment == "none":
+        return dataset
+    if not hasattr(dataset, "with_augmentation"):
+        raise ValueError(f"augment={config.augment!r} needs a LesionDataset training set")
+    return dataset.with_augmentation(config.augment)
+
+
 @contextlib.contextmanager
 def _skipped_first_step_unreported():
     """Silence torch's call-order warning for the schedule's first step under fp16.
@@ -532,6 +542,7 @@ def train(
         raise ValueError("the validation set is empty: early stopping needs held-out lesions")
     _check_channels(train_set, config)
     train_set = _with_prompt(train_set, config, "training")
+    train_set = _with_augmentation(train_set, config)
     val_set = _with_prompt(val_set, config, "validation")
     stop = stop or (lambda: False)
     ranks = Distributed(config.device)

@@ -76,6 +76,7 @@ class TrainingJob:
     lr: float = TrainConfig.lr
     patience: int = TrainConfig.patience
     select: str = TrainConfig.select
+    augment: str = TrainConfig.augment
     device: str = TrainConfig.device
     k: int | None = None
     seed: int = TrainConfig.seed
@@ -299,7 +300,7 @@ def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> It
                 in_channels=in_channels,
                 n_groups=int(data.grouping.k) if MODEL_REGISTRY[kind].groups else None,
                 epochs=job.epochs, batch_size=job.batch_size, lr=job.lr, patience=job.patience,
-                select=job.select,
+                select=job.select, augment=job.augment,
                 seed=job.seed, device=job.device, crf_weight=job.crf_weight,
                 # Batches are built where training runs: forking DataLoader workers from a
                 # process that holds Qt (or from the viewer's child) is not safe.

@@ -19,7 +19,12 @@ from qtpy.QtCore import QEvent, QObject
 
 from ...learning.model_kinds import MODEL_KINDS, MODEL_REGISTRY, colour_of
 from ...learning.pretrained import PRETRAINED_ENCODERS, packaged_encoder
-from ...learning.train_config import DEFAULT_CRF_WEIGHT, MAX_ROUNDS, SELECT_METRICS
+from ...learning.train_config import (
+    AUGMENTATIONS,
+    DEFAULT_CRF_WEIGHT,
+    MAX_ROUNDS,
+    SELECT_METRICS,
+)
 from ..remembered_settings import load_settings, save_settings
 from ..training_job import TrainingJob, prepare_torch_import
 
@@ -72,6 +77,9 @@ def _lookup_devices() -> list[str]:
     return ["auto", *[d for d in available_devices() if d != "auto"]]
 
 
+#: The Augmentation list's entries.
+_AUGMENTATION_TEXT = {"none": "none", "flips": "flips, quarter turns, brightness",
+                      "affine": "flips, any rotation, scale, shift"}
 #: The edge-aware loss field's lowest value, shown as "auto": the trainer's default.
 _AUTO = -1.0
 
@@ -92,6 +100,7 @@ _settings.__signature__ = inspect.Signature([
           ("batch_size", int, _DEFAULTS["batch_size"]),
           ("lr", float, _DEFAULTS["lr"]),
           ("select", str, _DEFAULTS["select"]),
+          ("augment", str, _DEFAULTS["augment"]),
           ("k", int, 0),
           ("self_training_rounds", int, _DEFAULTS["self_training_rounds"]),
           ("crf_weight", float, _AUTO if _DEFAULTS["crf_weight"] is None
@@ -159,6 +168,9 @@ class TrainingForm:
                     "tooltip": "What picks the kept (best) checkpoint and stops training "
                                "early: the validation loss, or the validation Dice against "
                                "the pseudo-masks"},
+            augment={"label": "Augmentation", "widget_type": "ComboBox",
+                     "choices": [(_AUGMENTATION_TEXT[a], a) for a in AUGMENTATIONS],
+                     "tooltip": "How the training images vary from epoch to epoch"},
             k={"label": "K (0: auto)", "min": 0, "max": 500,
                "tooltip": "Number of RECIST groups (0: about 20 lesions a group)"},
             self_training_rounds={
@@ -237,6 +249,7 @@ class TrainingForm:
             batch_size=int(gui.batch_size.value),
             lr=float(gui.lr.value),
             select=str(gui.select.value),
+            augment=str(gui.augment.value),
             device=str(gui.device.value),
             k=None if k < 2 else k,
             self_training_rounds=int(gui.self_training_rounds.value),

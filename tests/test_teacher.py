@@ -92,20 +92,41 @@ def test_train_command_learns_from_the_teacher_and_resumes_only_with_it(tmp_path
     assert not (tmp_path / "other").exists()
 
 
-def test_benchmark_reports_the_teacher_targets_quality(tmp_path, capsys):
+def test_benchmark_reports_the_teacher_targets_quality(tmp_path, capsys, monkeypatch):
+    from napari_recist_seg.learning import inference
+    from napari_recist_seg.learning import teacher as teacher_module
+
     train_dir = make_isic_folder(tmp_path / "train", n=10, size=48, seed=1)
     test_dir = make_isic_folder(tmp_path / "test", n=3, size=48, seed=2)
     teacher = _teacher(tmp_path / "teacher")
     out = tmp_path / "bench"
+    loads, drawings = [], []
+
+    def counted_load(path, *args, **kwargs):
+        loads.append(str(path))
+        return load_model(path, *args, **kwargs)
+
+    def counted_targets(*args, **kwargs):
+        drawings.append(args[1])
+        return teacher_targets(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "load_model", counted_load)
+    monkeypatch.setattr(teacher_module, "teacher_targets", counted_targets)
     with quick():
         code = main(["benchmark", "--train", str(train_dir), "--test", str(test_dir), "--out",
-                     str(out), "--models", "a1", "--epochs", "1", "--size", str(INPUT),
-                     "--batch", "4", "--teacher", str(teacher)])
+                     str(out), "--models", "a1,coseg", "--epochs", "1", "--size", str(INPUT),
+                     "--batch", "4", "--seeds", "2", "--teacher", str(teacher)])
     assert code == 0
+    # One load of the teacher, and one drawing per seed that both kinds train on.
+    assert loads.count(str(teacher)) == 1
+    assert len(drawings) == 2 and drawings[0] is not drawings[1]
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["teacher"] == str(teacher)
-    (entry,) = results["teacher"]["targets"]["a1"]
-    assert entry["seed"] == 0 and 0 < entry["changed_pixels"] < 1
+    targets = results["teacher"]["targets"]
+    assert [e["seed"] for e in targets["a1"]] == [0, 1] == [e["seed"] for e in targets["coseg"]]
+    assert targets["a1"] == targets["coseg"]
+    entry = targets["a1"][0]
+    assert 0 < entry["changed_pixels"] < 1
     for key in ("train_target_dice", "val_target_dice", "train_previous_dice"):
         assert 0 < entry[key] <= 1
     assert entry["train_target_dice"] != entry["train_previous_dice"]

@@ -735,7 +735,7 @@ def _benchmark(args) -> int:
         crf_weight=args.crf_weight, self_training_rounds=args.self_training_rounds,
         teacher=args.teacher,
     )
-    _teacher_model(args)  # a wrong --teacher is refused before any data is read
+    teacher = _teacher_model(args)  # a wrong --teacher is refused before any data is read
     bars = TrainingBars()
     from ..data.recist_sources import is_lesion_table
 
@@ -752,14 +752,15 @@ def _benchmark(args) -> int:
         results = run_table_benchmark(args.train, args.out, config, images=args.images,
                                       masks=args.masks, crop_px=args.crop, window=args.window,
                                       on_event=bars, progress=lambda it, d: progress(it, d),
-                                      overwrite=args.overwrite)
+                                      overwrite=args.overwrite, teacher_model=teacher)
         if not results["scored"]:
             print("no masks/ folder beside the table: models trained, not scored")
     else:
         if not args.test:
             raise ValueError("--test: give the image+mask folders to score on")
         results = run_benchmark(args.train, args.test, args.out, config, on_event=bars,
-                                progress=lambda it, d: progress(it, d), overwrite=args.overwrite)
+                                progress=lambda it, d: progress(it, d), overwrite=args.overwrite,
+                                teacher_model=teacher)
     bars.close()
     _print_summary(results)
     print(f"\nreport: {Path(args.out) / 'report.md'}")

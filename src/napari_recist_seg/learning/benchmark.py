@@ -191,6 +191,7 @@ def run_benchmark(
     progress=None,
     stop: Callable[[], bool] | None = None,
     overwrite: bool = False,
+    teacher_model=None,
 ) -> dict:
     """Train every model kind for every seed and score them on each test folder.
 
@@ -212,6 +213,8 @@ def run_benchmark(
     overwrite : bool
         Replace the runs of an earlier benchmark in ``out_dir/runs``; without it such a folder
         is refused before anything is read or trained.
+    teacher_model : torch.nn.Module, optional
+        ``config.teacher`` already loaded (``inference.load_model``); loaded here otherwise.
 
     Returns
     -------
@@ -245,13 +248,14 @@ def run_benchmark(
     scores: dict[str, dict[str, list[list[dict]]]] = {t.name: {} for t in tests}
     examples: dict[str, dict[str, list[np.ndarray]]] = {t.name: {} for t in tests}
     stopped = False
+    teacher = _Teacher(config, teacher_model) if config.teacher else None
     for seed in range(config.seeds):
         data = _prepare_folder(train_data, config, seed)
         for kind in config.models:
             run_dir, best, stopped = _train_and_record(
                 results, data, config, kind, seed, train_data.in_channels, out,
                 stop=stop, overwrite=overwrite, on_event=on_event,
-                truth_of=_folder_truth(train_data, data), progress=progress)
+                truth_of=_folder_truth(train_data, data), progress=progress, teacher=teacher)
             if best is None:
                 continue
             model = load_model(run_dir, device=config.device)
@@ -376,18 +380,19 @@ class _TrainingTruth:
 
 def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, seed: int,
                       in_channels: int, out: Path, *, stop, overwrite: bool, on_event,
-                      truth_of: dict | None = None, progress=None):
+                      truth_of: dict | None = None, progress=None,
+                      teacher: _Teacher | None = None):
     """Train one model of the benchmark into ``out/runs/KIND-seedN`` and record its run in
     ``results``; returns (run folder, best epoch or None, whether it was stopped).
 
     ``truth_of`` (``{"train": f, "val": f}``, ``f(item) -> true mask or None``) lets
     self-training rounds report their targets' quality against the training data's true
-    masks, which nothing trains on. With ``config.teacher`` the model trains towards the
-    teacher's masks, whose quality is recorded in the same way."""
+    masks, which nothing trains on. With ``teacher`` (``config.teacher`` loaded) the model
+    trains towards the teacher's masks, whose quality is recorded in the same way."""
     run_dir = out / "runs" / f"{kind}-seed{seed}"
     facts = {}
-    if config.teacher:
-        drawn = _taught(data, config, kind, truth_of, progress, stop)
+    if teacher is not None:
+        drawn = teacher.targets(data, truth_of, progress, stop)
         if drawn is None:
             return run_dir, None, True
         data, quality = drawn
@@ -442,21 +447,34 @@ def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, s
     return run_dir, best, stopped
 
 
-def _taught(data, config: BenchmarkConfig, kind: str, truth_of, progress, stop):
-    """``data`` with the teacher's targets and their record, or None when stopped."""
-    from .inference import load_model
-    from .teacher import teacher_targets
+class _Teacher:
+    """The benchmark's teacher: loaded once, and each prepared data set's targets drawn once,
+    however many model kinds train on it."""
 
-    teacher = load_model(config.teacher, device=config.device)
-    drawn = teacher_targets(teacher, data, batch_size=config.batch_size,
-                            name=str(config.teacher), stop=stop,
-                            progress=_step_progress(progress, f"{kind}: teacher's targets"))
-    if drawn is None:
-        return None
-    taught, targets = drawn
-    record = _round_record(targets, data, truth_of)
-    record.pop("round")
-    return taught, record
+    def __init__(self, config: BenchmarkConfig, model=None):
+        self.config = config
+        self._model = model
+        self._last: tuple | None = None  # (data, its result): kinds of a seed share data
+
+    def targets(self, data, truth_of, progress, stop):
+        """``data`` with the teacher's targets and their record, or None when stopped."""
+        from .inference import load_model
+        from .teacher import teacher_targets
+
+        if self._last is not None and self._last[0] is data:
+            return self._last[1]
+        if self._model is None:
+            self._model = load_model(self.config.teacher, device=self.config.device)
+        drawn = teacher_targets(self._model, data, batch_size=self.config.batch_size,
+                                name=str(self.config.teacher), stop=stop,
+                                progress=_step_progress(progress, "teacher's targets"))
+        if drawn is None:
+            return None
+        taught, targets = drawn
+        record = _round_record(targets, data, truth_of)
+        record.pop("round")
+        self._last = (data, (taught, record))
+        return taught, record
 
 
 def _step_progress(progress, description: str):
@@ -535,6 +553,7 @@ def run_table_benchmark(
     progress=None,
     stop: Callable[[], bool] | None = None,
     overwrite: bool = False,
+    teacher_model=None,
 ) -> dict:
     """The benchmark on DeepLesion's ``DL_info.csv``: train on splits 1 and 2, test on 3.
 
@@ -559,7 +578,7 @@ def run_table_benchmark(
         kind its own (``preparation.crop_px_for``). Reference rows are scored in patches of
         ``DEFAULT_CROP_PX``.
     masks : path, optional
-    on_event, progress, stop, overwrite
+    on_event, progress, stop, overwrite, teacher_model
         As in ``run_benchmark``.
 
     Returns
@@ -612,6 +631,7 @@ def run_table_benchmark(
     stopped = False
     data = None
     training_truth = _TrainingTruth(table, mask_dir)
+    teacher = _Teacher(config, teacher_model) if config.teacher else None
     for seed in range(config.seeds):
         sets = prepare_table_for_kinds(
             table.path, config.models, images, crop_px=crop_px, size=config.size,
@@ -624,7 +644,7 @@ def run_table_benchmark(
             run_dir, best, stopped = _train_and_record(
                 results, data, config, kind, seed, data.train_set.n_channels, out,
                 stop=stop, overwrite=overwrite, on_event=on_event,
-                truth_of=training_truth.of(data), progress=progress)
+                truth_of=training_truth.of(data), progress=progress, teacher=teacher)
             if best is None or truths is None:
                 if stopped:
                     break

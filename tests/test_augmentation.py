@@ -106,6 +106,47 @@ def test_unknown_augmentation_is_refused_by_the_config():
         TrainConfig(augment="zoom").validate()
 
 
+@pytest.mark.parametrize("kind, expected", [("prompted", "flips"), ("multitask", "none"),
+                                            ("a1", "none"), ("coseg", "none")])
+def test_auto_augmentation_is_flips_for_prompted_models_only(kind, expected):
+    from napari_recist_seg.learning.trainer import _with_augmentation
+
+    config = TrainConfig(kind=kind, n_groups=2)
+    assert config.augment == "auto" and config.augmentation == expected
+    data = _dataset()
+    trained_on = _with_augmentation(data, config)
+    if expected == "none":
+        assert trained_on is data
+        return
+    # The items the trainer sees are the data set's flips and quarter turns, changing with
+    # the epoch; the data set itself is left as it was.
+    assert trained_on.augment and not data.augment
+    seen = []
+    for epoch in range(6):
+        trained_on.epoch = epoch
+        mask = trained_on[0]["mask"].numpy()[0] > 0.5
+        assert any(np.array_equal(mask, d) for d in _dihedral(data[0]["mask"].numpy()[0] > 0.5))
+        seen.append(mask.tobytes())
+    assert len(set(seen)) > 1
+    # Asked for explicitly, "none" still trains on the items as they are.
+    assert _with_augmentation(data, TrainConfig(kind=kind, augment="none")) is data
+
+
+def test_benchmark_report_names_each_kind_s_own_augmentation(tmp_path):
+    data = make_isic_folder(tmp_path / "data", n=8, size=48)
+    test_dir = make_isic_folder(tmp_path / "test", n=3, size=48, seed=2)
+    bench = tmp_path / "bench"
+    with quick():
+        assert main(["benchmark", "--train", str(data), "--test", str(test_dir), "--out",
+                     str(bench), "--models", "a1,prompted", "--epochs", "1", "--size",
+                     str(INPUT), "--batch", "4"]) == 0
+    results = json.loads((bench / "results.json").read_text())
+    assert results["training"]["a1"]["augment"] == "none"
+    assert results["training"]["prompted"]["augment"] == "flips"
+    report = (bench / "report.md").read_text(encoding="utf-8")
+    assert "training augmentation 'flips' for prompted" in report
+
+
 def test_train_and_benchmark_commands_take_the_augmentation(tmp_path):
     data = make_isic_folder(tmp_path / "data", n=8, size=48)
     out = tmp_path / "runs"

@@ -328,7 +328,7 @@ def test_encoder_best_epoch_and_augmentation_picked_in_the_lists_reach_the_train
     pick(combo, entry)
     assert widget.form.select.native.currentText() == "validation loss"
     pick(widget.form.select.native, "validation dice")
-    assert widget.form.augment.native.currentText() == "none"
+    assert widget.form.augment.native.currentText() == "auto (flips for prompted models)"
     pick(widget.form.augment.native, "flips, any rotation, scale, shift")
     settings = widget.settings()
     assert settings["encoder"] == "tu-tf_efficientnet_lite0"

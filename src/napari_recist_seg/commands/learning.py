@@ -93,7 +93,8 @@ def _augment_option(p, default: str) -> None:
     p.add_argument("--augment", choices=AUGMENTATIONS, default=default,
                    help="vary the training images from epoch to epoch: 'flips' flips and "
                         "turns them by quarter turns and jitters brightness and contrast, "
-                        "'affine' also rotates them by any angle, scales and shifts them "
+                        "'affine' also rotates them by any angle, scales and shifts them; "
+                        "'auto' is flips for prompted models and none for the others "
                         "(default: %(default)s)")
 
 

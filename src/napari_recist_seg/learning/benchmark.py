@@ -58,8 +58,8 @@ class BenchmarkConfig:
     lr: float = 1e-3
     patience: int = 5
     select: str = "loss"
-    #: Training augmentation (``train_config.AUGMENTATIONS``).
-    augment: str = "none"
+    #: Training augmentation (``train_config.AUGMENTATIONS``; "auto": each kind's own).
+    augment: str = "auto"
     val_fraction: float = 0.15
     k: int | None = None
     device: str = "auto"
@@ -433,6 +433,7 @@ def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, s
     best = last.best_epoch if last is not None else None
     entry = results["training"].setdefault(kind, {"seeds": []})
     entry["crf_weight"] = tc.crf_weight_for(data.train_set.colour)
+    entry["augment"] = tc.augmentation
     entry["seeds"].append({
         "seed": seed,
         "train_seconds": seconds,

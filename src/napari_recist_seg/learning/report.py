@@ -182,6 +182,18 @@ def _crf_words(results: dict) -> str:
         f"{kind} weight {w:g}" for kind, w in weights.items()) + "."
 
 
+def _augment_words(results: dict) -> str:
+    """Which models trained on augmented items, and how (each kind's own, under "auto")."""
+    augment = results.get("config", {}).get("augment", "none")
+    used = {kind: t.get("augment", augment) for kind, t in results["training"].items()}
+    used = {kind: a for kind, a in used.items() if a not in ("none", "auto")}
+    if not used:
+        return ""
+    if len(set(used.values())) == 1 and len(used) == len(results["training"]):
+        return f"; training augmentation '{next(iter(used.values()))}'"
+    return "; training augmentation " + ", ".join(f"'{a}' for {kind}" for kind, a in used.items())
+
+
 def _mean_of(entries, key):
     values = [e[key] for e in entries if e.get(key) is not None]
     return None if not values else float(np.mean(values))
@@ -269,9 +281,7 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
                    f"RECIST (below).")
     weights = f" with weights {cfg['encoder_weights']!r}" if cfg.get("encoder_weights") else ""
     flips = "; predictions averaged with their flips" if cfg.get("tta") else ""
-    augment = cfg.get("augment", "none")
-    if augment != "none":
-        flips = f"; training augmentation '{augment}'" + flips
+    flips = _augment_words(results) + flips
     over_seeds = " (mean ± std over seeds)" if seeds > 1 else ""
     lines += [
         f"{source} Encoder {cfg.get('encoder')}{weights}, input {cfg.get('size')} px, "

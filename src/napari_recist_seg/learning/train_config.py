@@ -13,7 +13,8 @@ from .model_kinds import MODEL_KINDS, model_kind
 
 __all__ = ["AMP_SETTINGS", "AUGMENTATIONS", "DEFAULT_CRF_WEIGHT", "MAX_GROUPS", "MAX_INPUT_SIZE",
            "MAX_IN_CHANNELS", "MAX_ROUNDS", "MODEL_KINDS", "SELECT_METRICS", "TrainConfig",
-           "check_crf_weight", "check_rounds", "default_crf_weight", "selection_score"]
+           "check_crf_weight", "check_rounds", "default_augmentation", "default_crf_weight",
+           "selection_score"]
 
 # Upper bounds: far above any real use, low enough that no setting makes a network of absurd
 # size (a config file may come from anywhere).
@@ -30,10 +31,11 @@ AMP_SETTINGS = ("auto", "bf16", "fp16", "off")
 #: What picks the ``best`` checkpoint and drives early stopping: the validation loss, or the
 #: validation Dice against the pseudo-masks.
 SELECT_METRICS = ("loss", "dice")
-#: Training augmentations (see ``data.dataset.LesionDataset.with_augmentation``): none, flips
-#: and quarter turns with brightness and contrast jitter, or those and a random rotation by
-#: any angle, scaling and shift.
-AUGMENTATIONS = ("none", "flips", "affine")
+#: Training augmentations (see ``data.dataset.LesionDataset.with_augmentation``): each model
+#: kind's own default (``default_augmentation``), none, flips and quarter turns with
+#: brightness and contrast jitter, or those and a random rotation by any angle, scaling and
+#: shift.
+AUGMENTATIONS = ("auto", "none", "flips", "affine")
 
 
 def selection_score(val: dict, select: str) -> float:
@@ -77,8 +79,9 @@ class TrainConfig:
     pseudo-masks). A network that grows over-confident can see its loss rise while its masks
     still improve, and "dice" keeps those later epochs.
 
-    ``augment``: how training items are varied from epoch to epoch, one of ``AUGMENTATIONS``
-    ("none", the default, as the paper trains).
+    ``augment``: how training items are varied from epoch to epoch, one of ``AUGMENTATIONS``;
+    "auto", the default, is each kind's own (``default_augmentation``): flips for prompted
+    models, none for the others, as the paper trains.
     """
 
     kind: str = "multitask"
@@ -93,7 +96,7 @@ class TrainConfig:
     schedule: str = "cosine"
     patience: int = 5
     select: str = "loss"
-    augment: str = "none"
+    augment: str = "auto"
     seed: int = 0
     device: str = "auto"
     w_seg: float | None = None
@@ -123,6 +126,11 @@ class TrainConfig:
         if self.prior_dropout is not None:
             return float(self.prior_dropout)
         return 0.0 if self.uses_prior_residual else 0.5
+
+    @property
+    def augmentation(self) -> str:
+        """The augmentation training applies: ``augment``, or the kind's default for "auto"."""
+        return default_augmentation(self.kind) if self.augment == "auto" else self.augment
 
     def crf_weight_for(self, colour: bool) -> float:
         """The weight of the edge-aware pairwise loss on images that are (``colour``) or are
@@ -203,6 +211,19 @@ def default_crf_weight(kind: str, colour: bool) -> float:
     0.838 to 0.797 (100).
     """
     return DEFAULT_CRF_WEIGHT if model_kind(kind).prompted and colour else 0.0
+
+
+def default_augmentation(kind: str) -> str:
+    """The augmentation a model kind trains with unless told otherwise.
+
+    "flips" for prompted models: on a held-out part of the ISIC training folder (300 training
+    images, edge-aware loss 50) it lifted the prompted model from 0.939 to 0.940 Dice in 3
+    epochs (better on 184 of 300 images, Wilcoxon p = 0.003) and from 0.941 to 0.942 in 6
+    (p = 0.003), and on the CT-like set's validation split from 0.902 to 0.903 (p = 0.12).
+    "none" for the others: the default multitask model (ResNet-18 from scratch, 4 epochs)
+    scored 0.857 with flips against 0.862 without (p = 0.49).
+    """
+    return "flips" if model_kind(kind).prompted else "none"
 
 
 def check_crf_weight(weight) -> float | None:

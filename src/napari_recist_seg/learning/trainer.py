@@ -360,12 +360,16 @@ def _with_prompt(dataset, config: TrainConfig, name: str):
 
 def _with_augmentation(dataset, config: TrainConfig):
     """The training set varied as ``config.augment`` asks (a set already augmented by its
-    maker keeps its own augmentation when nothing more is asked)."""
-    if config.augment == "none":
+    maker keeps its own augmentation when nothing more is asked, and a set of another kind
+    than ``LesionDataset`` is taken as it is when the kind's default is asked)."""
+    kind = config.augmentation
+    if kind == "none":
         return dataset
     if not hasattr(dataset, "with_augmentation"):
+        if config.augment == "auto":
+            return dataset
         raise ValueError(f"augment={config.augment!r} needs a LesionDataset training set")
-    return dataset.with_augmentation(config.augment)
+    return dataset.with_augmentation(kind)
 
 
 @contextlib.contextmanager

@@ -78,7 +78,8 @@ def _lookup_devices() -> list[str]:
 
 
 #: The Augmentation list's entries.
-_AUGMENTATION_TEXT = {"none": "none", "flips": "flips, quarter turns, brightness",
+_AUGMENTATION_TEXT = {"auto": "auto (flips for prompted models)", "none": "none",
+                      "flips": "flips, quarter turns, brightness",
                       "affine": "flips, any rotation, scale, shift"}
 #: The edge-aware loss field's lowest value, shown as "auto": the trainer's default.
 _AUTO = -1.0

@@ -293,6 +293,32 @@ def test_training_from_a_recist_table_chosen_with_the_file_chooser(
     assert widget.worker is None and "missing.csv is not a file" in notifications[-1][1]
 
 
+@pytest.mark.parametrize("process", [True, False], ids=["separate process", "thread"])
+def test_a_failed_run_is_reported_and_the_form_can_start_again(
+        make_napari_viewer, qtbot, tmp_path, tiny, notifications, process):
+    """A table the child process cannot read ends the run with its reason, in both modes
+    (the child's failure once left the widget running for ever)."""
+    import pandas as pd
+
+    from ._recist_table_data import write_deeplesion
+
+    root = tmp_path / "deeplesion"
+    write_deeplesion(root)
+    table = root / "DL_info.csv"
+    pd.read_csv(table).drop(columns=["Spacing_mm_px_"]).to_csv(table, index=False)
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    set_checked(qtbot, widget.table_radio, True)
+    type_text(qtbot, widget.table_edit, str(table))
+    fill_training_form(qtbot, widget, tmp_path / "models", kinds=("a1",), epochs=1, batch=2,
+                       process=process)
+    _run(qtbot, widget, widget.start_button)
+    assert "Spacing_mm_px_" in widget.status.text()
+    assert widget.status.text().startswith("Training failed")
+    assert notifications[-1][0] == "error" and "Spacing_mm_px_" in notifications[-1][1]
+    assert not widget.stop_button.isEnabled() and widget.worker is None
+
+
 def test_an_edge_aware_loss_weight_typed_into_the_form_reaches_the_trainer(
         make_napari_viewer, qtbot, tmp_path, tiny, notifications):
     viewer = make_napari_viewer()

@@ -74,11 +74,10 @@ def start_model_load(path, button, on_error, on_loaded=None):
     failed load; ``on_loaded(entry)`` runs with the new registry entry. Returns the started
     worker, or None when no path was given.
     """
-    from napari.qt.threading import create_worker
-
     from ...learning.model_kinds import display_name
     from ..model_registry import MODEL_REGISTRY, load_entry
     from ..notifications import notify_info
+    from ..workers import create_worker
 
     path = str(path).strip()
     if not path:

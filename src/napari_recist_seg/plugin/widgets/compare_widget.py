@@ -234,7 +234,7 @@ class CompareWidget(QWidget):
     # -- predicting -------------------------------------------------------------------------
     def predict(self):
         """Predict with the ticked models in a worker; returns the worker or None."""
-        from napari.qt.threading import create_worker
+        from ..workers import create_worker
 
         if self._worker is not None:
             notify_error("Compare: a prediction is running; wait for it to finish.")

@@ -246,7 +246,7 @@ class GroupsWidget(RecistLayerAccess, QWidget):
     # -- grouping ---------------------------------------------------------------------------
     def run_kmeans(self) -> None:
         """Group the valid lesions with seeded K-means (in a background thread)."""
-        from napari.qt.threading import create_worker
+        from ..workers import create_worker
 
         valid = self._valid("Run K-means")
         if valid is None:
@@ -296,7 +296,7 @@ class GroupsWidget(RecistLayerAccess, QWidget):
 
     def suggest(self) -> None:
         """Pick K by the silhouette score (in a background thread) and set the K box."""
-        from napari.qt.threading import create_worker
+        from ..workers import create_worker
 
         valid = self._valid("Suggest K")
         if valid is None:
@@ -485,7 +485,7 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         when the caller has them already. Returns False (after a notification, unless
         ``quiet``) when there is nothing to preview.
         """
-        from napari.qt.threading import create_worker
+        from ..workers import create_worker
 
         def fail(message: str) -> bool:
             if not quiet:

@@ -775,9 +775,8 @@ class RecistWidget(RecistLayerAccess, QWidget):
 
     def simulate_from_labels(self) -> None:
         """Measure one RECIST per label of the chosen Labels layer (in a background thread)."""
-        from napari.qt.threading import create_worker
-
         from ...data.recist_files import RecistTable
+        from ..workers import create_worker
 
         labels = self.labels_combo.layer()
         if labels is None:

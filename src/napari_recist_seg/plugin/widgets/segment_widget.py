@@ -806,7 +806,7 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         return int(round(float(z)))
 
     def _run(self, jobs) -> None:
-        from napari.qt.threading import create_worker
+        from ..workers import create_worker
 
         entry, image = self.model_entry(), self._image
         threshold = round(self.threshold_spin.value(), 2)

@@ -125,7 +125,7 @@ class _PopupWatcher(QObject):
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
         kinds = (QEvent.Type.MouseButtonPress, QEvent.Type.KeyPress)
         if event.type() in kinds and self._worker is None and len(_devices) <= 2:
-            from napari.qt.threading import create_worker
+            from ..workers import create_worker
 
             worker = create_worker(_lookup_devices, _start_thread=False, _ignore_errors=True)
             worker.returned.connect(self._fill)

@@ -162,7 +162,7 @@ class CurvePlot(QLabel):
 
     def refresh(self) -> None:
         """Start drawing in a worker when something changed and no drawing is running."""
-        from napari.qt.threading import create_worker
+        from ..workers import create_worker
 
         if not self._dirty or self._busy:
             return
@@ -492,7 +492,7 @@ class TrainingWidget(QWidget):
         or cancel. The worker starts when the event loop next runs: connect to its signals
         first.
         """
-        from napari.qt.threading import create_worker
+        from ..workers import create_worker
 
         if self._worker is not None:
             notify_error("Training: a training run is already going; stop it first.")

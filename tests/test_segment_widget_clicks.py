@@ -328,6 +328,39 @@ def test_volume_lesion_is_segmented_on_its_own_slice(make_napari_viewer, qtbot, 
     assert widget.rows()[0]["slice"] == "2" and not widget.table.isColumnHidden(1)
 
 
+def test_a_table_model_segments_the_stack_opened_from_its_table(make_napari_viewer, qtbot,
+                                                                tmp_path, monkeypatch,
+                                                                notifications):
+    """A model trained on a lesion table reads each key slice with its neighbours: on the
+    stack the reader makes of that table they come from the series files."""
+    from napari_recist_seg.learning import inference
+
+    from ._recist_table_data import DL_SLICES, write_deeplesion
+
+    table = write_deeplesion(tmp_path / "dl")
+    model = saved_model(tmp_path / "model", "prompted", in_channels=3,
+                        preprocessing=crop_preprocessing(context=1, window=(-175.0, 275.0)))
+    seen = []
+    real = inference.predict_detailed
+
+    def spied(model, image, recists=None, **kwargs):
+        seen.append((np.shape(image), kwargs.get("channel_axis")))
+        return real(model, image, recists, **kwargs)
+
+    monkeypatch.setattr(inference, "predict_detailed", spied)
+    viewer = make_napari_viewer()
+    viewer.open(str(table), plugin=PLUGIN)
+    widget = _segment_widget(viewer)
+    _patch_folder_dialog(monkeypatch, model)
+    click(qtbot, widget.load_button)
+    n_lesions = sum(len(lesions) for *_, lesions, _split in DL_SLICES)
+    qtbot.waitUntil(lambda: _idle(widget) and widget.preview_layer is not None
+                    and len(widget.rows()) == n_lesions, timeout=TIMEOUT)
+    assert not [text for level, text in notifications if level == "error"]
+    assert all(r["note"] in ("", "empty prediction") for r in widget.rows()), widget.rows()
+    assert seen and set(seen) == {((3, 64, 64), 0)}
+
+
 # -- models and messages ----------------------------------------------------------------------
 def test_models_that_cannot_segment_from_recist_say_why(make_napari_viewer, qtbot, checkpoints,
                                                         draw, monkeypatch, notifications):

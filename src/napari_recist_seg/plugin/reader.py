@@ -155,7 +155,7 @@ def _read_deeplesion(path: Path):
     if not records:
         raise ValueError("the table holds no lesion row")
     name = path.name if path.is_dir() else _stem(path)
-    return deeplesion_layers(records, name)
+    return deeplesion_layers(records, name, table_path=path)
 
 
 def _padded_reader(record, shape):
@@ -174,7 +174,7 @@ def _padded_reader(record, shape):
     return read
 
 
-def deeplesion_layers(records, name: str, with_image: bool = True):
+def deeplesion_layers(records, name: str, with_image: bool = True, table_path=None):
     """An image layer of the key slices (HU) and a RECIST Shapes layer for DeepLesion rows.
 
     Rows on the same key slice share it; several key slices are stacked (lazily, each read
@@ -185,6 +185,9 @@ def deeplesion_layers(records, name: str, with_image: bool = True):
     pixel sizes cannot share one scale: the layers keep one pixel per unit and each slice's
     pixel size is kept in their metadata (``slice_spacing``), so that each line, those drawn
     later included, is measured and written with its own slice's.
+
+    ``table_path``, the path the records were read from, is kept in the image layer's metadata
+    (``deeplesion_table``), so that models that read a slice's neighbours find them.
 
     Returns
     -------
@@ -221,7 +224,9 @@ def deeplesion_layers(records, name: str, with_image: bool = True):
             "scale": scale,
             "contrast_limits": (float(window[0]), float(window[1])),
             "colormap": "gray",
-            "metadata": {"deeplesion_files": files, META_KEY: dict(extra or {})},
+            "metadata": {"deeplesion_files": files, META_KEY: dict(extra or {}),
+                         **({"deeplesion_table": str(Path(table_path).resolve())}
+                            if table_path is not None else {})},
         }
         if units is not None:
             kwargs["units"] = units

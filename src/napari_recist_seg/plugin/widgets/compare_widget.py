@@ -251,7 +251,7 @@ class CompareWidget(QWidget):
         threshold = round(self.threshold_spin.value(), 2)
         worker = create_worker(predict_models, entries, inputs.image, inputs.lesions,
                                inputs.truth, inputs.rgb, threshold, self.tta_box.isChecked(),
-                               _start_thread=False, _ignore_errors=True)
+                               dict(image.metadata), _start_thread=False, _ignore_errors=True)
         results: list = []
         failed: list = []
         worker.yielded.connect(lambda message: self._on_message(message, results))

@@ -61,6 +61,7 @@ from ..layer_units import (
     spatial_shape,
     unproxied,
 )
+from ..model_planes import LayerPlanes, context_of
 from ..model_registry import MODEL_REGISTRY, load_entry
 from ..notifications import notify_error
 from ..recist_layers import describe_layer, is_recist_layer
@@ -221,8 +222,10 @@ def predict_lesions(entry, image, jobs, threshold: float, rgb: bool = False, nam
     ----------
     entry : ModelEntry
         The model; it is loaded (on the CPU) when it is not yet.
-    image : array_like
-        The image data: 2D grey or colour, or a stack whose first axis is the slice.
+    image : array_like or LayerPlanes
+        The image data: 2D grey or colour, or a stack whose first axis is the slice; as
+        ``LayerPlanes`` with the layer's metadata, a model that reads each slice's neighbours
+        finds them where the slices came from.
     jobs : list of (key, slice, Recist, LesionMask or None)
         Lesions to segment; with a cached ``LesionMask`` only its probability is thresholded
         and measured again (the model is not run).
@@ -260,11 +263,13 @@ def predict_lesions(entry, image, jobs, threshold: float, rgb: bool = False, nam
         problem = channels_problem(model, rgb, name)
         if problem:
             raise ValueError(problem)
+    planes = image if isinstance(image, LayerPlanes) else LayerPlanes(image, rgb)
     for key, z, recist, cached in jobs:
         if cached is None:
-            plane = np.asarray(image if z is None else image[z])
+            plane, channel_axis = planes.plane(z, context_of(model))
             # Looked up at each call: the library's one way in, wherever it is replaced.
-            pred = inference.predict_detailed(model, plane, [recist], threshold=threshold)
+            pred = inference.predict_detailed(model, plane, [recist], threshold=threshold,
+                                              channel_axis=channel_axis)
             origin, window = _probability_window(pred.probability, floor)
         else:
             origin, window = cached.origin, cached.probability
@@ -284,10 +289,12 @@ def channels_problem(model, rgb: bool, name: str) -> str:
     config = getattr(model, "config", None) or {}
     expected = config.get("in_channels")
     given = 3 if rgb else 1
+    context = context_of(model)
     if expected is None or int(expected) == given:
         return ""
+    if context and not rgb and int(expected) == 2 * context + 1:
+        return ""  # the slice's neighbours are found for it (``LayerPlanes``)
     what = "a colour (RGB) image" if rgb else "a grey image"
-    context = int((getattr(model, "preprocessing", None) or {}).get("context") or 0)
     extra = f" (a CT slice with {context} neighbour(s) on each side)" if context else ""
     return (f"the model takes {int(expected)}-channel images{extra}, but {name!r} is {what} "
             f"({given} channel{'s' if given > 1 else ''})")
@@ -810,7 +817,8 @@ class SegmentWidget(RecistLayerAccess, QWidget):
 
         entry, image = self.model_entry(), self._image
         threshold = round(self.threshold_spin.value(), 2)
-        worker = create_worker(predict_lesions, entry, image.data, jobs, threshold,
+        planes = LayerPlanes(image.data, bool(image.rgb), image.metadata)
+        worker = create_worker(predict_lesions, entry, planes, jobs, threshold,
                                bool(image.rgb), image.name, _start_thread=False,
                                _ignore_errors=True)
         worker.yielded.connect(self._on_yielded)

@@ -462,3 +462,18 @@ def test_table_benchmark_gives_each_kind_its_own_patches_and_says_so(tmp_path, m
     ((images, truths, predictions),) = drawn
     for kind in ("a1", "prompted", "quarter_ellipse"):
         assert [m.shape for m in predictions[kind]] == [t.shape for t in truths]
+
+
+@pytest.mark.parametrize("which", ["key", "neighbour"])
+def test_a_slice_of_another_size_is_named_by_train(tmp_path, capsys, which):
+    root = tmp_path / "dl"
+    write_deeplesion(root)
+    # Patient 1's key slice 10 has neighbours 9 and 11; one file is replaced by a smaller one.
+    bad = root / "Images_png" / "000001_01_01" / ("010.png" if which == "key" else "011.png")
+    iio.imwrite(bad, np.full((40, 50), 32768, np.uint16))
+    code = main(["train", str(root / "DL_info.csv"), "--out", str(tmp_path / "runs"),
+                 "--models", "a1", "--epochs", "1", "--size", "32"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{bad}: the slice is 40 x 50 pixels (rows x cols), the table says 64 x 64" in err
+    assert not (tmp_path / "runs" / "a1" / "best").exists()

@@ -98,7 +98,7 @@ class SliceStack:
             Naming the file, when it cannot be read or is not the size the table says.
         """
         if self.kind == "deeplesion":
-            out = np.stack([_read_png_hu(p) for p in self.paths])
+            out = _stacked([(p, _read_png_hu(p)) for p in self.paths], self.shape)
         elif self.kind == "image":
             out = _read_2d(self.paths[0], self.colour)
         elif self.kind == "volume":
@@ -108,7 +108,7 @@ class SliceStack:
             for p in self.paths:
                 if p not in cache:
                     cache[p] = _read_volume_planes(p, (0,))[0]
-            out = np.stack([cache[p] for p in self.paths])
+            out = _stacked([(p, cache[p]) for p in self.paths], self.shape)
         else:
             raise ValueError(f"unknown slice stack kind {self.kind!r}")
         if self.shape is not None and tuple(out.shape[-2:]) != tuple(self.shape):
@@ -116,6 +116,18 @@ class SliceStack:
                              f"pixels (rows x cols), the table says {self.shape[0]} x "
                              f"{self.shape[1]}")
         return out
+
+
+def _stacked(planes, shape) -> np.ndarray:
+    """``(path, plane)`` pairs stacked as channels; a plane of another size than the table's
+    (or, without one, than the first) is named with both sizes."""
+    expected = tuple(shape) if shape is not None else planes[0][1].shape
+    source = "the table says" if shape is not None else "the first slice is"
+    for path, plane in planes:
+        if plane.shape != expected:
+            raise ValueError(f"{path}: the slice is {plane.shape[0]} x {plane.shape[1]} pixels "
+                             f"(rows x cols), {source} {expected[0]} x {expected[1]}")
+    return np.stack([plane for _, plane in planes])
 
 
 def _read_png_hu(path: str) -> np.ndarray:

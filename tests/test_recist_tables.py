@@ -389,13 +389,19 @@ def test_benchmark_on_deeplesion_scores_split_three_against_masks(tmp_path, caps
     # The discs' RECIST give near-perfect ellipses; the 1-epoch model scores something else.
     assert methods["ellipse"]["metrics"]["dice"]["mean"] > 0.85
     report = (out / "report.md").read_text(encoding="utf-8")
-    assert f"RECIST table `{table}`: 5 lesions" in report and "simulated" not in report
+    assert results["n_val"] == 1  # split 2: patient 4's one lesion
+    assert (f"RECIST table `{table}`: 5 training lesions (Train_Val_Test 1) and 1 validation "
+            f"lesions (2), scored on split 3 against its true masks" in report)
+    assert "simulated" not in report
     # Without masks/ the models are trained but not scored.
     shutil.rmtree(tmp_path / "dl" / "masks")
     assert main(["benchmark", "--train", str(table), "--out", str(tmp_path / "b2"), "--models",
                  "a1", "--epochs", "1", "--size", "32", "--batch", "2", "--crop", "40"]) == 0
     assert "not scored" in capsys.readouterr().out
     assert json.loads((tmp_path / "b2" / "results.json").read_text())["scored"] is False
+    report = (tmp_path / "b2" / "report.md").read_text(encoding="utf-8")
+    assert "not scored: no true masks were found for split 3" in report
+    assert "against its true masks" not in report
 
 
 def test_crop_lesion_sizes_each_patch_to_its_lesion(tmp_path, capsys):

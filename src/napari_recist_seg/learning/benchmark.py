@@ -640,6 +640,7 @@ def run_table_benchmark(
         for kind in config.models:
             data = sets[kind]
             results["n_train"] = len(data.train_indices)
+            results["n_val"] = len(data.val_indices)
             results["training"].setdefault(kind, {"seeds": []})["crop_px"] = crop_px_for(
                 kind, crop_px)
             run_dir, best, stopped = _train_and_record(

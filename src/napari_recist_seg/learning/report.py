@@ -261,10 +261,15 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
     lines = ["# RECIST weak supervision: benchmark report", ""]
     cfg = results["config"]
     if cfg.get("source") == "table":
+        n_val = results.get("n_val")
+        lesions = (f"{results['n_train']} training lesions (Train_Val_Test 1) and {n_val} "
+                   f"validation lesions (2)" if n_val is not None else
+                   f"{results['n_train']} training lesions (Train_Val_Test 1 and 2)")
+        scored = ("scored on split 3 against its true masks" if results.get("scored", True)
+                  else "not scored: no true masks were found for split 3")
         source = (
-            f"RECIST table `{cfg.get('train_dir')}`: {results['n_train']} lesions of "
-            f"Train_Val_Test 1 and 2 (validation on 2), scored on split 3 against its true "
-            f"masks; {_patches(results)}, "
+            f"RECIST table `{cfg.get('train_dir')}`: {lesions}, {scored}; "
+            f"{_patches(results)}, "
             f"window {cfg.get('window') or 'from each row'}; models trained on "
             f"`{cfg.get('pseudo_mask')}` pseudo-masks only, no mask read."
         )

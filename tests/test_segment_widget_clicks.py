@@ -384,6 +384,8 @@ def test_models_that_cannot_segment_from_recist_say_why(make_napari_viewer, qtbo
     assert "does not take the lesion's RECIST" in widget.status.text()
     assert widget.model_combo.currentText().endswith("[not prompted]")
     assert len(viewer.layers) == n_layers and widget.preview_layer is None
+    # The lesion is on the image: its row does not say otherwise (the status says why).
+    assert [row["note"] for row in widget.rows()] == [""]
 
     # A prompted model whose channels the grey image does not give.
     _patch_folder_dialog(monkeypatch, checkpoints["rgb"])

@@ -972,6 +972,8 @@ class SegmentWidget(RecistLayerAccess, QWidget):
                 result = None
             if not info.ok:
                 note = info.problem
+            elif key is None and not self._live:
+                note = ""  # nothing is predicted yet; the status line says why
             elif key is None:
                 note = "not on the image's slices"
             elif not self._live:

@@ -308,3 +308,26 @@ def test_layer_2d_and_lines_in_any_order():
     assert dict(zip(out.lesion_ids, out.features["f"])) == {5: "a", 6: "b"}
     with pytest.raises(ValueError, match="lesion 5 has no short axis"):
         table_from_layer_data(data[:1] + data[2:], {k: v[:1] + v[2:] for k, v in features.items()})
+
+
+def test_lesions_drawn_on_a_stack_take_the_image_name_of_their_slice(tmp_path):
+    import pandas as pd
+
+    def lesion(z, r, c):
+        return [np.array([[z, r, c - 10], [z, r, c + 10]], float),
+                np.array([[z, r - 5, c], [z, r + 5, c]], float)]
+
+    data = lesion(0, 20, 20) + lesion(0, 50, 50) + lesion(1, 30, 30) + lesion(2, 40, 40)
+    # Read from a table (first lesion), drawn in the viewer: NaN in a DataFrame, or empty.
+    frame = pd.DataFrame({
+        "lesion_id": [0, 0, 1, 1, 2, 2, 3, 3],
+        "axis": ["long", "short"] * 4,
+        "image": ["a_012.png", "a_012.png", np.nan, np.nan, "b_007.png", "b_007.png", "", ""],
+    })
+    table = table_from_layer_data(data, frame, (1.0, 0.8, 0.8))
+    # Slice 2 shows no lesion with a name: its lesion keeps none rather than "nan".
+    assert table.images == ["a_012.png", "a_012.png", "b_007.png", ""]
+    written = tmp_path / "out.csv"
+    write_recists(written, table)
+    assert "nan" not in written.read_text()
+    assert read_recists(written).images == table.images

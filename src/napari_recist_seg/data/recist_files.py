@@ -565,6 +565,17 @@ def _column(features, name: str) -> list:
     return [v.item() if isinstance(v, np.generic) else v for v in list(values)]
 
 
+def _image_names(values, slices) -> list[str]:
+    """Each lesion's image name; a lesion drawn in the viewer has none (or NaN), and takes
+    that of a lesion on its slice (one slice shows one image)."""
+    names = ["" if _nan_to_none(v) is None or str(v) == "nan" else str(v) for v in values]
+    known: dict = {}
+    for name, z in zip(names, slices):
+        if name:
+            known.setdefault(z, name)
+    return [name or known.get(z, "") for name, z in zip(names, slices)]
+
+
 def table_from_layer_data(
     data: Sequence, features: Mapping, scale=None, max_perpendicularity_error: float = 15.0
 ) -> RecistTable:
@@ -619,7 +630,8 @@ def table_from_layer_data(
             except ValueError as exc:
                 raise ValueError(f"lesion {lid}: {exc}") from None
         recists = rebuilt
-    images = [str(columns["image"][i]) for i in rows] if "image" in columns else None
+    images = (_image_names([columns["image"][i] for i in rows], slices)
+              if "image" in columns else None)
     skip = {"lesion_id", "axis", "image", "spacing_row", "spacing_col"}
     feats = {
         name: [_nan_to_none(columns[name][i]) for i in rows] for name in names if name not in skip

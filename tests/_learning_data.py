@@ -103,6 +103,12 @@ def saved_model(folder, kind: str = "a1", *, in_channels: int = 3, preprocessing
     return save_checkpoint(folder, model, extra, [])
 
 
+#: The ``source`` a model trained on a DeepLesion table records: the key slice and one
+#: neighbour on each side, 2 mm apart, as its three channels.
+TABLE_SOURCE = {"kind": "deeplesion", "neighbours": 1, "slice_gap_mm": 2.0, "colour": False,
+                "window": None, "in_channels": 3}
+
+
 def crop_preprocessing(**changes) -> dict:
     """The preprocessing record of a lesion-crop data set at the test input size."""
     pre = {"mode": "crops", "size": INPUT, "normalise": None, "channel_axis": None,

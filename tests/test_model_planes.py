@@ -41,6 +41,10 @@ def test_volume_planes_repeat_the_end_slice_and_lone_slices_repeat_themselves():
     assert [p[0, 0] for p in planes.plane(4, context=2)[0]] == [2, 3, 4, 4, 4]
     lone, axis = LayerPlanes(volume[3]).plane(None, context=1)
     assert axis == 0 and lone.shape == (3, 4, 4) and (lone == 3).all()
+    # Neighbours a gap in mm away: with 2.5 mm slices, 5 mm is two planes.
+    spaced = LayerPlanes(volume, slice_mm=2.5)
+    assert [p[0, 0] for p in spaced.plane(2, context=1, gap_mm=5.0)[0]] == [0, 2, 4]
+    assert [p[0, 0] for p in spaced.plane(2, context=1, gap_mm=1.0)[0]] == [2, 2, 2]
     # Without context, and for colour images, the plane is given as it is.
     plane, axis = planes.plane(2)
     assert axis is None and plane.shape == (4, 4)
@@ -56,13 +60,14 @@ def test_compare_predicts_a_table_model_on_the_stack_opened_from_its_table(tmp_p
     from napari_recist_seg.plugin.comparison import predict_models
     from napari_recist_seg.plugin.model_registry import ModelEntry
 
-    from ._learning_data import crop_preprocessing, quick, saved_model
+    from ._learning_data import TABLE_SOURCE, crop_preprocessing, quick, saved_model
     from ._recist_table_data import disc_axes
 
     table = write_deeplesion(tmp_path / "dl")
     data, metadata = _opened(table)
     folder = saved_model(tmp_path / "model", "a1", in_channels=3,
-                         preprocessing=crop_preprocessing(context=1, window=(-175.0, 275.0)))
+                         preprocessing=crop_preprocessing(window=(-175.0, 275.0),
+                                                          source=TABLE_SOURCE))
     entry = ModelEntry("table a1", "a1", str(folder), inference.load_model(folder))
     lesions = [(z, Recist(*disc_axes(*lesion)), f"{z}-{j}")
                for z, (*_, found, _split) in enumerate(DL_SLICES)
@@ -88,3 +93,21 @@ def test_compare_predicts_a_table_model_on_the_stack_opened_from_its_table(tmp_p
     with quick():
         list(predict_models([entry], data, lesions))
     assert seen[0][0][0, r, c] == seen[0][0][1, r, c]  # a volume's first plane repeats
+
+
+def test_the_context_of_a_model_comes_from_its_crops_or_its_table():
+    from types import SimpleNamespace
+
+    from napari_recist_seg.plugin.model_planes import context_of, slice_gap_of
+
+    from ._learning_data import TABLE_SOURCE, crop_preprocessing
+
+    def model(pre):
+        return SimpleNamespace(preprocessing=pre)
+
+    assert context_of(model(crop_preprocessing(source=TABLE_SOURCE))) == 1
+    assert slice_gap_of(model(crop_preprocessing(source=TABLE_SOURCE))) == 2.0
+    assert context_of(model(crop_preprocessing(context=2))) == 2
+    assert context_of(model(crop_preprocessing())) == 0
+    colour = {**TABLE_SOURCE, "colour": True}
+    assert context_of(model(crop_preprocessing(source=colour))) == 0

@@ -483,3 +483,27 @@ def test_a_slice_of_another_size_is_named_by_train(tmp_path, capsys, which):
     assert code == 2
     assert f"{bad}: the slice is 40 x 50 pixels (rows x cols), the table says 64 x 64" in err
     assert not (tmp_path / "runs" / "a1" / "best").exists()
+
+
+def test_predict_table_that_fails_half_way_leaves_no_masks_behind(tmp_path, capsys):
+    from ._learning_data import crop_preprocessing, saved_model
+
+    root = tmp_path / "dl"
+    table = write_deeplesion(root)
+    model = saved_model(tmp_path / "model", "a1", in_channels=1,
+                        preprocessing=crop_preprocessing(window=(-175.0, 275.0)))
+    # Patient 2's key slice, read after patient 1's: truncated.
+    broken = root / "Images_png" / "000002_01_01" / "031.png"
+    good = broken.read_bytes()
+    broken.write_bytes(good[: len(good) // 3])
+    out = tmp_path / "nested" / "masks"
+    code = main(["predict", str(table), "--model", str(model), "--out", str(out),
+                 "--split", "1"])
+    assert code == 2 and "031.png" in capsys.readouterr().err
+    assert not (tmp_path / "nested").exists()
+    # Mended, the same command needs no --overwrite: nothing of the failed run is in the way.
+    broken.write_bytes(good)
+    assert main(["predict", str(table), "--model", str(model), "--out", str(out),
+                 "--split", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "000001_01_01_010.png", "000002_01_01_031.png", "000003_01_01_005.png", "lesions.csv"]

@@ -26,7 +26,7 @@ from napari_recist_seg.plugin.widgets.segment_widget import (
 )
 
 from ._gui import click, pick, type_number
-from ._learning_data import crop_preprocessing, quick, saved_model
+from ._learning_data import TABLE_SOURCE, crop_preprocessing, quick, saved_model
 
 PLUGIN = "napari-recist-seg"
 LEFT = Qt.MouseButton.LeftButton
@@ -339,7 +339,8 @@ def test_a_table_model_segments_the_stack_opened_from_its_table(make_napari_view
 
     table = write_deeplesion(tmp_path / "dl")
     model = saved_model(tmp_path / "model", "prompted", in_channels=3,
-                        preprocessing=crop_preprocessing(context=1, window=(-175.0, 275.0)))
+                        preprocessing=crop_preprocessing(window=(-175.0, 275.0),
+                                                         source=TABLE_SOURCE))
     seen = []
     real = inference.predict_detailed
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -451,32 +452,56 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
                              f"to replace existing files (nothing was written)")
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file, not a folder")
+    folders = _missing_folders([out, *{t.parent for t in targets.values()}])
     out.mkdir(parents=True, exist_ok=True)
 
     records: dict[int, dict] = {}
-    written = []
+    written, created = [], []
     stacks = list(by_stack.items())
     loop = stacks if progress is None else progress(stacks, "predicting")
-    for s, members, lesion_masks, groups in _predict_stacks(model, table, loop, windows,
-                                                             threshold, tta, batch_size):
-        union = np.zeros(lesion_masks[0].shape, dtype=bool)
-        for (i, r), lesion, group in zip(members, lesion_masks, groups):
-            union |= lesion
-            records[i] = {"image": r.image, "slice": "" if r.slice is None else r.slice,
-                          "lesion": i, "lesion_id": r.lesion_id, "row": r.row,
-                          "mask": r.mask_name,
-                          **_measure(lesion, r.recist.spacing, r.spacing_known),
-                          "group": "" if group is None else group}
-        target = targets[s]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _write_png(target, union)
-        written.append(target)
-    lesions = [records[i] for i, _ in rows]
-    with atomic_write(lesions_csv, newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(LESION_COLUMNS))
-        w.writeheader()
-        w.writerows(lesions)
+    try:
+        for s, members, lesion_masks, groups in _predict_stacks(model, table, loop, windows,
+                                                                 threshold, tta, batch_size):
+            union = np.zeros(lesion_masks[0].shape, dtype=bool)
+            for (i, r), lesion, group in zip(members, lesion_masks, groups):
+                union |= lesion
+                records[i] = {"image": r.image, "slice": "" if r.slice is None else r.slice,
+                              "lesion": i, "lesion_id": r.lesion_id, "row": r.row,
+                              "mask": r.mask_name,
+                              **_measure(lesion, r.recist.spacing, r.spacing_known),
+                              "group": "" if group is None else group}
+            target = targets[s]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                created.append(target)
+            _write_png(target, union)
+            written.append(target)
+        lesions = [records[i] for i, _ in rows]
+        with atomic_write(lesions_csv, newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(LESION_COLUMNS))
+            w.writeheader()
+            w.writerows(lesions)
+    except BaseException:
+        # A run that fails or is stopped half way leaves no half set of masks behind, only
+        # what was there before (files it was allowed to replace stay replaced).
+        for path in created:
+            path.unlink(missing_ok=True)
+        for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+        raise
     return TablePrediction(written, lesions, lesions_csv)
+
+
+def _missing_folders(paths) -> list[Path]:
+    """The folders among ``paths`` and their parents that do not exist yet."""
+    missing = set()
+    for path in paths:
+        for folder in (path, *path.parents):
+            if folder.exists():
+                break
+            missing.add(folder)
+    return sorted(missing)
 
 
 def _predict_stacks(model, table, stacks, windows, threshold, tta, batch_size):

@@ -23,7 +23,7 @@ from ..core.metrics import (
     segmentation_metrics,
 )
 from .layer_units import spacing_of, spatial_shape
-from .model_planes import LayerPlanes, context_of
+from .model_planes import LayerPlanes, context_of, slice_gap_of
 from .model_registry import load_entry
 from .recist_layers import describe_layer
 from .training_job import prepare_torch_import
@@ -158,7 +158,7 @@ def _label_at(labels: np.ndarray, point) -> int:
 
 def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
                    threshold: float = DEFAULT_THRESHOLD, tta: bool = False,
-                   metadata: dict | None = None):
+                   metadata: dict | None = None, slice_mm: float | None = None):
     """Predict ``image`` with each model of ``entries``, yielding one result per model.
 
     Parameters
@@ -181,6 +181,8 @@ def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
     metadata : dict, optional
         The image layer's metadata: a model that reads each slice's neighbours finds them
         where the slices came from (``model_planes.LayerPlanes``).
+    slice_mm : float, optional
+        The stack's slice interval in mm, where known (``model_planes.slice_mm_of``).
 
     Yields
     ------
@@ -218,7 +220,7 @@ def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
                              f"least one complete lesion)")
         models.append((entry, entry.model, "crops" if per_lesion else mode))
     planes = range(image.shape[0]) if volume else [None]
-    layer_planes = LayerPlanes(image, rgb, metadata)
+    layer_planes = LayerPlanes(image, rgb, metadata, slice_mm)
     for entry, model, mode in models:
         shape = image.shape[: 3 if volume else 2]
         mask = np.zeros(shape, dtype=np.uint8)
@@ -230,7 +232,8 @@ def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
                 mine = [(lid, r) for s, r, lid in lesions if s == z]
                 if not mine:
                     continue
-                plane, channel_axis = layer_planes.plane(z, context_of(model))
+                plane, channel_axis = layer_planes.plane(z, context_of(model),
+                                                         slice_gap_of(model))
                 pred = predict_detailed(model, plane, [r for _, r in mine],
                                         threshold=threshold, tta=tta, channel_axis=channel_axis)
                 if pred.groups is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LayerPlanes", "context_of"]
+__all__ = ["LayerPlanes", "context_of", "slice_gap_of", "slice_mm_of"]
 
 #: Records of the lesion tables read so far, by (path, modification time): a live preview
 #: asks for neighbours at every edit.
@@ -24,8 +24,34 @@ _TABLES_LOCK = threading.Lock()
 
 
 def context_of(model) -> int:
-    """Neighbouring slices on each side that ``model`` reads as channels (0: none)."""
-    return int((getattr(model, "preprocessing", None) or {}).get("context") or 0)
+    """Neighbouring slices on each side that ``model`` reads as channels (0: none): those of
+    its crops of volumes, or of the grey lesion table it was trained on."""
+    pre = getattr(model, "preprocessing", None) or {}
+    context = int(pre.get("context") or 0)
+    source = pre.get("source") or {}
+    if not context and isinstance(source, dict) and not source.get("colour"):
+        context = int(source.get("neighbours") or 0)
+    return context
+
+
+def slice_gap_of(model) -> float | None:
+    """Distance in mm between the slices a table-trained ``model`` reads as channels, or
+    None for neighbouring planes."""
+    source = (getattr(model, "preprocessing", None) or {}).get("source") or {}
+    gap = source.get("slice_gap_mm") if isinstance(source, dict) else None
+    return float(gap) if gap else None
+
+
+def slice_mm_of(layer) -> float | None:
+    """The slice interval in mm of an image layer's stack, where its units say mm."""
+    from .layer_units import is_mm
+
+    units = tuple(getattr(layer, "units", None) or ())
+    if getattr(layer, "ndim", 0) - (1 if getattr(layer, "rgb", False) else 0) != 3:
+        return None
+    if len(units) >= 3 and is_mm(units[0]) and float(layer.scale[0]) > 0:
+        return float(layer.scale[0])
+    return None
 
 
 def _records_by_file(table) -> dict:
@@ -55,27 +81,38 @@ class LayerPlanes:
     metadata : dict, optional
         The layer's metadata; a DeepLesion stack opened by this plugin's reader names its
         table and each plane's file there.
+    slice_mm : float, optional
+        The stack's slice interval in mm (``slice_mm_of``), where known.
     """
 
-    def __init__(self, data, rgb: bool = False, metadata: dict | None = None):
+    def __init__(self, data, rgb: bool = False, metadata: dict | None = None,
+                 slice_mm: float | None = None):
         self.data = data
         self.rgb = bool(rgb)
         self.metadata = dict(metadata or {})
+        self.slice_mm = slice_mm
 
     @property
     def shape(self) -> tuple:
         return tuple(np.shape(self.data))
 
-    def plane(self, z, context: int = 0) -> tuple[np.ndarray, int | None]:
+    def plane(self, z, context: int = 0, gap_mm: float | None = None
+              ) -> tuple[np.ndarray, int | None]:
         """Plane ``z`` (None: a 2D image) and its channel axis, with ``context`` neighbouring
-        slices on each side as channels ``(2 context + 1, H, W)`` when asked of grey data."""
+        slices on each side as channels ``(2 context + 1, H, W)`` when asked of grey data.
+
+        With ``gap_mm`` and a known slice interval, the neighbour ``j`` is the plane nearest
+        ``j * gap_mm`` away, as a lesion table's volumes are read; otherwise the adjacent
+        planes. Beyond the ends the end plane repeats."""
         plane = np.asarray(self.data if z is None else self.data[z])
         if not context or self.rgb or plane.ndim != 2:
             return plane, None
         stack = self._from_table(z, context, plane.shape)
         if stack is None and z is not None:
-            # Beyond the ends the end slice repeats, as the trainer's volumes do.
-            idx = np.clip(np.arange(z - context, z + context + 1), 0, self.shape[0] - 1)
+            steps = np.arange(-context, context + 1, dtype=float)
+            if gap_mm and self.slice_mm:
+                steps = np.rint(steps * gap_mm / self.slice_mm)
+            idx = np.clip(z + steps.astype(int), 0, self.shape[0] - 1)
             stack = np.stack([plane if i == z else np.asarray(self.data[i]) for i in idx])
         if stack is None:
             stack = np.repeat(plane[None], 2 * context + 1, axis=0)

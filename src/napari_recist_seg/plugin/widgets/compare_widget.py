@@ -234,6 +234,7 @@ class CompareWidget(QWidget):
     # -- predicting -------------------------------------------------------------------------
     def predict(self):
         """Predict with the ticked models in a worker; returns the worker or None."""
+        from ..model_planes import slice_mm_of
         from ..workers import create_worker
 
         if self._worker is not None:
@@ -251,7 +252,8 @@ class CompareWidget(QWidget):
         threshold = round(self.threshold_spin.value(), 2)
         worker = create_worker(predict_models, entries, inputs.image, inputs.lesions,
                                inputs.truth, inputs.rgb, threshold, self.tta_box.isChecked(),
-                               dict(image.metadata), _start_thread=False, _ignore_errors=True)
+                               dict(image.metadata), slice_mm_of(image), _start_thread=False,
+                               _ignore_errors=True)
         results: list = []
         failed: list = []
         worker.yielded.connect(lambda message: self._on_message(message, results))

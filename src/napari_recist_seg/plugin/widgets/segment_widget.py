@@ -61,7 +61,7 @@ from ..layer_units import (
     spatial_shape,
     unproxied,
 )
-from ..model_planes import LayerPlanes, context_of
+from ..model_planes import LayerPlanes, context_of, slice_gap_of, slice_mm_of
 from ..model_registry import MODEL_REGISTRY, load_entry
 from ..notifications import notify_error
 from ..recist_layers import describe_layer, is_recist_layer
@@ -266,7 +266,7 @@ def predict_lesions(entry, image, jobs, threshold: float, rgb: bool = False, nam
     planes = image if isinstance(image, LayerPlanes) else LayerPlanes(image, rgb)
     for key, z, recist, cached in jobs:
         if cached is None:
-            plane, channel_axis = planes.plane(z, context_of(model))
+            plane, channel_axis = planes.plane(z, context_of(model), slice_gap_of(model))
             # Looked up at each call: the library's one way in, wherever it is replaced.
             pred = inference.predict_detailed(model, plane, [recist], threshold=threshold,
                                               channel_axis=channel_axis)
@@ -817,7 +817,7 @@ class SegmentWidget(RecistLayerAccess, QWidget):
 
         entry, image = self.model_entry(), self._image
         threshold = round(self.threshold_spin.value(), 2)
-        planes = LayerPlanes(image.data, bool(image.rgb), image.metadata)
+        planes = LayerPlanes(image.data, bool(image.rgb), image.metadata, slice_mm_of(image))
         worker = create_worker(predict_lesions, entry, planes, jobs, threshold,
                                bool(image.rgb), image.name, _start_thread=False,
                                _ignore_errors=True)

@@ -255,3 +255,38 @@ def test_samples_open_from_the_manifest(make_napari_viewer):
         f"{PLUGIN}.sample_dermoscopy"
     ).exec()
     assert image.shape[-1] == 3 and image_kwargs["rgb"] and len(lines) == 2
+
+
+def test_a_damaged_slice_of_a_deeplesion_stack_is_shown_as_air_with_a_warning(tmp_path,
+                                                                            notifications):
+    from napari_recist_seg.plugin.reader import read_path
+
+    from ._recist_table_data import write_deeplesion
+
+    root = tmp_path / "dl"
+    table = write_deeplesion(root)
+    broken = root / "Images_png" / "000002_01_01" / "031.png"
+    broken.write_bytes(broken.read_bytes()[:100])
+    (data, _kwargs, kind), *_ = read_path(str(table))
+    assert kind == "image"
+    # The stack opens; the damaged slice is read when shown, as air, and named.
+    assert np.asarray(data[0]).max() > -1000
+    assert (np.asarray(data[1]) == -1024.0).all()
+    assert any(level == "warning" and "000002_01_01_031.png" in text
+               for level, text in notifications)
+
+
+@pytest.mark.parametrize("column", ["File_name", "Measurement_coordinates", "Spacing_mm_px_"])
+def test_a_deeplesion_table_missing_a_column_is_opened_to_name_it(tmp_path, notifications,
+                                                                  column):
+    import pandas as pd
+
+    from ._recist_table_data import write_deeplesion
+
+    table = write_deeplesion(tmp_path / "dl")
+    pd.read_csv(table).drop(columns=[column]).to_csv(table, index=False)
+    reader = get_reader(str(table))
+    assert reader is not None  # taken as a DeepLesion table, not refused without a word
+    assert reader(str(table)) == [(None,)]
+    level, text = notifications[-1]
+    assert level == "error" and column in text and "DL_info.csv" in text

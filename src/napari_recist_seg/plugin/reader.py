@@ -23,6 +23,11 @@ __all__ = ["deeplesion_layers", "get_reader", "read_path"]
 _RECIST_MARKER = "# napari-recist-seg recist csv"
 _RECIST_COLUMNS = ("lesion_id", "long_r0", "long_c0", "short_r0", "short_c0")
 _DEEPLESION_COLUMNS = ("File_name", "Measurement_coordinates", "Spacing_mm_px_")
+#: Columns only DeepLesion's table has: a CSV with several of them is taken for one, so that
+#: a missing required column is named rather than the file refused without a word.
+_DEEPLESION_ONLY = ("File_name", "Measurement_coordinates", "Spacing_mm_px_", "Key_slice_index",
+                    "Bounding_boxes", "Lesion_diameters_Pixel_", "Normalized_lesion_location",
+                    "Coarse_lesion_type", "Possibly_noisy", "DICOM_windows", "Train_Val_Test")
 _PEEK_CHARS = 8192
 
 
@@ -48,6 +53,8 @@ def _classify_csv(path: Path) -> str | None:
     if all(c in header for c in _RECIST_COLUMNS):
         return "recist"
     if all(c in header for c in _DEEPLESION_COLUMNS):
+        return "deeplesion"
+    if sum(c in header for c in _DEEPLESION_ONLY) >= 3:
         return "deeplesion"
     return None
 
@@ -162,7 +169,13 @@ def _padded_reader(record, shape):
     from ..data.deeplesion import read_deeplesion_slice
 
     def read():
-        img = read_deeplesion_slice(record, neighbours=0)
+        try:
+            img = read_deeplesion_slice(record, neighbours=0)
+        except (OSError, ValueError) as exc:
+            # Read when the slice is first shown: a damaged file must not break the viewer.
+            notify_warning(f"{record.file_name} (row {record.csv_row}) could not be read, "
+                           f"shown as air: {exc}")
+            return np.full(shape, -1024.0, dtype=np.float32)
         if img.shape == shape:
             return img
         # Slices of another size sit in the top-left corner of the stack, padded with air.

@@ -174,11 +174,12 @@ def test_two_processes_train_the_weights_of_one(job, single):
         ["start"] + ["step", "step", "epoch"] * 2 + ["finished"])
     assert "in 2 processes (world size 2, gloo," in rank0["full"][0]["message"]
     # The losses of the global batch, step for step: step 1 to rounding (measured 2e-7),
-    # later ones to what rounding grows into (measured 7e-4 at step 3; 2 threads: 5e-5).
+    # later ones to what rounding grows into, which depends on the CPU's kernels (measured
+    # 7e-4 at step 3 on one machine, 1e-2 at step 5 on an AVX2-only one; 2 threads: 5e-5).
     ours = [e for e in rank0["full"] if e["kind"] in ("step", "epoch")]
     assert [e["kind"] for e in ours] == [e.kind for e in one_events]
     for i, (a, b) in enumerate(zip(ours, one_events)):
-        assert a["losses"] == pytest.approx(b.losses, rel=1e-5 if i == 0 else 3e-3)
+        assert a["losses"] == pytest.approx(b.losses, rel=1e-5 if i == 0 else 3e-2)
         if b.val is not None:
             assert a["val_loss"] == pytest.approx(b.val["loss"], rel=1e-3)
     # Weights after step 1: all but a few in a million equal to 1e-5, those few moved by

@@ -101,10 +101,12 @@ def test_amp_auto_is_full_precision_on_a_cpu(tmp_path_factory, tmp_path):
 
 def test_channels_last_learns_what_the_default_layout_learns(tmp_path_factory, tmp_path):
     """Other convolution kernels add in other orders. Step 1 is the same to rounding: the
-    same loss, and all weights equal to 1e-5 but a few in a million, whose gradient is zero
-    up to rounding, so that Adam's first update (lr times its sign) moves them +-lr the other
-    way (measured: 6e-6 of the weights). After 4 steps rounding has grown the way a change of
-    thread count grows it: mean |difference| 2.7e-5 (measured), held to 1e-4."""
+    same loss, and all weights equal to 1e-5 but a few, whose gradient is zero up to
+    rounding, so that Adam's first update (lr times its sign) moves them +-lr the other way
+    (measured: 6e-6 of the weights on one machine, 3e-4 on an AVX2-only one; a layout that
+    scrambled the convolutions would move about half of them). After 4 steps rounding has
+    grown the way a change of thread count grows it: mean |difference| 2.7e-5 and 8e-5
+    (measured on the two machines), held to 2e-4."""
     out0, events0 = trained_run("multitask", tmp_path_factory)
     one = _run(tmp_path / "one", channels_last=True, stop_after=1)
     assert "channels_last" in one[0].message
@@ -113,16 +115,17 @@ def test_channels_last_learns_what_the_default_layout_learns(tmp_path_factory, t
     _run(tmp_path / "ref", stop_after=1)  # the default layout, stopped after step 1
     diff = _differences(checkpoint_weights(tmp_path / "step1"),
                         checkpoint_weights(tmp_path / "ref" / "last"))
-    assert float((diff > 1e-5).double().mean()) < 1e-4
+    assert float((diff > 1e-5).double().mean()) < 2e-3
     assert float(diff.max()) <= 2 * LR * 1.01
     rest = _run(tmp_path / "one", channels_last=True, resume=tmp_path / "one" / "last")
     assert rest[-1].kind == "finished"
-    # The total loss to 1% (measured 0.3% at step 4; the small group term drifts by 5%).
+    # The total loss to 4% (measured at step 4: 0.3% on one machine, 1.5% on an AVX2-only
+    # one; the small group term drifts by 5%).
     for a, b in zip(_step_losses(one) + _step_losses(rest), _step_losses(events0)):
-        assert a["total"] == pytest.approx(b["total"], rel=1e-2)
+        assert a["total"] == pytest.approx(b["total"], rel=4e-2)
     diff = _differences(checkpoint_weights(tmp_path / "one" / "last"),
                         checkpoint_weights(out0 / "last"))
-    assert float(diff.mean()) < 1e-4
+    assert float(diff.mean()) < 2e-4
     assert float(diff.max()) <= 2 * EPOCHS * 2 * LR * 1.01
     # The checkpoint holds fp32 weights and loads into a model of the default layout.
     model, _ = load_checkpoint(tmp_path / "one" / "last")

@@ -129,6 +129,14 @@ def job(tmp_path_factory):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={WORLD}", "-m", "tests.test_ddp", str(out)]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0 and "terminate called without an active exception" in done.stderr:
+        # gloo's threads now and then abort a process at interpreter exit, after its work
+        # (seen once in some dozens of jobs); the job is run once more, into a fresh folder,
+        # and that run must succeed in full.
+        out = tmp_path_factory.mktemp("ddp-again")
+        cmd[-1] = str(out)
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
     return out, reports

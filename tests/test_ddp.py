@@ -131,8 +131,8 @@ def job(tmp_path_factory):
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     if done.returncode != 0 and "terminate called without an active exception" in done.stderr:
         # gloo's threads now and then abort a process at interpreter exit, after its work
-        # (seen once in some dozens of jobs); the job is run once more, into a fresh folder,
-        # and that run must succeed in full.
+        # (seen here once, in rank 0 after both reports were written); the job is run once
+        # more, into a fresh folder, and that run must succeed in full.
         out = tmp_path_factory.mktemp("ddp-again")
         cmd[-1] = str(out)
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,

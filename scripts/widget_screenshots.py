@@ -15,6 +15,7 @@ Takes five to fifteen minutes on 2 CPU cores (most of it training the four model
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 import warnings
@@ -179,6 +180,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # The forms start from their defaults, not from what this machine's user last chose.
+    from napari_recist_seg.plugin.remembered_settings import SETTINGS_DIR_VARIABLE
+
+    os.environ[SETTINGS_DIR_VARIABLE] = tempfile.mkdtemp(prefix="recist-seg-settings-")
 
     import napari
 

@@ -34,6 +34,34 @@ def test_a_deeplesion_stack_gives_each_key_slice_with_its_series_neighbours(tmp_
     np.testing.assert_array_equal(stack, data[[0, 1, 2]])
 
 
+def test_a_live_preview_reads_a_table_slice_once_until_the_table_changes(tmp_path,
+                                                                         monkeypatch):
+    import os
+
+    from napari_recist_seg.data import deeplesion
+
+    table = write_deeplesion(tmp_path / "dl")
+    data, metadata = _opened(table)
+    reads = []
+    real = deeplesion.read_deeplesion_slice
+    monkeypatch.setattr(deeplesion, "read_deeplesion_slice",
+                        lambda record, **kw: reads.append(record.file_name) or real(record, **kw))
+    planes = LayerPlanes(data, False, metadata)
+    first, _ = planes.plane(0, context=1)
+    for _ in range(3):  # edits of lesions on the same slice
+        again, _ = LayerPlanes(data, False, metadata).plane(0, context=1)
+        np.testing.assert_array_equal(again, first)
+    planes.plane(1, context=1)
+    assert len(reads) == 2 and reads[0] != reads[1]
+    # The shared stack cannot be changed by one of its users.
+    assert not first.flags.writeable
+    # A rewritten table is read again.
+    stat = table.stat()
+    os.utime(table, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    planes.plane(0, context=1)
+    assert len(reads) == 3
+
+
 def test_volume_planes_repeat_the_end_slice_and_lone_slices_repeat_themselves():
     volume = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((1, 4, 4), np.float32)
     planes = LayerPlanes(volume)

@@ -11,6 +11,7 @@ key slices without their neighbours.
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,21 @@ def _records_by_file(table) -> dict:
         return _TABLES[key]
 
 
+@lru_cache(maxsize=8)
+def _table_stack(table_key: tuple[str, int], file_name: str, context: int) -> np.ndarray | None:
+    """A DeepLesion key slice with ``context`` neighbours on each side, read once: a live
+    preview asks for the same slice at every edit of a lesion on it. Read-only, as it is
+    shared by every caller."""
+    from ..data.deeplesion import read_deeplesion_slice
+
+    record = _records_by_file(table_key[0]).get(file_name)
+    if record is None or record.image_path is None:
+        return None
+    stack = read_deeplesion_slice(record, neighbours=context)
+    stack.setflags(write=False)
+    return stack
+
+
 class LayerPlanes:
     """The planes of an image layer's data as models read them.
 
@@ -119,8 +135,6 @@ class LayerPlanes:
         return stack.astype(plane.dtype, copy=False), 0
 
     def _from_table(self, z, context: int, shape) -> np.ndarray | None:
-        from ..data.deeplesion import read_deeplesion_slice
-
         files = self.metadata.get("deeplesion_files")
         table = self.metadata.get("deeplesion_table")
         if not files or not table or not Path(table).exists():
@@ -128,10 +142,10 @@ class LayerPlanes:
         index = 0 if z is None else int(z)
         if not 0 <= index < len(files):
             return None
-        record = _records_by_file(table).get(files[index])
-        if record is None or record.image_path is None:
+        path = Path(table).resolve()
+        stack = _table_stack((str(path), path.stat().st_mtime_ns), files[index], int(context))
+        if stack is None:
             return None
-        stack = read_deeplesion_slice(record, neighbours=context)
         if stack.shape[1:] == tuple(shape):
             return stack
         # The stack pads slices of another size with air in its top-left corner.

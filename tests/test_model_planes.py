@@ -139,3 +139,6 @@ def test_the_context_of_a_model_comes_from_its_crops_or_its_table():
     assert context_of(model(crop_preprocessing())) == 0
     colour = {**TABLE_SOURCE, "colour": True}
     assert context_of(model(crop_preprocessing(source=colour))) == 0
+    # A table of grey 8-bit key slices gives the network one channel: no neighbours.
+    grey = {**TABLE_SOURCE, "kind": "recist", "in_channels": 1}
+    assert context_of(model(crop_preprocessing(source=grey))) == 0

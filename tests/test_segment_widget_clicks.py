@@ -362,6 +362,29 @@ def test_a_table_model_segments_the_stack_opened_from_its_table(make_napari_view
     assert seen and set(seen) == {((3, 64, 64), 0)}
 
 
+def test_a_model_of_grey_key_slices_segments_a_grey_slice(make_napari_viewer, qtbot, tmp_path,
+                                                         draw, monkeypatch, notifications):
+    """A table of 8-bit grey key slices records one neighbour on each side but gives the
+    network one channel: the slice is read alone, not as three copies."""
+    grey_table = {**TABLE_SOURCE, "kind": "recist", "in_channels": 1}
+    model = saved_model(tmp_path / "model", "prompted", in_channels=1,
+                        preprocessing=crop_preprocessing(source=grey_table))
+    shape = (96, 96)
+    mask = _ellipse(shape, (48, 48), 12, 8, 0.3)
+    viewer = make_napari_viewer()
+    viewer.add_image(_ct([mask], shape, seed=5), name="slice", scale=SPACING)
+    annotation = _recist_widget(viewer)
+    click(qtbot, annotation.new_button)
+    _draw_lesion(draw, annotation.recist_layer(), recist_from_mask(mask, spacing=SPACING))
+    widget = _segment_widget(viewer)
+    _patch_folder_dialog(monkeypatch, model)
+    click(qtbot, widget.load_button)
+    qtbot.waitUntil(lambda: _idle(widget) and widget.preview_layer is not None
+                    and len(widget.rows()) == 1, timeout=TIMEOUT)
+    assert not [text for level, text in notifications if level == "error"]
+    assert widget.rows()[0]["note"] in ("", "empty prediction"), widget.rows()
+
+
 # -- models and messages ----------------------------------------------------------------------
 def test_models_that_cannot_segment_from_recist_say_why(make_napari_viewer, qtbot, checkpoints,
                                                         draw, monkeypatch, notifications):

@@ -22,6 +22,7 @@ from .checkpoints import (
 )
 from .devices import pick_device
 from .model_kinds import MODEL_REGISTRY
+from .slice_context import slice_context, slice_gap_mm
 
 __all__ = [
     "LESION_COLUMNS",
@@ -418,8 +419,8 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
         raise ValueError("this model was trained on whole images; a lesion table needs a model "
                          "trained on lesion crops (recist-seg train on a table)")
     source = dict(pre.get("source") or {})
-    table = read_lesion_table(path, images, neighbours=int(source.get("neighbours", 0)),
-                              slice_gap_mm=float(source.get("slice_gap_mm", 2.0)),
+    table = read_lesion_table(path, images, neighbours=slice_context(pre),
+                              slice_gap_mm=slice_gap_mm(pre) or 2.0,
                               colour=source.get("colour"))
     rows = list(enumerate(table.rows))
     if split is not None:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..learning.slice_context import slice_context, slice_gap_mm
+
 __all__ = ["LayerPlanes", "context_of", "slice_gap_of", "slice_mm_of"]
 
 #: Records of the lesion tables read so far, by (path, modification time): a live preview
@@ -25,22 +27,14 @@ _TABLES_LOCK = threading.Lock()
 
 
 def context_of(model) -> int:
-    """Neighbouring slices on each side that ``model`` reads as channels (0: none): those of
-    its crops of volumes, or of the grey lesion table it was trained on."""
-    pre = getattr(model, "preprocessing", None) or {}
-    context = int(pre.get("context") or 0)
-    source = pre.get("source") or {}
-    if not context and isinstance(source, dict) and not source.get("colour"):
-        context = int(source.get("neighbours") or 0)
-    return context
+    """Neighbouring slices on each side that ``model`` reads as channels (0: none)."""
+    return slice_context(getattr(model, "preprocessing", None))
 
 
 def slice_gap_of(model) -> float | None:
     """Distance in mm between the slices a table-trained ``model`` reads as channels, or
     None for neighbouring planes."""
-    source = (getattr(model, "preprocessing", None) or {}).get("source") or {}
-    gap = source.get("slice_gap_mm") if isinstance(source, dict) else None
-    return float(gap) if gap else None
+    return slice_gap_mm(getattr(model, "preprocessing", None))
 
 
 def slice_mm_of(layer) -> float | None:

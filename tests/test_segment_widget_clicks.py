@@ -117,6 +117,18 @@ def _segment_widget(viewer):
     return widget
 
 
+def _one_lesion(make_napari_viewer, qtbot, draw, mask, seed, name="ct"):
+    """A viewer with a CT-like slice, ``mask``'s RECIST drawn on it through the RECIST dock,
+    and the Segment dock open: (viewer, RECIST lines layer, Segment widget)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(_ct([mask], mask.shape, seed=seed), name=name, scale=SPACING)
+    annotation = _recist_widget(viewer)
+    click(qtbot, annotation.new_button)
+    lines = annotation.recist_layer()
+    _draw_lesion(draw, lines, recist_from_mask(mask, spacing=SPACING))
+    return viewer, lines, _segment_widget(viewer)
+
+
 def _draw_lesion(draw, layer, recist, z=None):
     for axis in (recist.long_axis, recist.short_axis):
         points = np.asarray(axis, dtype=float)
@@ -282,12 +294,7 @@ def test_threshold_measures_again_without_running_the_model(make_napari_viewer, 
                                                             monkeypatch):
     shape = (96, 96)
     mask = _ellipse(shape, (48, 48), 14, 9, 0.7)
-    viewer = make_napari_viewer()
-    viewer.add_image(_ct([mask], shape, seed=3), name="ct", scale=SPACING)
-    annotation = _recist_widget(viewer)
-    click(qtbot, annotation.new_button)
-    _draw_lesion(draw, annotation.recist_layer(), recist_from_mask(mask, spacing=SPACING))
-    widget = _segment_widget(viewer)
+    viewer, _lines, widget = _one_lesion(make_napari_viewer, qtbot, draw, mask, seed=3)
     _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
     click(qtbot, widget.load_button)
     _wait_segmented(qtbot, widget, 1)
@@ -371,12 +378,8 @@ def test_a_model_of_grey_key_slices_segments_a_grey_slice(make_napari_viewer, qt
                         preprocessing=crop_preprocessing(source=grey_table))
     shape = (96, 96)
     mask = _ellipse(shape, (48, 48), 12, 8, 0.3)
-    viewer = make_napari_viewer()
-    viewer.add_image(_ct([mask], shape, seed=5), name="slice", scale=SPACING)
-    annotation = _recist_widget(viewer)
-    click(qtbot, annotation.new_button)
-    _draw_lesion(draw, annotation.recist_layer(), recist_from_mask(mask, spacing=SPACING))
-    widget = _segment_widget(viewer)
+    _viewer, _lines, widget = _one_lesion(make_napari_viewer, qtbot, draw, mask, seed=5,
+                                          name="slice")
     _patch_folder_dialog(monkeypatch, model)
     click(qtbot, widget.load_button)
     qtbot.waitUntil(lambda: _idle(widget) and widget.preview_layer is not None
@@ -390,12 +393,7 @@ def test_models_that_cannot_segment_from_recist_say_why(make_napari_viewer, qtbo
                                                         draw, monkeypatch, notifications):
     shape = (96, 96)
     mask = _ellipse(shape, (48, 48), 12, 8, 0.3)
-    viewer = make_napari_viewer()
-    viewer.add_image(_ct([mask], shape, seed=5), name="ct", scale=SPACING)
-    annotation = _recist_widget(viewer)
-    click(qtbot, annotation.new_button)
-    _draw_lesion(draw, annotation.recist_layer(), recist_from_mask(mask, spacing=SPACING))
-    widget = _segment_widget(viewer)
+    viewer, _lines, widget = _one_lesion(make_napari_viewer, qtbot, draw, mask, seed=5)
     n_layers = len(viewer.layers)
 
     # A model that does not take the RECIST: loaded, chosen, refused with the reason.
@@ -449,13 +447,7 @@ def test_closing_the_dock_while_predicting_leaves_the_viewer_working(
         make_napari_viewer, qtbot, checkpoints, draw, monkeypatch, predict_calls):
     shape = (96, 96)
     mask = _ellipse(shape, (48, 48), 12, 8, 0.3)
-    viewer = make_napari_viewer()
-    viewer.add_image(_ct([mask], shape, seed=5), name="ct", scale=SPACING)
-    annotation = _recist_widget(viewer)
-    click(qtbot, annotation.new_button)
-    lines = annotation.recist_layer()
-    _draw_lesion(draw, lines, recist_from_mask(mask, spacing=SPACING))
-    widget = _segment_widget(viewer)
+    viewer, lines, widget = _one_lesion(make_napari_viewer, qtbot, draw, mask, seed=5)
     _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
     click(qtbot, widget.load_button)
     _wait_segmented(qtbot, widget, 1)

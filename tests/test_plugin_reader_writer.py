@@ -274,6 +274,13 @@ def test_a_damaged_slice_of_a_deeplesion_stack_is_shown_as_air_with_a_warning(tm
     assert (np.asarray(data[1]) == -1024.0).all()
     assert any(level == "warning" and "000002_01_01_031.png" in text
                for level, text in notifications)
+    # The first slice too: the stack's size comes from the table.
+    first = root / "Images_png" / "000001_01_01" / "010.png"
+    first.write_bytes(b"")
+    (data, _kwargs, _kind), *_ = read_path(str(table))
+    assert (np.asarray(data[0]) == -1024.0).all() and np.asarray(data[2]).max() > -1000
+    assert any(level == "warning" and "000001_01_01_010.png" in text
+               for level, text in notifications)
 
 
 @pytest.mark.parametrize("column", ["File_name", "Measurement_coordinates", "Spacing_mm_px_"])

@@ -251,21 +251,16 @@ def deeplesion_layers(records, name: str, with_image: bool = True, table_path=No
 def _key_slices(records):
     from ..data.deeplesion import read_deeplesion_slice
 
-    first = read_deeplesion_slice(records[0], neighbours=0)
     if len(records) == 1:
-        return first
+        return read_deeplesion_slice(records[0], neighbours=0)
     import dask
     import dask.array as da
 
-    shape = tuple(
-        int(max([first.shape[k]] + [r.image_size[k] for r in records[1:]])) for k in range(2)
-    )
-    if first.shape != shape:
-        first = _padded_reader(records[0], shape)()
-    parts = [da.from_array(first, chunks=shape)]
-    for r in records[1:]:
-        lazy = dask.delayed(_padded_reader(r, shape))()
-        parts.append(da.from_delayed(lazy, shape=shape, dtype=np.float32))
+    # The stack's size comes from the table, not from a slice: any slice, the first too, may
+    # be damaged, and each is read only when shown.
+    shape = tuple(int(max(r.image_size[k] for r in records)) for k in range(2))
+    parts = [da.from_delayed(dask.delayed(_padded_reader(r, shape))(), shape=shape,
+                             dtype=np.float32) for r in records]
     return da.stack(parts)
 
 

@@ -46,6 +46,67 @@ def test_prompt_channels_mark_the_axes_the_endpoints_and_the_prior():
     assert not prompt_channels(r, (32, 32), prior=False)[2].any()
 
 
+def test_the_distance_prior_is_one_half_on_the_quarter_ellipse_outline():
+    slender = Recist([[16.0, 10.0], [16.0, 22.0]], [[15.0, 16.0], [17.5, 16.0]])
+    large = Recist([[4.0, 5.0], [27.0, 26.0]], [[24.0, 9.0], [9.0, 21.0]])
+    for recist in (_recist(), slender, large):
+        inside = pseudo_mask(recist, (32, 32), "quarter_ellipse")
+        prior = prompt_channels(recist, (32, 32), prior_edge="distance")[2]
+        np.testing.assert_array_equal(prior >= 0.5, inside)
+        assert prior.min() >= 0 and prior.max() <= 1
+    # The blurred prior of earlier models cuts the tips of a slender lesion.
+    blurred = prompt_channels(slender, (32, 32), prior_edge="blur")[2]
+    inside = pseudo_mask(slender, (32, 32), "quarter_ellipse")
+    assert ((blurred >= 0.5) < inside).sum() >= 2 and not ((blurred >= 0.5) > inside).any()
+    # New models take the distance prior.
+    np.testing.assert_array_equal(prompt_channels(slender, (32, 32))[2],
+                                  prompt_channels(slender, (32, 32), prior_edge="distance")[2])
+    with pytest.raises(ValueError, match="prior_edge must be one of distance, blur"):
+        prompt_channels(slender, (32, 32), prior_edge="sharp")
+
+
+def test_prediction_draws_the_prior_as_its_model_was_trained(tmp_path):
+    """A silent prior-correcting network predicts its prior's half level: the quarter-ellipse
+    with the distance prior, less with the blurred one, which checkpoints that do not name
+    their prior had."""
+    import json
+
+    from napari_recist_seg.learning.checkpoints import save_checkpoint
+    from napari_recist_seg.learning.models import build_model
+
+    from ._learning_data import whole_preprocessing
+
+    def saved(name, edge):
+        model = build_model("prompted", in_channels=3, input_size=32, prior_residual=True,
+                            prior_edge=edge)
+        torch.nn.init.zeros_(model.segmentation_head[0].weight)
+        torch.nn.init.zeros_(model.segmentation_head[0].bias)
+        return save_checkpoint(tmp_path / name, model,
+                               {"preprocessing": whole_preprocessing(size=32), "grouping": None},
+                               [])
+
+    image = np.zeros((32, 32, 3), np.uint8)
+    slender = Recist([[16.0, 6.0], [16.0, 26.0]], [[14.5, 16.0], [17.5, 16.0]])
+    inside = pseudo_mask(slender, (32, 32), "quarter_ellipse")
+    distance = load_model(saved("distance", "distance"))
+    assert distance.config["prior_edge"] == "distance"
+    np.testing.assert_array_equal(predict_detailed(distance, image, [slender]).mask, inside)
+    blurred = predict_detailed(load_model(saved("blur", "blur")), image, [slender]).mask
+    assert blurred.sum() < inside.sum()
+    # A checkpoint saved before the prior's edge was recorded is given the blurred prior.
+    legacy = saved("legacy", "blur")
+    config = json.loads((legacy / "config.json").read_text())
+    del config["model_config"]["prior_edge"]
+    (legacy / "config.json").write_text(json.dumps(config))
+    old = load_model(legacy)
+    assert old.config["prior_edge"] == "blur"
+    np.testing.assert_array_equal(predict_detailed(old, image, [slender]).mask, blurred)
+    config["model_config"]["prior_edge"] = "sharp"
+    (legacy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="prior_edge.*must be one of"):
+        load_model(legacy)
+
+
 def test_prompt_of_a_lesion_at_the_edge_stays_inside_the_array():
     r = Recist([[-3.0, 2.0], [12.0, 2.0]], [[4.0, -2.0], [4.0, 6.0]])
     p = prompt_channels(r, (16, 16))
@@ -193,7 +254,7 @@ def test_a_prior_residual_network_starts_from_the_quarter_ellipse_of_its_recist(
     # A lesion a few pixels across, whose blurred prior never reaches one half, is not
     # started empty.
     tiny = Recist([[15.0, 13.5], [15.0, 16.5]], [[14.25, 15.0], [15.75, 15.0]])
-    tiny_prompt = torch.from_numpy(prompt_channels(tiny, (32, 32)))[None]
+    tiny_prompt = torch.from_numpy(prompt_channels(tiny, (32, 32), prior_edge="blur"))[None]
     assert tiny_prompt[0, 2].max() < 0.5
     with torch.no_grad():
         tiny_logits = model(torch.zeros(1, 3, 32, 32), tiny_prompt)
@@ -226,13 +287,13 @@ def test_a_network_that_corrects_its_prior_always_sees_it_unless_told_otherwise(
     # What the trainer hands the data set is the resolved share.
     seen = []
     monkeypatch.setattr(type(prepared().train_set), "with_prompt",
-                        lambda self, jitter, dropout: seen.append(dropout) or self)
+                        lambda self, jitter, dropout, edge: seen.append(dropout) or self)
     for cfg in (TrainConfig(kind="prompted"), TrainConfig(kind="prompted", prior_residual=False)):
         trainer._with_prompt(prepared().train_set, cfg, "training")
     assert seen == [0.0, 0.5]
 
 
-def test_prior_dropout_from_the_command_line_reaches_the_checkpoint(tmp_path):
+def test_prior_settings_from_the_command_line_reach_the_checkpoint(tmp_path):
     import json
 
     from napari_recist_seg.cli import main
@@ -244,9 +305,10 @@ def test_prior_dropout_from_the_command_line_reaches_the_checkpoint(tmp_path):
     with quick():
         assert main(["train", str(data), "--out", str(tmp_path / "runs"), "--models",
                      "prompted", "--size", "32", "--epochs", "1", "--batch", "4",
-                     "--prior-dropout", "0.3"]) == 0
+                     "--prior-dropout", "0.3", "--prior-edge", "blur"]) == 0
     saved = json.loads((tmp_path / "runs" / "prompted" / "best" / "config.json").read_text())
     assert saved["train_config"]["prior_dropout"] == 0.3
+    assert saved["model_config"]["prior_edge"] == "blur"
     assert main(["train", str(data), "--out", str(tmp_path / "r2"), "--models", "prompted",
                  "--prior-dropout", "2"]) == 2
 

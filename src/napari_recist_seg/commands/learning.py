@@ -11,6 +11,7 @@ import numpy as np
 
 from ..cli import command
 from ..core.metrics import METRIC_NAMES, mean_metrics, segmentation_metrics
+from ..core.recist_prompt import PRIOR_EDGES
 from ..core.training_targets import DEFAULT_TARGET, TARGET_METHODS
 from ..data._atomic import atomic_write
 from ..learning.model_kinds import MODEL_KINDS
@@ -112,6 +113,10 @@ def _prompted_options(p) -> None:
     p.add_argument("--prior-residual", action=argparse.BooleanOptionalAction, default=None,
                    help="prompted models learn a correction of the quarter-ellipse drawn from "
                         "the RECIST (default) or, with --no-prior-residual, a mask from nothing")
+    p.add_argument("--prior-edge", choices=PRIOR_EDGES, default=PRIOR_EDGES[0],
+                   help="prompted models: the prompt's quarter-ellipse prior with an edge "
+                        "softened along its distance to the outline (default) or blurred, as "
+                        "earlier models had it")
     p.add_argument("--prior-dropout", type=float, default=None, metavar="P",
                    help="prompted models: the share of training items whose quarter-ellipse "
                         "channel is blanked (default: 0 with the prior residual, else 0.5)")
@@ -346,7 +351,8 @@ def _train(args) -> int:
                              num_workers=args.workers, amp=args.amp,
                              channels_last=args.channels_last,
                              prior_residual=args.prior_residual if kind == "prompted" else None,
-                             prior_dropout=args.prior_dropout, crf_weight=args.crf_weight)
+                             prior_dropout=args.prior_dropout, prior_edge=args.prior_edge,
+                             crf_weight=args.crf_weight)
         if args.self_training_rounds:
             run = self_train(data.train_set, data.val_set, config, Path(args.out) / kind,
                              rounds=args.self_training_rounds, grouping=data.grouping,
@@ -733,6 +739,7 @@ def _benchmark(args) -> int:
         device=args.device, tta=args.tta, workers=args.workers, amp=args.amp,
         channels_last=args.channels_last, lesion_margin=args.lesion_crops,
         prior_residual=args.prior_residual, prior_dropout=args.prior_dropout,
+        prior_edge=args.prior_edge,
         crf_weight=args.crf_weight, self_training_rounds=args.self_training_rounds,
         teacher=args.teacher,
     )

@@ -10,7 +10,10 @@ A prompted network sees, beside the image, where the lesion was measured:
 ``prior``
     The quarter-ellipse through the four endpoints, softened at its edge: a shape guess the
     network may use or overrule. Training drops it at random so that the network learns to read
-    the image rather than copy the guess.
+    the image rather than copy the guess. Its edge is drawn one of two ways (``PRIOR_EDGES``):
+    ``"distance"``, a logistic of the signed distance to the quarter-ellipse's outline, whose
+    0.5 level is that outline; or ``"blur"``, the quarter-ellipse mask blurred with a Gaussian,
+    whose 0.5 level cuts the tips of small or slender lesions (the prior of earlier models).
 
 Channels are in [0, 1] and are computed in the coordinates of the network input (a resized
 image or a lesion crop), so their scale follows the lesion there.
@@ -25,10 +28,23 @@ from skimage.draw import line_aa
 from .pseudo_masks import pseudo_mask
 from .recist import Recist
 
-__all__ = ["PROMPT_CHANNELS", "jitter_recist", "keep_marked_parts", "prompt_channels"]
+__all__ = ["PRIOR_EDGES", "PROMPT_CHANNELS", "check_prior_edge", "jitter_recist",
+           "keep_marked_parts", "prompt_channels"]
 
 #: Names of the prompt channels, in the order they follow the image channels.
 PROMPT_CHANNELS = ("axes", "endpoints", "prior")
+
+#: How the prior channel's edge is softened; the first is the default of new models.
+PRIOR_EDGES = ("distance", "blur")
+
+#: A logistic of slope 1.7 / s follows a Gaussian edge of width s to within 1%.
+_LOGISTIC_SLOPE = 1.7
+
+
+def check_prior_edge(value) -> None:
+    """Refuse a ``prior_edge`` that is not one of ``PRIOR_EDGES``, naming the choices."""
+    if value not in PRIOR_EDGES:
+        raise ValueError(f"prior_edge must be one of {', '.join(PRIOR_EDGES)}, got {value!r}")
 
 
 def _bump_sigma(recist: Recist) -> float:
@@ -37,7 +53,8 @@ def _bump_sigma(recist: Recist) -> float:
     return float(np.clip(0.06 * recist.long_length, 1.5, 6.0))
 
 
-def prompt_channels(recist: Recist, shape, *, prior: bool = True) -> np.ndarray:
+def prompt_channels(recist: Recist, shape, *, prior: bool = True,
+                    prior_edge: str = PRIOR_EDGES[0]) -> np.ndarray:
     """Render a RECIST as prompt channels.
 
     Parameters
@@ -48,6 +65,9 @@ def prompt_channels(recist: Recist, shape, *, prior: bool = True) -> np.ndarray:
         (rows, cols) of the network input.
     prior : bool
         When False the ``prior`` channel is all zero (how training drops it).
+    prior_edge : {"distance", "blur"}
+        How the prior's edge is softened (see the module docstring); a model must be given
+        the prior it was trained with.
 
     Returns
     -------
@@ -56,6 +76,7 @@ def prompt_channels(recist: Recist, shape, *, prior: bool = True) -> np.ndarray:
     """
     if not isinstance(recist, Recist):
         raise ValueError(f"recist must be a Recist, got {type(recist).__name__}")
+    check_prior_edge(prior_edge)
     rows, cols = (int(s) for s in shape)
     out = np.zeros((3, rows, cols), np.float32)
     for a, b in (recist.long_axis, recist.short_axis):
@@ -78,9 +99,19 @@ def prompt_channels(recist: Recist, shape, *, prior: bool = True) -> np.ndarray:
         np.maximum(out[1, r0:r1, c0:c1], bump, out=out[1, r0:r1, c0:c1])
 
     if prior:
-        inside = pseudo_mask(recist, (rows, cols), "quarter_ellipse").astype(np.float32)
-        out[2] = np.clip(ndimage.gaussian_filter(inside, sigma=max(1.0, sigma / 2)), 0.0, 1.0)
+        out[2] = _prior(recist, (rows, cols), max(1.0, sigma / 2), prior_edge)
     return out
+
+
+def _prior(recist: Recist, shape, width: float, edge: str) -> np.ndarray:
+    inside = pseudo_mask(recist, shape, "quarter_ellipse")
+    if edge == "blur":
+        blurred = ndimage.gaussian_filter(inside.astype(np.float32), sigma=width)
+        return np.clip(blurred, 0.0, 1.0)
+    # Pixel centres lie half a pixel inside the outline that a mask's edge pixels draw.
+    signed = np.where(inside, ndimage.distance_transform_edt(inside) - 0.5,
+                      0.5 - ndimage.distance_transform_edt(~inside))
+    return (1.0 / (1.0 + np.exp(-_LOGISTIC_SLOPE * signed / width))).astype(np.float32)
 
 
 #: Endpoint jitter never exceeds this share of the long axis (as a standard deviation).

@@ -37,7 +37,7 @@ from skimage.transform import resize
 from torch.utils.data import Dataset, Sampler
 
 from ..core.recist import Recist
-from ..core.recist_prompt import jitter_recist, prompt_channels
+from ..core.recist_prompt import PRIOR_EDGES, check_prior_edge, jitter_recist, prompt_channels
 from ..core.training_targets import (
     DEFAULT_TARGET,
     IMAGE_TARGETS,
@@ -436,6 +436,7 @@ class LesionDataset(Dataset):
         self.prompt = False
         self.prompt_jitter = 0.0
         self.prior_dropout = 0.0
+        self.prior_edge = PRIOR_EDGES[0]
         self.affine = False
 
     # -- constructors --------------------------------------------------------------------------
@@ -825,7 +826,8 @@ class LesionDataset(Dataset):
             return bool(source["colour"])
         return self.n_channels == 3 and not pre.get("context")
 
-    def with_prompt(self, jitter: float = 2.0, prior_dropout: float = 0.5) -> LesionDataset:
+    def with_prompt(self, jitter: float = 2.0, prior_dropout: float = 0.5,
+                    prior_edge: str = PRIOR_EDGES[0]) -> LesionDataset:
         """A view of this data set whose items also hold the RECIST prompt channels.
 
         Parameters
@@ -837,6 +839,8 @@ class LesionDataset(Dataset):
         prior_dropout : float
             Probability that an item's ``prior`` channel is blanked, so that a network learns
             to segment from the image and the marks alone.
+        prior_edge : {"distance", "blur"}
+            How the prior channel's edge is softened (``core.recist_prompt``).
 
         Returns
         -------
@@ -849,10 +853,12 @@ class LesionDataset(Dataset):
                              f"got {jitter!r}")
         if not 0 <= float(prior_dropout) <= 1:
             raise ValueError(f"prior_dropout must be in [0, 1], got {prior_dropout!r}")
+        check_prior_edge(prior_edge)
         view = copy.copy(self)
         view.prompt = True
         view.prompt_jitter = float(jitter)
         view.prior_dropout = float(prior_dropout)
+        view.prior_edge = prior_edge
         return view
 
     def with_augmentation(self, kind: str) -> LesionDataset:
@@ -909,17 +915,20 @@ class LesionDataset(Dataset):
     def prompt_of(self, index) -> np.ndarray:
         """Lesion ``index``'s prompt channels without augmentation, float32 (3, size, size)."""
         i = self._check_index(index)
-        return prompt_channels(self.recists[i], (self.size, self.size))
+        return prompt_channels(self.recists[i], (self.size, self.size),
+                               prior_edge=self.prior_edge)
 
     def _prompt(self, i: int) -> np.ndarray:
         if self.prompt_jitter == 0 and self.prior_dropout == 0:
-            return prompt_channels(self.recists[i], (self.size, self.size))
+            return prompt_channels(self.recists[i], (self.size, self.size),
+                                   prior_edge=self.prior_edge)
         # A stream of its own, so that prompted items augment their images exactly as the
         # items of the other model kinds do.
         rng = np.random.default_rng([self.seed, self.epoch, 3, i])
         recist = jitter_recist(self.recists[i], rng, self.prompt_jitter)
         keep_prior = bool(rng.random() >= self.prior_dropout)
-        return prompt_channels(recist, (self.size, self.size), prior=keep_prior)
+        return prompt_channels(recist, (self.size, self.size), prior=keep_prior,
+                               prior_edge=self.prior_edge)
 
     def partners(self, mode: str = "same_group") -> np.ndarray:
         """Co-segmentation partner of each lesion for this epoch (see ``pair_indices``)."""

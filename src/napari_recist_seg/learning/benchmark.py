@@ -20,6 +20,7 @@ import numpy as np
 from ..core.metrics import METRIC_NAMES, segmentation_metrics, truth_under_recist
 from ..core.pseudo_masks import pseudo_mask
 from ..core.recist import recist_from_mask
+from ..core.recist_prompt import PRIOR_EDGES
 from ..core.training_targets import DEFAULT_TARGET
 from ..data._atomic import atomic_write
 from ..data.image_folders import load_pair, read_image_mask_folder
@@ -72,6 +73,7 @@ class BenchmarkConfig:
     #: share of the lesion's size on each side; None keeps whole images.
     lesion_margin: float | None = None
     prior_residual: bool | None = None  # None: TrainConfig's default
+    prior_edge: str = PRIOR_EDGES[0]
     prior_dropout: float | None = None  # None: TrainConfig's default
     #: Weight of the edge-aware pairwise loss term (``losses.edge_aware_pairwise_loss``);
     #: None: ``train_config.default_crf_weight``.
@@ -407,7 +409,8 @@ def _train_and_record(results: dict, data, config: BenchmarkConfig, kind: str, s
                      num_workers=config.workers, amp=config.amp,
                      channels_last=config.channels_last,
                      prior_residual=config.prior_residual if kind == "prompted" else None,
-                     prior_dropout=config.prior_dropout, crf_weight=config.crf_weight)
+                     prior_dropout=config.prior_dropout, prior_edge=config.prior_edge,
+                     crf_weight=config.crf_weight)
     last = None
     seconds = 0.0
     rounds: list[dict] = []

@@ -44,7 +44,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.recist_prompt import PRIOR_EDGES
 from ..data._atomic import fsync_folder
+from .model_kinds import MODEL_REGISTRY
 from .models import MODEL_KINDS, build_model
 
 __all__ = [
@@ -551,6 +553,8 @@ def load_checkpoint(folder: str | os.PathLike, map_location: str | torch.device 
         raise ValueError(f"{str(config_path)!r}: model_config must not name encoder weights")
     check_config_fields(config, config_path, extras=False)
     model_config["kind"] = kind
+    if MODEL_REGISTRY[kind].prompted and "prior_edge" not in model_config:
+        model_config["prior_edge"] = "blur"  # saved before the prior's edge was a choice
     weights_path = _check_file(path, MODEL_FILE, config)
     _check_safetensors_header(weights_path)
     # The architecture is first built on the meta device, which allocates nothing, so that a
@@ -671,6 +675,9 @@ def check_config_fields(config: dict, path="config.json", *, extras: bool = True
             _check_text_field(path, "model_config.encoder", mc["encoder"], optional=False)
         if "dropout" in mc:
             _check_number_field(path, "model_config.dropout", mc["dropout"], 0.0, 0.999)
+        if "prior_edge" in mc:
+            _check_text_field(path, "model_config.prior_edge", mc["prior_edge"],
+                              optional=False, choices=PRIOR_EDGES)
         if "output_stride" in mc and mc["output_stride"] not in (8, 16):
             raise _field_error(path, "model_config.output_stride", "must be 8 or 16",
                                mc["output_stride"])

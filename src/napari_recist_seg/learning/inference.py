@@ -164,6 +164,13 @@ def batch_probabilities(model, batch: np.ndarray, tta: bool,
     return prob[:, 0].cpu().numpy(), None if groups is None else groups.cpu().numpy()
 
 
+def _prompts(model, recists, size: int) -> np.ndarray:
+    """Prompt channels of RECIST in a model's input pixels, with the prior drawn as the
+    model's training drew it (checkpoints that do not say had a blurred one)."""
+    edge = str((getattr(model, "config", None) or {}).get("prior_edge", "blur"))
+    return np.stack([prompt_channels(r, (size, size), prior_edge=edge) for r in recists])
+
+
 def is_prompted(model) -> bool:
     """Whether ``model`` needs each lesion's RECIST to predict."""
     entry = MODEL_REGISTRY.get(getattr(model, "kind", None))
@@ -234,8 +241,8 @@ def predict_detailed(model, image, recists=None, *, threshold: float = 0.5, tta:
         _check_channels(model, batch[0])
         prompts = None
         if prompted:
-            prompts = np.stack([prompt_channels(t.crop_recist(r), (size, size))
-                                for t, r in zip(transforms, chunk)])
+            prompts = _prompts(model, [t.crop_recist(r) for t, r in zip(transforms, chunk)],
+                               size)
         prob, groups = batch_probabilities(model, batch, tta, prompts)
         for t, p, r in zip(transforms, prob, chunk):
             pasted = t.paste_values(p, shape)
@@ -257,8 +264,7 @@ def _predict_whole_prompted(model, image, recists, size, normalise, shape, chann
     full = np.zeros(shape, np.float32)
     for start in range(0, len(recists), batch_size):
         chunk = recists[start:start + batch_size]
-        prompts = np.stack([prompt_channels(whole_image_recist(r, shape, size), (size, size))
-                            for r in chunk])
+        prompts = _prompts(model, [whole_image_recist(r, shape, size) for r in chunk], size)
         prob, _ = batch_probabilities(model, np.repeat(x[None], len(chunk), axis=0), tta,
                                       prompts)
         for p, r in zip(prob, chunk):
@@ -529,8 +535,8 @@ def _predict_stacks(model, table, stacks, windows, threshold, tta, batch_size):
             _check_channels(model, batch[0])
             prompts = None
             if is_prompted(model):
-                prompts = np.stack([prompt_channels(t.crop_recist(r.recist), (size, size))
-                                    for (_, r), t in zip(chunk, transforms)])
+                prompts = _prompts(model, [t.crop_recist(r.recist)
+                                           for (_, r), t in zip(chunk, transforms)], size)
             prob, groups = batch_probabilities(model, batch, tta, prompts)
             for k, t in enumerate(transforms):
                 pasted = t.paste_values(prob[k], shape)

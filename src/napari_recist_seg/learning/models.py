@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.recist_prompt import PROMPT_CHANNELS
+from ..core.recist_prompt import PRIOR_EDGES, PROMPT_CHANNELS, check_prior_edge
 from .model_kinds import MODEL_KINDS, MODEL_REGISTRY
 from .train_config import MAX_GROUPS, MAX_IN_CHANNELS, MAX_INPUT_SIZE
 
@@ -249,7 +249,8 @@ def _check_int(value: Any, name: str, minimum: int, maximum: int | None = None) 
 def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
                 n_groups: int | None = None, encoder_weights: str | os.PathLike | None = None,
                 input_size: int = 128, dropout: float = 0.2, output_stride: int = 16,
-                prompt_channels: int | None = None, prior_residual: bool = False) -> nn.Module:
+                prompt_channels: int | None = None, prior_residual: bool = False,
+                prior_edge: str | None = None) -> nn.Module:
     """Build a segmentation network on segmentation-models-pytorch's DeepLabV3Plus.
 
     Parameters
@@ -287,6 +288,10 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
         ``"prompted"`` only: the network's output is added to the logit of the prompt's
         quarter-ellipse prior, so that it learns a correction of the RECIST's own shape guess
         and starts from it (items whose prior channel is blank get no such term).
+    prior_edge : {"distance", "blur"}, optional
+        ``"prompted"`` only: how the edge of the prompt's prior channel is drawn
+        (``core.recist_prompt``), recorded so that prediction draws it as training did. None:
+        ``"distance"``, the default of new models.
 
     Returns
     -------
@@ -340,6 +345,11 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
     prompt_channels = expected_prompt or 0
     if prior_residual and not entry.prompted:
         raise ValueError(f"prior_residual applies to prompted networks, not to {kind!r}")
+    if prior_edge is not None and not entry.prompted:
+        raise ValueError(f"prior_edge applies to prompted networks, not to {kind!r}")
+    if entry.prompted:
+        prior_edge = PRIOR_EDGES[0] if prior_edge is None else prior_edge
+        check_prior_edge(prior_edge)
     try:
         base = smp.DeepLabV3Plus(
             encoder_name=encoder,
@@ -383,6 +393,8 @@ def build_model(kind: str, encoder: str = "resnet18", in_channels: int = 3,
         model.config["prompt_channels"] = prompt_channels
     if prior_residual:
         model.config["prior_residual"] = True
+    if entry.prompted:
+        model.config["prior_edge"] = prior_edge
     return model
 
 

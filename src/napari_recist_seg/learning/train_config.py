@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from ..core.recist_prompt import PRIOR_EDGES, check_prior_edge
 from .model_kinds import MODEL_KINDS, model_kind
 
 __all__ = ["AMP_SETTINGS", "AUGMENTATIONS", "DEFAULT_CRF_WEIGHT", "MAX_GROUPS", "MAX_INPUT_SIZE",
@@ -74,6 +75,10 @@ class TrainConfig:
     leaves it nothing to correct, and on the CT-like set's validation split it lifted the
     prompted model from 0.861 to 0.887 Dice) and 0.5 for the plain network.
 
+    ``prior_edge`` (prompted models): how the prior channel's edge is softened,
+    "distance" (the default; its 0.5 level is the quarter-ellipse's outline) or "blur" (a
+    Gaussian-blurred mask, the prior of earlier models); see ``core.recist_prompt``.
+
     ``select``: what ranks the epochs for the ``best`` checkpoint and early stopping, "loss"
     (the validation loss, the default) or "dice" (the validation Dice against the
     pseudo-masks). A network that grows over-confident can see its loss rise while its masks
@@ -108,6 +113,7 @@ class TrainConfig:
     prompt_jitter: float = 2.0
     prior_dropout: float | None = None
     prior_residual: bool | None = None
+    prior_edge: str = PRIOR_EDGES[0]
     num_workers: int | None = None
     amp: str = "auto"
     channels_last: bool = False
@@ -180,6 +186,7 @@ class TrainConfig:
         if self.prior_residual and not entry.prompted:
             raise ValueError(f"prior_residual applies to prompted models, not to the "
                              f"{entry.display} model")
+        check_prior_edge(self.prior_edge)
         if self.num_workers is not None and (isinstance(self.num_workers, bool)
                                              or not isinstance(self.num_workers, int)
                                              or self.num_workers < 0):

@@ -350,8 +350,9 @@ def _with_prompt(dataset, config: TrainConfig, name: str):
         return dataset
     if hasattr(dataset, "with_prompt"):
         if name == "validation":
-            return dataset.with_prompt(0.0, 0.0)
-        return dataset.with_prompt(config.prompt_jitter, config.training_prior_dropout)
+            return dataset.with_prompt(0.0, 0.0, config.prior_edge)
+        return dataset.with_prompt(config.prompt_jitter, config.training_prior_dropout,
+                                   config.prior_edge)
     if "prompt" not in dataset[0]:
         raise ValueError(f"the {name} set's items have no 'prompt' entry, which a prompted "
                          f"model needs: build it as a LesionDataset")
@@ -624,6 +625,7 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
         encoder_weights=config.encoder_weights,
         input_size=config.input_size,
         prior_residual=config.uses_prior_residual,
+        prior_edge=config.prior_edge if MODEL_REGISTRY[config.kind].prompted else None,
     )
     error = None
     out = Path(out_dir)

@@ -83,6 +83,10 @@ def test_volume_planes_repeat_the_end_slice_and_lone_slices_repeat_themselves():
 
 def test_compare_predicts_a_table_model_on_the_stack_opened_from_its_table(tmp_path,
                                                                           monkeypatch):
+    from napari_recist_seg.plugin.training_job import prepare_torch_import
+
+    # Earlier tests may have drawn with Mesa: torch is imported the plugin's way.
+    prepare_torch_import()
     from napari_recist_seg.core.recist import Recist
     from napari_recist_seg.learning import inference
     from napari_recist_seg.plugin.comparison import predict_models

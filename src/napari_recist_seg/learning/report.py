@@ -194,6 +194,14 @@ def _augment_words(results: dict) -> str:
     return "; training augmentation " + ", ".join(f"'{a}' for {kind}" for kind, a in used.items())
 
 
+def _prior_words(results: dict) -> str:
+    """The prompted models' prior, where it is not the default one."""
+    edge = results.get("config", {}).get("prior_edge")
+    if "prompted" not in results["training"] or edge in (None, "distance"):
+        return ""
+    return f" Prompted models' prior edge '{edge}' (`--prior-edge {edge}`)."
+
+
 def _mean_of(entries, key):
     values = [e[key] for e in entries if e.get(key) is not None]
     return None if not values else float(np.mean(values))
@@ -292,7 +300,7 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
         f"{source} Encoder {cfg.get('encoder')}{weights}, input {cfg.get('size')} px, "
         f"learning rate {cfg.get('lr')}, at most {cfg.get('epochs')} epochs, {seeds} seed(s)"
         f"{over_seeds}; the checkpoint of the best validation {cfg.get('select', 'loss')}"
-        f"{flips}.{_crf_words(results)}",
+        f"{flips}.{_crf_words(results)}{_prior_words(results)}",
         "",
         "## Training",
         "",

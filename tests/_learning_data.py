@@ -139,3 +139,20 @@ def checkpoint_weights(folder) -> dict:
     """A checkpoint's weights as float64 copies, to compare two checkpoints."""
     model, _ = checkpoints.load_checkpoint(folder)
     return {k: v.detach().clone().double() for k, v in model.state_dict().items()}
+
+
+def small_benchmark(tmp_path, models: str, *extra: str) -> Path:
+    """``recist-seg benchmark`` of ``models`` on 8 small ISIC-like training images and 3 test
+    images, one epoch at the test input size; the benchmark's output folder."""
+    from napari_recist_seg.cli import main
+
+    from ._folders import make_isic_folder
+
+    data = make_isic_folder(tmp_path / "data", n=8, size=48)
+    test_dir = make_isic_folder(tmp_path / "test", n=3, size=48, seed=2)
+    bench = tmp_path / "bench"
+    with quick():
+        assert main(["benchmark", "--train", str(data), "--test", str(test_dir), "--out",
+                     str(bench), "--models", models, "--epochs", "1", "--size", str(INPUT),
+                     "--batch", "4", *extra]) == 0
+    return bench

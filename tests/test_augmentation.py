@@ -12,7 +12,7 @@ from napari_recist_seg.data.dataset import LesionDataset
 from napari_recist_seg.learning.train_config import TrainConfig
 
 from ._folders import make_isic_folder
-from ._learning_data import INPUT, quick
+from ._learning_data import INPUT, quick, small_benchmark
 
 SIZE = 64
 
@@ -133,13 +133,7 @@ def test_auto_augmentation_is_flips_for_prompted_models_only(kind, expected):
 
 
 def test_benchmark_report_names_each_kind_s_own_augmentation(tmp_path):
-    data = make_isic_folder(tmp_path / "data", n=8, size=48)
-    test_dir = make_isic_folder(tmp_path / "test", n=3, size=48, seed=2)
-    bench = tmp_path / "bench"
-    with quick():
-        assert main(["benchmark", "--train", str(data), "--test", str(test_dir), "--out",
-                     str(bench), "--models", "a1,prompted", "--epochs", "1", "--size",
-                     str(INPUT), "--batch", "4"]) == 0
+    bench = small_benchmark(tmp_path, "a1,prompted")
     results = json.loads((bench / "results.json").read_text())
     assert results["training"]["a1"]["augment"] == "none"
     assert results["training"]["prompted"]["augment"] == "flips"

@@ -316,18 +316,9 @@ def test_prior_settings_from_the_command_line_reach_the_checkpoint(tmp_path):
 def test_a_benchmark_with_the_blurred_prior_trains_and_reports_it(tmp_path):
     import json
 
-    from napari_recist_seg.cli import main
+    from ._learning_data import small_benchmark
 
-    from ._folders import make_isic_folder
-    from ._learning_data import quick
-
-    data = make_isic_folder(tmp_path / "data", n=8, size=48)
-    test_dir = make_isic_folder(tmp_path / "test", n=3, size=48, seed=2)
-    bench = tmp_path / "bench"
-    with quick():
-        assert main(["benchmark", "--train", str(data), "--test", str(test_dir), "--out",
-                     str(bench), "--models", "prompted", "--epochs", "1", "--size",
-                     str(INPUT), "--batch", "4", "--prior-edge", "blur"]) == 0
+    bench = small_benchmark(tmp_path, "prompted", "--prior-edge", "blur")
     saved = json.loads((bench / "runs" / "prompted-seed0" / "best" / "config.json").read_text())
     assert saved["model_config"]["prior_edge"] == "blur"
     report = (bench / "report.md").read_text(encoding="utf-8")

@@ -10,7 +10,6 @@ key slices without their neighbours.
 
 from __future__ import annotations
 
-import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,12 +18,6 @@ import numpy as np
 from ..learning.slice_context import slice_context, slice_gap_mm
 
 __all__ = ["LayerPlanes", "context_of", "slice_gap_of", "slice_mm_of"]
-
-#: Records of the lesion tables read so far, by (path, modification time): a live preview
-#: asks for neighbours at every edit.
-_TABLES: dict[tuple[str, int], dict] = {}
-_TABLES_LOCK = threading.Lock()
-
 
 def context_of(model) -> int:
     """Neighbouring slices on each side that ``model`` reads as channels (0: none)."""
@@ -49,19 +42,22 @@ def slice_mm_of(layer) -> float | None:
     return None
 
 
-def _records_by_file(table) -> dict:
+def _table_key(table) -> tuple[str, int]:
+    """A table file's path and modification time: what its cached reads are kept under."""
+    path = Path(table).resolve()
+    return str(path), path.stat().st_mtime_ns
+
+
+@lru_cache(maxsize=1)  # one table at a time is ample; another is read again
+def _records_by_file(table_key: tuple[str, int]) -> dict:
+    """The first record of each key slice file of a table, read once per table version: a
+    live preview asks for neighbours at every edit."""
     from ..data.deeplesion import read_deeplesion
 
-    path = Path(table)
-    key = (str(path.resolve()), path.stat().st_mtime_ns)
-    with _TABLES_LOCK:
-        if key not in _TABLES:
-            records = {}
-            for record in read_deeplesion(path):
-                records.setdefault(record.file_name, record)
-            _TABLES.clear()  # one table at a time is ample; others are read again
-            _TABLES[key] = records
-        return _TABLES[key]
+    records = {}
+    for record in read_deeplesion(table_key[0]):
+        records.setdefault(record.file_name, record)
+    return records
 
 
 @lru_cache(maxsize=8)
@@ -71,7 +67,7 @@ def _table_stack(table_key: tuple[str, int], file_name: str, context: int) -> np
     shared by every caller."""
     from ..data.deeplesion import read_deeplesion_slice
 
-    record = _records_by_file(table_key[0]).get(file_name)
+    record = _records_by_file(table_key).get(file_name)
     if record is None or record.image_path is None:
         return None
     stack = read_deeplesion_slice(record, neighbours=context)
@@ -136,8 +132,7 @@ class LayerPlanes:
         index = 0 if z is None else int(z)
         if not 0 <= index < len(files):
             return None
-        path = Path(table).resolve()
-        stack = _table_stack((str(path), path.stat().st_mtime_ns), files[index], int(context))
+        stack = _table_stack(_table_key(table), files[index], int(context))
         if stack is None:
             return None
         if stack.shape[1:] == tuple(shape):

@@ -16,6 +16,16 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
+@pytest.fixture(autouse=True)
+def _triton_loads_beside_mesa():
+    """Tests run in one process in any order: once a viewer has drawn with Mesa, torch's
+    first use of triton (by the trainer, not at import) would crash it, so each test starts
+    as the plugin does before it loads a model (``prepare_torch_import``)."""
+    from napari_recist_seg.plugin.training_job import prepare_torch_import
+
+    prepare_torch_import()
+
+
 @pytest.fixture
 def notifications(monkeypatch):
     """Messages the plugin shows in napari's notification area, as (level, text) pairs."""

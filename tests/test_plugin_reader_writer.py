@@ -39,6 +39,7 @@ def test_manifest_lists_every_contribution():
     assert {
         f"{PLUGIN}.get_reader",
         f"{PLUGIN}.write_recist",
+        f"{PLUGIN}.write_labels",
         f"{PLUGIN}.sample_ct_slice",
         f"{PLUGIN}.sample_ct_volume",
         f"{PLUGIN}.sample_dermoscopy",
@@ -58,8 +59,12 @@ def test_manifest_lists_every_contribution():
     assert reader.accepts_directories
     for pattern in ("*.csv", "*.json", "*.dcm", "*.nii", "*.nii.gz", "*.mha", "*.mhd", "*.nrrd"):
         assert pattern in reader.filename_patterns
-    (writer,) = contrib.writers
-    assert set(writer.filename_extensions) == {".csv", ".json"}
+    writers = {w.command: w for w in contrib.writers}
+    assert set(writers[f"{PLUGIN}.write_recist"].filename_extensions) == {".csv", ".json"}
+    assert writers[f"{PLUGIN}.write_recist"].layer_types == ["shapes"]
+    labels_writer = writers[f"{PLUGIN}.write_labels"]
+    assert set(labels_writer.filename_extensions) == {".nii.gz", ".nii", ".mha", ".nrrd"}
+    assert labels_writer.layer_types == ["labels"]
     for command in contrib.commands:
         assert callable(pm.commands.get(command.id)), command.id
 
@@ -297,3 +302,45 @@ def test_a_deeplesion_table_missing_a_column_is_opened_to_name_it(tmp_path, noti
     assert reader(str(table)) == [(None,)]
     level, text = notifications[-1]
     assert level == "error" and column in text and "DL_info.csv" in text
+
+
+# -- labels writer ------------------------------------------------------------------------------
+def test_labels_drawn_on_a_scan_are_saved_on_its_grid(tmp_path, make_napari_viewer,
+                                                      notifications):
+    """Open an oblique NIfTI, press napari's new-labels button, paint, save as NIfTI: the file
+    overlays the scan in other viewers (same size, spacing, origin and axes)."""
+    import napari
+    import SimpleITK as sitk
+
+    scan = sitk.GetImageFromArray(np.zeros((5, 24, 32), np.int16))
+    scan.SetSpacing((0.7, 0.8, 2.5))
+    scan.SetOrigin((10.0, -20.0, 30.0))
+    scan.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(scan, str(tmp_path / "ct.nii.gz"))
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(tmp_path / "ct.nii.gz"), plugin=PLUGIN)
+    viewer.layers.selection.active = image
+    viewer.window._qt_viewer.layerButtons.newLabelsButton.click()
+    labels = viewer.layers[-1]
+    assert labels._type_string == "labels" and "grid" not in labels.metadata
+    labels.data[3, 4:9, 6:12] = 2
+    paths = napari.save_layers(str(tmp_path / "ct-masks.nii.gz"), [labels])
+    assert paths == [str(tmp_path / "ct-masks.nii.gz")]
+    back = sitk.ReadImage(paths[0])
+    for getter in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(back, getter)(), getattr(scan, getter)(), atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), labels.data)
+
+    # Labels on a grid of their own keep their scale and translation, with the scanner's axes.
+    coarse = viewer.add_labels(np.ones((5, 12, 16), np.uint8), scale=(2.5, 1.6, 1.4))
+    back = sitk.ReadImage(napari.save_layers(str(tmp_path / "coarse.mha"), [coarse])[0])
+    np.testing.assert_allclose(back.GetSpacing(), (1.4, 1.6, 2.5))
+    np.testing.assert_allclose(back.GetDirection(), np.eye(3).ravel())
+    assert not notifications
+
+    negative = viewer.add_labels(np.full((5, 24, 32), -1, np.int32))
+    with pytest.warns(UserWarning, match="did not return any written paths"):
+        napari.save_layers(str(tmp_path / "negative.nii"), [negative], plugin=PLUGIN)
+    assert not (tmp_path / "negative.nii").exists()
+    (level, text), = notifications
+    assert level == "error" and "labels must be 0 or more, found -1" in text

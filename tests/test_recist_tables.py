@@ -343,6 +343,49 @@ def test_predicted_masks_and_measurements_in_mm(tmp_path):
             k += 1
 
 
+def test_predicting_a_volume_table_writes_its_lesions_on_the_volume_grid(tmp_path):
+    """Besides a PNG per key slice, each volume gets a label image that radiology viewers
+    overlay on the scan: its own size, spacing, origin and axes, each lesion's voxels holding
+    its row."""
+    import SimpleITK as sitk
+
+    vol = tmp_path / "ct"
+    vol.mkdir()
+    lesions = {1: [(20, 20, 7)], 4: [(40, 30, 8), (15, 45, 6)]}
+    write_nifti(vol / "a.nii.gz", lesions_by_slice=lesions)
+    scan = sitk.ReadImage(str(vol / "a.nii.gz"))
+    scan.SetOrigin((-50.0, 20.0, 7.5))
+    scan.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(scan, str(vol / "a.nii.gz"))
+    table = recist_csv(vol / "lesions.csv", [("a.nii.gz", z, les) for z in lesions
+                                             for les in lesions[z]])
+    pre = crop_preprocessing(size=32, channel_axis=0, field_of_view_px=40.0,
+                             source={"kind": "volume", "neighbours": 1, "colour": False,
+                                     "window": None, "slice_gap_mm": 2.0})
+    result = predict_table(_Threshold(pre), table, tmp_path / "out")
+    assert result.label_images == [tmp_path / "out" / "a_labels.nii.gz"]
+    back = sitk.ReadImage(str(result.label_images[0]))
+    for getter in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(back, getter)(), getattr(scan, getter)(), atol=1e-6)
+    labels = sitk.GetArrayFromImage(back)
+    rows = _rows(tmp_path / "out" / "lesions.csv")
+    assert [int(r["row"]) for r in rows] == [1, 2, 3]
+    placed = [(z, les) for z in lesions for les in lesions[z]]
+    for r, (key, (row, col, rad)) in zip(rows, placed):
+        truth = disc_slice([(row, col, rad)]) > 0
+        mine = labels[key] == int(r["row"])
+        assert 2 * (mine & truth).sum() / (mine.sum() + truth.sum()) > 0.8
+    for z in lesions:  # the same masks as the slices' PNGs
+        png = iio.imread(tmp_path / "out" / f"a_slice{z}_mask.png") > 0
+        np.testing.assert_array_equal(labels[z] > 0, png)
+    assert not labels[[0, 2, 3, 5, 6, 7, 8]].any()
+    # Written once, the label image is not replaced without being asked.
+    for written in [*result.masks, result.lesions_csv]:
+        written.unlink()
+    with pytest.raises(ValueError, match="a_labels.nii.gz already exists"):
+        predict_table(_Threshold(pre), table, tmp_path / "out")
+
+
 def test_field_of_view_px_is_widened_for_long_lesions(tmp_path):
     table = read_lesion_table(write_deeplesion(tmp_path / "dl"))
     small, big = table.rows[0].recist, table.rows[5].recist  # long axes 14 and 20 px

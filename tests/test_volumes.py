@@ -217,3 +217,94 @@ def test_is_medical_image_path(tmp_path):
         assert not is_medical_image_path(["a.nii"])
         assert not is_medical_image_path("\0bad")
     assert read_medical_image(bare).array.shape == (4, 4)
+
+
+# -- label images on the scan's grid -------------------------------------------------------------
+def _oblique_nifti(path, shape=(4, 20, 30)):
+    """A CT-like volume whose axes are not the scanner's (as most NIfTI files from scanners)."""
+    img = sitk.GetImageFromArray(_volume(shape))
+    img.SetSpacing((0.7, 0.8, 2.5))
+    img.SetOrigin((10.0, -20.0, 30.0))
+    img.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(img, str(path))
+    return img
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mha", ".nrrd"])
+def test_labels_are_written_on_the_grid_of_the_image_they_were_drawn_on(tmp_path, suffix):
+    from napari_recist_seg.data.volumes import write_label_image
+
+    source = _oblique_nifti(tmp_path / "ct.nii.gz")
+    image = read_medical_image(tmp_path / "ct.nii.gz")
+    labels = np.zeros(image.array.shape, np.int32)
+    labels[2, 5:9, 10:15] = 3
+    labels[1, 0, 0] = 1
+    out = write_label_image(tmp_path / f"mask{suffix}", labels, grid=image.metadata["grid"])
+    back = sitk.ReadImage(str(out))
+    for getter in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(back, getter)(), getattr(source, getter)(), atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), labels)
+    assert back.GetPixelID() == sitk.sitkUInt8
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_single_slice_mask_goes_back_to_its_slice(tmp_path):
+    from napari_recist_seg.data.volumes import write_label_image
+
+    source = _oblique_nifti(tmp_path / "slice.nii", shape=(1, 20, 30))
+    image = read_medical_image(tmp_path / "slice.nii")
+    assert image.array.ndim == 2
+    labels = np.zeros(image.array.shape, bool)
+    labels[3:6, 4:9] = True
+    back = sitk.ReadImage(str(write_label_image(tmp_path / "m.nii.gz", labels,
+                                                grid=image.metadata["grid"])))
+    assert back.GetSize() == (30, 20, 1)
+    np.testing.assert_allclose(back.GetOrigin(), source.GetOrigin())
+    np.testing.assert_allclose(back.GetDirection(), source.GetDirection())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back)[0], labels)
+
+
+def test_labels_without_a_grid_take_napari_scale_and_translation(tmp_path):
+    from napari_recist_seg.data.volumes import write_label_image
+
+    labels = np.zeros((3, 8, 9), np.uint16)
+    labels[1, 2, 3] = 300
+    back = sitk.ReadImage(str(write_label_image(tmp_path / "m.mha", labels,
+                                                scale=(2.0, 0.5, 0.6),
+                                                translate=(4.0, 5.0, 6.0))))
+    np.testing.assert_allclose(back.GetSpacing(), (0.6, 0.5, 2.0))
+    np.testing.assert_allclose(back.GetOrigin(), (6.0, 5.0, 4.0))
+    assert back.GetPixelID() == sitk.sitkUInt16
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), labels)
+
+
+def test_bad_labels_are_refused_and_an_existing_file_is_kept(tmp_path, monkeypatch):
+    from napari_recist_seg.data.volumes import write_label_image
+
+    _oblique_nifti(tmp_path / "ct.nii.gz")
+    grid = read_medical_image(tmp_path / "ct.nii.gz").metadata["grid"]
+    target = tmp_path / "m.nii.gz"
+    target.write_bytes(b"the user's file")
+    good = np.zeros((4, 20, 30), np.uint8)
+    with pytest.raises(ValueError, match=r"m.nii.gz: labels of shape \(4, 10, 30\) do not lie "
+                                         r"on the image's grid of shape \(4, 20, 30\)"):
+        write_label_image(target, good[:, :10], grid=grid)
+    with pytest.raises(ValueError, match="labels must be whole numbers, got float"):
+        write_label_image(target, good.astype(float), grid=grid)
+    with pytest.raises(ValueError, match="labels must be 0 or more, found -1"):
+        write_label_image(target, good.astype(np.int8) - 1, grid=grid)
+    with pytest.raises(ValueError, match=r"m.tif: label images are written as \.nii\.gz"):
+        write_label_image(tmp_path / "m.tif", good, grid=grid)
+    with pytest.raises(ValueError, match="folder .* does not exist"):
+        write_label_image(tmp_path / "nowhere" / "m.nii", good, grid=grid)
+
+    def half_written(image, name, *args):
+        with open(name, "wb") as fh:
+            fh.write(b"\x00" * 10)
+        raise RuntimeError("Description: disk full")
+
+    monkeypatch.setattr(sitk, "WriteImage", half_written)
+    with pytest.raises(ValueError, match="cannot write .*m.nii.gz: disk full"):
+        write_label_image(target, good, grid=grid)
+    assert target.read_bytes() == b"the user's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "m.nii.gz"]

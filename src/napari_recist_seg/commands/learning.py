@@ -457,7 +457,8 @@ def _configure_predict(p) -> None:
     p.add_argument("inputs", nargs="+",
                    help="images or folders of images; or one lesion table (DeepLesion's "
                         "DL_info.csv, a RECIST .csv/.json naming its images): one mask per "
-                        "key slice and lesions.csv")
+                        "key slice, lesions.csv, and per volume a <stem>_labels.nii.gz on "
+                        "its voxel grid")
     p.add_argument("--model", required=True, help="checkpoint folder or training output folder")
     p.add_argument("--out", required=True, help="folder for the predicted masks (PNG)")
     p.add_argument("--images", help="lesion table: the image folder (default: beside it)")
@@ -557,8 +558,10 @@ def _predict_table(args) -> int:
     result = predict_table(model, args.inputs[0], args.out, images=args.images, split=args.split,
                            threshold=args.threshold, tta=args.tta, overwrite=args.overwrite,
                            progress=lambda it, d: progress(it, d, unit="slice"))
-    print(f"{len(result.masks)} masks of {len(result.lesions)} lesions ({model.kind} model) -> "
-          f"{args.out}; measurements in {result.lesions_csv}")
+    volumes = (f", {len(result.label_images)} volume label images"
+               if result.label_images else "")
+    print(f"{len(result.masks)} masks{volumes} of {len(result.lesions)} lesions ({model.kind} "
+          f"model) -> {args.out}; measurements in {result.lesions_csv}")
     return 0
 
 

@@ -7,6 +7,7 @@ Hounsfield units: SimpleITK applies the DICOM rescale slope and intercept while 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import re
@@ -18,7 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MedicalImage", "is_medical_image_path", "read_medical_image"]
+__all__ = ["LABEL_SUFFIXES", "MedicalImage", "grid_fits", "grid_shape", "is_medical_image_path",
+           "read_grid", "read_medical_image", "write_label_image"]
+
+#: Single-file formats a label image is written in (``write_label_image``).
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 
 # Suffixes SimpleITK reads as medical volumes (compared in lower case).
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm", ".dicom", ".ima")
@@ -68,7 +73,9 @@ class MedicalImage:
         ``window`` (lo, hi) display window, ``window_center_width``, ``series_description``,
         ``series_uid``, ``rescale`` (slope, intercept), ``direction`` (ITK order, row-major
         3x3 or 2x2), ``n_series`` for a folder holding more than one DICOM series,
-        ``slice_spacing_mm`` when a single slice was squeezed to 2D.
+        ``slice_spacing_mm`` when a single slice was squeezed to 2D, and always ``grid``:
+        the file's voxel grid as ITK states it (``size``, ``spacing``, ``origin`` in (x, y, z)
+        order and ``direction``), with which ``write_label_image`` puts masks back on it.
     """
 
     array: np.ndarray
@@ -402,6 +409,10 @@ def read_medical_image(path) -> MedicalImage:
     scale = tuple(float(s) for s in reversed(image.GetSpacing()))
     origin = tuple(float(o) for o in reversed(image.GetOrigin()))
     meta["direction"] = tuple(float(d) for d in image.GetDirection())
+    meta["grid"] = {"size": [int(v) for v in image.GetSize()],
+                    "spacing": [float(v) for v in image.GetSpacing()],
+                    "origin": [float(v) for v in image.GetOrigin()],
+                    "direction": list(meta["direction"])}
     n_spatial = image.GetDimension()
     if n_spatial == 3 and image.GetSize()[2] == 1:
         arr = arr[0]
@@ -414,3 +425,120 @@ def read_medical_image(path) -> MedicalImage:
     return MedicalImage(
         array=_compact_dtype(arr), scale=scale, origin=origin, name=name, metadata=meta
     )
+
+
+def read_grid(path) -> dict:
+    """The voxel grid of a medical image (``MedicalImage.metadata["grid"]``), from a file's
+    header alone; a DICOM folder's series is read (its largest, as ``read_medical_image``)."""
+    path = Path(path)
+    if path.is_dir():
+        return read_medical_image(path).metadata["grid"]
+    reader = _sitk().ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: cannot read image ({_short(exc)})") from None
+    return {"size": [int(v) for v in reader.GetSize()],
+            "spacing": [float(v) for v in reader.GetSpacing()],
+            "origin": [float(v) for v in reader.GetOrigin()],
+            "direction": [float(v) for v in reader.GetDirection()]}
+
+
+def grid_shape(grid: dict) -> tuple[int, ...]:
+    """napari's array shape of a voxel grid, a single slice squeezed as the reader does."""
+    shape = tuple(reversed([int(v) for v in grid["size"]]))
+    return shape[1:] if len(shape) == 3 and shape[0] == 1 else shape
+
+
+def grid_fits(grid, shape) -> bool:
+    """Whether an array of ``shape`` lies on ``grid`` (a ``MedicalImage.metadata["grid"]``)."""
+    try:
+        return grid_shape(grid) == tuple(int(v) for v in shape)
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def write_label_image(path, labels, *, grid: dict | None = None, scale=None,
+                      translate=None) -> Path:
+    """Write a label image (masks) that medical viewers place where its image is.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.nii``, ``.nii.gz``, ``.mha`` or ``.nrrd``. Written atomically: an existing file is
+        replaced only once the new one is complete, and a failed write leaves it as it was.
+    labels : array_like of int or bool
+        ``(slice, row, col)`` or ``(row, col)``, in napari's order; 0 is background.
+    grid : dict, optional
+        The voxel grid of the image the labels were drawn on (``MedicalImage.metadata
+        ["grid"]``): size, spacing, origin and direction are written as that file states
+        them, so the masks overlay it in 3D Slicer or ITK-SNAP even where its axes are not the
+        scanner's. Without it, ``scale`` and ``translate`` (napari's, in mm) give the spacing
+        and origin, and the axes are taken as the scanner's.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ValueError
+        For another suffix, labels that are not whole numbers from 0 up, or labels whose shape
+        is not the grid's (each named with the path).
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in LABEL_SUFFIXES:
+        raise ValueError(f"{path}: label images are written as {', '.join(LABEL_SUFFIXES)}, "
+                         f"not {suffix or 'a file without a suffix'}")
+    arr = np.asarray(labels)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{path}: labels must be 2D or 3D, got shape {arr.shape}")
+    if arr.dtype.kind not in "biu":
+        raise ValueError(f"{path}: labels must be whole numbers, got {arr.dtype}")
+    top = int(arr.max()) if arr.size else 0
+    if arr.dtype.kind == "i" and arr.size and int(arr.min()) < 0:
+        raise ValueError(f"{path}: labels must be 0 or more, found {int(arr.min())}")
+    arr = arr.astype(np.uint8 if top < 2 ** 8 else np.uint16 if top < 2 ** 16 else np.uint32)
+    sitk = _sitk()
+    if grid is not None:
+        if not grid_fits(grid, arr.shape):
+            raise ValueError(f"{path}: labels of shape {arr.shape} do not lie on the image's "
+                             f"grid of shape {grid_shape(grid)}")
+        if len(grid["size"]) == 3 and arr.ndim == 2:
+            arr = arr[None]  # the single slice the reader squeezed
+        image = sitk.GetImageFromArray(arr)
+        image.SetSpacing([float(v) for v in grid["spacing"]])
+        image.SetOrigin([float(v) for v in grid["origin"]])
+        image.SetDirection([float(v) for v in grid["direction"]])
+    else:
+        image = sitk.GetImageFromArray(arr)
+        n = arr.ndim
+        spacing = [1.0] * n if scale is None else [float(v) for v in list(scale)[-n:]]
+        origin = [0.0] * n if translate is None else [float(v) for v in list(translate)[-n:]]
+        image.SetSpacing(list(reversed(spacing)))
+        image.SetOrigin(list(reversed(origin)))
+    return _write_atomically(sitk, image, path, suffix)
+
+
+def _write_atomically(sitk, image, path: Path, suffix: str) -> Path:
+    import tempfile
+
+    folder = path.parent
+    if not folder.is_dir():
+        raise ValueError(f"cannot write {path}: folder {folder} does not exist")
+    if path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a folder; name a file to write")
+    # SimpleITK chooses the format by the file name, so the temporary file keeps the suffix.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, True)
+        os.replace(tmp, path)
+    except (RuntimeError, OSError) as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        reason = _short(exc) if isinstance(exc, RuntimeError) else exc.strerror or exc
+        raise ValueError(f"cannot write {path}: {reason}") from None
+    return path

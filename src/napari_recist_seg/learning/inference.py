@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -340,11 +340,15 @@ class TablePrediction:
     lesions : list of dict
         One per lesion, keyed by ``LESION_COLUMNS`` (also written to ``lesions.csv``).
     lesions_csv : Path
+    label_images : list of Path
+        One per volume: its lesions on its own voxel grid, each lesion's voxels holding its
+        ``row``.
     """
 
     masks: list
     lesions: list
     lesions_csv: Path
+    label_images: list = field(default_factory=list)
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -393,6 +397,10 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
         Output folder. Masks are 8-bit PNGs the size of the slice, 255 inside any predicted
         lesion, named as DeepLesion's ``File_name`` for DeepLesion, ``<image stem>_mask.png``
         for a 2D image and ``<image stem>_slice<z>_mask.png`` for a volume's slice.
+        Each volume (NIfTI, MetaImage, NRRD, DICOM series) also gets
+        ``<image stem>_labels.nii.gz`` on its own voxel grid (size, spacing, origin and axes as
+        the file states them, so that radiology viewers overlay it on the scan), in which each
+        lesion's voxels hold its ``row``.
         ``lesions.csv`` has a row per lesion (``LESION_COLUMNS``): the diameters are those of
         the RECIST measured on the lesion's predicted mask (its largest connected part), in
         mm where the pixel size is known (else those columns are empty and the ``_px`` ones
@@ -417,6 +425,7 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
 
     from ..data._atomic import atomic_write
     from ..data.recist_sources import read_lesion_table
+    from ..data.volumes import write_label_image
 
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
@@ -450,20 +459,26 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
     for i, r in rows:
         by_stack.setdefault(r.stack, []).append((i, r))
     targets = {s: out / members[0][1].mask_name for s, members in by_stack.items()}
+    volumes = _volume_label_images(table, by_stack, out)
     lesions_csv = out / "lesions.csv"
     if not overwrite:
-        clashes = [p for p in [*targets.values(), lesions_csv] if p.exists() or p.is_symlink()]
+        clashes = [p for p in [*targets.values(), *volumes.values(), lesions_csv]
+                   if p.exists() or p.is_symlink()]
         if clashes:
             more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
             raise ValueError(f"{clashes[0]} already exists{more}; pass overwrite (--overwrite) "
                              f"to replace existing files (nothing was written)")
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file, not a folder")
-    folders = _missing_folders([out, *{t.parent for t in targets.values()}])
+    folders = _missing_folders([out, *{t.parent for t in [*targets.values(),
+                                                          *volumes.values()]}])
     out.mkdir(parents=True, exist_ok=True)
 
     records: dict[int, dict] = {}
     written, created = [], []
+    volume_labels: dict[str, tuple[dict, np.ndarray]] = {}
+    # Row numbers label the lesions in a volume's label image.
+    label_type = np.uint16 if max(r.row for _, r in rows) < 2 ** 16 else np.uint32
     stacks = list(by_stack.items())
     loop = stacks if progress is None else progress(stacks, "predicting")
     try:
@@ -472,6 +487,8 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
             union = np.zeros(lesion_masks[0].shape, dtype=bool)
             for (i, r), lesion, group in zip(members, lesion_masks, groups):
                 union |= lesion
+                if r.image in volumes:
+                    _add_to_volume(volume_labels, table.stacks[s], r, lesion, label_type)
                 records[i] = {"image": r.image, "slice": "" if r.slice is None else r.slice,
                               "lesion": i, "lesion_id": r.lesion_id, "row": r.row,
                               "mask": r.mask_name,
@@ -483,6 +500,13 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
                 created.append(target)
             _write_png(target, union)
             written.append(target)
+        label_images = []
+        for image, (grid, labels) in volume_labels.items():
+            target = volumes[image]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                created.append(target)
+            label_images.append(write_label_image(target, labels, grid=grid))
         lesions = [records[i] for i, _ in rows]
         with atomic_write(lesions_csv, newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(LESION_COLUMNS))
@@ -497,7 +521,33 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty
         raise
-    return TablePrediction(written, lesions, lesions_csv)
+    return TablePrediction(written, lesions, lesions_csv, label_images)
+
+
+def _volume_label_images(table, by_stack, out: Path) -> dict[str, Path]:
+    """``{image: out / "<stem>_labels.nii.gz"}`` for the volumes among the predicted rows."""
+    names = {}
+    for s, members in by_stack.items():
+        if table.stacks[s].kind not in ("volume", "dicom"):
+            continue
+        for _, r in members:
+            # A volume slice's mask is "<stem>_slice<z>_mask.png" (see LesionRow.mask_name).
+            stem = r.mask_name[: -len(f"_slice{r.slice}_mask.png")]
+            names[r.image] = out / f"{stem}_labels.nii.gz"
+    return names
+
+
+def _add_to_volume(volume_labels: dict, stack, row, lesion: np.ndarray, dtype) -> None:
+    """Put a lesion's predicted mask on its slice of its volume's label image."""
+    from ..data.volumes import grid_shape, read_grid
+
+    if row.image not in volume_labels:
+        source = stack.paths[0] if stack.kind == "volume" else str(Path(stack.paths[0]).parent)
+        grid = read_grid(source)
+        volume_labels[row.image] = (grid, np.zeros(grid_shape(grid), dtype))
+    _, labels = volume_labels[row.image]
+    plane = labels if labels.ndim == 2 else labels[int(row.slice or 0)]
+    plane[lesion] = row.row
 
 
 def _missing_folders(paths) -> list[Path]:

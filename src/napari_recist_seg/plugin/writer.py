@@ -1,7 +1,9 @@
-"""napari writer: a RECIST Shapes layer to this package's RECIST ``.csv`` or ``.json``.
+"""napari writers: RECIST Shapes layers, and Labels layers as medical label images.
 
-napari's own shapes CSV drops the per-shape feature table; this writer keeps it (lesion ids,
-groups and any user columns), so a layer written and read back is the same.
+napari's own shapes CSV drops the per-shape feature table; the RECIST writer keeps it (lesion
+ids, groups and any user columns), so a layer written and read back is the same. napari saves
+labels as TIFF or NumPy files, which no radiology viewer places on its scan; the labels writer
+gives NIfTI, MetaImage or NRRD on the voxel grid of the image they were drawn on.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from .layer_units import META_KEY, pd_numeric
 from .notifications import notify_error
 from .recist_layers import DERIVED_COLUMNS
 
-__all__ = ["write_recist_file", "write_recist_layer"]
+__all__ = ["write_labels_file", "write_labels_layer", "write_recist_file", "write_recist_layer"]
 
 
 def write_recist_layer(path: str, data, meta: dict) -> list[str]:
@@ -34,6 +36,84 @@ def write_recist_layer(path: str, data, meta: dict) -> list[str]:
     except (ValueError, OSError) as exc:
         notify_error(str(exc))
         return []
+
+
+def write_labels_layer(path: str, data, meta: dict) -> list[str]:
+    """napari's writer command for Labels layers: ``write_labels_file``, with problems shown
+    as a notification (see ``write_recist_layer``)."""
+    try:
+        return [write_labels_file(path, data, meta)]
+    except (ValueError, OSError) as exc:
+        notify_error(str(exc))
+        return []
+
+
+def write_labels_file(path: str, data, meta: dict) -> str:
+    """Write a Labels layer as ``.nii``, ``.nii.gz``, ``.mha`` or ``.nrrd``.
+
+    The voxel grid is that of the image the labels lie on, so that other viewers overlay
+    them on the scan: the layer's own ``metadata["grid"]``, else that of an image layer of
+    the current viewer read from a medical file (``data.volumes.read_medical_image``) with
+    the same shape, scale and translation, else the layer's scale and translation in mm.
+
+    Parameters
+    ----------
+    path : str
+    data : array_like
+        The layer's labels, 2D or 3D.
+    meta : dict
+        The layer's state: ``scale``, ``translate``, ``metadata``, ``name``.
+
+    Returns
+    -------
+    str
+        The path written.
+
+    Raises
+    ------
+    ValueError
+        Naming the layer and the problem.
+    """
+    from ..data.volumes import write_label_image
+
+    labels = np.asarray(data)
+    name = meta.get("name", "layer")
+    try:
+        written = write_label_image(path, labels, grid=_grid_for(labels.shape, meta),
+                                    scale=meta.get("scale"), translate=meta.get("translate"))
+    except ValueError as exc:
+        raise ValueError(f"cannot write {name!r}: {exc}") from None
+    return str(written)
+
+
+def _grid_for(shape, meta: dict) -> dict | None:
+    from ..data.volumes import grid_fits
+
+    own = (meta.get("metadata") or {}).get("grid")
+    if own is not None and grid_fits(own, shape):
+        return own
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except ImportError:
+        viewer = None
+    if viewer is None:
+        return None
+    n = len(shape)
+    scale = np.asarray(meta.get("scale", [1.0] * n), float)[-n:]
+    translate = np.asarray(meta.get("translate", [0.0] * n), float)[-n:]
+    grids = []
+    for layer in viewer.layers:
+        grid = (getattr(layer, "metadata", None) or {}).get("grid")
+        if (layer._type_string == "image" and grid is not None and grid_fits(grid, shape)
+                and np.allclose(layer.scale[-n:], scale)
+                and np.allclose(layer.translate[-n:], translate)):
+            grids.append(grid)
+    # Two scans on the same voxel grid but differently oriented cannot be told apart.
+    if grids and all(g == grids[0] for g in grids):
+        return grids[0]
+    return None
 
 
 def write_recist_file(path: str, data, meta: dict) -> str:

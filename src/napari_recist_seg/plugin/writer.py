@@ -106,7 +106,8 @@ def _grid_for(shape, meta: dict) -> dict | None:
     grids = []
     for layer in viewer.layers:
         grid = (getattr(layer, "metadata", None) or {}).get("grid")
-        if (layer._type_string == "image" and grid is not None and grid_fits(grid, shape)
+        if (isinstance(layer, napari.layers.Image) and grid is not None
+                and grid_fits(grid, shape)
                 and np.allclose(layer.scale[-n:], scale)
                 and np.allclose(layer.translate[-n:], translate)):
             grids.append(grid)

@@ -330,6 +330,14 @@ def test_labels_drawn_on_a_scan_are_saved_on_its_grid(tmp_path, make_napari_view
     for getter in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
         np.testing.assert_allclose(getattr(back, getter)(), getattr(scan, getter)(), atol=1e-6)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), labels.data)
+    # Opened again, the masks are a Labels layer on the scan, and save back onto its grid.
+    (again,) = viewer.open(paths[0], plugin=PLUGIN)
+    assert again._type_string == "labels" and image._type_string == "image"
+    np.testing.assert_allclose(again.scale, image.scale)
+    np.testing.assert_allclose(again.translate, image.translate)
+    np.testing.assert_array_equal(again.data, labels.data)
+    resaved = sitk.ReadImage(napari.save_layers(str(tmp_path / "again.nrrd"), [again])[0])
+    np.testing.assert_allclose(resaved.GetDirection(), scan.GetDirection())
 
     # Labels on a grid of their own keep their scale and translation, with the scanner's axes.
     coarse = viewer.add_labels(np.ones((5, 12, 16), np.uint8), scale=(2.5, 1.6, 1.4))
@@ -344,3 +352,24 @@ def test_labels_drawn_on_a_scan_are_saved_on_its_grid(tmp_path, make_napari_view
     assert not (tmp_path / "negative.nii").exists()
     (level, text), = notifications
     assert level == "error" and "labels must be 0 or more, found -1" in text
+
+
+@pytest.mark.parametrize(("name", "values", "kind"), [
+    ("liver_mask.nii.gz", np.array([0, 1, 2]), "labels"),
+    ("case_seg.nrrd", np.array([0, 300]), "labels"),
+    ("liver_mask_probability.nii.gz", np.array([0.0, 0.5]), "image"),  # not whole numbers
+    ("segmental_ct.mha", np.array([-1000, 40]), "image"),  # HU below 0
+    ("ct.nii.gz", np.array([0, 1]), "image"),  # nothing in the name says masks
+])
+def test_label_images_open_as_labels(tmp_path, name, values, kind):
+    import SimpleITK as sitk
+
+    from napari_recist_seg.plugin.reader import read_path
+
+    vol = np.resize(values, (3, 6, 7)).astype(values.dtype)
+    sitk.WriteImage(sitk.GetImageFromArray(vol), str(tmp_path / name))
+    ((data, kwargs, layer_type),) = read_path(str(tmp_path / name))
+    assert layer_type == kind
+    np.testing.assert_array_equal(data, vol)
+    if kind == "labels":
+        assert "contrast_limits" not in kwargs and "colormap" not in kwargs

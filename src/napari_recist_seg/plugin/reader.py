@@ -8,6 +8,7 @@ become a napari notification, not a traceback.
 
 from __future__ import annotations
 
+import re
 import warnings
 from functools import partial
 from pathlib import Path
@@ -139,6 +140,19 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+#: Words in a file name that, with whole-number voxels from 0 up, mark a label image (masks
+#: as 3D Slicer, ITK-SNAP, nnU-Net or ``recist-seg predict`` write them), opened as Labels.
+_LABEL_WORDS = re.compile(r"label|mask|seg", re.IGNORECASE)
+
+
+def _is_label_image(image) -> bool:
+    arr = image.array
+    return (arr.ndim == len(image.scale) and arr.dtype.kind in "biu"
+            and not str(image.metadata.get("format", "")).startswith("dicom")
+            and _LABEL_WORDS.search(image.name) is not None
+            and (arr.size == 0 or int(arr.min()) >= 0))
+
+
 def _read_volume(path: Path):
     from ..data.volumes import read_medical_image
 
@@ -146,6 +160,9 @@ def _read_volume(path: Path):
     kwargs = image.layer_kwargs()
     # DICOM, NIfTI, MHA and NRRD give spacing in mm (1 mm where a file states none).
     kwargs.update(units_for(kwargs["scale"]))
+    if _is_label_image(image):
+        kwargs.pop("contrast_limits", None)
+        return [(image.array, kwargs, "labels")]
     if not kwargs.get("rgb"):
         kwargs.setdefault("colormap", "gray")
         if "contrast_limits" not in kwargs:

@@ -100,3 +100,32 @@ def test_groups_controls_by_clicks_typing_and_picks(make_napari_viewer, ct_image
     second = widget.preview_layer
     qtbot.mouseClick(widget.preview_button, LEFT)
     assert second not in viewer.layers and preview in viewer.layers
+
+
+def test_kept_pseudo_masks_save_on_the_scan_grid_after_the_scan_is_closed(
+        make_napari_viewer, ct_image, qtbot, tmp_path):
+    import napari
+    import SimpleITK as sitk
+
+    # One oblique CT slice as scanners export it: 3D with one plane, axes not the scanner's.
+    scan = sitk.GetImageFromArray(ct_image[None].astype(np.int16))
+    scan.SetSpacing((0.8, 0.5, 3.0))
+    scan.SetOrigin((0.0, 0.0, 12.5))
+    scan.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(scan, str(tmp_path / "ct.nii.gz"))
+    viewer = make_napari_viewer(show=True)
+    (image,) = viewer.open(str(tmp_path / "ct.nii.gz"), plugin=PLUGIN)
+    _add(viewer, _lesions(), "lesions")
+    widget = _widget(viewer)
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText(image.name))
+    qtbot.mouseClick(widget.preview_button, LEFT)
+    qtbot.waitUntil(lambda: widget.preview_layer is not None, timeout=10000)
+    preview = widget.preview_layer
+    qtbot.mouseClick(widget.keep_button, LEFT)
+    viewer.layers.remove(image)
+    (path,) = napari.save_layers(str(tmp_path / "pseudo-masks.nii.gz"), [preview])
+    back = sitk.ReadImage(path)
+    assert back.GetSize() == (80, 64, 1)
+    for getter in ("GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(back, getter)(), getattr(scan, getter)())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back)[0], preview.data)

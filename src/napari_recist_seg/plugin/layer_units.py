@@ -183,6 +183,14 @@ def derived_units(image) -> dict:
     return {"units": units} if units else {}
 
 
+def grid_metadata(image) -> dict:
+    """``{"grid": ...}`` of an image read from a medical file (``MedicalImage.metadata``),
+    for the metadata of a layer made over it: saved as NIfTI, MHA or NRRD, it then lands on
+    the scan's voxel grid even after the image is closed. Empty for other images."""
+    grid = (getattr(image, "metadata", None) or {}).get("grid")
+    return {"grid": grid} if grid is not None else {}
+
+
 def per_line_spacing(layer, fallback=(1.0, 1.0), slice_spacing=None):
     """(n, 2) per-line pixel size of a RECIST layer, or None where one scale fits all lines.
 

@@ -35,6 +35,7 @@ from ..colours import group_colour
 from ..layer_units import (
     META_KEY,
     derived_units,
+    grid_metadata,
     length_unit,
     slice_spacing_of,
     spatial_shape,
@@ -565,7 +566,7 @@ class GroupsWidget(RecistLayerAccess, QWidget):
             preview = Labels(
                 np.zeros(shape, dtype=np.int32), name=preview_name(method), scale=image.scale,
                 translate=image.translate, opacity=0.45,
-                metadata={META_KEY: {"role": "pseudo-mask preview"}},
+                metadata={META_KEY: {"role": "pseudo-mask preview"}, **grid_metadata(image)},
                 **derived_units(image),
             )
             self.preview_layer = preview

@@ -58,6 +58,7 @@ from ..layer_units import (
     META_KEY,
     MM,
     derived_units,
+    grid_metadata,
     spatial_shape,
     unproxied,
 )
@@ -682,7 +683,8 @@ class SegmentWidget(RecistLayerAccess, QWidget):
             translate=tuple(image.translate), opacity=0.5,
             metadata={META_KEY: {"role": _KEPT_ROLE,
                                  "model": None if entry is None else entry.path,
-                                 "threshold": round(self.threshold_spin.value(), 2)}},
+                                 "threshold": round(self.threshold_spin.value(), 2)},
+                      **grid_metadata(image)},
             **derived_units(image),
         )
         self._add_under_lines(layer)

@@ -386,6 +386,21 @@ def test_predicting_a_volume_table_writes_its_lesions_on_the_volume_grid(tmp_pat
         predict_table(_Threshold(pre), table, tmp_path / "out")
 
 
+def test_a_scan_given_as_an_image_is_sent_to_the_table_path(tmp_path, capsys):
+    from ._learning_data import saved_model
+
+    write_nifti(tmp_path / "ct.nii.gz", lesions_by_slice={2: [(20, 20, 7)]})
+    recists = recist_csv(tmp_path / "lesions.csv", [("ct.nii.gz", 2, (20, 20, 7))])
+    model = saved_model(tmp_path / "model", "a1", in_channels=1,
+                        preprocessing=crop_preprocessing(window=(-175.0, 275.0)))
+    code = main(["predict", str(tmp_path / "ct.nii.gz"), "--model", str(model),
+                 "--recists", str(recists), "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert ("ct.nii.gz: a scan (NIfTI, MHA, NRRD or DICOM) is predicted through a RECIST "
+            "table naming it" in " ".join(capsys.readouterr().err.split()))
+    assert not (tmp_path / "out").exists()
+
+
 def test_field_of_view_px_is_widened_for_long_lesions(tmp_path):
     table = read_lesion_table(write_deeplesion(tmp_path / "dl"))
     small, big = table.rows[0].recist, table.rows[5].recist  # long axes 14 and 20 px

@@ -506,12 +506,19 @@ def _write_mask(path: Path, mask: np.ndarray) -> None:
 def _predict(args) -> int:
     from ..data.image_folders import load_image
     from ..data.recist_sources import is_lesion_table
+    from ..data.volumes import is_medical_image_path
     from ..learning.inference import is_prompted, load_model, predict_detailed
 
     if len(args.inputs) == 1 and is_lesion_table(args.inputs[0]) and not args.recists:
         return _predict_table(args)
     if args.split is not None or args.images is not None:
         raise ValueError("--split and --images apply to a lesion table input")
+    volumes = [item for item in args.inputs if is_medical_image_path(item)]
+    if volumes:
+        raise ValueError(f"{volumes[0]}: a scan (NIfTI, MHA, NRRD or DICOM) is predicted "
+                         f"through a RECIST table naming it and each lesion's slice: "
+                         f"recist-seg predict TABLE --model ... --out ..., which writes a mask "
+                         f"per key slice and the scan's labels on its voxel grid")
     files = _image_files(args.inputs)
     by_image = {}
     if args.recists:

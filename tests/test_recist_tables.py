@@ -386,6 +386,40 @@ def test_predicting_a_volume_table_writes_its_lesions_on_the_volume_grid(tmp_pat
         predict_table(_Threshold(pre), table, tmp_path / "out")
 
 
+def test_pseudo_masks_of_a_scan_table_lie_on_the_scan_grid(tmp_path, capsys):
+    import SimpleITK as sitk
+
+    from napari_recist_seg.core.pseudo_masks import pseudo_mask
+
+    lesions = {1: [(20, 20, 7)], 4: [(40, 30, 8), (15, 45, 6)]}
+    write_nifti(tmp_path / "a.nii.gz", lesions_by_slice=lesions)
+    scan = sitk.ReadImage(str(tmp_path / "a.nii.gz"))
+    scan.SetOrigin((-50.0, 20.0, 7.5))
+    scan.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(scan, str(tmp_path / "a.nii.gz"))
+    table = recist_csv(tmp_path / "lesions.csv", [("a.nii.gz", z, les) for z in lesions
+                                                  for les in lesions[z]])
+    out = tmp_path / "pm"
+    assert main(["pseudo-masks", str(table), "--out", str(out),
+                 "--method", "quarter_ellipse"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_quarter_ellipse.nii.gz", "recists.csv"]
+    back = sitk.ReadImage(str(out / "a_quarter_ellipse.nii.gz"))
+    for getter in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(back, getter)(), getattr(scan, getter)(), atol=1e-6)
+    labels = sitk.GetArrayFromImage(back)
+    recists = read_lesion_table(table).rows
+    for number, row in enumerate(recists, start=1):
+        drawn = pseudo_mask(row.recist, labels.shape[1:], "quarter_ellipse")
+        np.testing.assert_array_equal(labels[row.slice] == number, drawn)
+    assert not labels[[0, 2, 3, 5, 6, 7, 8]].any()
+    # A lesion without its slice is refused before anything is written.
+    no_slice = recist_csv(tmp_path / "b.csv", [("a.nii.gz", None, (20, 20, 7))])
+    capsys.readouterr()
+    assert main(["pseudo-masks", str(no_slice), "--out", str(tmp_path / "pm2")]) == 2
+    assert "a scan of 9 slices needs the lesion's slice" in capsys.readouterr().err
+    assert not (tmp_path / "pm2").exists()
+
+
 def test_a_scan_given_as_an_image_is_sent_to_the_table_path(tmp_path, capsys):
     from ._learning_data import saved_model
 

@@ -61,14 +61,18 @@ def _deeplesion_lesions(path: Path) -> tuple[RecistTable, dict]:
                                                for r in records}}
 
 
-def _image_shape(table: RecistTable, source: Path, name: str, shape_arg) -> tuple[int, int]:
-    if shape_arg:
-        return tuple(shape_arg)
+def _image_shape(table: RecistTable, source: Path, name: str, shape_arg):
+    """The (rows, cols) of a 2D image, or the voxel grid (``volumes.read_grid``) of a scan."""
     from ..data.image_folders import load_image
+    from ..data.volumes import is_medical_image_path, read_grid
 
     candidate = Path(name)
     if not candidate.is_absolute():
         candidate = source.parent / candidate
+    if candidate.exists() and is_medical_image_path(candidate):
+        return read_grid(candidate)
+    if shape_arg:
+        return tuple(shape_arg)
     if candidate.is_file():
         return load_image(candidate).shape[:2]
     raise ValueError(
@@ -109,20 +113,29 @@ def _pseudo_masks(args) -> int:
         by_image.setdefault(name, []).append(i)
     # Every output is named and checked before anything is written.
     stems = dict(zip(by_image, output_stems(list(by_image))))
-    targets = {(name, method): out / stem.parent / f"{stem.name}_{method}.png"
+    # Sizes (and a scan's voxel grid) are known before anything is written.
+    shapes = {}
+    for name in by_image:
+        mask = folder.get("masks", {}).get(name)
+        shapes[name] = (mask.shape if mask is not None else folder.get("shapes", {}).get(name)
+                        or _image_shape(table, source, name, args.shape))
+        if isinstance(shapes[name], dict):
+            _check_slices(table, by_image[name], shapes[name], name)
+    targets = {(name, method): _target(out, stem, method, isinstance(shapes[name], dict))
                for name, stem in stems.items() for method in methods}
     refuse_existing([*targets.values(), out / "recists.csv"], args.overwrite)
     prepare_output_folder(out)
     scores = {m: [] for m in methods}
     for name, idx in progress(by_image.items(), desc="drawing pseudo-masks", unit="image"):
         mask = folder.get("masks", {}).get(name)
-        shape = (mask.shape if mask is not None else folder.get("shapes", {}).get(name)
-                 or _image_shape(table, source, name, args.shape))
         for method in methods:
-            labels = pseudo_mask_labels([table.recists[i] for i in idx], shape, method,
-                                        labels=[i + 1 for i in range(len(idx))])
             target = targets[name, method]
             target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(shapes[name], dict):
+                _write_scan_labels(target, table, idx, shapes[name], method, name)
+                continue
+            labels = pseudo_mask_labels([table.recists[i] for i in idx], shapes[name], method,
+                                        labels=[i + 1 for i in range(len(idx))])
             _write_label_png(target, labels)
             if mask is not None:
                 scores[method].append(segmentation_metrics(labels > 0, mask)["dice"])
@@ -132,6 +145,41 @@ def _pseudo_masks(args) -> int:
         if values:
             print(f"{method:16s} mean Dice against the real masks: {np.mean(values):.4f}")
     return 0
+
+
+def _target(out: Path, stem, method: str, scan: bool) -> Path:
+    """``<stem>_<method>.png``, or ``.nii.gz`` on a scan's voxel grid."""
+    if not scan:
+        return out / stem.parent / f"{stem.name}_{method}.png"
+    name = stem.name[: -len(".nii")] if stem.name.lower().endswith(".nii") else stem.name
+    return out / stem.parent / f"{name}_{method}.nii.gz"
+
+
+def _write_scan_labels(target: Path, table: RecistTable, idx, grid: dict, method: str,
+                       name: str) -> None:
+    """A scan's lesions drawn on their slices, on its voxel grid (numbered as in the PNGs)."""
+    from ..data.volumes import grid_shape, write_label_image
+
+    shape = grid_shape(grid)
+    labels = np.zeros(shape, np.uint16 if len(idx) < 2 ** 16 else np.uint32)
+    slices = table.slices or [None] * len(table)
+    for number, i in enumerate(idx, start=1):
+        plane = labels if len(shape) == 2 else labels[slices[i]]
+        drawn = pseudo_mask_labels([table.recists[i]], plane.shape, method, labels=[number])
+        plane[drawn > 0] = number
+    write_label_image(target, labels, grid=grid)
+
+
+def _check_slices(table: RecistTable, idx, grid: dict, name: str) -> None:
+    from ..data.volumes import grid_shape
+
+    shape = grid_shape(grid)
+    slices = table.slices or [None] * len(table)
+    for i in idx:
+        z = slices[i]
+        if len(shape) == 3 and (z is None or not 0 <= z < shape[0]):
+            raise ValueError(f"lesion {table.lesion_ids[i]} on {name}: a scan of {shape[0]} "
+                             f"slices needs the lesion's slice (0 to {shape[0] - 1}), got {z}")
 
 
 def _parse_k_range(text: str) -> range:

@@ -343,6 +343,24 @@ def test_predicted_masks_and_measurements_in_mm(tmp_path):
             k += 1
 
 
+#: Discs (row, col, radius) by slice of the scan ``_oblique_scan_table`` writes.
+_SCAN_LESIONS = {1: [(20, 20, 7)], 4: [(40, 30, 8), (15, 45, 6)]}
+
+
+def _oblique_scan_table(folder):
+    """``a.nii.gz`` with an origin and axes of the scanner's own (as a clinical NIfTI has) and
+    ``lesions.csv`` measuring its discs; returns the SimpleITK image and the table's path."""
+    import SimpleITK as sitk
+
+    write_nifti(folder / "a.nii.gz", lesions_by_slice=_SCAN_LESIONS)
+    scan = sitk.ReadImage(str(folder / "a.nii.gz"))
+    scan.SetOrigin((-50.0, 20.0, 7.5))
+    scan.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(scan, str(folder / "a.nii.gz"))
+    rows = [("a.nii.gz", z, les) for z, discs in _SCAN_LESIONS.items() for les in discs]
+    return scan, recist_csv(folder / "lesions.csv", rows)
+
+
 def test_predicting_a_volume_table_writes_its_lesions_on_the_volume_grid(tmp_path):
     """Besides a PNG per key slice, each volume gets a label image that radiology viewers
     overlay on the scan: its own size, spacing, origin and axes, each lesion's voxels holding
@@ -351,14 +369,8 @@ def test_predicting_a_volume_table_writes_its_lesions_on_the_volume_grid(tmp_pat
 
     vol = tmp_path / "ct"
     vol.mkdir()
-    lesions = {1: [(20, 20, 7)], 4: [(40, 30, 8), (15, 45, 6)]}
-    write_nifti(vol / "a.nii.gz", lesions_by_slice=lesions)
-    scan = sitk.ReadImage(str(vol / "a.nii.gz"))
-    scan.SetOrigin((-50.0, 20.0, 7.5))
-    scan.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
-    sitk.WriteImage(scan, str(vol / "a.nii.gz"))
-    table = recist_csv(vol / "lesions.csv", [("a.nii.gz", z, les) for z in lesions
-                                             for les in lesions[z]])
+    lesions = _SCAN_LESIONS
+    scan, table = _oblique_scan_table(vol)
     pre = crop_preprocessing(size=32, channel_axis=0, field_of_view_px=40.0,
                              source={"kind": "volume", "neighbours": 1, "colour": False,
                                      "window": None, "slice_gap_mm": 2.0})
@@ -391,14 +403,7 @@ def test_pseudo_masks_of_a_scan_table_lie_on_the_scan_grid(tmp_path, capsys):
 
     from napari_recist_seg.core.pseudo_masks import pseudo_mask
 
-    lesions = {1: [(20, 20, 7)], 4: [(40, 30, 8), (15, 45, 6)]}
-    write_nifti(tmp_path / "a.nii.gz", lesions_by_slice=lesions)
-    scan = sitk.ReadImage(str(tmp_path / "a.nii.gz"))
-    scan.SetOrigin((-50.0, 20.0, 7.5))
-    scan.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
-    sitk.WriteImage(scan, str(tmp_path / "a.nii.gz"))
-    table = recist_csv(tmp_path / "lesions.csv", [("a.nii.gz", z, les) for z in lesions
-                                                  for les in lesions[z]])
+    scan, table = _oblique_scan_table(tmp_path)
     out = tmp_path / "pm"
     assert main(["pseudo-masks", str(table), "--out", str(out),
                  "--method", "quarter_ellipse"]) == 0

@@ -421,7 +421,8 @@ def test_pseudo_masks_of_a_scan_table_lie_on_the_scan_grid(tmp_path, capsys):
     no_slice = recist_csv(tmp_path / "b.csv", [("a.nii.gz", None, (20, 20, 7))])
     capsys.readouterr()
     assert main(["pseudo-masks", str(no_slice), "--out", str(tmp_path / "pm2")]) == 2
-    assert "a scan of 9 slices needs the lesion's slice" in capsys.readouterr().err
+    assert ("row 1 (lesion 0): image 'a.nii.gz' is a volume of 9 slices but the row has no "
+            "slice" in " ".join(capsys.readouterr().err.split()))
     assert not (tmp_path / "pm2").exists()
 
 

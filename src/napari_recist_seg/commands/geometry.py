@@ -10,9 +10,10 @@ import numpy as np
 from ..cli import command
 from ..core.grouping import FEATURE_SETS, group_lesions, suggest_k
 from ..core.metrics import segmentation_metrics
-from ..core.pseudo_masks import PSEUDO_MASK_METHODS, pseudo_mask_labels
+from ..core.pseudo_masks import PSEUDO_MASK_METHODS, pseudo_mask, pseudo_mask_labels
 from ..data._atomic import atomic_write
 from ..data.recist_files import RecistTable, read_recists, write_recists
+from ..data.volumes import ScanLabels
 from ._outputs import output_stems, prepare_output_folder, refuse_existing
 from ._progress import progress
 
@@ -119,8 +120,13 @@ def _pseudo_masks(args) -> int:
         mask = folder.get("masks", {}).get(name)
         shapes[name] = (mask.shape if mask is not None else folder.get("shapes", {}).get(name)
                         or _image_shape(table, source, name, args.shape))
-        if isinstance(shapes[name], dict):
-            _check_slices(table, by_image[name], shapes[name], name)
+    slices = None
+    if any(isinstance(shape, dict) for shape in shapes.values()):
+        from ..data.recist_sources import read_lesion_table
+
+        # The lesion-table reader checks each scan lesion's slice (and that names stay in
+        # the table's folder), as for training and prediction.
+        slices = [row.slice for row in read_lesion_table(source).rows]
     targets = {(name, method): _target(out, stem, method, isinstance(shapes[name], dict))
                for name, stem in stems.items() for method in methods}
     refuse_existing([*targets.values(), out / "recists.csv"], args.overwrite)
@@ -132,7 +138,11 @@ def _pseudo_masks(args) -> int:
             target = targets[name, method]
             target.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(shapes[name], dict):
-                _write_scan_labels(target, table, idx, shapes[name], method, name)
+                scan = ScanLabels(shapes[name], np.uint16 if len(idx) < 2 ** 16 else np.uint32)
+                for number, i in enumerate(idx, start=1):
+                    scan.add(pseudo_mask(table.recists[i], scan.array.shape[-2:], method),
+                             number, slices[i])
+                scan.write(target)
                 continue
             labels = pseudo_mask_labels([table.recists[i] for i in idx], shapes[name], method,
                                         labels=[i + 1 for i in range(len(idx))])
@@ -153,33 +163,6 @@ def _target(out: Path, stem, method: str, scan: bool) -> Path:
         return out / stem.parent / f"{stem.name}_{method}.png"
     name = stem.name[: -len(".nii")] if stem.name.lower().endswith(".nii") else stem.name
     return out / stem.parent / f"{name}_{method}.nii.gz"
-
-
-def _write_scan_labels(target: Path, table: RecistTable, idx, grid: dict, method: str,
-                       name: str) -> None:
-    """A scan's lesions drawn on their slices, on its voxel grid (numbered as in the PNGs)."""
-    from ..data.volumes import grid_shape, write_label_image
-
-    shape = grid_shape(grid)
-    labels = np.zeros(shape, np.uint16 if len(idx) < 2 ** 16 else np.uint32)
-    slices = table.slices or [None] * len(table)
-    for number, i in enumerate(idx, start=1):
-        plane = labels if len(shape) == 2 else labels[slices[i]]
-        drawn = pseudo_mask_labels([table.recists[i]], plane.shape, method, labels=[number])
-        plane[drawn > 0] = number
-    write_label_image(target, labels, grid=grid)
-
-
-def _check_slices(table: RecistTable, idx, grid: dict, name: str) -> None:
-    from ..data.volumes import grid_shape
-
-    shape = grid_shape(grid)
-    slices = table.slices or [None] * len(table)
-    for i in idx:
-        z = slices[i]
-        if len(shape) == 3 and (z is None or not 0 <= z < shape[0]):
-            raise ValueError(f"lesion {table.lesion_ids[i]} on {name}: a scan of {shape[0]} "
-                             f"slices needs the lesion's slice (0 to {shape[0] - 1}), got {z}")
 
 
 def _parse_k_range(text: str) -> range:

@@ -89,6 +89,17 @@ class SliceStack:
     def __call__(self) -> np.ndarray:
         return self.read()
 
+    def grid(self) -> dict | None:
+        """The voxel grid of the scan this slice lies on (``volumes.read_grid``); None for
+        2D images and DeepLesion's PNG slices, which belong to no scan file."""
+        from .volumes import read_grid
+
+        if self.kind == "volume":
+            return read_grid(self.paths[0])
+        if self.kind == "dicom":
+            return read_grid(Path(self.paths[0]).parent)
+        return None
+
     def read(self) -> np.ndarray:
         """The slices as ``(C, rows, cols)``: float32 HU for CT, uint8 for 8-bit images.
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LABEL_SUFFIXES", "MedicalImage", "grid_fits", "grid_shape", "is_medical_image_path",
-           "read_grid", "read_medical_image", "write_label_image"]
+__all__ = ["LABEL_SUFFIXES", "MedicalImage", "ScanLabels", "grid_fits", "grid_shape",
+           "is_medical_image_path", "read_grid", "read_medical_image", "write_label_image"]
 
 #: Single-file formats a label image is written in (``write_label_image``).
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
@@ -520,6 +520,32 @@ def write_label_image(path, labels, *, grid: dict | None = None, scale=None,
         image.SetSpacing(list(reversed(spacing)))
         image.SetOrigin(list(reversed(origin)))
     return _write_atomically(sitk, image, path, suffix)
+
+
+class ScanLabels:
+    """A scan's label image, filled lesion by lesion on its voxel grid, then written.
+
+    Parameters
+    ----------
+    grid : dict
+        The scan's voxel grid (``read_grid``, ``MedicalImage.metadata["grid"]``).
+    dtype : numpy dtype
+        Wide enough for the largest label.
+    """
+
+    def __init__(self, grid: dict, dtype=np.uint16):
+        self.grid = grid
+        self.array = np.zeros(grid_shape(grid), dtype)
+
+    def add(self, mask, label: int, slice_index=None) -> None:
+        """Set ``label`` where the 2D ``mask`` is true, on slice ``slice_index`` of a volume
+        (a 2D scan has one plane)."""
+        plane = self.array if self.array.ndim == 2 else self.array[int(slice_index or 0)]
+        plane[np.asarray(mask, dtype=bool)] = label
+
+    def write(self, path) -> Path:
+        """``write_label_image`` on the scan's grid."""
+        return write_label_image(path, self.array, grid=self.grid)
 
 
 def _write_atomically(sitk, image, path: Path, suffix: str) -> Path:

@@ -14,6 +14,7 @@ from ..core.grouping import LesionGrouping
 from ..core.recist_prompt import keep_marked_parts, prompt_channels
 from ..data.crops import crop_transform_for
 from ..data.dataset import crop_input, whole_image_input, whole_image_recist
+from ..data.volumes import ScanLabels
 from .checkpoints import (
     check_config_fields,
     interrupted_save_copy,
@@ -425,7 +426,6 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
 
     from ..data._atomic import atomic_write
     from ..data.recist_sources import read_lesion_table
-    from ..data.volumes import write_label_image
 
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
@@ -476,7 +476,7 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
 
     records: dict[int, dict] = {}
     written, created = [], []
-    volume_labels: dict[str, tuple[dict, np.ndarray]] = {}
+    volume_labels: dict[str, ScanLabels] = {}
     # Row numbers label the lesions in a volume's label image.
     label_type = np.uint16 if max(r.row for _, r in rows) < 2 ** 16 else np.uint32
     stacks = list(by_stack.items())
@@ -488,7 +488,9 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
             for (i, r), lesion, group in zip(members, lesion_masks, groups):
                 union |= lesion
                 if r.image in volumes:
-                    _add_to_volume(volume_labels, table.stacks[s], r, lesion, label_type)
+                    if r.image not in volume_labels:
+                        volume_labels[r.image] = ScanLabels(table.stacks[s].grid(), label_type)
+                    volume_labels[r.image].add(lesion, r.row, r.slice)
                 records[i] = {"image": r.image, "slice": "" if r.slice is None else r.slice,
                               "lesion": i, "lesion_id": r.lesion_id, "row": r.row,
                               "mask": r.mask_name,
@@ -501,12 +503,12 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
             _write_png(target, union)
             written.append(target)
         label_images = []
-        for image, (grid, labels) in volume_labels.items():
+        for image, labels in volume_labels.items():
             target = volumes[image]
             target.parent.mkdir(parents=True, exist_ok=True)
             if not target.exists():
                 created.append(target)
-            label_images.append(write_label_image(target, labels, grid=grid))
+            label_images.append(labels.write(target))
         lesions = [records[i] for i, _ in rows]
         with atomic_write(lesions_csv, newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(LESION_COLUMNS))
@@ -535,19 +537,6 @@ def _volume_label_images(table, by_stack, out: Path) -> dict[str, Path]:
             stem = r.mask_name[: -len(f"_slice{r.slice}_mask.png")]
             names[r.image] = out / f"{stem}_labels.nii.gz"
     return names
-
-
-def _add_to_volume(volume_labels: dict, stack, row, lesion: np.ndarray, dtype) -> None:
-    """Put a lesion's predicted mask on its slice of its volume's label image."""
-    from ..data.volumes import grid_shape, read_grid
-
-    if row.image not in volume_labels:
-        source = stack.paths[0] if stack.kind == "volume" else str(Path(stack.paths[0]).parent)
-        grid = read_grid(source)
-        volume_labels[row.image] = (grid, np.zeros(grid_shape(grid), dtype))
-    _, labels = volume_labels[row.image]
-    plane = labels if labels.ndim == 2 else labels[int(row.slice or 0)]
-    plane[lesion] = row.row
 
 
 def _missing_folders(paths) -> list[Path]:

@@ -443,6 +443,36 @@ def test_without_image_or_model_segment_says_what_is_missing(make_napari_viewer,
     assert not widget.keep_button.isEnabled() and len(viewer.layers) == 1
 
 
+def test_segment_clicked_while_the_model_loads_waits_for_it(make_napari_viewer, qtbot,
+                                                          checkpoints, draw, monkeypatch,
+                                                          notifications):
+    import threading
+
+    from napari_recist_seg.plugin import model_registry
+
+    shape = (96, 96)
+    mask = _ellipse(shape, (48, 48), 12, 8, 0.3)
+    _viewer, _lines, widget = _one_lesion(make_napari_viewer, qtbot, draw, mask, seed=5)
+    release = threading.Event()
+    real_load = model_registry.load_entry
+
+    def slow_load(*args, **kwargs):
+        release.wait(TIMEOUT / 1000)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(model_registry, "load_entry", slow_load)
+    _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
+    click(qtbot, widget.load_button)
+    assert not widget.load_button.isEnabled()  # loading
+    click(qtbot, widget.segment_button)
+    assert "still loading" in widget.status.text()
+    assert not [n for n in notifications if n[0] == "error"]
+    release.set()
+    _wait_segmented(qtbot, widget, 1)
+    assert _dice(widget.preview_layer.data == 1, mask) > 0.5
+    assert not [n for n in notifications if n[0] == "error"]
+
+
 def test_closing_the_dock_while_predicting_leaves_the_viewer_working(
         make_napari_viewer, qtbot, checkpoints, draw, monkeypatch, predict_calls):
     shape = (96, 96)

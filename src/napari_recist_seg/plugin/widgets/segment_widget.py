@@ -640,6 +640,10 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         except RuntimeError:  # the widget was closed while the model loaded
             pass
 
+    def _model_loading(self) -> bool:
+        worker = self._load_worker
+        return worker is not None and bool(worker.is_running)
+
     def _ask_load_model(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Prompted model checkpoint folder")
         if folder:
@@ -648,6 +652,11 @@ class SegmentWidget(RecistLayerAccess, QWidget):
     # -- following --------------------------------------------------------------------------
     def start(self) -> bool:
         """Segment every complete lesion and follow edits; False (and a message) if it cannot."""
+        if self.model_entry() is None and self._model_loading():
+            # The load chooses its model and starts on its own once it is done.
+            self._set_status("The model is still loading; the lesions are segmented as soon "
+                             "as it is loaded.")
+            return False
         problem = self._problem()
         if problem:
             self._live = False

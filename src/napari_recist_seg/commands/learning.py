@@ -226,7 +226,8 @@ def _table_options(p) -> None:
     """Options of the lesion-table input (DL_info.csv, RECIST files)."""
     from ..learning.preparation import DEFAULT_CROP_PX
 
-    p.add_argument("--images", help="lesion tables: the image folder (DeepLesion: Images_png; "
+    p.add_argument("--images", help="lesion tables: the image folder (DeepLesion: Images_png or "
+                                    "Images_nifti; "
                                     "default: beside the table)")
     p.add_argument("--window", default="auto",
                    help="lesion tables: HU window, 'auto' (each row's DICOM_windows, else soft "
@@ -666,7 +667,8 @@ def _configure_benchmark(p) -> None:
                         "beside it, named by File_name)")
     p.add_argument("--test", nargs="+",
                    help="image+mask folders to score on (not with DL_info.csv)")
-    p.add_argument("--images", help="DL_info.csv: the Images_png folder (default: beside it)")
+    p.add_argument("--images", help="DL_info.csv: the Images_png or Images_nifti folder "
+                                    "(default: beside it)")
     p.add_argument("--masks", help="DL_info.csv: the true masks' folder (default: masks/ "
                                    "beside it)")
     p.add_argument("--crop", type=_crop_side, default="auto",

@@ -10,6 +10,11 @@ Slices are 16-bit PNGs with HU = value - 32768, stored at ``Images_png/PPPPPP_SS
 for ``File_name`` ``PPPPPP_SS_ss_NNN.png``. Flat folders of key slices (``PPPPPP_SS_ss_NNN.png``
 or ``.jpg``) are found too; 8-bit images (such as the JPEG key slices shared in some public
 repositories) are taken as a linear map of HU -1024..3071 onto 0..255.
+
+The NIfTI release of the same slices (``Images_nifti/PPPPPP_SS_ss_FFF-LLL.nii.gz``, one file per
+run of consecutive slices FFF to LLL, HU as stored, written by DeepLesion's ``DL_save_nifti.py``)
+is read too: the key slice is the file's plane ``NNN - FFF``, turned back to the PNG's rows and
+columns (the files' axes hold columns along x and rows along y, and so does the RECIST).
 """
 
 from __future__ import annotations
@@ -25,13 +30,16 @@ from typing import NamedTuple
 import numpy as np
 
 from ..core.recist import Recist
+from .volumes import itk_message
 
 __all__ = [
     "LESION_TYPES",
     "DeepLesionRecord",
     "SkippedRow",
+    "deeplesion_volume_depth",
     "read_deeplesion",
     "read_deeplesion_slice",
+    "read_deeplesion_volume_planes",
     "recist_table",
 ]
 
@@ -71,9 +79,14 @@ _HU8_LO, _HU8_HI = -1024.0, 3071.0
 _LIST_MAX = 5
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _FILE_NAME_RE = re.compile(r"^(?P<series>.+)_(?P<slice>\d+)\.(?:png|jpe?g)$", re.IGNORECASE)
+# A run of consecutive slices as one NIfTI file: PPPPPP_SS_ss_FFF-LLL.nii(.gz).
+_VOLUME_NAME_RE = re.compile(r"^(?P<series>.+)_(?P<first>\d+)-(?P<last>\d+)\.nii(?:\.gz)?$",
+                             re.IGNORECASE)
 # DeepLesion slices are 512 x 512; no CT slice comes near this, and a bigger claim would only
 # make readers allocate for a size no file has.
 MAX_IMAGE_SIDE = 8192
+# Image folders looked for beside the table, in this order.
+IMAGE_FOLDERS = ("Images_png", "Images_nifti", "images", "Images")
 # Used when a row's DICOM_windows is inverted or empty: the usual soft-tissue window
 # (level 40 HU, width 400 HU).
 DEFAULT_WINDOW = (-160.0, 240.0)
@@ -108,7 +121,8 @@ class DeepLesionRecord:
     csv_row : int
         Data row number in the CSV (1 = the first row after the header).
     image_path : Path or None
-        The key slice's image file, None when it was not found.
+        The key slice's image file, None when it was not found: a PNG or JPEG, or the NIfTI
+        file of consecutive slices that holds it (then ``volume_slice`` says which plane).
     diameters_px : tuple of float or None
         ``Lesion_diameters_Pixel_`` (long, short) when present.
     slice_range : tuple of int or None
@@ -120,6 +134,9 @@ class DeepLesionRecord:
         Default neighbour count for ``read_deeplesion_slice``.
     slice_gap_mm : float
         Default neighbour spacing (mm) for ``read_deeplesion_slice``.
+    volume_slice : int or None
+        When ``image_path`` is a NIfTI file of consecutive slices: the key slice's plane in it
+        (0 for its first slice).
     """
 
     file_name: str
@@ -143,6 +160,7 @@ class DeepLesionRecord:
     patient_age: float | None = None
     neighbours: int = 0
     slice_gap_mm: float = 2.0
+    volume_slice: int | None = None
 
     @property
     def lesion_type_name(self) -> str:
@@ -314,7 +332,7 @@ def _find_csv(path: Path) -> Path:
 
 
 def _default_images_root(csv_path: Path) -> Path | None:
-    for name in ("Images_png", "images", "Images"):
+    for name in IMAGE_FOLDERS:
         candidate = csv_path.parent / name
         if candidate.is_dir():
             return candidate
@@ -327,6 +345,7 @@ class _ImageIndex:
     def __init__(self, root: Path):
         self.root = root
         self._listing: dict[Path, frozenset[str]] = {}
+        self._volumes: dict[str, list[tuple[int, int, str]]] | None = None
 
     def names(self, folder: Path) -> frozenset[str]:
         if folder not in self._listing:
@@ -336,8 +355,13 @@ class _ImageIndex:
                 self._listing[folder] = frozenset()
         return self._listing[folder]
 
-    def find(self, file_name: str, image_column: str | None) -> Path | None:
-        found = self._find(file_name, image_column)
+    def find(self, file_name: str, image_column: str | None, key_slice: int
+             ) -> tuple[Path | None, int | None]:
+        """The row's image file, and the key slice's plane when that file is a NIfTI run of
+        slices (None for a file of one slice)."""
+        found, plane = self._find(file_name, image_column), None
+        if found is None:
+            found, plane = self._find_volume(file_name, key_slice)
         if found is not None:
             # Names are checked when parsed; this guards the joined path once more, so no
             # spelling of a name can lead outside the image folder.
@@ -345,7 +369,25 @@ class _ImageIndex:
             root = os.path.normpath(self.root)
             if os.path.commonpath([inside, root]) != root:
                 raise ValueError(f"{file_name}: resolves to {found}, outside {self.root}")
-        return found
+        return found, plane
+
+    def _find_volume(self, file_name: str, key_slice: int) -> tuple[Path | None, int | None]:
+        """The NIfTI file ``SERIES_FFF-LLL.nii(.gz)`` whose slices FFF..LLL hold the key slice,
+        and the key slice's plane in it."""
+        if self._volumes is None:
+            # One pass over the folder, whatever the number of rows.
+            self._volumes = {}
+            for name in sorted(self.names(self.root)):
+                m = _VOLUME_NAME_RE.match(name)
+                if m:
+                    self._volumes.setdefault(m.group("series"), []).append(
+                        (int(m.group("first")), int(m.group("last")), name))
+        match = _FILE_NAME_RE.match(file_name)
+        series = match.group("series") if match else Path(file_name).stem
+        for first, last, name in self._volumes.get(series, ()):
+            if first <= key_slice <= last:
+                return self.root / name, key_slice - first
+        return None, None
 
     def _find(self, file_name: str, image_column: str | None) -> Path | None:
         match = _FILE_NAME_RE.match(file_name)
@@ -487,14 +529,15 @@ def read_deeplesion(
                     record = replace(record, window=DEFAULT_WINDOW)
                 if index is not None:
                     try:
-                        image_path = index.find(record.file_name, image_column)
+                        image_path, plane = index.find(record.file_name, image_column,
+                                                       record.key_slice)
                     except ValueError as exc:
                         raise ValueError(f"{csv_path}: row {i} (line {reader.line_num}), "
                                          f"column File_name {exc}") from None
                 if image_path is None:
                     missing.append(record.file_name)
                 else:
-                    record = replace(record, image_path=image_path)
+                    record = replace(record, image_path=image_path, volume_slice=plane)
                 records.append(record)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{csv_path}: not a text CSV file ({exc.reason})") from None
@@ -598,6 +641,96 @@ def _available_slices(record: DeepLesionRecord) -> tuple[dict[int, Path], int]:
     return found, key_number
 
 
+def _nearest_slices(numbers, key_number: int, k: int, gap: float, interval: float) -> list[int]:
+    """For channels -k..k, the existing slice number nearest to ``key + j * gap / interval``."""
+    numbers = np.array(sorted(numbers))
+    chosen = []
+    for j in range(-k, k + 1):
+        target = key_number + j * gap / interval
+        dist = np.abs(numbers - target)
+        # Ties go towards the key slice, so both sides of a symmetric stack stay symmetric.
+        best = numbers[np.lexsort((np.abs(numbers - key_number), dist))[0]]
+        chosen.append(int(best))
+    return chosen
+
+
+def _volume_reader(path: Path):
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: cannot read image ({itk_message(exc)})") from None
+    if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
+        raise ValueError(f"{path}: expected a grey volume of slices, got "
+                         f"{reader.GetDimension()}D with {reader.GetNumberOfComponents()} "
+                         "component(s)")
+    return reader
+
+
+def deeplesion_volume_depth(path) -> int:
+    """How many slices a DeepLesion NIfTI file holds (from its header alone)."""
+    return int(_volume_reader(Path(path)).GetSize()[2])
+
+
+def read_deeplesion_volume_planes(path, planes, row: int | None = None) -> np.ndarray:
+    """Planes of a DeepLesion NIfTI file of consecutive slices, in the PNG slices' layout.
+
+    The file's third axis runs over the slices. Of its first two axes, the one pointing most
+    along the patient's y axis (anterior to posterior) becomes the rows and the other the
+    columns, each turned to run as y and x do, as the PNG slices and their RECIST do: for
+    ``DL_save_nifti.py``'s files this is the transpose of each plane as SimpleITK returns it.
+
+    Parameters
+    ----------
+    path : str or Path
+    planes : sequence of int
+        0-based planes along the file's third axis.
+    row : int, optional
+        The table row asking, for messages.
+
+    Returns
+    -------
+    ndarray of float32
+        ``(len(planes), rows, cols)``, HU as stored.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when it cannot be read, is not a grey volume, or lacks a plane.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    reader = _volume_reader(path)
+    size = list(reader.GetSize())
+    planes = [int(p) for p in planes]
+    lo, hi = min(planes), max(planes)
+    if lo < 0 or hi >= size[2]:
+        asked = f" for row {row}" if row is not None else ""
+        wanted = hi if hi >= size[2] else lo
+        raise ValueError(f"{path}: holds slices 0 to {size[2] - 1}, not slice {wanted}{asked}")
+    reader.SetExtractIndex([0, 0, lo])
+    reader.SetExtractSize([size[0], size[1], hi - lo + 1])
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: cannot read image ({itk_message(exc)})") from None
+    axes = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)  # column i: axis i
+    arr = sitk.GetArrayFromImage(image)  # (plane, axis 1, axis 0)
+    arr = np.stack([arr[p - lo] for p in planes]).astype(np.float32, copy=False)
+    row_axis = 0 if abs(axes[1, 0]) >= abs(axes[1, 1]) else 1
+    if row_axis == 0:
+        arr = arr.transpose(0, 2, 1)
+    if axes[1, row_axis] < 0:
+        arr = arr[:, ::-1, :]
+    if axes[0, 1 - row_axis] < 0:
+        arr = arr[:, :, ::-1]
+    return np.ascontiguousarray(arr)
+
+
 def read_deeplesion_slice(
     record: DeepLesionRecord,
     neighbours: int | None = None,
@@ -645,19 +778,23 @@ def read_deeplesion_slice(
     path = Path(record.image_path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file (row {record.csv_row}, {record.file_name})")
+    if record.volume_slice is not None:
+        planes = [record.volume_slice]
+        if k:
+            depth = deeplesion_volume_depth(path)
+            if not 0 <= record.volume_slice < depth:
+                raise ValueError(f"{path}: holds {depth} slices, not the key slice of row "
+                                 f"{record.csv_row} ({record.file_name})")
+            planes = _nearest_slices(range(depth), record.volume_slice, k, gap,
+                                     record.spacing_mm[2])
+        stack = read_deeplesion_volume_planes(path, planes, row=record.csv_row)
+        _check_size(stack, record, path)
+        return stack if k else stack[0]
     if k == 0:
         return _check_size(_decode_hu(path, encoding), record, path)
 
     found, key_number = _available_slices(record)
-    numbers = np.array(sorted(found))
-    interval = record.spacing_mm[2]
-    chosen = []
-    for j in range(-k, k + 1):
-        target = key_number + j * gap / interval
-        dist = np.abs(numbers - target)
-        # Ties go towards the key slice, so both sides of a symmetric stack stay symmetric.
-        best = numbers[np.lexsort((np.abs(numbers - key_number), dist))[0]]
-        chosen.append(int(best))
+    chosen = _nearest_slices(found, key_number, k, gap, record.spacing_mm[2])
     cache: dict[int, np.ndarray] = {}
     channels = []
     for number in chosen:

@@ -3,7 +3,8 @@
 Two kinds of table are read:
 
 - DeepLesion's ``DL_info.csv``, its slices in ``Images_png/PPPPPP_SS_ss/NNN.png`` beside it
-  (16-bit PNGs, HU = value - 32768) or in a folder given as ``images``;
+  (16-bit PNGs, HU = value - 32768), in its NIfTI release ``Images_nifti/PPPPPP_SS_ss_FFF-LLL
+  .nii.gz``, or in a folder given as ``images``;
 - this package's RECIST ``.csv`` / ``.json`` (see ``recist_files``) whose rows name their
   image, relative to the file's folder or to ``images``: a 2D image (PNG, JPEG, TIFF, BMP; grey
   or colour, 8 or 16 bit) or a volume (NIfTI, MetaImage, NRRD, a DICOM file or a folder holding
@@ -39,6 +40,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..core.recist import Recist
+from .volumes import itk_message
 
 __all__ = [
     "PATIENT_COLUMNS",
@@ -68,12 +70,13 @@ class SliceStack:
 
     Attributes
     ----------
-    kind : {"deeplesion", "image", "volume", "dicom"}
+    kind : {"deeplesion", "deeplesion_volume", "image", "volume", "dicom"}
     paths : tuple of str
-        DeepLesion: the PNG file of each channel. ``image`` and ``volume``: the one file.
-        ``dicom``: the DICOM file of each channel.
+        DeepLesion: the PNG file of each channel. ``image``, ``volume`` and
+        ``deeplesion_volume`` (DeepLesion's NIfTI files): the one file. ``dicom``: the DICOM
+        file of each channel.
     planes : tuple of int
-        ``volume``: the slice index of each channel.
+        ``volume`` and ``deeplesion_volume``: the slice index of each channel.
     colour : bool
         ``image``: give 3 channels (grey repeated) rather than 1.
     shape : tuple of int
@@ -91,7 +94,8 @@ class SliceStack:
 
     def grid(self) -> dict | None:
         """The voxel grid of the scan this slice lies on (``volumes.read_grid``); None for
-        2D images and DeepLesion's PNG slices, which belong to no scan file."""
+        2D images and DeepLesion's slices, whose masks are written per key slice as for its
+        PNG files."""
         from .volumes import read_grid
 
         if self.kind == "volume":
@@ -110,6 +114,10 @@ class SliceStack:
         """
         if self.kind == "deeplesion":
             out = _stacked([(p, _read_png_hu(p)) for p in self.paths], self.shape)
+        elif self.kind == "deeplesion_volume":
+            from .deeplesion import read_deeplesion_volume_planes
+
+            out = read_deeplesion_volume_planes(self.paths[0], self.planes)
         elif self.kind == "image":
             out = _read_2d(self.paths[0], self.colour)
         elif self.kind == "volume":
@@ -215,21 +223,13 @@ def _read_volume_planes(path: str, planes) -> np.ndarray:
             raise ValueError(f"{path}: a single slice has no slice {hi}")
         image = reader.Execute()
     except RuntimeError as exc:
-        raise ValueError(f"{path}: cannot read image ({_itk_reason(exc)})") from None
+        raise ValueError(f"{path}: cannot read image ({itk_message(exc)})") from None
     arr = sitk.GetArrayFromImage(image)
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
         raise ValueError(f"{path}: expected a grey volume, got array shape {arr.shape}")
     return np.stack([arr[int(z) - int(lo)] for z in planes]).astype(np.float32)
-
-
-def _itk_reason(exc: Exception) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for ln in lines:
-        if "Description:" in ln:
-            return ln.split("Description:", 1)[1].strip()
-    return lines[-1][:300] if lines else type(exc).__name__
 
 
 # -- rows and tables ------------------------------------------------------------------------------
@@ -399,9 +399,9 @@ def read_lesion_table(path, images=None, *, neighbours: int = 1, slice_gap_mm: f
     path : str or Path
         The table, or a folder holding ``DL_info.csv``.
     images : str or Path, optional
-        Where the images are: for DeepLesion the ``Images_png`` folder (default: beside the
-        CSV), for a RECIST file the folder its ``image`` names are relative to (default: the
-        file's folder). A name never leads outside that folder.
+        Where the images are: for DeepLesion the ``Images_png`` or ``Images_nifti`` folder
+        (default: beside the CSV), for a RECIST file the folder its ``image`` names are
+        relative to (default: the file's folder). A name never leads outside that folder.
     neighbours : int
         Slices on each side of the key slice, as extra channels (1: three channels).
     slice_gap_mm : float
@@ -435,7 +435,7 @@ def read_lesion_table(path, images=None, *, neighbours: int = 1, slice_gap_mm: f
 
 # -- DeepLesion -----------------------------------------------------------------------------------
 def _read_deeplesion_table(path: Path, images, neighbours: int) -> LesionTable:
-    from .deeplesion import read_deeplesion
+    from .deeplesion import IMAGE_FOLDERS, read_deeplesion
 
     if images is not None and not Path(images).is_dir():
         raise ValueError(f"--images {images}: no such folder")
@@ -449,7 +449,8 @@ def _read_deeplesion_table(path: Path, images, neighbours: int) -> LesionTable:
     missing = [r for r in records if r.image_path is None]
     if missing:
         first = missing[0]
-        root = images if images is not None else csv_path.parent / "Images_png"
+        root = images if images is not None else (
+            f"{csv_path.parent} (folders {', '.join(IMAGE_FOLDERS)})")
         more = f" ({len(missing) - 1} more rows lack theirs too)" if len(missing) > 1 else ""
         raise ValueError(f"{csv_path}: row {first.csv_row} ({first.file_name}): image not found "
                          f"under {root}{more}")
@@ -462,15 +463,31 @@ def _read_deeplesion_table(path: Path, images, neighbours: int) -> LesionTable:
     for rec in records:
         if rec.file_name not in by_file:
             by_file[rec.file_name] = len(stacks)
-            files = _deeplesion_neighbours(Path(rec.image_path), neighbours, listings)
-            stacks.append(SliceStack("deeplesion", tuple(str(f) for f in files),
-                                     shape=tuple(rec.image_size)))
+            if rec.volume_slice is not None:
+                stacks.append(_deeplesion_volume_stack(rec, neighbours))
+            else:
+                files = _deeplesion_neighbours(Path(rec.image_path), neighbours, listings)
+                stacks.append(SliceStack("deeplesion", tuple(str(f) for f in files),
+                                         shape=tuple(rec.image_size)))
         rows.append(LesionRow(
             recist=rec.recist, image=rec.file_name, slice=None, row=rec.csv_row,
             lesion_id=rec.csv_row - 1, stack=by_file[rec.file_name], window=tuple(rec.window),
             split=rec.split, patient=str(rec.patient_index), mask_name=rec.file_name,
         ))
     return LesionTable(csv_path, "deeplesion", rows, stacks, neighbours, 2.0, False, notes)
+
+
+def _deeplesion_volume_stack(rec, k: int) -> SliceStack:
+    """The key slice's plane of its NIfTI file and, for ``k``, the planes next to it (the
+    outermost repeated at the file's ends, as for missing PNG files)."""
+    from .deeplesion import deeplesion_volume_depth
+
+    planes = [rec.volume_slice]
+    if k:
+        depth = deeplesion_volume_depth(rec.image_path)
+        planes = [min(max(rec.volume_slice + j, 0), depth - 1) for j in range(-k, k + 1)]
+    return SliceStack("deeplesion_volume", (str(rec.image_path),), planes=tuple(planes),
+                      shape=tuple(rec.image_size))
 
 
 def _deeplesion_neighbours(key: Path, k: int, listings: dict) -> list[Path]:
@@ -595,7 +612,7 @@ def _volume_info(path: Path, where: str) -> _VolumeInfo:
                            (float(spacing[2]), float(spacing[1]), float(spacing[0])),
                            (int(size[1]), int(size[0])))
     except RuntimeError as exc:
-        raise ValueError(f"{where}: cannot read {path} ({_itk_reason(exc)})") from None
+        raise ValueError(f"{where}: cannot read {path} ({itk_message(exc)})") from None
 
 
 def _header(path: str):

@@ -221,7 +221,7 @@ def _series_files(sitk, folder: Path) -> tuple[list[str], int]:
     try:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as exc:
-        raise ValueError(f"{folder}: cannot list DICOM series ({_short(exc)})") from None
+        raise ValueError(f"{folder}: cannot list DICOM series ({itk_message(exc)})") from None
     if not series_ids:
         raise ValueError(f"{folder}: folder holds no DICOM series")
     files_per_series = {
@@ -259,7 +259,7 @@ def _series_files(sitk, folder: Path) -> tuple[list[str], int]:
 _ITK_ERROR_RE = re.compile(r"(?:ITK ERROR|sitk::ERROR):\s*(?:\w+\(0x[0-9a-f]+\):\s*)?(.*)")
 
 
-def _short(exc: Exception) -> str:
+def itk_message(exc: Exception) -> str:
     """The useful part of an ITK error: without the C++ file/line prefix and trailer."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     for ln in lines:
@@ -402,7 +402,7 @@ def read_medical_image(path) -> MedicalImage:
                 meta["format"] = _FORMAT_NAMES.get(suffix, reader.GetImageIO() or "unknown")
             name = path.name[: len(path.name) - len(suffix)] if suffix else path.name
     except RuntimeError as exc:
-        raise ValueError(f"{path}: cannot read image ({_short(exc)})") from None
+        raise ValueError(f"{path}: cannot read image ({itk_message(exc)})") from None
 
     arr = sitk.GetArrayFromImage(image)
     # ITK keeps spacing/origin in (x, y, z); numpy's array is (z, y, x): reverse for napari.
@@ -438,7 +438,7 @@ def read_grid(path) -> dict:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise ValueError(f"{path}: cannot read image ({_short(exc)})") from None
+        raise ValueError(f"{path}: cannot read image ({itk_message(exc)})") from None
     return {"size": [int(v) for v in reader.GetSize()],
             "spacing": [float(v) for v in reader.GetSpacing()],
             "origin": [float(v) for v in reader.GetOrigin()],
@@ -565,6 +565,6 @@ def _write_atomically(sitk, image, path: Path, suffix: str) -> Path:
     except (RuntimeError, OSError) as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        reason = _short(exc) if isinstance(exc, RuntimeError) else exc.strerror or exc
+        reason = itk_message(exc) if isinstance(exc, RuntimeError) else exc.strerror or exc
         raise ValueError(f"cannot write {path}: {reason}") from None
     return path

@@ -301,7 +301,8 @@ class TrainingWidget(QWidget):
         s.addWidget(self.pairs, 1, 0, 1, 3)
         self.table_radio = QRadioButton("RECIST table (DL_info.csv, RECIST .csv/.json)")
         self.table_radio.setToolTip(
-            "DeepLesion's DL_info.csv (slices in Images_png beside it) or a RECIST file naming "
+            "DeepLesion's DL_info.csv (slices in Images_png or Images_nifti beside it) or a "
+            "RECIST file naming "
             "its images: lesion crops read from the files, no mask needed"
         )
         group.addButton(self.table_radio)

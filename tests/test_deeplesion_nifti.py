@@ -182,3 +182,14 @@ def test_missing_runs_and_damaged_files_are_named(releases):
     _write_dl_nifti(small, [_slice(1)])
     with pytest.raises(ValueError, match="holds slices 0 to 0, not slice 2"):
         read_deeplesion_volume_planes(small, [0, 2])
+
+
+def test_nifti_files_kept_beside_the_table_are_found(releases):
+    _png_table, nii_table = releases
+    folder = nii_table.parent / "Images_nifti"
+    for f in folder.iterdir():
+        f.rename(nii_table.parent / f.name)
+    folder.rmdir()
+    records = read_deeplesion(nii_table)
+    assert [r.image_path.parent for r in records] == [nii_table.parent] * 2
+    assert [r.volume_slice for r in records] == [33 - FIRST, 35 - FIRST]

@@ -331,12 +331,13 @@ def _find_csv(path: Path) -> Path:
     raise ValueError(f"{path}: several DL_info CSV files ({names}); pass one of them")
 
 
-def _default_images_root(csv_path: Path) -> Path | None:
+def _default_images_root(csv_path: Path) -> Path:
     for name in IMAGE_FOLDERS:
         candidate = csv_path.parent / name
         if candidate.is_dir():
             return candidate
-    return None
+    # Key slices or NIfTI files kept beside the table itself.
+    return csv_path.parent
 
 
 class _ImageIndex:
@@ -427,10 +428,12 @@ def read_deeplesion(
     path : str or Path
         The CSV, or a folder holding ``DL_info.csv`` (or a single ``DL_info*.csv``).
     images_root : str or Path, optional
-        Where the slices are: ``Images_png`` (with ``PPPPPP_SS_ss/NNN.png`` inside) or a flat
+        Where the slices are: ``Images_png`` (with ``PPPPPP_SS_ss/NNN.png`` inside), a flat
         folder of key slices named like ``File_name`` (``.png`` or ``.jpg``; a CSV column
-        ``image`` overrides the flat name). Default: ``Images_png``, ``images`` or ``Images``
-        next to the CSV, if one exists.
+        ``image`` overrides the flat name), or a folder of NIfTI runs of slices
+        (``PPPPPP_SS_ss_FFF-LLL.nii.gz``). Default: ``Images_png``, ``Images_nifti``,
+        ``images`` or ``Images`` next to the CSV, the first that exists, else the CSV's own
+        folder.
     neighbours, slice_gap_mm : int, float
         Stored on each record as the defaults for ``read_deeplesion_slice``.
     invalid : {"warn", "skip", "raise"}
@@ -475,7 +478,7 @@ def read_deeplesion(
         root = Path(images_root)
         if not root.is_dir():
             raise ValueError(f"images_root {root} is not a folder")
-    index = _ImageIndex(root) if root is not None else None
+    index = _ImageIndex(root)
 
     records: list[DeepLesionRecord] = []
     missing: list[str] = []
@@ -515,7 +518,6 @@ def read_deeplesion(
                         ) from None
                     skipped.append(SkippedRow(i, (row.get("File_name") or "").strip(), str(exc)))
                     continue
-                image_path = None
                 image_column = (row.get("image") or "").strip()
                 if image_column:
                     try:
@@ -527,13 +529,12 @@ def read_deeplesion(
                     bad_windows.append(f"row {i} ({record.file_name}: "
                                        f"{row.get('DICOM_windows', '').strip()})")
                     record = replace(record, window=DEFAULT_WINDOW)
-                if index is not None:
-                    try:
-                        image_path, plane = index.find(record.file_name, image_column,
-                                                       record.key_slice)
-                    except ValueError as exc:
-                        raise ValueError(f"{csv_path}: row {i} (line {reader.line_num}), "
-                                         f"column File_name {exc}") from None
+                try:
+                    image_path, plane = index.find(record.file_name, image_column,
+                                                   record.key_slice)
+                except ValueError as exc:
+                    raise ValueError(f"{csv_path}: row {i} (line {reader.line_num}), "
+                                     f"column File_name {exc}") from None
                 if image_path is None:
                     missing.append(record.file_name)
                 else:
@@ -548,7 +549,7 @@ def read_deeplesion(
 
     if missing and warn_missing:
         shown = ", ".join(missing[:_LIST_MAX]) + (", ..." if len(missing) > _LIST_MAX else "")
-        where = f"under {root}" if root is not None else "(no image folder found)"
+        where = f"under {root}"
         warnings.warn(
             f"{csv_path.name}: {len(missing)} of {len(records)} rows have no image {where}: "
             f"{shown}",

@@ -450,7 +450,7 @@ def _read_deeplesion_table(path: Path, images, neighbours: int) -> LesionTable:
     if missing:
         first = missing[0]
         root = images if images is not None else (
-            f"{csv_path.parent} (folders {', '.join(IMAGE_FOLDERS)})")
+            f"{csv_path.parent} (in {', '.join(IMAGE_FOLDERS)} or the folder itself)")
         more = f" ({len(missing) - 1} more rows lack theirs too)" if len(missing) > 1 else ""
         raise ValueError(f"{csv_path}: row {first.csv_row} ({first.file_name}): image not found "
                          f"under {root}{more}")

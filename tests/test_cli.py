@@ -152,3 +152,22 @@ def test_library_warnings_reach_the_user_as_one_line(deeplesion_folder, tmp_path
     assert err[0].startswith("recist-seg groups: warning: DL_info.csv: skipped 1 row(s)")
     assert "row 4" in err[0]
     assert len(read_recists(out)) == 3
+
+
+def test_groups_refuse_to_replace_files_without_overwrite(tmp_path, capsys):
+    data = make_isic_folder(tmp_path / "data", n=6)
+    out = tmp_path / "precious.csv"
+    out.write_text("a user's own file\n")
+    assert main(["groups", str(data), "--k", "2", "--out", str(out)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "a user's own file\n"
+    assert not out.with_suffix(".grouping.json").exists()
+    # The grouping file beside it is the user's too.
+    out.unlink()
+    model = out.with_suffix(".grouping.json")
+    model.write_text("{}")
+    assert main(["groups", str(data), "--k", "2", "--out", str(out)]) == 2
+    assert model.read_text() == "{}" and not out.exists()
+    assert main(["groups", str(data), "--k", "2", "--out", str(out), "--overwrite"]) == 0
+    assert len(read_recists(out).features["group"]) == 6
+    assert json.loads(model.read_text())["k"] == 2

@@ -159,3 +159,41 @@ def test_evaluate_leaves_distances_of_empty_predictions_out(tmp_path, capsys):
     assert means["dice"] == pytest.approx((0.6 + 0.0) / 2)
     rows = {r["image"]: r for r in csv.DictReader(out.open())}
     assert rows["b"]["hausdorff"] in ("nan", "") and float(rows["a"]["hausdorff"]) == 4.0
+
+
+def test_evaluate_refuses_to_replace_a_file_and_names_a_missing_folder(tmp_path, capsys):
+    import imageio.v3 as iio
+
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    pred.mkdir()
+    truth.mkdir()
+    square = np.zeros((20, 20), np.uint8)
+    square[5:10, 5:10] = 255
+    iio.imwrite(truth / "a.png", square)
+    iio.imwrite(pred / "a.png", square)
+    out = tmp_path / "lesions.csv"
+    out.write_text("measurements of another command\n")
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth),
+                 "--out", str(out)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "measurements of another command\n"
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--out", str(out),
+                 "--overwrite"]) == 0
+    assert next(csv.DictReader(out.open()))["dice"] == "1.0"
+    assert main(["evaluate", "--pred", str(tmp_path / "nothere"), "--truth", str(truth)]) == 2
+    assert "--pred " in (err := capsys.readouterr().err) and "no such folder" in err
+
+
+@pytest.mark.parametrize("name", ["report.md", "results.json"])
+def test_benchmark_and_demo_leave_an_earlier_report_alone(tmp_path, capsys, name):
+    train_dir = make_isic_folder(tmp_path / "train", n=6, size=32, seed=1)
+    test_dir = make_isic_folder(tmp_path / "test", n=2, size=32, seed=2)
+    for command in (["benchmark", "--train", str(train_dir), "--test", str(test_dir),
+                     "--models", "a1"], ["demo", "--n-train", "6", "--n-test", "2"]):
+        out = tmp_path / command[0]
+        out.mkdir()
+        (out / name).write_text("mine")
+        assert main([*command, "--out", str(out), "--epochs", "1", "--size", "32"]) == 2
+        assert "pass --overwrite" in capsys.readouterr().err
+        assert (out / name).read_text() == "mine"
+        assert sorted(p.name for p in out.iterdir()) == [name]

@@ -176,7 +176,9 @@ def _parse_k_range(text: str) -> range:
 def _configure_groups(p) -> None:
     p.add_argument("input", help="a RECIST .csv/.json file, DeepLesion's DL_info.csv, or an "
                                  "image+mask folder")
-    p.add_argument("--out", required=True, help="RECIST file (.csv/.json) to write with groups")
+    p.add_argument("--out", required=True,
+                   help="RECIST file (.csv/.json) to write with groups; the fitted grouping "
+                        "goes beside it as OUT.grouping.json")
     p.add_argument("--k", type=int,
                    help="number of groups: from 1 to the number of lesions (and of distinct "
                         "measurements)")
@@ -186,6 +188,8 @@ def _configure_groups(p) -> None:
     p.add_argument("--features", default="standardised", choices=FEATURE_SETS)
     p.add_argument("--seed", type=int, default=0,
                    help="K-means seed, from 0 to 4294967295 (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out and its .grouping.json if they exist (default: refuse)")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -207,6 +211,7 @@ def _groups(args) -> int:
         if _same_file(target, source):
             raise ValueError(f"--out {out} would overwrite the input {source}; write the "
                              f"grouped lesions to another file")
+    refuse_existing([out, model_path], args.overwrite)
     table, _ = load_lesions(args.input)
     if args.suggest_k:
         best, scores = suggest_k(table.recists, _parse_k_range(args.suggest_k),

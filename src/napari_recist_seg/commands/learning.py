@@ -581,6 +581,8 @@ def _configure_evaluate(p) -> None:
     p.add_argument("--truth", required=True,
                    help="image+mask folder, or a folder of masks (subfolders are searched)")
     p.add_argument("--out", help="CSV file for the per-image metrics")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the --out file if it exists (default: refuse)")
 
 
 def _stem_key(path: Path) -> str:
@@ -627,6 +629,11 @@ def _match_masks(pred_dir: Path, truth_dir: Path) -> tuple[list, dict, dict]:
 def _evaluate(args) -> int:
     from ..data.image_folders import load_mask
 
+    for option, folder in (("--pred", args.pred), ("--truth", args.truth)):
+        if not Path(folder).is_dir():
+            raise ValueError(f"{option} {folder}: no such folder")
+    if args.out:
+        refuse_existing([Path(args.out)], args.overwrite)
     names, preds, truths = _match_masks(Path(args.pred), Path(args.truth))
     n_preds = sum(1 for f in Path(args.pred).rglob("*.png") if f.is_file())
     if not names:
@@ -795,27 +802,30 @@ def _configure_demo(p) -> None:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the runs of an earlier demo in --out (default: refuse)")
+                   help="replace the report and runs of an earlier demo in --out "
+                        "(default: refuse)")
 
 
 @command("demo", "the whole method on generated images: pseudo-masks, groups, three models, "
          "evaluation and a report", _configure_demo)
 def _demo(args) -> int:
-    from ..learning.benchmark import BenchmarkConfig, run_benchmark
+    from ..learning.benchmark import BenchmarkConfig, refuse_earlier_benchmark, run_benchmark
     from .demo import write_demo_data, write_geometry_figure
 
     out = Path(args.out)
-    if not args.overwrite and (out / "runs").is_dir():
-        from ..learning.run_folders import find_run
-
-        earlier = [p for p in sorted((out / "runs").iterdir()) if find_run(p) is not None]
-        if earlier:
-            raise ValueError(f"{out} already holds the runs of an earlier demo ({earlier[0]}); "
-                             f"choose another --out or pass --overwrite")
-    train_dir, test_dir = write_demo_data(out / "data", args.n_train, args.n_test)
-    write_geometry_figure(train_dir, out / "pseudo_masks_and_groups.png")
     config = BenchmarkConfig(epochs=args.epochs, size=args.size, batch_size=8, patience=3,
                              examples=6)
+    if not args.overwrite:
+        refuse_earlier_benchmark(out, config)
+        if (out / "runs").is_dir():
+            from ..learning.run_folders import find_run
+
+            earlier = [p for p in sorted((out / "runs").iterdir()) if find_run(p) is not None]
+            if earlier:
+                raise ValueError(f"{out} already holds the runs of an earlier demo "
+                                 f"({earlier[0]}); choose another --out or pass --overwrite")
+    train_dir, test_dir = write_demo_data(out / "data", args.n_train, args.n_test)
+    write_geometry_figure(train_dir, out / "pseudo_masks_and_groups.png")
     bars = TrainingBars()
     results = run_benchmark(train_dir, [test_dir], out, config, on_event=bars,
                             progress=lambda it, d: progress(it, d), overwrite=args.overwrite)

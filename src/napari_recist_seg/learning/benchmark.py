@@ -168,18 +168,26 @@ def _aggregate(per_seed: list[list[dict]]) -> dict:
     }
 
 
-def _refuse_earlier_runs(out: Path, config) -> None:
-    """ValueError when ``out`` already holds a run of this benchmark (nothing is replaced)."""
+REPORT_FILES = ("results.json", "report.md")
+
+
+def refuse_earlier_benchmark(out: Path, config) -> None:
+    """ValueError when ``out`` already holds a benchmark's report or one of the runs this one
+    would write (nothing is replaced)."""
     from .run_folders import find_run
 
+    for name in REPORT_FILES:
+        if (out / name).exists():
+            raise ValueError(f"{out / name} already exists; choose another output folder or "
+                             f"pass --overwrite to replace it")
     for seed in range(config.seeds):
         for kind in config.models:
             info = find_run(out / "runs" / f"{kind}-seed{seed}")
             if info is not None:
                 raise ValueError(
                     f"{out} already holds the runs of a benchmark ({info.folder}: "
-                    f"{info.describe()}); choose another output folder or overwrite them "
-                    f"(--overwrite, overwrite=True)"
+                    f"{info.describe()}); choose another output folder or pass --overwrite "
+                    f"to replace them"
                 )
 
 
@@ -230,7 +238,7 @@ def run_benchmark(
     if not test_dirs:
         raise ValueError("give at least one test folder")
     if not overwrite:
-        _refuse_earlier_runs(out, config)
+        refuse_earlier_benchmark(out, config)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     train_data = load_folder(train_dir, config.n_train, progress=progress)
@@ -596,7 +604,7 @@ def run_table_benchmark(
     out = Path(out_dir)
     check_rounds(config.self_training_rounds)
     if not overwrite:
-        _refuse_earlier_runs(out, config)
+        refuse_earlier_benchmark(out, config)
     table = read_lesion_table(table_path, images)
     if table.kind != "deeplesion":
         raise ValueError(f"{table.path}: the table benchmark needs DeepLesion's "

@@ -11,9 +11,10 @@ from ..cli import command
 from ..core.grouping import FEATURE_SETS, group_lesions, suggest_k
 from ..core.metrics import segmentation_metrics
 from ..core.pseudo_masks import PSEUDO_MASK_METHODS, pseudo_mask, pseudo_mask_labels
+from ..core.recist import outside_image
 from ..data._atomic import atomic_write
 from ..data.recist_files import RecistTable, read_recists, write_recists
-from ..data.volumes import ScanLabels
+from ..data.volumes import ScanLabels, grid_shape
 from ._outputs import output_stems, prepare_output_folder, refuse_existing
 from ._progress import progress
 
@@ -120,6 +121,13 @@ def _pseudo_masks(args) -> int:
         mask = folder.get("masks", {}).get(name)
         shapes[name] = (mask.shape if mask is not None else folder.get("shapes", {}).get(name)
                         or _image_shape(table, source, name, args.shape))
+    for name, idx in by_image.items():
+        shape = shapes[name]
+        plane = grid_shape(shape) if isinstance(shape, dict) else shape
+        for i in idx:
+            problem = outside_image(table.recists[i], plane, repr(name))
+            if problem:
+                raise ValueError(f"lesion {table.lesion_ids[i]} (row {i + 1}): {problem}")
     slices = None
     if any(isinstance(shape, dict) for shape in shapes.values()):
         from ..data.recist_sources import read_lesion_table

@@ -521,15 +521,25 @@ def _predict(args) -> int:
                          f"recist-seg predict TABLE --model ... --out ..., which writes a mask "
                          f"per key slice and the scan's labels on its voxel grid")
     files = _image_files(args.inputs)
-    by_image = {}
+    by_image, unmarked = {}, []
     if args.recists:
+        from ..core.recist import outside_image
         from ..data.recist_files import read_recists
+        from ..data.recist_sources import image_size
 
         table = read_recists(args.recists)
         images = table.images or [""] * len(table)
         for name, r in zip(images, table.recists):
             by_image.setdefault(Path(name).stem, []).append(r)
+        unmarked = [f for f in files if f.stem not in by_image]
         files = [f for f in files if f.stem in by_image]
+        for f in files:
+            size = image_size(f)
+            for r in by_image[f.stem]:
+                problem = outside_image(r, size, repr(f.name))
+                if problem:
+                    raise ValueError(f"--recists {args.recists}: a lesion of {f.name}: "
+                                     f"{problem}")
     out = Path(args.out)
     # Every output is named and checked before the model is loaded or anything written.
     stems = output_stems([str(f.absolute()) for f in files])
@@ -556,6 +566,10 @@ def _predict(args) -> int:
         w.writerow(["image", "mask_pixels", "predicted_groups"])
         w.writerows(rows)
     print(f"{len(rows)} masks ({model.kind} model) -> {out}")
+    if unmarked:
+        shown = ", ".join(f.name for f in unmarked[:5]) + (", ..." if len(unmarked) > 5 else "")
+        print(f"{len(unmarked)} image(s) have no lesion in {args.recists} and were not "
+              f"predicted: {shown}")
     return 0
 
 

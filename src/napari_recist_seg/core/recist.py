@@ -12,6 +12,7 @@ import numpy as np
 __all__ = [
     "AXIS_ORDER_RULE",
     "Recist",
+    "outside_image",
     "order_axes",
     "short_exceeds_long",
     "recist_from_mask",
@@ -37,6 +38,43 @@ AXIS_ORDER_RULE = (
 )
 # Relative slack of the comparison: equal axes (a round lesion) are in order.
 _LENGTH_SLACK = 1e-9
+
+
+# How far (px) beyond the image's edge an endpoint may lie: marks placed on the border pixel,
+# or a rounding away, are not errors.
+OUTSIDE_MARGIN_PX = 1.0
+
+
+def outside_image(recist, shape, image: str = "the image",
+                  margin: float = OUTSIDE_MARGIN_PX) -> str:
+    """Why ``recist`` does not lie on an image of ``shape`` ("" when it does).
+
+    Pixel centres are at whole (row, col) coordinates, so the image spans -0.5 to
+    ``rows - 0.5`` (and columns alike); an endpoint may lie up to ``margin`` pixels beyond.
+    A RECIST outside its image is most often one whose coordinates are not 0-based (row, col)
+    pixels of that image: millimetres, x before y, or another image's size.
+
+    Parameters
+    ----------
+    recist : Recist
+    shape : tuple of int
+        The image's (rows, cols) (further leading entries are ignored).
+    image : str
+        The image's name, for the message.
+    margin : float
+
+    Returns
+    -------
+    str
+    """
+    rows, cols = (int(v) for v in tuple(shape)[-2:])
+    for r, c in np.asarray(recist.endpoints, dtype=float):
+        if not (-0.5 - margin <= r <= rows - 0.5 + margin
+                and -0.5 - margin <= c <= cols - 0.5 + margin):
+            return (f"its endpoint (row {r:.1f}, col {c:.1f}) lies outside {image} "
+                    f"({rows} rows x {cols} columns); RECIST coordinates are 0-based (row, "
+                    f"col) pixels of the image")
+    return ""
 
 
 def short_exceeds_long(long_mm: float, short_mm: float) -> bool:

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..core.recist import Recist
+from ..core.recist import Recist, outside_image
 from .volumes import itk_message
 
 __all__ = [
@@ -193,6 +193,8 @@ class SkippedRow(NamedTuple):
             return "axes do not cross"
         if "zero length" in text:
             return "zero-length axis"
+        if "lies outside" in text:
+            return "outside the slice"
         return "other"
 
 
@@ -310,6 +312,9 @@ def _parse_row(
         )
     except ValueError as exc:
         raise _InvalidRecist(str(exc)) from None
+    problem = outside_image(recist, fields["image_size"], "the slice (Image_size)")
+    if problem:
+        raise _InvalidRecist(problem)
     return DeepLesionRecord(recist=recist, **fields)
 
 

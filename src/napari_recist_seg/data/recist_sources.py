@@ -39,7 +39,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ..core.recist import Recist
+from ..core.recist import Recist, outside_image
 from .volumes import itk_message
 
 __all__ = [
@@ -622,6 +622,12 @@ def _header(path: str):
     return reader
 
 
+def image_size(path, where: str = "") -> tuple[int, int]:
+    """A 2D image's (rows, cols) from its header alone; ValueError naming ``where`` (or the
+    file) when it cannot be read."""
+    return _probe_2d(Path(path), where or str(path))[2]
+
+
 def _probe_2d(path: Path, where: str) -> tuple[bool, bool, tuple[int, int]]:
     """(colour, 16-bit grey, (rows, cols)) from the image's header."""
     from PIL import Image, UnidentifiedImageError
@@ -737,6 +743,10 @@ def _read_recist_table(path: Path, images, neighbours: int, gap: float,
                                          shape=probes[name][2]))
             else:
                 stacks.append(_volume_stack(file, probes[name][0], slc, neighbours, gap))
+        shape = stacks[by_key[key]].shape
+        problem = outside_image(recist, shape, repr(name)) if shape is not None else ""
+        if problem:
+            raise ValueError(f"{path}: row {i + 1} (lesion {table.lesion_ids[i]}): {problem}")
         patient = str(table.features[patient_col][i]) if patient_col else name
         rows.append(LesionRow(
             recist=recist, image=name, slice=slc, row=i + 1, lesion_id=table.lesion_ids[i],

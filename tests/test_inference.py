@@ -280,3 +280,19 @@ def test_tta_runs_in_crop_mode(models):
     lesions = [r for r, i in zip(recists, index) if i == 1]
     result = predict_detailed(models["ct_multitask"], images[1], lesions, tta=True)
     assert result.mask.shape == images[1].shape and result.groups.shape == (len(lesions),)
+
+
+def test_a_ct_model_given_one_slice_says_how_to_give_its_neighbours(tmp_path):
+    from napari_recist_seg.core.recist import Recist
+
+    from ._learning_data import TABLE_SOURCE, crop_preprocessing, saved_model
+
+    folder = saved_model(tmp_path / "ct", "prompted", in_channels=3,
+                         preprocessing=crop_preprocessing(source=TABLE_SOURCE))
+    model = load_model(folder)
+    r = Recist(long_axis=[[20, 10], [20, 40]], short_axis=[[12, 25], [28, 25]])
+    with pytest.raises(ValueError, match=r"takes 3-channel images .* 1 neighbouring slice\(s\) "
+                                         r"on each side; give them as a \(3, H, W\) stack"):
+        predict(model, np.zeros((48, 48), np.float32), recists=[r])
+    stack = np.zeros((3, 48, 48), np.float32)
+    assert predict(model, stack, recists=[r], channel_axis=0).shape == (48, 48)

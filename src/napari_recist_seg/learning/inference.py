@@ -285,9 +285,17 @@ def _marked_only(probability: np.ndarray, recist, threshold: float) -> np.ndarra
 def _check_channels(model, x: np.ndarray) -> None:
     expected = int(model.config.get("in_channels", x.shape[0]))
     if x.shape[0] != expected:
+        source = (getattr(model, "preprocessing", None) or {}).get("source") or {}
+        k = int(source.get("neighbours") or 0)
+        hint = ""
+        if k and expected == 2 * k + 1 and not source.get("colour"):
+            hint = (f": it reads a CT key slice with {k} neighbouring slice(s) on each side; "
+                    f"give them as a ({expected}, H, W) stack in HU with channel_axis=0 (for "
+                    f"DeepLesion, data.deeplesion.read_deeplesion_slice(record, "
+                    f"neighbours={k}))")
         raise ValueError(
             f"the model takes {expected}-channel images but this image gives {x.shape[0]} "
-            "channel(s)"
+            f"channel(s){hint}"
         )
 
 

@@ -491,6 +491,10 @@ def test_benchmark_on_deeplesion_scores_split_three_against_masks(tmp_path, caps
     assert (f"RECIST table `{table}`: 5 training lesions (Train_Val_Test 1) and 1 validation "
             f"lesions (2), scored on split 3 against its true masks" in report)
     assert "simulated" not in report
+    assert "## Test split (3 lesions, real masks)" in report
+    figures = [line for line in report.splitlines() if line.startswith("![overlays](")]
+    assert figures == ["![overlays](overlays_test_split.png)"]
+    assert (out / "overlays_test_split.png").is_file()
     # Without masks/ the models are trained but not scored.
     shutil.rmtree(tmp_path / "dl" / "masks")
     assert main(["benchmark", "--train", str(table), "--out", str(tmp_path / "b2"), "--models",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -327,7 +328,11 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
         seeds_line += ["**These claims are indicative only (fewer than 3 seeds).**", ""]
     for test in tests:
         block = results["tests"][test.name]
-        lines += ["", f"## Test folder `{test.name}` ({block['n_test']} images, real masks)", ""]
+        if (results.get("config") or {}).get("source") == "table":
+            title = f"Test split ({block['n_test']} lesions, real masks)"
+        else:
+            title = f"Test folder `{test.name}` ({block['n_test']} images, real masks)"
+        lines += ["", f"## {title}", ""]
         header = "| method | " + " | ".join(label for _, label, _ in _TABLE_METRICS) + " |"
         lines += [header, "|---" * (len(_TABLE_METRICS) + 1) + "|"]
         for method, entry in block["methods"].items():
@@ -344,7 +349,8 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
         if ex:
             n = min(len(v) for v in ex.values())
             if n:
-                fig_name = f"overlays_{test.name}.png"
+                # A plain file name: Markdown image links stop at a space.
+                fig_name = "overlays_" + re.sub(r"[^A-Za-z0-9._-]+", "_", test.name) + ".png"
                 plot_overlays(test.images[:n], test.masks[:n], {k: v[:n] for k, v in ex.items()},
                               out / fig_name, title=f"{test.name}: real mask and predictions")
                 lines += ["", f"![overlays]({fig_name})"]

@@ -238,6 +238,12 @@ def test_cli_ctrl_c_saves_last_and_exits_130(tmp_path, capsys, monkeypatch):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert str(out / "a1") in err and "--resume" in err and "--overwrite" in err
+    # A run of another kind given to --resume is named as such, whatever --out holds.
+    other = [a if a != "a1" else "multitask" for a in args]
+    for where in (out, tmp_path / "elsewhere"):
+        assert main([*other[:3], str(where), *other[4:], "--resume", str(out / "a1")]) == 2
+        err = capsys.readouterr().err
+        assert "is a 'a1' run, not 'multitask': name its kind with --models a1" in err, err
     # The run folder itself is accepted by --resume.
     assert main([*args, "--resume", str(out / "a1")]) == 0
     assert find_run(out / "a1").finished

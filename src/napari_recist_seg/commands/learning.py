@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -303,6 +304,11 @@ def _train(args) -> int:
         raise ValueError("--resume continues one training run; it cannot be combined with "
                          "--self-training-rounds")
     resume = None if args.resume is None else _resume_from(args.resume)
+    saved_kind = None if resume is None else _checkpoint_kind(resume)
+    if saved_kind is not None and saved_kind != models[0]:
+        # Said before the run folder of --models is looked at, which may hold another run.
+        raise ValueError(f"--resume {args.resume} is a '{saved_kind}' run, not '{models[0]}': "
+                         f"name its kind with --models {saved_kind}")
     from ..learning.preparation import check_input_size
     from ..learning.self_training import check_rounds, round_folders, self_train
 
@@ -409,6 +415,15 @@ def _table_data(args, models) -> dict:
 def _report_round(targets) -> None:
     print(f"  before self-training round {targets.round}: the targets of "
           f"{100 * targets.changed:.2f}% of pixels changed", file=sys.stderr)
+
+
+def _checkpoint_kind(folder: Path) -> str | None:
+    """The model kind a checkpoint folder records (None when it cannot be read)."""
+    try:
+        return str(json.loads((folder / "config.json").read_text(encoding="utf-8"))
+                   ["train_config"]["kind"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _resume_from(text: str) -> Path:

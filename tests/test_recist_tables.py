@@ -290,7 +290,7 @@ def test_image_names_never_leave_the_folder(tmp_path, name):
     (tmp_path / "data").mkdir()
     iio.imwrite(tmp_path / "outside.png", np.zeros((8, 8), np.uint8))
     path = recist_csv(tmp_path / "data" / "l.csv", [(name, None, (30, 30, 8))])
-    with pytest.raises(ValueError, match=r"row 1 \(lesion 0\): image .* inside"):
+    with pytest.raises(ValueError, match=r"row 1 \(lesion 0\): image .* inside .* --images"):
         read_lesion_table(path)
 
 

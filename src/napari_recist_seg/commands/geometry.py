@@ -95,7 +95,9 @@ def _configure_pseudo_masks(p) -> None:
     p.add_argument("input", help="a RECIST .csv/.json file, DeepLesion's DL_info.csv (image "
                                  "sizes from its Image_size), or an image+mask folder")
     p.add_argument("--out", required=True, help="folder for label PNGs and recists.csv")
-    p.add_argument("--method", default="ellipse", choices=(*PSEUDO_MASK_METHODS, "all"))
+    p.add_argument("--method", default="ellipse", choices=(*PSEUDO_MASK_METHODS, "all"),
+                   help="the outline drawn from each RECIST; 'all' draws every one "
+                        "(default: %(default)s, the paper's)")
     p.add_argument("--shape", type=int, nargs=2, metavar=("ROWS", "COLS"),
                    help="image size when the RECIST file's images cannot be found")
     p.add_argument("--overwrite", action="store_true",

@@ -481,11 +481,14 @@ def _configure_predict(p) -> None:
     p.add_argument("--split", type=int, choices=(1, 2, 3),
                    help="DeepLesion: only the rows of this Train_Val_Test")
     p.add_argument("--recists", help="RECIST .csv/.json: segment lesion crops around them")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="probability above which a pixel is lesion (default: %(default)s)")
     p.add_argument("--tta", action="store_true", help="average over flipped inputs")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace masks and predictions.csv already in --out (default: refuse)")
+                   help="replace masks, predictions.csv (images) or lesions.csv and label "
+                        "volumes (a table) already in --out (default: refuse)")
 
 
 def _image_files(inputs) -> list[Path]:
@@ -588,6 +591,10 @@ def _predict(args) -> int:
     return 0
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _predict_table(args) -> int:
     from ..learning.inference import load_model, predict_table
 
@@ -595,10 +602,11 @@ def _predict_table(args) -> int:
     result = predict_table(model, args.inputs[0], args.out, images=args.images, split=args.split,
                            threshold=args.threshold, tta=args.tta, overwrite=args.overwrite,
                            progress=lambda it, d: progress(it, d, unit="slice"))
-    volumes = (f", {len(result.label_images)} volume label images"
+    volumes = (f", {_count(len(result.label_images), 'volume label image')}"
                if result.label_images else "")
-    print(f"{len(result.masks)} masks{volumes} of {len(result.lesions)} lesions ({model.kind} "
-          f"model) -> {args.out}; measurements in {result.lesions_csv}")
+    print(f"{_count(len(result.masks), 'mask')}{volumes} of "
+          f"{_count(len(result.lesions), 'lesion')} ({model.kind} model) -> {args.out}; "
+          f"measurements in {result.lesions_csv}")
     return 0
 
 

@@ -550,7 +550,10 @@ def _safe_join(base: Path, name: str, where: str) -> Path:
     parts = PurePosixPath(clean).parts
     if (not clean or clean.startswith("/") or "\x00" in clean or ".." in parts
             or (len(clean) > 1 and clean[1] == ":")):
-        raise ValueError(f"{where}: image {name[:200]!r} must be a path inside {base}")
+        raise ValueError(f"{where}: image {name[:200]!r} must be a path inside {base}: a "
+                         f"table's image names never lead outside its image folder; write "
+                         f"them relative to a folder that holds all the images and give that "
+                         f"folder with --images")
     joined = base.joinpath(*parts)
     inside, root = os.path.normpath(joined), os.path.normpath(base)
     if os.path.commonpath([inside, root]) != root:

@@ -205,7 +205,8 @@ def predict_detailed(model, image, recists=None, *, threshold: float = 0.5, tta:
                          "segment")
     if mode == "crops" and recists is None:
         raise ValueError(
-            "this model was trained on lesion crops: give the RECIST of the lesions to segment"
+            "this model was trained on lesion crops: give the RECIST of the lesions to segment "
+            "(recists=..., or --recists FILE on the command line)"
         )
     if mode == "whole_image" and recists is not None and not prompted:
         raise ValueError(
@@ -474,8 +475,8 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
                    if p.exists() or p.is_symlink()]
         if clashes:
             more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
-            raise ValueError(f"{clashes[0]} already exists{more}; pass overwrite (--overwrite) "
-                             f"to replace existing files (nothing was written)")
+            raise ValueError(f"{clashes[0]} already exists{more}; pass --overwrite to "
+                             f"replace existing files (nothing was written)")
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file, not a folder")
     folders = _missing_folders([out, *{t.parent for t in [*targets.values(),

@@ -609,3 +609,14 @@ def test_predict_table_that_fails_half_way_leaves_no_masks_behind(tmp_path, caps
                  "--split", "1"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "000001_01_01_010.png", "000002_01_01_031.png", "000003_01_01_005.png", "lesions.csv"]
+
+
+def test_a_table_named_from_its_own_folder_finds_its_images(tmp_path, monkeypatch):
+    # Its folder is then "." and the images' paths are relative too: they are still inside.
+    rows = write_png_folder(tmp_path / "images", n=2, colour_every=0)
+    recist_csv(tmp_path / "images" / "lesions.csv", rows)
+    monkeypatch.chdir(tmp_path / "images")
+    assert len(read_lesion_table("lesions.csv").rows) == 2
+    table = write_deeplesion(tmp_path / "dl")
+    monkeypatch.chdir(table.parent)
+    assert len(read_lesion_table(table.name).rows) == len(read_lesion_table(table).rows)

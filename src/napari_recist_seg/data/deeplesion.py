@@ -371,8 +371,8 @@ class _ImageIndex:
         if found is not None:
             # Names are checked when parsed; this guards the joined path once more, so no
             # spelling of a name can lead outside the image folder.
-            inside = os.path.normpath(found)
-            root = os.path.normpath(self.root)
+            inside = os.path.abspath(found)
+            root = os.path.abspath(self.root)
             if os.path.commonpath([inside, root]) != root:
                 raise ValueError(f"{file_name}: resolves to {found}, outside {self.root}")
         return found, plane

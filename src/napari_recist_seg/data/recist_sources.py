@@ -555,7 +555,8 @@ def _safe_join(base: Path, name: str, where: str) -> Path:
                          f"them relative to a folder that holds all the images and give that "
                          f"folder with --images")
     joined = base.joinpath(*parts)
-    inside, root = os.path.normpath(joined), os.path.normpath(base)
+    # Absolute, so that a table named without a folder (its base ".") compares alike.
+    inside, root = os.path.abspath(joined), os.path.abspath(base)
     if os.path.commonpath([inside, root]) != root:
         raise ValueError(f"{where}: image {name[:200]!r} resolves outside {base}")
     return joined

@@ -197,3 +197,17 @@ def test_benchmark_and_demo_leave_an_earlier_report_alone(tmp_path, capsys, name
         assert "pass --overwrite" in capsys.readouterr().err
         assert (out / name).read_text() == "mine"
         assert sorted(p.name for p in out.iterdir()) == [name]
+
+
+def test_predict_without_recists_refuses_a_crops_model_before_writing(tmp_path, capsys):
+    from ._learning_data import crop_preprocessing, saved_model
+
+    model = saved_model(tmp_path / "crops", "a1", in_channels=1,
+                        preprocessing=crop_preprocessing())
+    data = make_isic_folder(tmp_path / "data", n=2, size=32)
+    out = tmp_path / "pred"
+    assert main(["predict", str(data / "images"), "--model", str(model), "--out",
+                 str(out)]) == 2
+    assert "trained on lesion crops: give each lesion's RECIST with --recists" in (
+        capsys.readouterr().err)
+    assert not out.exists()

@@ -567,6 +567,9 @@ def _predict(args) -> int:
     if is_prompted(model) and not args.recists:
         raise ValueError(f"{args.model} is a RECIST-prompted model: give each lesion's RECIST "
                          f"with --recists FILE, or predict a lesion table")
+    if (model.preprocessing or {}).get("mode") == "crops" and not args.recists:
+        raise ValueError(f"{args.model} was trained on lesion crops: give each lesion's "
+                         f"RECIST with --recists FILE, or predict a lesion table")
     prepare_output_folder(out)
     rows = []
     for f, stem, target in progress(list(zip(files, stems, targets)), "predicting",

@@ -620,3 +620,27 @@ def test_a_table_named_from_its_own_folder_finds_its_images(tmp_path, monkeypatc
     table = write_deeplesion(tmp_path / "dl")
     monkeypatch.chdir(table.parent)
     assert len(read_lesion_table(table.name).rows) == len(read_lesion_table(table).rows)
+
+
+def test_grey_pictures_saved_in_colour_read_as_grey(tmp_path):
+    # CT key slices are often shared as RGB JPEG with three equal channels.
+    rows = write_png_folder(tmp_path / "png", n=2, colour_every=0)
+    folder = tmp_path / "jpeg"
+    folder.mkdir()
+    jpeg_rows = []
+    for name, slc, lesion in rows:
+        grey = iio.imread(tmp_path / "png" / name)
+        iio.imwrite(folder / name.replace(".png", ".jpg"), np.stack([grey] * 3, axis=-1),
+                    quality=95)
+        jpeg_rows.append((name.replace(".png", ".jpg"), slc, lesion))
+    table = read_lesion_table(recist_csv(folder / "l.csv", jpeg_rows))
+    assert table.in_channels == 1 and not table.colour
+    plane = table.stacks[0].read()
+    assert plane.shape == (1, 64, 64) and plane.dtype == np.uint8
+    grey = iio.imread(folder / "case0.jpg")[..., 0]
+    assert np.abs(plane[0].astype(int) - grey).max() <= 3
+    # A model trained on colour still gets three channels from them.
+    assert read_lesion_table(folder / "l.csv", colour=True).stacks[0].read().shape == (3, 64, 64)
+    # Colour pictures stay colour.
+    colour_rows = write_png_folder(tmp_path / "colour", n=2, colour_every=2)
+    assert read_lesion_table(recist_csv(tmp_path / "colour" / "l.csv", colour_rows)).colour

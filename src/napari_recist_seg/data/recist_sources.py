@@ -177,6 +177,9 @@ def _read_2d(path: str, colour: bool) -> np.ndarray:
         rgb = img[..., :3]
         if rgb.dtype != np.uint8:
             rgb = _to_uint8(rgb)
+        if not colour:
+            # A grey picture saved in colour (the table found its channels equal).
+            return np.round(rgb.mean(axis=-1)).astype(np.uint8)[None]
         return np.ascontiguousarray(np.moveaxis(rgb, -1, 0))
     if img.ndim == 3 and img.shape[-1] == 2:
         img = img[..., 0]  # grey + alpha
@@ -632,16 +635,32 @@ def image_size(path, where: str = "") -> tuple[int, int]:
     return _probe_2d(Path(path), where or str(path))[2]
 
 
+# Largest difference between the channels of a grey picture saved in colour (JPEG rounding).
+_GREY_TOLERANCE = 3
+
+
+def _grey_content(im) -> bool:
+    """Whether a colour image holds a grey picture (equal channels), such as CT key slices
+    saved as RGB JPEG: read at an eighth of its size where the format allows (JPEG)."""
+    w, h = im.size
+    im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+    rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
+    return bool(np.abs(rgb - rgb[..., :1]).max(initial=0) <= _GREY_TOLERANCE)
+
+
 def _probe_2d(path: Path, where: str) -> tuple[bool, bool, tuple[int, int]]:
-    """(colour, 16-bit grey, (rows, cols)) from the image's header."""
+    """(colour, 16-bit grey, (rows, cols)) from the image's header; a colour image holding a
+    grey picture counts as grey."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             mode, (w, h) = im.mode, im.size
+            colour = mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "RGBX", "PA")
+            if colour and _grey_content(im):
+                colour = False
     except (OSError, UnidentifiedImageError) as exc:
         raise ValueError(f"{where}: cannot read image {path} ({exc})") from None
-    colour = mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "RGBX", "PA")
     deep = mode.startswith("I") or mode == "F"
     return colour, deep, (int(h), int(w))
 

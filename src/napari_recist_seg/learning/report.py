@@ -313,7 +313,9 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
             v = t.get(key)
             return "-" if v is None else f"{v:.{digits}f}"
 
-        lines.append(f"| {kind} | {f('epochs_run')} | {f('best_epoch')} | "
+        # Epochs are whole numbers for one seed, means over several.
+        e = 0 if seeds == 1 else 1
+        lines.append(f"| {kind} | {f('epochs_run', e)} | {f('best_epoch', e)} | "
                      f"{f('seconds_to_best', 0)} | {f('train_seconds', 0)} | "
                      f"{f('images_per_second', 2)} |")
     lines += _self_training_lines(results)

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -171,3 +172,35 @@ def test_groups_refuse_to_replace_files_without_overwrite(tmp_path, capsys):
     assert main(["groups", str(data), "--k", "2", "--out", str(out), "--overwrite"]) == 0
     assert len(read_recists(out).features["group"]) == 6
     assert json.loads(model.read_text())["k"] == 2
+
+
+def test_pseudo_masks_find_images_through_images_and_keep_names_inside(tmp_path, capsys):
+    data = make_isic_folder(tmp_path / "data", n=3)
+    out = tmp_path / "o"
+    main(["pseudo-masks", str(data), "--out", str(out)])
+    table = out / "recists.csv"
+    # The table's names are the images' stems; the images sit in another folder.
+    text = re.sub(r",(ISIC_\d+),", r",\1.png,", table.read_text())
+    moved = tmp_path / "tables" / "t.csv"
+    moved.parent.mkdir()
+    moved.write_text(text)
+    assert main(["pseudo-masks", str(moved), "--out", str(tmp_path / "a")]) == 2
+    assert "--images DIR" in capsys.readouterr().err
+    assert main(["pseudo-masks", str(moved), "--out", str(tmp_path / "a"), "--images",
+                 str(data / "images")]) == 0
+    assert (tmp_path / "a" / "ISIC_0000001_ellipse.png").is_file()
+    # A name leading outside the folder is refused even with --shape.
+    escaped = tmp_path / "tables" / "e.csv"
+    escaped.write_text(text.replace(",ISIC_0000001.png,", ",../x/ISIC_0000001.png,"))
+    assert main(["pseudo-masks", str(escaped), "--out", str(tmp_path / "b"), "--shape", "64",
+                 "64"]) == 2
+    assert "must be a path inside" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_an_unknown_option_is_shown_with_the_subcommand_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pseudo-masks", "x.csv", "--out", "o", "--bogus"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: recist-seg pseudo-masks" in err and "unrecognized arguments: --bogus" in err

@@ -34,11 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.subcommands = {}
     for name, (func, help_text, configure) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if configure is not None:
             configure(p)
         p.set_defaults(_run=func)
+        parser.subcommands[name] = p
     return parser
 
 
@@ -48,7 +50,11 @@ def main(argv=None) -> int:
     from .learning.run_folders import RunFolderBusy
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # Said with the subcommand's usage, which lists the options it does take.
+        where = parser.subcommands.get(getattr(args, "command", None), parser)
+        where.error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0

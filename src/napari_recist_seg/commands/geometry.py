@@ -63,14 +63,17 @@ def _deeplesion_lesions(path: Path) -> tuple[RecistTable, dict]:
                                                for r in records}}
 
 
-def _image_shape(table: RecistTable, source: Path, name: str, shape_arg):
-    """The (rows, cols) of a 2D image, or the voxel grid (``volumes.read_grid``) of a scan."""
+def _image_shape(table: RecistTable, source: Path, name: str, shape_arg, images=None):
+    """The (rows, cols) of a 2D image, or the voxel grid (``volumes.read_grid``) of a scan.
+
+    ``name`` is relative to ``images`` (default: the table's folder) and never leads outside
+    it."""
     from ..data.image_folders import load_image
+    from ..data.recist_sources import safe_join
     from ..data.volumes import is_medical_image_path, read_grid
 
-    candidate = Path(name)
-    if not candidate.is_absolute():
-        candidate = source.parent / candidate
+    base = Path(images) if images else source.parent
+    candidate = safe_join(base, name, f"{source}: lesion image")
     if candidate.exists() and is_medical_image_path(candidate):
         return read_grid(candidate)
     if shape_arg:
@@ -78,8 +81,8 @@ def _image_shape(table: RecistTable, source: Path, name: str, shape_arg):
     if candidate.is_file():
         return load_image(candidate).shape[:2]
     raise ValueError(
-        f"cannot tell the size of image {name!r} (no such file next to {source}); "
-        "give it with --shape ROWS COLS"
+        f"cannot tell the size of image {name!r} (no such file in {base}); give the image "
+        "folder with --images DIR or the size with --shape ROWS COLS"
     )
 
 
@@ -98,6 +101,9 @@ def _configure_pseudo_masks(p) -> None:
     p.add_argument("--method", default="ellipse", choices=(*PSEUDO_MASK_METHODS, "all"),
                    help="the outline drawn from each RECIST; 'all' draws every one "
                         "(default: %(default)s, the paper's)")
+    p.add_argument("--images",
+                   help="RECIST file: the folder its image names are relative to (default: "
+                        "the file's folder)")
     p.add_argument("--shape", type=int, nargs=2, metavar=("ROWS", "COLS"),
                    help="image size when the RECIST file's images cannot be found")
     p.add_argument("--overwrite", action="store_true",
@@ -122,7 +128,7 @@ def _pseudo_masks(args) -> int:
     for name in by_image:
         mask = folder.get("masks", {}).get(name)
         shapes[name] = (mask.shape if mask is not None else folder.get("shapes", {}).get(name)
-                        or _image_shape(table, source, name, args.shape))
+                        or _image_shape(table, source, name, args.shape, args.images))
     for name, idx in by_image.items():
         shape = shapes[name]
         plane = grid_shape(shape) if isinstance(shape, dict) else shape
@@ -136,7 +142,7 @@ def _pseudo_masks(args) -> int:
 
         # The lesion-table reader checks each scan lesion's slice (and that names stay in
         # the table's folder), as for training and prediction.
-        slices = [row.slice for row in read_lesion_table(source).rows]
+        slices = [row.slice for row in read_lesion_table(source, args.images).rows]
     targets = {(name, method): _target(out, stem, method, isinstance(shapes[name], dict))
                for name, stem in stems.items() for method in methods}
     refuse_existing([*targets.values(), out / "recists.csv"], args.overwrite)

@@ -547,8 +547,9 @@ def _raw_rows(path: Path) -> tuple[list[str] | None, list[bool]]:
     return header, given
 
 
-def _safe_join(base: Path, name: str, where: str) -> Path:
-    """``base / name``, refusing a name that could lead outside ``base``."""
+def safe_join(base: Path, name: str, where: str) -> Path:
+    """``base / name``, refusing (ValueError starting with ``where``) a name that could lead
+    outside ``base``: absolute, with ``..``, or a drive."""
     clean = name.strip().replace("\\", "/")
     parts = PurePosixPath(clean).parts
     if (not clean or clean.startswith("/") or "\x00" in clean or ".." in parts
@@ -709,7 +710,7 @@ def _read_recist_table(path: Path, images, neighbours: int, gap: float,
         name = table.images[i]
         if not name.strip():
             raise ValueError(f"{where}: no image")
-        file = _safe_join(base, name, where)
+        file = safe_join(base, name, where)
         if not file.exists():
             raise ValueError(f"{where}: image {name!r} not found in {base}")
         slc = None if table.slices is None else table.slices[i]

@@ -336,7 +336,7 @@ def _train(args) -> int:
         data = prepare_whole_images(folder.images, folder.recists, size=args.size, k=args.k,
                                     pseudo_mask_method=args.pseudo_mask, seed=args.seed)
         print(f"{len(data.train_indices)} training and {len(data.val_indices)} validation "
-              f"images, {data.grouping.k} RECIST groups")
+              f"images{_groups_words(models, data)}")
         sets = dict.fromkeys(models, data)
     if teacher is not None:
         taught = {}
@@ -407,14 +407,24 @@ def _table_data(args, models) -> dict:
         print(f"{len(data.train_indices)} training and {len(data.val_indices)} validation "
               f"lesions from {data.table.path}"
               + (f" ({held_out} test rows not used)" if held_out else "")
-              + f", {data.train_set.n_channels} input channels, {data.grouping.k} RECIST "
-              f"groups, {patches}")
+              + f", {data.train_set.n_channels} input channels{_groups_words(models, data)}, "
+              f"{patches}")
     return sets
 
 
 def _report_round(targets) -> None:
     print(f"  before self-training round {targets.round}: the targets of "
           f"{100 * targets.changed:.2f}% of pixels changed", file=sys.stderr)
+
+
+def _groups_words(models, data) -> str:
+    """", K RECIST groups" when a chosen model learns from the groups (a group head, or
+    co-segmentation pairs drawn within a group), else ""."""
+    from ..learning.model_kinds import model_kind
+
+    if any(model_kind(k).groups or model_kind(k).paired for k in models):
+        return f", {data.grouping.k} RECIST groups"
+    return ""
 
 
 def _checkpoint_kind(folder: Path) -> str | None:

@@ -13,6 +13,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from napari_recist_seg.data.deeplesion import (
     read_deeplesion,
@@ -21,6 +22,7 @@ from napari_recist_seg.data.deeplesion import (
 )
 from napari_recist_seg.data.recist_sources import read_lesion_table
 
+from ._learning_data import crop_preprocessing
 from .conftest import _DL_HEADER
 
 ROWS, COLS = 40, 56
@@ -116,7 +118,7 @@ def test_lesion_tables_give_the_same_stacks(releases):
         assert [r.split for r in nii.rows] == [r.split for r in png.rows]
         for a, b in zip(png.stacks, nii.stacks):
             np.testing.assert_array_equal(b.read(), a.read())
-            assert b.grid() is None
+            assert a.grid() is None and b.grid()["size"] == [ROWS, COLS, LAST - FIRST + 1]
 
 
 def test_the_viewer_opens_the_table_on_its_nifti_slices(releases):
@@ -193,3 +195,50 @@ def test_nifti_files_kept_beside_the_table_are_found(releases):
     records = read_deeplesion(nii_table)
     assert [r.image_path.parent for r in records] == [nii_table.parent] * 2
     assert [r.volume_slice for r in records] == [33 - FIRST, 35 - FIRST]
+
+
+class _Bright(torch.nn.Module):
+    """A stand-in CT model: lesion wherever the key slice (the middle channel) is bright."""
+
+    kind = "a1"
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.config = {"in_channels": 3}
+        self.preprocessing = crop_preprocessing(
+            size=32, channel_axis=0, field_of_view_px=40.0,
+            source={"kind": "deeplesion", "neighbours": 1, "colour": False, "window": None,
+                    "slice_gap_mm": 2.0})
+
+    def forward(self, x):
+        return (x[:, 1:2] - 0.5) * 60.0
+
+
+def test_predicting_the_nifti_table_labels_each_run_on_its_own_grid(releases, tmp_path):
+    from napari_recist_seg.learning.inference import predict_table
+
+    png_table, nii_table = releases
+    from_png = predict_table(_Bright(), png_table, tmp_path / "png")
+    from_nii = predict_table(_Bright(), nii_table, tmp_path / "nii")
+    assert from_png.label_images == []
+    assert sorted(p.name for p in from_nii.masks) == sorted(p.name for p in from_png.masks)
+    for a, b in zip(sorted(from_png.masks), sorted(from_nii.masks)):
+        np.testing.assert_array_equal(iio.imread(a), iio.imread(b))
+    # Both key slices lie in one run: one label image on that file's grid.
+    run = nii_table.parent / "Images_nifti" / f"{SERIES}_030-036.nii.gz"
+    assert from_nii.label_images == [tmp_path / "nii" / f"{SERIES}_030-036_labels.nii.gz"]
+    labels_file = from_nii.label_images[0]
+    scan, labels = sitk.ReadImage(str(run)), sitk.ReadImage(str(labels_file))
+    for getter in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(labels, getter)(), getattr(scan, getter)(), atol=1e-6)
+    # Read back as the key slices are read, each lesion lies where its PNG mask does,
+    # holding its table row; the other slices of the run are empty.
+    planes = read_deeplesion_volume_planes(labels_file, range(LAST - FIRST + 1))
+    for row, (key, _xy) in enumerate(LESIONS, start=1):
+        png = iio.imread(tmp_path / "nii" / f"{SERIES}_{key:03d}.png") > 0
+        assert png.any()
+        np.testing.assert_array_equal(planes[key - FIRST] > 0, png)
+        assert set(np.unique(planes[key - FIRST])) == {0, row}
+    others = [z for z in range(LAST - FIRST + 1) if z + FIRST not in (33, 35)]
+    assert not planes[others].any()

@@ -37,6 +37,7 @@ __all__ = [
     "DeepLesionRecord",
     "SkippedRow",
     "deeplesion_volume_depth",
+    "png_plane_to_volume",
     "read_deeplesion",
     "read_deeplesion_slice",
     "read_deeplesion_volume_planes",
@@ -724,17 +725,38 @@ def read_deeplesion_volume_planes(path, planes, row: int | None = None) -> np.nd
         image = reader.Execute()
     except RuntimeError as exc:
         raise ValueError(f"{path}: cannot read image ({itk_message(exc)})") from None
-    axes = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)  # column i: axis i
     arr = sitk.GetArrayFromImage(image)  # (plane, axis 1, axis 0)
     arr = np.stack([arr[p - lo] for p in planes]).astype(np.float32, copy=False)
-    row_axis = 0 if abs(axes[1, 0]) >= abs(axes[1, 1]) else 1
-    if row_axis == 0:
+    transpose, flip_rows, flip_cols = _png_layout(image.GetDirection())
+    if transpose:
         arr = arr.transpose(0, 2, 1)
-    if axes[1, row_axis] < 0:
+    if flip_rows:
         arr = arr[:, ::-1, :]
-    if axes[0, 1 - row_axis] < 0:
+    if flip_cols:
         arr = arr[:, :, ::-1]
     return np.ascontiguousarray(arr)
+
+
+def _png_layout(direction) -> tuple[bool, bool, bool]:
+    """How a plane as SimpleITK returns it becomes the PNG slice's rows and columns: (swap
+    its axes, then flip rows, flip columns). Of the file's first two axes, the one pointing
+    most along the patient's y axis holds the rows."""
+    axes = np.asarray(direction, dtype=float).reshape(3, 3)  # column i: axis i
+    row_axis = 0 if abs(axes[1, 0]) >= abs(axes[1, 1]) else 1
+    return row_axis == 0, bool(axes[1, row_axis] < 0), bool(axes[0, 1 - row_axis] < 0)
+
+
+def png_plane_to_volume(plane, grid: dict) -> np.ndarray:
+    """A plane in the PNG slices' layout (a mask predicted on a key slice read with
+    ``read_deeplesion_volume_planes``) turned back to the layout of its NIfTI file's planes
+    (``volumes.read_grid``'s grid; the inverse of the reading)."""
+    plane = np.asarray(plane)
+    transpose, flip_rows, flip_cols = _png_layout(grid["direction"])
+    if flip_rows:
+        plane = plane[::-1, :]
+    if flip_cols:
+        plane = plane[:, ::-1]
+    return np.ascontiguousarray(plane.T if transpose else plane)
 
 
 def read_deeplesion_slice(

@@ -94,11 +94,12 @@ class SliceStack:
 
     def grid(self) -> dict | None:
         """The voxel grid of the scan this slice lies on (``volumes.read_grid``); None for
-        2D images and DeepLesion's slices, whose masks are written per key slice as for its
-        PNG files."""
+        2D images and DeepLesion's PNG slices, which belong to no scan file. DeepLesion's NIfTI
+        files hold their planes in another layout than their PNG slices (see
+        ``deeplesion.png_plane_to_volume``)."""
         from .volumes import read_grid
 
-        if self.kind == "volume":
+        if self.kind in ("volume", "deeplesion_volume"):
             return read_grid(self.paths[0])
         if self.kind == "dicom":
             return read_grid(Path(self.paths[0]).parent)

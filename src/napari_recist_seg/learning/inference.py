@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from ..core.grouping import LesionGrouping
 from ..core.recist_prompt import keep_marked_parts, prompt_channels
 from ..data.crops import crop_transform_for
 from ..data.dataset import crop_input, whole_image_input, whole_image_recist
+from ..data.deeplesion import png_plane_to_volume
 from ..data.volumes import ScanLabels
 from .checkpoints import (
     check_config_fields,
@@ -496,10 +498,17 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
             union = np.zeros(lesion_masks[0].shape, dtype=bool)
             for (i, r), lesion, group in zip(members, lesion_masks, groups):
                 union |= lesion
-                if r.image in volumes:
-                    if r.image not in volume_labels:
-                        volume_labels[r.image] = ScanLabels(table.stacks[s].grid(), label_type)
-                    volume_labels[r.image].add(lesion, r.row, r.slice)
+                slot = _scan_slot(table.stacks[s], r)
+                if slot is not None:
+                    key, plane = slot
+                    if key not in volume_labels:
+                        volume_labels[key] = ScanLabels(table.stacks[s].grid(), label_type)
+                    labels = volume_labels[key]
+                    if table.stacks[s].kind == "deeplesion_volume":
+                        lesion_in_file = png_plane_to_volume(lesion, labels.grid)
+                    else:
+                        lesion_in_file = lesion
+                    labels.add(lesion_in_file, r.row, plane)
                 records[i] = {"image": r.image, "slice": "" if r.slice is None else r.slice,
                               "lesion": i, "lesion_id": r.lesion_id, "row": r.row,
                               "mask": r.mask_name,
@@ -512,8 +521,8 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
             _write_png(target, union)
             written.append(target)
         label_images = []
-        for image, labels in volume_labels.items():
-            target = volumes[image]
+        for key, labels in volume_labels.items():
+            target = volumes[key]
             target.parent.mkdir(parents=True, exist_ok=True)
             if not target.exists():
                 created.append(target)
@@ -535,16 +544,32 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
     return TablePrediction(written, lesions, lesions_csv, label_images)
 
 
+def _scan_slot(stack, row) -> tuple[str, int] | None:
+    """(scan, slice) where a lesion's mask goes in a scan's label image; None for lesions on
+    2D images and DeepLesion's PNG slices. A DeepLesion NIfTI file is the scan of its key
+    slices."""
+    if stack.kind in ("volume", "dicom"):
+        return row.image, row.slice
+    if stack.kind == "deeplesion_volume":
+        return stack.paths[0], stack.planes[len(stack.planes) // 2]
+    return None
+
+
 def _volume_label_images(table, by_stack, out: Path) -> dict[str, Path]:
-    """``{image: out / "<stem>_labels.nii.gz"}`` for the volumes among the predicted rows."""
+    """``{scan: out / "<stem>_labels.nii.gz"}`` for the scans among the predicted rows (keys
+    as ``_scan_slot`` gives them)."""
     names = {}
     for s, members in by_stack.items():
-        if table.stacks[s].kind not in ("volume", "dicom"):
-            continue
-        for _, r in members:
-            # A volume slice's mask is "<stem>_slice<z>_mask.png" (see LesionRow.mask_name).
-            stem = r.mask_name[: -len(f"_slice{r.slice}_mask.png")]
-            names[r.image] = out / f"{stem}_labels.nii.gz"
+        stack = table.stacks[s]
+        if stack.kind == "deeplesion_volume":
+            name = Path(stack.paths[0]).name
+            stem = re.sub(r"\.nii(\.gz)?$", "", name, flags=re.IGNORECASE)
+            names[stack.paths[0]] = out / f"{stem}_labels.nii.gz"
+        elif stack.kind in ("volume", "dicom"):
+            for _, r in members:
+                # A volume slice's mask is "<stem>_slice<z>_mask.png" (see LesionRow.mask_name).
+                stem = r.mask_name[: -len(f"_slice{r.slice}_mask.png")]
+                names[r.image] = out / f"{stem}_labels.nii.gz"
     return names
 
 

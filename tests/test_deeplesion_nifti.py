@@ -242,3 +242,43 @@ def test_predicting_the_nifti_table_labels_each_run_on_its_own_grid(releases, tm
         assert set(np.unique(planes[key - FIRST])) == {0, row}
     others = [z for z in range(LAST - FIRST + 1) if z + FIRST not in (33, 35)]
     assert not planes[others].any()
+
+
+@pytest.mark.parametrize("flipped", [False, True], ids=["DL_save_nifti", "flipped axes"])
+def test_rows_imported_onto_an_opened_nifti_file_lie_on_their_lesions(
+        make_napari_viewer, qtbot, tmp_path, monkeypatch, flipped):
+    """A researcher opens one NIfTI file of the release in napari and imports the table's
+    rows with the RECIST widget's button: each lesion of the file's series lands on its key
+    slice's plane, on the lesion, as long as the PNG release measures it."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFileDialog
+
+    run = tmp_path / f"{SERIES}_{FIRST:03d}-{LAST:03d}.nii.gz"
+    slices = [_slice(n) for n in range(FIRST, LAST + 1)]
+    if flipped:
+        _write_dl_nifti(run, [s[::-1, ::-1] for s in slices],
+                        direction=(0, -1, 0, -1, 0, 0, 0, 0, 1))
+    else:
+        _write_dl_nifti(run, slices)
+    table = _table(tmp_path)  # no image folder: rows are matched by the file's name
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(run), plugin="napari-recist-seg")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-recist-seg",
+                                                         "RECIST annotation")
+    widget.image_combo.set_layer(image)
+    monkeypatch.setattr(QFileDialog, "getOpenFileName",
+                        staticmethod(lambda *args, **kwargs: (str(table), "")))
+    qtbot.mouseClick(widget.deeplesion_button, Qt.MouseButton.LeftButton)
+    layer = widget.recist_layer()
+    assert layer is not None and len(layer.data) == 2 * len(LESIONS)
+    volume = np.asarray(image.data)
+    expected = {r.csv_row - 1: r.recist for r in read_deeplesion(table)}
+    for info in widget.lesions:
+        key = LESIONS[info.lesion_id][0]
+        lines = [np.asarray(layer.data[i]) for i in range(len(layer.data))
+                 if layer.features["lesion_id"][i] == info.lesion_id]
+        assert all(np.allclose(line[:, 0], key - FIRST) for line in lines)
+        centre = np.round(np.mean([line[:, 1:].mean(axis=0) for line in lines], axis=0))
+        assert volume[key - FIRST, int(centre[0]), int(centre[1])] == LESION_HU
+        assert info.long_mm == pytest.approx(expected[info.lesion_id].long_mm)
+        assert info.short_mm == pytest.approx(expected[info.lesion_id].short_mm)

@@ -41,6 +41,8 @@ __all__ = [
     "read_deeplesion",
     "read_deeplesion_slice",
     "read_deeplesion_volume_planes",
+    "recist_on_volume",
+    "volume_run",
     "recist_table",
 ]
 
@@ -744,6 +746,53 @@ def _png_layout(direction) -> tuple[bool, bool, bool]:
     axes = np.asarray(direction, dtype=float).reshape(3, 3)  # column i: axis i
     row_axis = 0 if abs(axes[1, 0]) >= abs(axes[1, 1]) else 1
     return row_axis == 0, bool(axes[1, row_axis] < 0), bool(axes[0, 1 - row_axis] < 0)
+
+
+def volume_run(name: str) -> tuple[str, int, int] | None:
+    """(series, first, last) of a NIfTI file of consecutive slices named
+    ``PPPPPP_SS_ss_FFF-LLL[.nii[.gz]]`` (a file name or napari's layer name for it)."""
+    text = str(name)
+    if not re.search(r"\.nii(\.gz)?$", text, re.IGNORECASE):
+        text += ".nii.gz"
+    m = _VOLUME_NAME_RE.match(text)
+    if m is None or int(m.group("first")) > int(m.group("last")):
+        return None
+    return m.group("series"), int(m.group("first")), int(m.group("last"))
+
+
+def recist_on_volume(record: DeepLesionRecord, grid: dict) -> tuple[int, Recist]:
+    """A row's RECIST on its NIfTI file of consecutive slices as napari shows the file: the
+    plane (``key - FFF``, FFF from the file name or the row's ``Slice_range``) and the RECIST
+    turned from the PNG slice's rows and columns to the file's (the inverse of
+    ``read_deeplesion_volume_planes``).
+
+    Parameters
+    ----------
+    record : DeepLesionRecord
+        With ``volume_slice``, or ``slice_range`` when its file was not looked for.
+    grid : dict
+        The file's voxel grid (``volumes.read_grid``, a layer's ``metadata["grid"]``).
+    """
+    plane = record.volume_slice
+    if plane is None:
+        if record.slice_range is None:
+            raise ValueError(f"row {record.csv_row} ({record.file_name}) has no Slice_range "
+                             "to place its key slice in a volume")
+        plane = record.key_slice - record.slice_range[0]
+    transpose, flip_rows, flip_cols = _png_layout(grid["direction"])
+    rows, cols = record.image_size
+    r = record.recist
+
+    def place(points):
+        pts = np.asarray(points, dtype=float).copy()
+        if flip_rows:
+            pts[:, 0] = rows - 1 - pts[:, 0]
+        if flip_cols:
+            pts[:, 1] = cols - 1 - pts[:, 1]
+        return pts[:, ::-1] if transpose else pts
+
+    spacing = tuple(r.spacing)[::-1] if transpose else tuple(r.spacing)
+    return int(plane), Recist(place(r.long_axis), place(r.short_axis), spacing)
 
 
 def png_plane_to_volume(plane, grid: dict) -> np.ndarray:

@@ -280,7 +280,8 @@ class RecistWidget(RecistLayerAccess, QWidget):
         self.export_button.clicked.connect(self._ask_export)
         self.deeplesion_button = QPushButton("Import DeepLesion rows...")
         self.deeplesion_button.setToolTip(
-            "Add the RECIST of a DL_info.csv's rows that belong to the chosen image"
+            "Add the RECIST of a DL_info.csv's rows that belong to the chosen image: its key "
+            "slice, or a NIfTI file of its series' consecutive slices (PPPPPP_SS_ss_FFF-LLL)"
         )
         self.deeplesion_button.clicked.connect(self._ask_deeplesion)
         self.labels_combo = LayerCombo(v, Labels)
@@ -700,10 +701,14 @@ class RecistWidget(RecistLayerAccess, QWidget):
     def import_deeplesion(self, path):
         """Add the RECIST of DeepLesion rows that belong to the chosen image.
 
-        The rows of a stack opened from a DL_info.csv go to their slices; for a single image,
-        the rows whose ``File_name`` matches the layer's name.
+        The rows of a stack opened from a DL_info.csv go to their slices; on a NIfTI file of
+        DeepLesion's consecutive slices (``PPPPPP_SS_ss_FFF-LLL.nii.gz``), the rows of its
+        series whose key slices it holds, each on its plane; for a single image, the rows
+        whose ``File_name`` matches the layer's name.
         """
-        from ...data.deeplesion import read_deeplesion, recist_table
+        from dataclasses import replace
+
+        from ...data.deeplesion import read_deeplesion, recist_on_volume, recist_table, volume_run
 
         image = self.image_layer()
         if image is None:
@@ -715,9 +720,20 @@ class RecistWidget(RecistLayerAccess, QWidget):
             notify_error(f"Import DeepLesion rows: {exc}")
             return None
         files = image.metadata.get("deeplesion_files")
+        run = volume_run(image.name)
+        grid = image.metadata.get("grid")
         if files and image.ndim == 3:
             rows = [r for r in records if r.file_name in files]
             slices = [files.index(r.file_name) for r in rows]
+        elif run is not None and image.ndim == 3 and grid:
+            # A NIfTI file of DeepLesion's consecutive slices: each row of its series whose key
+            # slice it holds goes to that plane, turned into the file's rows and columns.
+            series, first, last = run
+            rows = [replace(r, volume_slice=r.key_slice - first) for r in records
+                    if r.series_name == series and first <= r.key_slice <= last]
+            placed = [recist_on_volume(r, grid) for r in rows]
+            rows = [replace(r, recist=recist) for r, (_, recist) in zip(rows, placed)]
+            slices = [plane for plane, _ in placed]
         else:
             name = image.name
             rows = [

@@ -624,8 +624,14 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         worker = start_model_load(path, self.load_button, self._fail, self._on_loaded)
         if worker is not None:
             self._set_status(f"Loading the model in {str(path).strip()}...")
+            alive = self._alive
+            worker.finished.connect(lambda: alive[0] and self._load_finished(worker))
         self._load_worker = worker
         return worker
+
+    def _load_finished(self, worker) -> None:
+        if self._load_worker is worker:
+            self._load_worker = None
 
     def _on_loaded(self, entry) -> None:
         if not self._alive[0]:
@@ -641,8 +647,8 @@ class SegmentWidget(RecistLayerAccess, QWidget):
             pass
 
     def _model_loading(self) -> bool:
-        worker = self._load_worker
-        return worker is not None and bool(worker.is_running)
+        # From the click on Load until the worker has finished (it may not have started yet).
+        return self._load_worker is not None
 
     def _ask_load_model(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Prompted model checkpoint folder")

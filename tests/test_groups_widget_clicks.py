@@ -129,3 +129,23 @@ def test_kept_pseudo_masks_save_on_the_scan_grid_after_the_scan_is_closed(
     for getter in ("GetSpacing", "GetOrigin", "GetDirection"):
         np.testing.assert_allclose(getattr(back, getter)(), getattr(scan, getter)())
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back)[0], preview.data)
+
+
+def test_closing_the_dock_removes_the_preview_it_no_longer_follows(make_napari_viewer,
+                                                                   ct_image, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(ct_image, name="ct", scale=(0.5, 0.8), units=("mm", "mm"))
+    layer = _add(viewer, _lesions(), "lesions")
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Groups and pseudo-masks")
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("ct"))
+    qtbot.mouseClick(widget.preview_button, LEFT)
+    qtbot.waitUntil(lambda: widget.preview_layer is not None, timeout=10000)
+    preview = widget.preview_layer
+    qtbot.mouseClick(dock.title.close_button, LEFT)  # the dock's own x
+    qtbot.waitUntil(lambda: widget.parent() is None, timeout=5000)
+    assert preview not in viewer.layers and not widget.preview_button.isChecked()
+    # Editing the lines afterwards brings no preview back.
+    layer.data = [np.asarray(d) + 1.0 for d in layer.data]
+    qtbot.wait(500)
+    assert all(not name.startswith("pseudo-masks") for name in
+               (lyr.name for lyr in viewer.layers))

@@ -489,11 +489,12 @@ def test_closing_the_dock_while_predicting_leaves_the_viewer_working(
     with qtbot.waitSignal(widget.destroyed, timeout=TIMEOUT):
         widget.deleteLater()  # what becomes of a closed dock's widget nobody holds
     qtbot.wait(1500)
-    # The lines are still edited; the preview stays as it was and is no longer followed.
+    # The lines are still edited; the preview went with its dock and nothing follows them.
     calls = len(predict_calls)
     _drag_vertex(lines, 1, 1, np.asarray(lines.data[1][1]) + [1.0, 0.0])
     qtbot.wait(300)
-    assert preview in viewer.layers and len(predict_calls) == calls
+    assert preview not in viewer.layers and len(predict_calls) == calls
+    assert [layer.name for layer in viewer.layers] == ["ct", lines.name]
 
 
 @pytest.mark.parametrize("dock", ["Segment from RECIST", "Groups and pseudo-masks"])
@@ -541,3 +542,24 @@ def test_one_edit_updates_the_layer_once_with_three_widgets_docked(make_napari_v
     _drag_vertex(lines, long_line, 1, (30, 50))
     assert calls == [lines]
     assert lines.features["measurement"][long_line] == "20.0 x 8.0 mm"
+
+
+def test_closing_the_dock_by_its_close_button_stops_following_the_lines(
+        make_napari_viewer, qtbot, checkpoints, draw, monkeypatch, predict_calls):
+    shape = (96, 96)
+    mask = _ellipse(shape, (48, 48), 12, 8, 0.3)
+    viewer, lines, widget = _one_lesion(make_napari_viewer, qtbot, draw, mask, seed=5)
+    _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
+    click(qtbot, widget.load_button)
+    _wait_segmented(qtbot, widget, 1)
+    preview = widget.preview_layer
+    assert preview in viewer.layers
+    dock = widget.parent()
+    click(qtbot, dock.title.close_button)  # the dock's own x, as a user closes it
+    qtbot.waitUntil(lambda: widget.parent() is None, timeout=TIMEOUT)
+    assert preview not in viewer.layers
+    calls = len(predict_calls)
+    _drag_vertex(lines, 1, 1, np.asarray(lines.data[1][1]) + [1.0, 0.0])
+    qtbot.wait(600)
+    assert len(predict_calls) == calls
+    assert not any(layer.name == preview.name for layer in viewer.layers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QEvent, Signal
 from qtpy.QtWidgets import QComboBox
 
 from ..layer_units import MM, length_unit, slice_spacing_of, spacing_of, unproxied
@@ -14,7 +14,14 @@ from ..recist_layers import sync_after_edit
 _SETTLED = ("added", "removed", "changed")
 
 __all__ = ["Connections", "LayerCombo", "enable_if_alive", "is_settled_edit",
-           "start_model_load"]
+           "start_model_load", "undocked"]
+
+
+def undocked(widget, event) -> bool:
+    """Whether ``event`` tells ``widget`` that its dock was closed: napari takes a closed
+    dock's widget out of the window (its parent becomes None) instead of deleting it, so
+    nothing else tells a widget to stop what it follows."""
+    return event.type() == QEvent.Type.ParentChange and widget.parent() is None
 
 
 def is_settled_edit(event) -> bool:

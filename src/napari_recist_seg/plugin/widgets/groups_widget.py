@@ -11,6 +11,8 @@ RECIST layer. "Keep" turns it into an ordinary layer that no longer changes.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.colors import to_rgba
@@ -49,6 +51,7 @@ from ._common import (
     RecistLayerAccess,
     bind_lifetime,
     enable_if_alive,
+    undocked,
 )
 
 __all__ = ["GroupsWidget", "preview_name"]
@@ -457,6 +460,13 @@ class GroupsWidget(RecistLayerAccess, QWidget):
                 self.preview_button.setChecked(False)
             except RuntimeError:
                 pass
+
+    def event(self, event) -> bool:
+        # A closed dock no longer draws pseudo-masks, nor leaves its preview behind.
+        if undocked(self, event):
+            with contextlib.suppress(RuntimeError):
+                self.preview_button.setChecked(False)
+        return super().event(event)
 
     # -- pseudo-mask preview ----------------------------------------------------------------
     def _on_preview_toggled(self, on: bool) -> None:

@@ -72,6 +72,7 @@ from ._common import (
     RecistLayerAccess,
     bind_lifetime,
     start_model_load,
+    undocked,
 )
 
 __all__ = [
@@ -645,6 +646,12 @@ class SegmentWidget(RecistLayerAccess, QWidget):
                 self.choose_model(entry)
         except RuntimeError:  # the widget was closed while the model loaded
             pass
+
+    def event(self, event) -> bool:
+        # A closed dock no longer follows the lines, nor leaves its preview behind.
+        if undocked(self, event):
+            self.stop()
+        return super().event(event)
 
     def _model_loading(self) -> bool:
         # From the click on Load until the worker has finished (it may not have started yet).

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Shapes
-from qtpy.QtCore import QEvent, Qt, QTimer
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -55,7 +55,7 @@ from ..recist_layers import is_recist_layer
 from ..training_data import training_data_from_layers
 from ..training_job import KIND_NAMES, TrainingJob, run_training
 from ..training_process import run_training_in_process
-from ._common import Connections, bind_lifetime, start_model_load
+from ._common import Connections, bind_lifetime, start_model_load, undocked
 from .training_form import TrainingForm, default_output_folder
 
 __all__ = ["CurvePlot", "TrainingWidget", "default_output_folder"]
@@ -257,9 +257,8 @@ class TrainingWidget(QWidget):
         self.refresh_pairs()
 
     def event(self, event) -> bool:
-        # napari takes a closed dock's widget out of the window (its parent becomes None)
-        # instead of deleting it: a run must not go on without anyone watching it.
-        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+        # A run must not go on without anyone watching it.
+        if undocked(self, event):
             self._state.stop()
         return super().event(event)
 

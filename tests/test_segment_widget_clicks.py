@@ -473,14 +473,20 @@ def test_segment_clicked_while_the_model_loads_waits_for_it(make_napari_viewer, 
     assert not [n for n in notifications if n[0] == "error"]
 
 
-def test_closing_the_dock_while_predicting_leaves_the_viewer_working(
-        make_napari_viewer, qtbot, checkpoints, draw, monkeypatch, predict_calls):
-    shape = (96, 96)
-    mask = _ellipse(shape, (48, 48), 12, 8, 0.3)
+def _segmented_lesion(make_napari_viewer, qtbot, draw, monkeypatch, checkpoints):
+    """One drawn lesion segmented live with the prompted model loaded by its button."""
+    mask = _ellipse((96, 96), (48, 48), 12, 8, 0.3)
     viewer, lines, widget = _one_lesion(make_napari_viewer, qtbot, draw, mask, seed=5)
     _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
     click(qtbot, widget.load_button)
     _wait_segmented(qtbot, widget, 1)
+    return viewer, lines, widget
+
+
+def test_closing_the_dock_while_predicting_leaves_the_viewer_working(
+        make_napari_viewer, qtbot, checkpoints, draw, monkeypatch, predict_calls):
+    viewer, lines, widget = _segmented_lesion(make_napari_viewer, qtbot, draw, monkeypatch,
+                                              checkpoints)
     preview = widget.preview_layer
 
     _drag_vertex(lines, 1, 1, np.asarray(lines.data[1][1]) + [1.0, 0.0])
@@ -546,12 +552,8 @@ def test_one_edit_updates_the_layer_once_with_three_widgets_docked(make_napari_v
 
 def test_closing_the_dock_by_its_close_button_stops_following_the_lines(
         make_napari_viewer, qtbot, checkpoints, draw, monkeypatch, predict_calls):
-    shape = (96, 96)
-    mask = _ellipse(shape, (48, 48), 12, 8, 0.3)
-    viewer, lines, widget = _one_lesion(make_napari_viewer, qtbot, draw, mask, seed=5)
-    _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
-    click(qtbot, widget.load_button)
-    _wait_segmented(qtbot, widget, 1)
+    viewer, lines, widget = _segmented_lesion(make_napari_viewer, qtbot, draw, monkeypatch,
+                                              checkpoints)
     preview = widget.preview_layer
     assert preview in viewer.layers
     dock = widget.parent()

@@ -387,3 +387,17 @@ def test_a_training_process_whose_viewer_died_stops_and_keeps_its_checkpoint(tmp
         time.sleep(0.2)
     assert not _alive(child), "the training process went on without its viewer"
     assert load_model(tmp_path / "models" / "a1" / "last").kind == "a1"
+
+
+def test_a_run_stopped_between_epochs_says_after_which_epoch():
+    from napari_recist_seg.learning.trainer import TrainEvent
+    from napari_recist_seg.plugin.training_job import run_label
+
+    def stopped(epoch, step):
+        return TrainEvent("stopped", "multitask", epoch=epoch, epochs=4, step=step,
+                          steps_per_epoch=10, global_step=10 * (epoch - 1) + step)
+
+    between, inside, first = stopped(2, 0), stopped(2, 3), stopped(1, 0)
+    assert run_label("multitask", between) == "multitask (stopped after epoch 1)"
+    assert run_label("multitask", inside) == "multitask (stopped at epoch 2)"
+    assert run_label("multitask", first) == "multitask (stopped at epoch 1)"

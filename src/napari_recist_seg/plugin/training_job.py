@@ -139,6 +139,14 @@ class TrainingJob:
             )
 
 
+def stopped_words(epoch: int, step: int) -> str:
+    """Where a stopped run stopped: "stopped at epoch 3" inside an epoch, "stopped after
+    epoch 2" between two (a "stopped" event's epoch is the one it would have gone on with)."""
+    if int(step) == 0 and int(epoch) > 1:
+        return f"stopped after epoch {int(epoch) - 1}"
+    return f"stopped at epoch {int(epoch)}"
+
+
 def run_label(kind: str, last_event) -> str:
     """A model's display name that says its state, e.g. "multitask (stopped at epoch 3)".
 
@@ -148,7 +156,7 @@ def run_label(kind: str, last_event) -> str:
     if last_event is None:
         return f"{name} (not trained)"
     if last_event.kind == "stopped":
-        return f"{name} (stopped at epoch {last_event.epoch})"
+        return f"{name} ({stopped_words(last_event.epoch, last_event.step)})"
     if last_event.best_epoch is not None:
         return f"{name} (best epoch {last_event.best_epoch} of {last_event.epoch})"
     return f"{name} (epoch {last_event.epoch})"

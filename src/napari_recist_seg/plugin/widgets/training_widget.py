@@ -53,7 +53,7 @@ from ..model_registry import MODEL_REGISTRY
 from ..notifications import notify_error, notify_info, notify_warning
 from ..recist_layers import is_recist_layer
 from ..training_data import training_data_from_layers
-from ..training_job import KIND_NAMES, TrainingJob, run_training
+from ..training_job import KIND_NAMES, TrainingJob, run_training, stopped_words
 from ..training_process import run_training_in_process
 from ._common import Connections, bind_lifetime, start_model_load, undocked
 from .training_form import TrainingForm, default_output_folder
@@ -639,9 +639,12 @@ class TrainingWidget(QWidget):
                 bars.pop(kind).close()
             self._last_checkpoints[kind] = e.get("checkpoint") or ""
             if e["kind"] == "stopped":
+                where = stopped_words(e["epoch"], e["step"])
+                if e["step"]:
+                    where += f", step {e['step']}"
                 notify_info(
-                    f"Training {KIND_NAMES[kind]} stopped at epoch {e['epoch']}, step "
-                    f"{e['step']}; its checkpoint (resumable) is in {e.get('checkpoint')}"
+                    f"Training {KIND_NAMES[kind]} {where}; its checkpoint (resumable) is in "
+                    f"{e.get('checkpoint')}"
                 )
             else:
                 self.status.setText(f"{KIND_NAMES[kind]}: {e.get('message', 'done')}")

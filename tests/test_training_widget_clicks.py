@@ -439,3 +439,29 @@ def test_a_teacher_folder_typed_into_the_form_draws_the_targets(
     fill_training_form(qtbot, widget, tmp_path / "other", kinds=("a1",), epochs=1, batch=2)
     click(qtbot, widget.start_button)
     assert widget.worker is None and "nowhere" in notifications[-1][1]
+
+
+def test_stop_while_the_data_is_read_says_nothing_was_trained(make_napari_viewer, qtbot,
+                                                               tmp_path, tiny, notifications):
+    viewer = make_napari_viewer()
+    _ct_layers(viewer)
+    widget = _widget(viewer)
+    fill_training_form(qtbot, widget, tmp_path / "models", kinds=("a1",), epochs=1, batch=2,
+                       process=False)
+    messages = []
+    click(qtbot, widget.start_button)
+    worker = widget.worker
+
+    def stop_while_reading(message):
+        messages.append(message)
+        if message[0] == "status" and widget.stop_button.isEnabled():
+            click(qtbot, widget.stop_button)
+
+    worker.yielded.connect(stop_while_reading)
+    with qtbot.waitSignal(worker.finished, timeout=90000):
+        pass
+    qtbot.waitUntil(lambda: widget.start_button.isEnabled(), timeout=5000)
+    assert not [m for m in messages if m[0] == "event"]
+    assert widget.status.text() == ("Stopped before the first training step; nothing was "
+                                    "written.")
+    assert not (tmp_path / "models" / "a1").exists()

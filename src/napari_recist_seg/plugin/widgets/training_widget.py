@@ -228,6 +228,7 @@ class TrainingWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self._worker = None
+        self._trained = False
         self._load_worker = None
         self._state = _RunState()
         self._curves: dict[str, dict[str, list]] = {}
@@ -527,6 +528,7 @@ class TrainingWidget(QWidget):
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self._worker = worker
+        self._trained = False  # until a model's first training step is reported
         self._curves = {}
         self._last_checkpoints = {}
         self._last_step_update = 0.0
@@ -599,6 +601,7 @@ class TrainingWidget(QWidget):
         from napari.utils import progress
 
         kind = e["model_kind"]
+        self._trained = True
         bars = self._state.bars
         total = max(1, int(e["epochs"]) * int(e["steps_per_epoch"]))
         if e["kind"] == "start":
@@ -666,8 +669,12 @@ class TrainingWidget(QWidget):
     def _on_finished(self) -> None:
         self._worker = None
         self._state.close_bars()
-        self._state.stop_event = None
+        event, self._state.stop_event = self._state.stop_event, None
         with contextlib.suppress(RuntimeError):
+            if event is not None and event.is_set() and not self._trained:
+                # Stopped while the data was prepared: no step ran, nothing was saved.
+                self.status.setText("Stopped before the first training step; nothing was "
+                                    "written.")
             self._plot_timer.stop()
             self._redraw_if_dirty()
             self._set_running(False)

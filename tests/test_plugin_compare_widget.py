@@ -20,6 +20,7 @@ from napari_recist_seg.learning.report import MODEL_COLOURS
 from napari_recist_seg.plugin.layer_units import META_KEY
 from napari_recist_seg.plugin.model_registry import MODEL_REGISTRY
 from napari_recist_seg.plugin.training_job import prepare_torch_import
+from napari_recist_seg.plugin.widgets._common import viewer_camera
 from napari_recist_seg.plugin.widgets.compare_widget import TABLE_METRICS, prediction_name
 
 from ._compare_stubs import ConstantModel, RampModel
@@ -443,11 +444,14 @@ def test_side_by_side_views_named_after_their_models(make_napari_viewer, qtbot, 
     _click_predict(widget, qtbot)
     order = [layer.name for layer in viewer.layers]
     visible = [layer.visible for layer in viewer.layers]
+    camera = viewer_camera(viewer)
+    camera.zoom, camera.center = 12.0, (20.0, 25.0)  # the user looks at a lesion
 
     qtbot.mouseClick(widget.side_button, LEFT)
     assert widget.side_button.isChecked()
     grid = viewer.canvas.grid
     assert grid.enabled and grid.stride == 2
+    assert camera.zoom < 12.0  # every view fits, not a corner of the first
     layers = list(viewer.layers)
     overlays = [la for la in layers if la.metadata.get(META_KEY, {}).get("role")
                 in ("prediction", "truth")]
@@ -473,6 +477,8 @@ def test_side_by_side_views_named_after_their_models(make_napari_viewer, qtbot, 
 
     qtbot.mouseClick(widget.side_button, LEFT)
     assert not widget.side_button.isChecked() and not viewer.canvas.grid.enabled
+    assert camera.zoom == pytest.approx(12.0)  # back on the lesion
+    np.testing.assert_allclose(camera.center[-2:], (20.0, 25.0))
     assert [layer.name for layer in viewer.layers] == order
     assert [layer.visible for layer in viewer.layers] == visible
     assert not any(layer.name_overlay.visible for layer in viewer.layers)

@@ -14,7 +14,14 @@ from ..recist_layers import sync_after_edit
 _SETTLED = ("added", "removed", "changed")
 
 __all__ = ["Connections", "LayerCombo", "enable_if_alive", "is_settled_edit",
-           "start_model_load", "undocked"]
+           "start_model_load", "undocked", "viewer_camera"]
+
+
+def viewer_camera(viewer):
+    """The viewer's camera: napari 0.9 moved it to ``viewer.scene``; older versions have
+    ``viewer.camera``."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
 
 
 def undocked(widget, event) -> bool:

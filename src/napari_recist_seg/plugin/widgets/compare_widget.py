@@ -73,7 +73,7 @@ from ..model_registry import MODEL_REGISTRY
 from ..notifications import notify_error, notify_info
 from ..recist_layers import is_recist_layer
 from ..training_job import KIND_NAMES
-from ._common import Connections, LayerCombo, bind_lifetime, start_model_load
+from ._common import Connections, LayerCombo, bind_lifetime, start_model_load, viewer_camera
 
 __all__ = ["CompareWidget", "prediction_name", "predict_models"]
 
@@ -436,11 +436,13 @@ class CompareWidget(QWidget):
         # a layer at each access, and napari keeps names unique.
         if self._grid_saved is None:
             active = layers.selection.active
+            camera = viewer_camera(self.viewer)
             self._grid_saved = {
                 "order": [layer.name for layer in layers],
                 "visible": {layer.name: layer.visible for layer in layers},
                 "grid": (grid.enabled, grid.stride, tuple(grid.shape)),
                 "active": None if active is None else active.name,
+                "camera": (tuple(camera.center), camera.zoom),
             }
         # Each view is the image (or a copy sharing its data) under one contour, so the
         # layers go in pairs at the bottom of the list, stride 2; the rest is hidden above.
@@ -462,6 +464,8 @@ class CompareWidget(QWidget):
         grid.stride = 2
         grid.shape = (-1, -1)
         grid.enabled = True
+        # The single view's zoom would show a corner of the first panel: fit them all.
+        self.viewer.reset_view()
         return True
 
     def _restore_layout(self) -> None:
@@ -476,6 +480,8 @@ class CompareWidget(QWidget):
             return
         grid = self._grid()
         grid.enabled, grid.stride, grid.shape = saved["grid"]
+        camera = viewer_camera(self.viewer)
+        camera.center, camera.zoom = saved["camera"]  # back where the user was looking
         present = [layer.name for layer in layers]
         kept = [name for name in saved["order"] if name in present]
         order = kept + [name for name in present if name not in kept]

@@ -62,6 +62,7 @@ from ._common import (
     RecistLayerAccess,
     bind_lifetime,
     is_settled_edit,
+    viewer_camera,
 )
 
 __all__ = ["SHORTCUTS", "RecistWidget"]
@@ -544,10 +545,7 @@ class RecistWidget(RecistLayerAccess, QWidget):
         offset = self.viewer.dims.ndim - layer.ndim
         for k in range(lead):
             self.viewer.dims.set_point(offset + k, float(world[k]))
-        # napari 0.9 moved the camera to viewer.scene; older versions have viewer.camera.
-        scene = getattr(self.viewer, "scene", None)
-        camera = scene.camera if scene is not None else self.viewer.camera
-        camera.center = tuple(float(x) for x in world[-2:])
+        viewer_camera(self.viewer).center = tuple(float(x) for x in world[-2:])
         self._select_row(info.lesion_id)
 
     def _select_row(self, lesion_id) -> None:

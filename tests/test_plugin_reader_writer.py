@@ -8,7 +8,7 @@ import pytest
 from napari_recist_seg.core.recist import Recist
 from napari_recist_seg.data.recist_files import RecistTable, read_recists, write_recists
 from napari_recist_seg.plugin.colours import AXIS_COLOURS, line_colours
-from napari_recist_seg.plugin.layer_units import SOFT_TISSUE_WINDOW
+from napari_recist_seg.plugin.layer_units import META_KEY, SOFT_TISSUE_WINDOW
 from napari_recist_seg.plugin.reader import get_reader
 
 PLUGIN = "napari-recist-seg"
@@ -345,6 +345,20 @@ def test_labels_drawn_on_a_scan_are_saved_on_its_grid(tmp_path, make_napari_view
     np.testing.assert_allclose(back.GetSpacing(), (1.4, 1.6, 2.5))
     np.testing.assert_allclose(back.GetDirection(), np.eye(3).ravel())
     assert not notifications
+
+    # Labels with no pixel size are saved, and the user is told at what size.
+    plain = viewer.add_labels(np.ones((12, 16), np.uint8), name="drawn on a photo")
+    napari.save_layers(str(tmp_path / "plain.nii.gz"), [plain])
+    (level, text), = notifications
+    assert level == "warning" and "'drawn on a photo'" in text and "1 mm voxels" in text
+    notifications.clear()
+    # A stack of key slices of different pixel sizes (a DeepLesion table) has none either.
+    stack = viewer.add_labels(np.ones((2, 12, 16), np.uint8), name="key slices",
+                              metadata={META_KEY: {"slice_spacing": [[0.5, 0.5], [0.8, 0.8]]}})
+    napari.save_layers(str(tmp_path / "stack.nii.gz"), [stack])
+    (level, text), = notifications
+    assert level == "warning" and "pixel sizes differ (0.5 to 0.8 mm)" in text
+    notifications.clear()
 
     negative = viewer.add_labels(np.full((5, 24, 32), -1, np.int32))
     with pytest.warns(UserWarning, match="did not return any written paths"):

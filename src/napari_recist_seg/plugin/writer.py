@@ -14,7 +14,7 @@ import numpy as np
 
 from ..core.annotation import fill_line_spacing
 from .layer_units import META_KEY, pd_numeric
-from .notifications import notify_error
+from .notifications import notify_error, notify_warning
 from .recist_layers import DERIVED_COLUMNS
 
 __all__ = ["write_labels_file", "write_labels_layer", "write_recist_file", "write_recist_layer"]
@@ -42,10 +42,33 @@ def write_labels_layer(path: str, data, meta: dict) -> list[str]:
     """napari's writer command for Labels layers: ``write_labels_file``, with problems shown
     as a notification (see ``write_recist_layer``)."""
     try:
-        return [write_labels_file(path, data, meta)]
+        written = write_labels_file(path, data, meta)
     except (ValueError, OSError) as exc:
         notify_error(str(exc))
         return []
+    problem = _unsized(np.shape(data), meta)
+    if problem:
+        notify_warning(f"Saved {meta.get('name', 'the layer')!r} to {written} with "
+                       f"{problem}; other viewers will show it at that size.")
+    return [written]
+
+
+def _unsized(shape, meta: dict) -> str:
+    """Why labels written without a scan's grid have no true voxel size ("" when they do):
+    a layer in pixels, or a stack of slices of different pixel sizes."""
+    if _grid_for(shape, meta) is not None:
+        return ""
+    slice_spacing = ((meta.get("metadata") or {}).get(META_KEY) or {}).get("slice_spacing")
+    if slice_spacing:
+        sizes = np.asarray(slice_spacing, dtype=float)
+        return (f"1 x 1 mm pixels, as its slices' pixel sizes differ ({sizes.min():.3g} to "
+                f"{sizes.max():.3g} mm) and one file has one")
+    units = [str(u) for u in (meta.get("units") or ())]
+    scale = np.asarray(meta.get("scale") or [1.0] * len(shape), dtype=float)
+    if (units and all(u in ("pixel", "px", "pixels") for u in units[-2:])
+            and np.allclose(scale[-2:], 1.0)):
+        return "1 mm voxels, as the layer has no pixel size (its units are pixels)"
+    return ""
 
 
 def write_labels_file(path: str, data, meta: dict) -> str:

@@ -401,3 +401,17 @@ def test_a_run_stopped_between_epochs_says_after_which_epoch():
     assert run_label("multitask", between) == "multitask (stopped after epoch 1)"
     assert run_label("multitask", inside) == "multitask (stopped at epoch 2)"
     assert run_label("multitask", first) == "multitask (stopped at epoch 1)"
+
+
+def test_the_training_dock_fits_a_laptop_screen_with_its_buttons_in_view(make_napari_viewer):
+    from napari_recist_seg.plugin.widgets.training_widget import TrainingWidget
+
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-recist-seg", "Training")
+    assert isinstance(widget, TrainingWidget)
+    # A 768 px screen less the window's bars: the settings scroll instead of pushing Start,
+    # Stop and the curves off the screen.
+    assert widget.minimumSizeHint().height() <= 600
+    assert widget.settings_area.widget().sizeHint().height() > widget.settings_area.minimumHeight()
+    assert widget.settings_area.isAncestorOf(widget.form.widget.native)
+    assert not widget.settings_area.isAncestorOf(widget.start_button)

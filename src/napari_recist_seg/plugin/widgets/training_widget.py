@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
     QButtonGroup,
     QComboBox,
     QFileDialog,
+    QFrame,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
@@ -41,6 +42,7 @@ from qtpy.QtWidgets import (
     QMessageBox,
     QPushButton,
     QRadioButton,
+    QScrollArea,
     QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
@@ -216,6 +218,10 @@ class CurvePlot(QLabel):
         return self.figure.lines(kind)
 
 
+# Smallest height of the scrolling data and settings (px): a few rows of the form.
+SETTINGS_MIN_HEIGHT = 240
+
+
 class TrainingWidget(QWidget):
     """Dock widget: train models from RECIST in a worker; load saved models.
 
@@ -353,9 +359,21 @@ class TrainingWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # The data and settings scroll, so that on a laptop's screen the buttons, the curves
+        # and the status stay in view.
+        settings = QWidget()
+        inner = QVBoxLayout(settings)
+        inner.setContentsMargins(0, 0, 0, 0)
+        inner.addWidget(source)
+        inner.addWidget(options)
+        self.settings_area = QScrollArea()
+        self.settings_area.setWidgetResizable(True)
+        self.settings_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.settings_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.settings_area.setWidget(settings)
+        self.settings_area.setMinimumHeight(SETTINGS_MIN_HEIGHT)
         layout = QVBoxLayout(self)
-        layout.addWidget(source)
-        layout.addWidget(options)
+        layout.addWidget(self.settings_area, 2)
         layout.addLayout(buttons)
         layout.addWidget(self.plot, 1)  # the plot takes the room left
         layout.addWidget(self.status)

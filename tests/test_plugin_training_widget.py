@@ -415,3 +415,14 @@ def test_the_training_dock_fits_a_laptop_screen_with_its_buttons_in_view(make_na
     assert widget.settings_area.widget().sizeHint().height() > widget.settings_area.minimumHeight()
     assert widget.settings_area.isAncestorOf(widget.form.widget.native)
     assert not widget.settings_area.isAncestorOf(widget.start_button)
+
+
+def test_an_unguarded_script_is_told_how_to_guard_itself():
+    from napari_recist_seg.plugin.training_process import _plain_reason
+
+    python_says = (
+        "RuntimeError: \n        An attempt has been made to start a new process before the\n"
+        "        current process has finished its bootstrapping phase.\n")
+    reason = _plain_reason(python_says)
+    assert "if __name__ == \"__main__\":" in reason and "Separate process" in reason
+    assert _plain_reason("CUDA out of memory") == "CUDA out of memory"

@@ -59,6 +59,17 @@ def _child_main(job: TrainingJob, messages, stop_event) -> None:
         messages.put(("error", _describe(exc)))
 
 
+def _plain_reason(text: str) -> str:
+    """A child's failure in words a user can act on: Python's long message when a script
+    that starts napari without an ``if __name__ == "__main__":`` guard is imported again by
+    the training process, which then tries to start its own."""
+    if "bootstrapping phase" in text:
+        return ("the training process imports the script that started napari again, and that "
+                "script has no 'if __name__ == \"__main__\":' guard around its code: add one "
+                "(see the README), or untick 'Separate process' in the Training widget")
+    return text
+
+
 def run_training_in_process(job: TrainingJob, stop: threading.Event | None = None,
                             poll: float = 0.05) -> Iterator[tuple]:
     """``run_training`` in a spawned child process; same messages, same stop semantics.
@@ -107,7 +118,7 @@ def run_training_in_process(job: TrainingJob, stop: threading.Event | None = Non
                 done = True
                 return
             if kind == "error":
-                raise TrainingFailed(payload)
+                raise TrainingFailed(_plain_reason(str(payload)))
             yield (kind, payload)
     finally:
         child_stop.set()

@@ -149,3 +149,18 @@ def test_closing_the_dock_removes_the_preview_it_no_longer_follows(make_napari_v
     qtbot.wait(500)
     assert all(not name.startswith("pseudo-masks") for name in
                (lyr.name for lyr in viewer.layers))
+
+
+def test_removing_the_image_stops_the_preview_and_says_so(make_napari_viewer, ct_image,
+                                                          qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(ct_image, name="ct", scale=(0.5, 0.8), units=("mm", "mm"))
+    _add(viewer, _lesions(), "lesions")
+    widget = _widget(viewer)
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("ct"))
+    qtbot.mouseClick(widget.preview_button, LEFT)
+    qtbot.waitUntil(lambda: widget.preview_layer is not None, timeout=10000)
+    preview = widget.preview_layer
+    viewer.layers.remove("ct")
+    assert preview not in viewer.layers and not widget.preview_button.isChecked()
+    assert "stopped: its image 'ct' was removed" in widget.status.text()

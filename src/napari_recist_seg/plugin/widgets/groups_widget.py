@@ -99,6 +99,7 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         # edit recomputes only the slices whose lesions changed.
         self._preview_shown: dict = {}
         self._preview_seq = 0
+        self._preview_image: str | None = None  # the image layer the preview is drawn on
         self._preview_running = False
         self._preview_dirty = False
         self._plot_ids: list[int] = []
@@ -453,6 +454,14 @@ class GroupsWidget(RecistLayerAccess, QWidget):
 
     def _on_layer_removed(self, event=None) -> None:
         removed = getattr(event, "value", None)
+        if (self.preview_layer is not None and removed is not None
+                and removed.name == self._preview_image):
+            # The masks took that image's size: a preview without it follows nothing.
+            with contextlib.suppress(RuntimeError):
+                self.preview_button.setChecked(False)
+                self.status.setText(f"Pseudo-mask preview stopped: its image {removed.name!r} "
+                                    "was removed.")
+            return
         if removed is not None and removed is self.preview_layer:
             self.preview_layer = None
             self._preview_shown = {}
@@ -506,6 +515,7 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         layer, image = self._layer, self.image_layer()
         if image is None:
             return fail("choose an image layer; the masks take its size and pixel size.")
+        self._preview_image = image.name
         if layer is None:
             return fail("choose a RECIST layer first.")
         if image.ndim not in (2, 3) or layer.ndim != image.ndim:

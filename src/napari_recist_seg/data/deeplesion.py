@@ -42,8 +42,8 @@ __all__ = [
     "read_deeplesion_slice",
     "read_deeplesion_volume_planes",
     "recist_on_volume",
-    "volume_run",
     "recist_table",
+    "volume_run",
 ]
 
 LESION_TYPES = {

@@ -64,7 +64,8 @@ def _unsized(shape, meta: dict) -> str:
         return (f"1 x 1 mm pixels, as its slices' pixel sizes differ ({sizes.min():.3g} to "
                 f"{sizes.max():.3g} mm) and one file has one")
     units = [str(u) for u in (meta.get("units") or ())]
-    scale = np.asarray(meta.get("scale") or [1.0] * len(shape), dtype=float)
+    given = meta.get("scale")
+    scale = np.asarray([1.0] * len(shape) if given is None else given, dtype=float)
     if (units and all(u in ("pixel", "px", "pixels") for u in units[-2:])
             and np.allclose(scale[-2:], 1.0)):
         return "1 mm voxels, as the layer has no pixel size (its units are pixels)"

@@ -135,19 +135,30 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (out / "pseudo_masks_and_groups.png").stat().st_size > 10_000
 
 
-def test_evaluate_leaves_distances_of_empty_predictions_out(tmp_path, capsys):
+def _mask_folders(tmp_path, truths: dict, preds: dict):
+    """``pred/`` and ``truth/`` folders of the given 0/255 masks, by file name."""
     import imageio.v3 as iio
 
     pred, truth = tmp_path / "pred", tmp_path / "truth"
-    pred.mkdir()
-    truth.mkdir()
-    square = np.zeros((40, 40), np.uint8)
-    square[10:20, 10:20] = 255
-    shifted = np.roll(square, 4, axis=1)
-    iio.imwrite(truth / "a.png", square)
-    iio.imwrite(truth / "b.png", square)
-    iio.imwrite(pred / "a.png", shifted)  # found, 4 px off
-    iio.imwrite(pred / "b.png", np.zeros_like(square))  # nothing found
+    for folder, masks in ((truth, truths), (pred, preds)):
+        folder.mkdir()
+        for name, mask in masks.items():
+            iio.imwrite(folder / name, mask)
+    return pred, truth
+
+
+def _square(side, lo, hi):
+    square = np.zeros((side, side), np.uint8)
+    square[lo:hi, lo:hi] = 255
+    return square
+
+
+def test_evaluate_leaves_distances_of_empty_predictions_out(tmp_path, capsys):
+    square = _square(40, 10, 20)
+    pred, truth = _mask_folders(
+        tmp_path, {"a.png": square, "b.png": square},
+        {"a.png": np.roll(square, 4, axis=1),  # found, 4 px off
+         "b.png": np.zeros_like(square)})  # nothing found
     out = tmp_path / "metrics.csv"
     assert main(["evaluate", "--pred", str(pred), "--truth", str(truth),
                  "--out", str(out)]) == 0
@@ -162,15 +173,8 @@ def test_evaluate_leaves_distances_of_empty_predictions_out(tmp_path, capsys):
 
 
 def test_evaluate_refuses_to_replace_a_file_and_names_a_missing_folder(tmp_path, capsys):
-    import imageio.v3 as iio
-
-    pred, truth = tmp_path / "pred", tmp_path / "truth"
-    pred.mkdir()
-    truth.mkdir()
-    square = np.zeros((20, 20), np.uint8)
-    square[5:10, 5:10] = 255
-    iio.imwrite(truth / "a.png", square)
-    iio.imwrite(pred / "a.png", square)
+    square = _square(20, 5, 10)
+    pred, truth = _mask_folders(tmp_path, {"a.png": square}, {"a.png": square})
     out = tmp_path / "lesions.csv"
     out.write_text("measurements of another command\n")
     assert main(["evaluate", "--pred", str(pred), "--truth", str(truth),

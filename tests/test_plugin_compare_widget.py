@@ -21,7 +21,11 @@ from napari_recist_seg.plugin.layer_units import META_KEY
 from napari_recist_seg.plugin.model_registry import MODEL_REGISTRY
 from napari_recist_seg.plugin.training_job import prepare_torch_import
 from napari_recist_seg.plugin.widgets._common import viewer_camera
-from napari_recist_seg.plugin.widgets.compare_widget import TABLE_METRICS, prediction_name
+from napari_recist_seg.plugin.widgets.compare_widget import (
+    TABLE_METRICS,
+    grid_shape,
+    prediction_name,
+)
 
 from ._compare_stubs import ConstantModel, RampModel
 from ._gui import set_checked
@@ -472,6 +476,11 @@ def test_side_by_side_views_named_after_their_models(make_napari_viewer, qtbot, 
         np.testing.assert_allclose(np.asarray(over.name_overlay.color)[:3],
                                    over.colormap.map(np.array([1]))[0][:3], atol=1e-6)
         titles[over.name] = over
+        # The title is sized to its view (not below 8 pt), so a long model name is not cut.
+        view_width = viewer.canvas.size[1] / grid.shape[1]
+        size = over.name_overlay.font_size
+        assert 8 <= size <= 12
+        assert size == 8 or len(over.name) * size <= view_width
     assert set(titles) == {prediction_name("A1"), prediction_name("multitask"),
                            "CT phantom true masks (ground truth)"}
 
@@ -482,6 +491,16 @@ def test_side_by_side_views_named_after_their_models(make_napari_viewer, qtbot, 
     assert [layer.name for layer in viewer.layers] == order
     assert [layer.visible for layer in viewer.layers] == visible
     assert not any(layer.name_overlay.visible for layer in viewer.layers)
+
+
+def test_side_by_side_grid_gives_each_view_the_most_room():
+    # A tall canvas (a dock beside it) stacks 5 views in 2 columns, a wide one in a row.
+    assert grid_shape(5, (1000, 500), (64, 64)) == (3, 2)
+    assert grid_shape(5, (500, 1500), (64, 64)) == (1, 5)
+    assert grid_shape(4, (800, 800), (64, 64)) == (2, 2)
+    # A wide image on a square canvas: one column of views.
+    assert grid_shape(3, (900, 900), (100, 400)) == (3, 1)
+    assert grid_shape(3, None, (64, 64)) == (-1, -1)
 
 
 def test_predicting_in_side_by_side_keeps_the_views(make_napari_viewer, qtbot, tmp_path):

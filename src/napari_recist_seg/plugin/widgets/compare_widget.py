@@ -455,14 +455,19 @@ class CompareWidget(QWidget):
                          "metadata": {META_KEY: {"role": "grid copy"}}}
                 under = layers.append(Layer.create(data, state, kind)) or layers[-1]
             under.visible = overlay.visible = True
-            _show_name(overlay, True)
             order += [under.name, overlay.name]
         rest = [layer.name for layer in layers if layer.name not in order]
         for name in rest:
             layers[name].visible = False
         _reorder(layers, order + rest)
+        canvas_size = getattr(getattr(self.viewer, "canvas", None), "size", None)
+        extent = np.asarray(image.extent.world)[:, -2:]
+        shape = grid_shape(len(overlays), canvas_size, extent[1] - extent[0])
+        width = None if canvas_size is None else canvas_size[1] / shape[1]
+        for overlay in overlays:
+            _show_name(overlay, True, width)
         grid.stride = 2
-        grid.shape = (-1, -1)
+        grid.shape = shape
         grid.enabled = True
         # The single view's zoom would show a corner of the first panel: fit them all.
         self.viewer.reset_view()
@@ -492,8 +497,36 @@ class CompareWidget(QWidget):
             layers.selection.active = layers[saved["active"]]
 
 
-def _show_name(layer, on: bool) -> None:
-    """Write (or stop writing) ``layer``'s name in the corner of its grid view, in its colour.
+def grid_shape(n_views: int, canvas_size, image_size) -> tuple[int, int]:
+    """Rows and columns of the side-by-side grid that show ``n_views`` views of an image of
+    ``image_size`` (height, width) largest on a canvas of ``canvas_size`` (height, width).
+
+    napari's own choice is a square-ish grid whatever the canvas: on a tall dock-narrowed
+    canvas that makes thin columns, small images and cut-off titles. Without a canvas size
+    (no window) it is napari's automatic shape, (-1, -1)."""
+    if canvas_size is None or n_views < 1:
+        return (-1, -1)
+    canvas_h, canvas_w = (float(v) for v in canvas_size)
+    image_h, image_w = (max(float(v), 1e-9) for v in image_size)
+    best, best_scale = (-1, -1), -1.0
+    for cols in range(1, n_views + 1):
+        rows = -(-n_views // cols)
+        scale = min(canvas_h / rows / image_h, canvas_w / cols / image_w)
+        if scale > best_scale + 1e-9:  # ties keep fewer columns: wider titles
+            best, best_scale = (rows, cols), scale
+    return best
+
+
+# Width of a character of the name overlay's font, in screen pixels per point of font
+# size (measured on napari's default font); it sizes the titles to their views.
+_CHAR_WIDTH_PER_POINT = 1.0
+_TITLE_POINTS = (8.0, 12.0)
+
+
+def _show_name(layer, on: bool, view_width: float | None = None) -> None:
+    """Write (or stop writing) ``layer``'s name in the corner of its grid view, in its colour,
+    in a font small enough (down to 8 pt) for the name to fit a view ``view_width`` pixels
+    wide.
 
     napari draws a layer's name overlay in the view that holds the layer (from napari 0.6);
     without it, the views are told apart by the layer list only."""
@@ -502,7 +535,10 @@ def _show_name(layer, on: bool) -> None:
         return
     if on:
         overlay.color = layer.colormap.map(np.array([1]))[0]
-        overlay.font_size = 12
+        low, high = _TITLE_POINTS
+        fit = high if view_width is None else (
+            0.9 * view_width / (max(len(layer.name), 1) * _CHAR_WIDTH_PER_POINT))
+        overlay.font_size = float(min(high, max(low, fit)))
     overlay.visible = on
 
 

@@ -258,7 +258,12 @@ def test_missing_image_column_is_named(tmp_path):
     path = tmp_path / "l.csv"
     path.write_text("lesion_id,long_r0,long_c0,long_r1,long_c1,short_r0,short_c0,short_r1,"
                     "short_c1\n0,20,10,20,30,14,20,26,20\n")
-    with pytest.raises(ValueError, match=r"l.csv: missing column image"):
+    with pytest.raises(ValueError, match=r"l.csv: column image is missing or empty"):
+        read_lesion_table(path)
+    # A table saved from napari's RECIST layer has the column, with nothing in it.
+    path.write_text("lesion_id,image,long_r0,long_c0,long_r1,long_c1,short_r0,short_c0,"
+                    "short_r1,short_c1\n0,,20,10,20,30,14,20,26,20\n")
+    with pytest.raises(ValueError, match=r"l.csv: column image is missing or empty"):
         read_lesion_table(path)
 
 
@@ -644,3 +649,63 @@ def test_grey_pictures_saved_in_colour_read_as_grey(tmp_path):
     # Colour pictures stay colour.
     colour_rows = write_png_folder(tmp_path / "colour", n=2, colour_every=2)
     assert read_lesion_table(recist_csv(tmp_path / "colour" / "l.csv", colour_rows)).colour
+
+
+def _anisotropic_table(folder):
+    """``an.nii.gz`` with rows of 0.9 mm and columns of 0.6 mm, and a table (no spacing
+    given) of one lesion whose axes are 28 px down (25.2 mm) and 36 px across (21.6 mm): a
+    valid RECIST in mm, though its short axis is the longer one in pixels."""
+    import SimpleITK as sitk
+
+    write_nifti(folder / "an.nii.gz", spacing=(0.6, 0.9, 2.0))
+    table = folder / "lesions.csv"
+    table.write_text("lesion_id,image,slice,long_r0,long_c0,long_r1,long_c1,short_r0,short_c0,"
+                     "short_r1,short_c1,spacing_row,spacing_col\n"
+                     "0,an.nii.gz,4,18,32,46,32,32,14,32,50,,\n")
+    np.testing.assert_allclose(sitk.ReadImage(str(folder / "an.nii.gz")).GetSpacing()[:2],
+                               (0.6, 0.9), rtol=1e-6)
+    return table
+
+
+def test_a_scan_lesion_without_spacing_is_measured_in_its_header_mm(tmp_path, capsys):
+    table = _anisotropic_table(tmp_path)
+    (row,) = read_lesion_table(table).rows
+    np.testing.assert_allclose(row.recist.spacing, (0.9, 0.6), rtol=1e-6)
+    assert row.spacing_known
+    assert row.recist.long_mm == pytest.approx(25.2, rel=1e-5)
+    assert row.recist.short_mm == pytest.approx(21.6, rel=1e-5)
+    # pseudo-masks reads it alike, and its recists.csv keeps the header's pixel size, so the
+    # file read back (beside no scan) still measures in mm.
+    out = tmp_path / "pm"
+    assert main(["pseudo-masks", str(table), "--out", str(out)]) == 0
+    with (out / "recists.csv").open() as fh:
+        (written,) = [r for r in csv.DictReader(line for line in fh if not line.startswith("#"))]
+    np.testing.assert_allclose([float(written["spacing_row"]), float(written["spacing_col"])],
+                               (0.9, 0.6), rtol=1e-6)
+
+
+def test_a_lesion_whose_pixel_size_nothing_gives_is_refused_in_px(tmp_path, capsys):
+    from napari_recist_seg.data.recist_files import read_recists
+
+    rows = write_png_folder(tmp_path, n=1, colour_every=0)
+    path = tmp_path / "l.csv"
+    path.write_text("lesion_id,image,long_r0,long_c0,long_r1,long_c1,short_r0,short_c0,"
+                    f"short_r1,short_c1\n0,{rows[0][0]},18,32,46,32,32,14,32,50\n")
+    with pytest.raises(ValueError, match=r"row 1 \(lesion 0\): invalid RECIST: short axis "
+                                         r"\(36 px\) is longer than the long axis \(28 px\)"):
+        read_lesion_table(path)
+    # Only one of the two spacing cells is a mistake, named as such.
+    path.write_text("lesion_id,image,long_r0,long_c0,long_r1,long_c1,short_r0,short_c0,"
+                    f"short_r1,short_c1,spacing_row,spacing_col\n"
+                    f"0,{rows[0][0]},20,10,20,30,14,20,26,20,0.5,\n")
+    with pytest.raises(ValueError, match="spacing_row and spacing_col go together"):
+        read_recists(path)
+    # pseudo-masks of an image+mask folder, or of 2D images of unknown pixel size, leaves the
+    # spacing of its recists.csv empty rather than claiming 1 mm.
+    path.write_text("lesion_id,image,long_r0,long_c0,long_r1,long_c1,short_r0,short_c0,"
+                    f"short_r1,short_c1\n0,{rows[0][0]},20,10,20,30,14,20,26,20\n")
+    assert main(["pseudo-masks", str(path), "--out", str(tmp_path / "pm")]) == 0
+    back = read_recists(tmp_path / "pm" / "recists.csv")
+    assert back.spacing_known == [False]
+    assert "spacing_row" in (tmp_path / "pm" / "recists.csv").read_text()
+    assert ",," in (tmp_path / "pm" / "recists.csv").read_text().splitlines()[-1]

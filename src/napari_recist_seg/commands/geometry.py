@@ -19,7 +19,7 @@ from ._outputs import output_stems, prepare_output_folder, refuse_existing
 from ._progress import progress
 
 
-def load_lesions(source) -> tuple[RecistTable, dict]:
+def load_lesions(source, images=None) -> tuple[RecistTable, dict]:
     """RECIST from a RECIST file or DeepLesion's ``DL_info.csv``, or simulated from the masks
     of an image+mask folder.
 
@@ -37,7 +37,11 @@ def load_lesions(source) -> tuple[RecistTable, dict]:
     if is_deeplesion_table(path):
         return _deeplesion_lesions(path)
     if path.is_file():
-        return read_recists(path), {}
+        from ..data.recist_sources import header_spacing
+
+        # A lesion on a scan that states no pixel size takes its header's.
+        base = Path(images) if images else path.parent
+        return read_recists(path, spacing_of=header_spacing(base)), {}
     pairs = read_image_mask_folder(path)
     recists, names, masks = [], [], {}
     for pair in progress(pairs, desc="measuring masks", unit="mask"):
@@ -48,7 +52,7 @@ def load_lesions(source) -> tuple[RecistTable, dict]:
             raise ValueError(f"{pair.mask_path}: {exc}") from None
         names.append(pair.name)
         masks[pair.name] = mask
-    table = RecistTable(recists, images=names)
+    table = RecistTable(recists, images=names, spacing_known=[False] * len(recists))
     return table, {"pairs": pairs, "masks": masks}
 
 
@@ -114,13 +118,10 @@ def _configure_pseudo_masks(p) -> None:
          _configure_pseudo_masks)
 def _pseudo_masks(args) -> int:
     source = Path(args.input)
-    table, folder = load_lesions(source)
+    table, folder = load_lesions(source, args.images)
     out = Path(args.out)
     methods = PSEUDO_MASK_METHODS if args.method == "all" else (args.method,)
-    images = table.images or ["image"] * len(table)
-    by_image: dict[str, list[int]] = {}
-    for i, name in enumerate(images):
-        by_image.setdefault(name, []).append(i)
+    by_image = table.image_groups() or {"image": list(range(len(table)))}
     # Every output is named and checked before anything is written.
     stems = dict(zip(by_image, output_stems(list(by_image))))
     # Sizes (and a scan's voxel grid) are known before anything is written.

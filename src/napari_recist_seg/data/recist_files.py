@@ -86,6 +86,10 @@ class RecistTable:
         The image each lesion was measured on (a file name or layer name).
     features : dict of str to list
         Extra per-lesion columns, each a list as long as ``recists``.
+    spacing_known : list of bool or None
+        Per lesion, whether its pixel spacing is a true size in mm (stated by the file or a
+        volume's header) rather than 1 px; None means all are. Written files leave an
+        unknown spacing empty, so that reading them back does not turn pixels into mm.
     """
 
     recists: list[Recist]
@@ -93,6 +97,7 @@ class RecistTable:
     slices: list[int] | None = None
     images: list[str] | None = None
     features: dict[str, list] = field(default_factory=dict)
+    spacing_known: list[bool] | None = None
 
     def __post_init__(self):
         self.recists = list(self.recists)
@@ -110,6 +115,11 @@ class RecistTable:
             self.images = [str(v) for v in self.images]
             if len(self.images) != n:
                 raise ValueError(f"images has {len(self.images)} entries for {n} lesions")
+        if self.spacing_known is not None:
+            self.spacing_known = [bool(v) for v in self.spacing_known]
+            if len(self.spacing_known) != n:
+                raise ValueError(f"spacing_known has {len(self.spacing_known)} entries for "
+                                 f"{n} lesions")
         feats = {}
         for name, values in dict(self.features or {}).items():
             name = str(name)
@@ -123,6 +133,30 @@ class RecistTable:
 
     def __len__(self) -> int:
         return len(self.recists)
+
+    def subset(self, indices) -> RecistTable:
+        """The lesions at ``indices``, in that order, with their columns."""
+        idx = [int(i) for i in indices]
+
+        def pick(values):
+            return None if values is None else [values[i] for i in idx]
+
+        return RecistTable([self.recists[i] for i in idx], [self.lesion_ids[i] for i in idx],
+                           pick(self.slices), pick(self.images),
+                           {name: pick(vals) for name, vals in self.features.items()},
+                           pick(self.spacing_known))
+
+    def image_groups(self) -> dict[str, list[int]]:
+        """The lesions' indices per image name, in the order the names first appear
+        (empty when the table names no image)."""
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(self.images or []):
+            groups.setdefault(name, []).append(i)
+        return groups
+
+    def knows_spacing(self, i: int) -> bool:
+        """Whether lesion ``i``'s pixel spacing is a true size in mm."""
+        return self.spacing_known is None or self.spacing_known[i]
 
 
 def _as_int(value, what: str) -> int:
@@ -232,8 +266,8 @@ def _write_csv(path: Path, table: RecistTable) -> None:
                 "" if table.images is None else table.images[i],
                 "" if table.slices is None else str(table.slices[i]),
                 *(_num(v) for v in coords),
-                _num(r.spacing[0]),
-                _num(r.spacing[1]),
+                *((_num(r.spacing[0]), _num(r.spacing[1])) if table.knows_spacing(i)
+                  else ("", "")),
                 *(_cell(table.features[name][i]) for name in names),
             ]
             writer.writerow(row)
@@ -249,7 +283,8 @@ def _write_json(path: Path, table: RecistTable) -> None:
             entry["slice"] = table.slices[i]
         entry["long_axis"] = [[float(v) for v in p] for p in r.long_axis]
         entry["short_axis"] = [[float(v) for v in p] for p in r.short_axis]
-        entry["spacing"] = [float(v) for v in r.spacing]
+        if table.knows_spacing(i):
+            entry["spacing"] = [float(v) for v in r.spacing]
         if table.features:
             entry["features"] = {name: vals[i] for name, vals in table.features.items()}
         lesions.append(entry)
@@ -260,7 +295,8 @@ def _write_json(path: Path, table: RecistTable) -> None:
 
 
 # -- reading ---------------------------------------------------------------------------------------
-def read_recists(path, max_perpendicularity_error: float = 15.0) -> RecistTable:
+def read_recists(path, max_perpendicularity_error: float = 15.0,
+                 spacing_of=None) -> RecistTable:
     """Read a RECIST ``.csv`` or ``.json`` file written by ``write_recists`` (or by hand).
 
     Parameters
@@ -268,6 +304,10 @@ def read_recists(path, max_perpendicularity_error: float = 15.0) -> RecistTable:
     path : str or Path
     max_perpendicularity_error : float
         Tolerance passed to each ``Recist`` (degrees).
+    spacing_of : callable, optional
+        ``spacing_of(image_name)`` gives the (row, col) pixel size in mm of a lesion that
+        states none (a volume's header does), or None. Lesions are checked (perpendicular,
+        short axis not longer than the long one) in those mm; without it, in pixels.
 
     Returns
     -------
@@ -291,9 +331,9 @@ def read_recists(path, max_perpendicularity_error: float = 15.0) -> RecistTable:
     except OSError as exc:
         raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if fmt == "csv":
-        table = _read_csv(path, text, max_perpendicularity_error)
+        table = _read_csv(path, text, max_perpendicularity_error, spacing_of)
     else:
-        table = _read_json(path, text, max_perpendicularity_error)
+        table = _read_json(path, text, max_perpendicularity_error, spacing_of)
     _warn_duplicates(path, table)
     return table
 
@@ -330,10 +370,22 @@ def _warn_duplicates(path: Path, table: RecistTable) -> None:
 
 
 def _build(path, where, lid, long_axis, short_axis, spacing, tol) -> Recist:
+    """A row's ``Recist``; ``spacing`` None means that nothing gives the pixel size, so the
+    lesion is measured (and refused) in pixels."""
     try:
-        return Recist(long_axis, short_axis, spacing, max_perpendicularity_error=tol)
+        return Recist(long_axis, short_axis, (1.0, 1.0) if spacing is None else spacing,
+                      max_perpendicularity_error=tol)
     except ValueError as exc:
-        raise ValueError(f"{path}: {where} (lesion {lid}): invalid RECIST: {exc}") from None
+        reason = str(exc).replace(" mm)", " px)") if spacing is None else str(exc)
+        raise ValueError(f"{path}: {where} (lesion {lid}): invalid RECIST: {reason}") from None
+
+
+def _fallback_spacing(spacing_of, image) -> tuple[float, float] | None:
+    """The pixel size ``spacing_of`` gives a lesion on ``image`` that states none."""
+    if spacing_of is None or not isinstance(image, str) or not image.strip():
+        return None
+    spacing = spacing_of(image)
+    return None if spacing is None else (float(spacing[0]), float(spacing[1]))
 
 
 def _infer_column(values: list[str]):
@@ -349,7 +401,7 @@ def _infer_column(values: list[str]):
     return [None if v == "" else float(v) for v in values]
 
 
-def _read_csv(path: Path, text: str, tol: float) -> RecistTable:
+def _read_csv(path: Path, text: str, tol: float, spacing_of=None) -> RecistTable:
     # Comment lines come only before the header; cells after it may hold '#' or newlines.
     body = text
     while body.lstrip(" \t\r\n").startswith("#"):
@@ -382,7 +434,7 @@ def _read_csv(path: Path, text: str, tol: float) -> RecistTable:
     col = {h: i for i, h in enumerate(header)}
     feature_names = [h for h in header if h not in _RESERVED]
 
-    recists, ids, slice_cells, image_cells = [], [], [], []
+    recists, ids, slice_cells, image_cells, known = [], [], [], [], []
     raw_features: dict[str, list[str]] = {name: [] for name in feature_names}
     for n, row in enumerate(rows[1:], start=1):
         where = f"row {n}"
@@ -401,7 +453,8 @@ def _read_csv(path: Path, text: str, tol: float) -> RecistTable:
             ) from None
         try:
             coords = [float(get(c)) for c in _COORD_COLUMNS]
-            spacing = [float(get(c)) if get(c) else 1.0 for c in ("spacing_row", "spacing_col")]
+            cells = [get(c) for c in ("spacing_row", "spacing_col")]
+            spacing = [float(v) for v in cells] if all(cells) else None
         except ValueError:
             bad = next(
                 c
@@ -411,12 +464,19 @@ def _read_csv(path: Path, text: str, tol: float) -> RecistTable:
             raise ValueError(
                 f"{path}: {where} (lesion {lid}): column {bad} is not a number: {get(bad)!r}"
             ) from None
+        if any(cells) and not all(cells):
+            raise ValueError(f"{path}: {where} (lesion {lid}): spacing_row and spacing_col "
+                             f"go together: give both or leave both empty")
         long_axis = np.array(coords[:4]).reshape(2, 2)
         short_axis = np.array(coords[4:]).reshape(2, 2)
+        image = row[col["image"]] if "image" in col else ""
+        if spacing is None:
+            spacing = _fallback_spacing(spacing_of, image)
         recists.append(_build(path, where, lid, long_axis, short_axis, spacing, tol))
+        known.append(spacing is not None)
         ids.append(lid)
         slice_cells.append(get("slice"))
-        image_cells.append(row[col["image"]] if "image" in col else "")
+        image_cells.append(image)
         for name in feature_names:
             raw_features[name].append(row[col[name]])
 
@@ -436,7 +496,7 @@ def _read_csv(path: Path, text: str, tol: float) -> RecistTable:
                 ) from None
     images = image_cells if any(image_cells) else None
     features = {name: _infer_column(vals) for name, vals in raw_features.items()}
-    return RecistTable(recists, ids, slices, images, features)
+    return RecistTable(recists, ids, slices, images, features, spacing_known=known)
 
 
 def _is_float(text: str, allow_empty: bool = False) -> bool:
@@ -449,7 +509,7 @@ def _is_float(text: str, allow_empty: bool = False) -> bool:
     return True
 
 
-def _read_json(path: Path, text: str, tol: float) -> RecistTable:
+def _read_json(path: Path, text: str, tol: float, spacing_of=None) -> RecistTable:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -473,7 +533,7 @@ def _read_json(path: Path, text: str, tol: float) -> RecistTable:
     if not isinstance(lesions, list):
         raise ValueError(f"{path}: missing required key 'lesions' (a list)")
 
-    recists, ids, slices, images = [], [], [], []
+    recists, ids, slices, images, known = [], [], [], [], []
     feature_rows: list[dict] = []
     for n, entry in enumerate(lesions, start=1):
         where = f"lesion entry {n}"
@@ -486,10 +546,13 @@ def _read_json(path: Path, text: str, tol: float) -> RecistTable:
             lid = _as_int(entry["lesion_id"], "lesion_id")
         except ValueError as exc:
             raise ValueError(f"{path}: {where}: {exc}") from None
-        spacing = entry.get("spacing", (1.0, 1.0))
+        spacing = entry.get("spacing")
+        if spacing is None:
+            spacing = _fallback_spacing(spacing_of, entry.get("image"))
         recists.append(
             _build(path, where, lid, entry["long_axis"], entry["short_axis"], spacing, tol)
         )
+        known.append(spacing is not None)
         ids.append(lid)
         slices.append(entry.get("slice"))
         image = entry.get("image")
@@ -519,7 +582,8 @@ def _read_json(path: Path, text: str, tol: float) -> RecistTable:
                 names.append(name)
     features = {name: [feats.get(name) for feats in feature_rows] for name in names}
     try:
-        return RecistTable(recists, ids, slices_out, images_out, features)
+        return RecistTable(recists, ids, slices_out, images_out, features,
+                           spacing_known=known)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
 

@@ -27,9 +27,6 @@ when a table holds both). 16-bit grey 2D images are CT stored as DeepLesion stor
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import re
 import warnings
@@ -525,29 +522,6 @@ def _deeplesion_neighbours(key: Path, k: int, listings: dict) -> list[Path]:
 
 
 # -- RECIST files ---------------------------------------------------------------------------------
-def _raw_rows(path: Path) -> tuple[list[str] | None, list[bool]]:
-    """The file's column names (CSV) and, per lesion, whether it gives a pixel spacing."""
-    text = path.read_text(encoding="utf-8-sig")
-    if path.suffix.lower() == ".json":
-        doc = json.loads(text)
-        return None, [isinstance(e, dict) and e.get("spacing") is not None
-                      for e in doc.get("lesions", [])]
-    lines = text.splitlines(keepends=True)
-    while lines and (not lines[0].strip() or lines[0].lstrip().startswith("#")):
-        lines.pop(0)
-    rows = [r for r in csv.reader(io.StringIO("".join(lines), newline=""))
-            if any(c.strip() for c in r)]
-    if not rows:
-        return [], []
-    header = [h.strip() for h in rows[0]]
-    given = []
-    for r in rows[1:]:
-        cells = dict(zip(header, r))
-        given.append(bool((cells.get("spacing_row") or "").strip()
-                          and (cells.get("spacing_col") or "").strip()))
-    return header, given
-
-
 def safe_join(base: Path, name: str, where: str) -> Path:
     """``base / name``, refusing (ValueError starting with ``where``) a name that could lead
     outside ``base``: absolute, with ``..``, or a drive."""
@@ -575,7 +549,8 @@ def _volume_suffix(path: Path) -> str | None:
     return None
 
 
-def _stem(path: Path) -> str:
+def image_stem(path: Path) -> str:
+    """A file name without its image suffix (`.nii.gz` whole), as tables name stems."""
     suffix = _volume_suffix(path)
     if suffix:
         return path.name[: len(path.name) - len(suffix)]
@@ -686,23 +661,39 @@ def _patient_column(features: dict) -> str | None:
     return None
 
 
+def header_spacing(base: Path):
+    """``spacing_of`` for ``read_recists``: a volume's (row, col) pixel size from its header,
+    so that a lesion stating none is checked in mm; None for a 2D image or a file that
+    cannot be read (the table reader names those problems itself)."""
+    cache: dict[str, tuple | None] = {}
+
+    def spacing_of(name: str):
+        if name not in cache:
+            cache[name] = None
+            try:
+                file = safe_join(base, name, name)
+                if file.exists() and (file.is_dir() or _volume_suffix(file) is not None):
+                    cache[name] = tuple(_volume_info(file, name).spacing[1:])
+            except ValueError:
+                pass
+        return cache[name]
+
+    return spacing_of
+
+
 def _read_recist_table(path: Path, images, neighbours: int, gap: float,
                        colour: bool | None) -> LesionTable:
     from .recist_files import read_recists
 
-    table = read_recists(path)
-    header, spacing_given = _raw_rows(path)
-    if header is not None and "image" not in header or table.images is None:
-        raise ValueError(f"{path}: missing column image: each row must name the image its "
-                         f"lesion is on (a file or folder relative to "
-                         f"{Path(images) if images is not None else path.parent})")
     base = Path(images) if images is not None else path.parent
     if not base.is_dir():
         raise ValueError(f"--images {base}: no such folder")
+    table = read_recists(path, spacing_of=header_spacing(base))
+    if table.images is None:
+        raise ValueError(f"{path}: column image is missing or empty: each row must name the "
+                         f"image its lesion is on (a file or folder relative to {base})")
     patient_col = _patient_column(table.features)
     n = len(table)
-    if len(spacing_given) != n:
-        spacing_given = [True] * n
 
     probes: dict[str, tuple] = {}
     plan = []  # per row: (kind, resolved path, slice, recist, spacing_known)
@@ -716,7 +707,7 @@ def _read_recist_table(path: Path, images, neighbours: int, gap: float,
             raise ValueError(f"{where}: image {name!r} not found in {base}")
         slc = None if table.slices is None else table.slices[i]
         recist = table.recists[i]
-        known = spacing_given[i]
+        known = table.knows_spacing(i)
         is_volume = file.is_dir() or _volume_suffix(file) is not None
         if name not in probes:
             probes[name] = ((_volume_info(file, where),) if is_volume
@@ -732,8 +723,7 @@ def _read_recist_table(path: Path, images, neighbours: int, gap: float,
             if not 0 <= slc < info.n_slices:
                 raise ValueError(f"{where}: slice {slc} is outside {name!r}, which has "
                                  f"{info.n_slices} slices (0 to {info.n_slices - 1})")
-            if not known:
-                # The row gives no pixel size: the volume's header does.
+            if not known:  # read_recists found no header (unreadable volume): use it now
                 recist = recist.with_spacing(info.spacing[1:])
                 known = True
             plan.append(("volume", file, slc, recist, known))
@@ -799,7 +789,7 @@ def _mask_names(items) -> list[str]:
     images of the same stem in different folders keep their folders."""
     stems = {}
     for name, _, _ in items:
-        stems.setdefault(name, _stem(Path(name.replace("\\", "/"))))
+        stems.setdefault(name, image_stem(Path(name.replace("\\", "/"))))
     count = Counter(stems.values())
     out = []
     for name, slc, kind in items:

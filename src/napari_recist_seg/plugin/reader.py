@@ -123,13 +123,53 @@ def read_path(path, kind: str | None = None):
         return [(None,)]
 
 
+#: A RECIST file naming more images than this opens as one layer: a layer per image would
+#: bury the layer list.
+MAX_IMAGE_LAYERS = 20
+
+
 def _read_recist_file(path: Path):
     from ..data.recist_files import read_recists
+    from ..data.recist_sources import header_spacing
 
-    table = read_recists(path)
+    # A lesion on a scan that states no pixel size is measured in its header's.
+    table = read_recists(path, spacing_of=header_spacing(path.parent))
     if not len(table):
         raise ValueError("the file holds no lesion")
-    return [table_layer_tuple(table, name=f"{_stem(path)} RECIST")]
+    groups = table.image_groups()
+    if not groups or len(groups) > MAX_IMAGE_LAYERS:
+        if groups:
+            notify_warning(f"{path.name} names {len(groups)} images: its lesions open as one "
+                           f"layer in pixels; to place one image's lesions on it, open the "
+                           f"image and use Import RECIST file in the RECIST widget.")
+        return [table_layer_tuple(table, name=f"{_stem(path)} RECIST")]
+    # One layer per image, on that image's grid when the file beside the table is a scan, so
+    # that the lines lie on the scan as napari opens it (its scale and origin).
+    return [table_layer_tuple(table.subset(rows), name=f"{_stem(Path(name))} RECIST",
+                              **_scan_placement(path.parent, name, table.slices is not None))
+            for name, rows in groups.items()]
+
+
+def _scan_placement(base: Path, name: str, stacked: bool) -> dict:
+    """``scale``, ``translate`` and ``units`` of the scan ``name`` (relative to ``base``) as
+    napari shows it, from its header; nothing when it is not a readable scan there."""
+    from ..data.recist_sources import safe_join
+    from ..data.volumes import is_medical_image_path, read_grid
+
+    try:
+        file = safe_join(base, name, name)
+        if not file.exists() or not is_medical_image_path(file):
+            return {}
+        grid = read_grid(file)
+    except ValueError:
+        return {}
+    scale = tuple(float(v) for v in reversed(grid["spacing"]))
+    translate = tuple(float(v) for v in reversed(grid["origin"]))
+    if not stacked:  # a single slice, squeezed as the reader squeezes it
+        scale, translate = scale[-2:], translate[-2:]
+    if len(scale) != (3 if stacked else 2):
+        return {}
+    return {"scale": scale, "translate": translate, **units_for(scale)}
 
 
 def _stem(path: Path) -> str:

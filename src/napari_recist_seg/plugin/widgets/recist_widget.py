@@ -663,20 +663,63 @@ class RecistWidget(RecistLayerAccess, QWidget):
         return (data, kwargs, kind)
 
     def import_recist_file(self, path):
-        """Add the lesions of a RECIST ``.csv``/``.json`` file as a new RECIST layer."""
+        """Add the lesions of a RECIST ``.csv``/``.json`` file as a new RECIST layer.
+
+        When the file names its lesions' images, only those of the chosen image are added
+        (matched by file name, or by the layer's name); a lesion on a slice the image does
+        not have is refused, naming it."""
         from ...data.recist_files import read_recists
+        from ...data.recist_sources import header_spacing
 
         try:
-            table = read_recists(path)
+            table = read_recists(path, spacing_of=header_spacing(Path(path).parent))
         except ValueError as exc:
             notify_error(f"Import RECIST file: {exc}")
             return None
         if not len(table):
             notify_error(f"Import RECIST file: {path} holds no lesion.")
             return None
+        table = self._lesions_of_chosen_image(table, Path(path).name)
+        if table is None:
+            return None
         ndim = 3 if table.slices is not None else 2
         layer_tuple = table_layer_tuple(table, name=f"{Path(path).stem} RECIST")
         return self._add_recist_layer(self._aligned(layer_tuple, ndim))
+
+    def _lesions_of_chosen_image(self, table, file_name: str):
+        """The part of ``table`` that belongs to the chosen image, or None (and a
+        notification) when none of it can be placed there."""
+        image = self.image_layer()
+        groups = table.image_groups()
+        if image is None:
+            return table
+        if groups:
+            keys = _image_keys(image)
+            mine = [i for name, rows in groups.items() if _name_keys(name) & keys for i in rows]
+            if mine:
+                if len(mine) < len(table):
+                    notify_info(f"Import RECIST file: {len(mine)} of the {len(table)} lesions "
+                                f"of {file_name} are on {image.name!r}; only those were added.")
+                table = table.subset(mine)
+            elif len(groups) > 1:
+                shown = ", ".join(repr(n) for n in list(groups)[:4])
+                more = ", ..." if len(groups) > 4 else ""
+                notify_error(f"Import RECIST file: {file_name} names {len(groups)} images "
+                             f"({shown}{more}), none of them {image.name!r}: choose the image "
+                             f"its lesions were drawn on first.")
+                return None
+            else:
+                notify_warning(f"Import RECIST file: {file_name}'s lesions name image "
+                               f"{next(iter(groups))!r}; they were added to {image.name!r}.")
+        if table.slices is not None and image.ndim == 3:
+            n = int(image.data.shape[0])
+            for lid, z in zip(table.lesion_ids, table.slices):
+                if not 0 <= z < n:
+                    notify_error(f"Import RECIST file: lesion {lid} of {file_name} is on slice "
+                                 f"{z}, which {image.name!r} does not have (slices 0 to "
+                                 f"{n - 1}); nothing was added.")
+                    return None
+        return table
 
     def export_recist_file(self, path):
         """Write the RECIST layer to ``.csv`` or ``.json``, features included."""
@@ -877,3 +920,22 @@ def _coerce(key: str):
     from napari.utils.key_bindings import coerce_keybinding
 
     return coerce_keybinding(key)
+
+
+def _name_keys(name: str) -> set[str]:
+    """Ways a table's image name can match a layer: its file name and its stem (both
+    without case)."""
+    from ...data.recist_sources import image_stem
+
+    path = Path(str(name).replace("\\", "/"))
+    return {path.name.lower(), image_stem(path).lower()}
+
+
+def _image_keys(layer) -> set[str]:
+    """The file name of the file an image layer was opened from, and the layer's name."""
+    keys = {str(layer.name).lower()}
+    source = getattr(getattr(layer, "source", None), "path", None) or (
+        (layer.metadata or {}).get("source"))
+    if source:
+        keys |= _name_keys(str(source))
+    return keys

@@ -1,0 +1,122 @@
+"""A RECIST table over several scans, opened in napari or imported onto one scan: each
+lesion lands on its own scan, where napari shows it (scale and origin)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFileDialog
+
+from ._recist_table_data import recist_csv, write_nifti
+
+PLUGIN = "napari-recist-seg"
+LEFT = Qt.MouseButton.LeftButton
+ORIGINS = {"a.nii.gz": (-50.0, 20.0, 7.5), "b.nii.gz": (10.0, -120.0, -300.0)}
+
+
+def _scans(folder):
+    """Two 9-slice scans with origins of their own and a table of 2 + 1 lesions on them."""
+    import SimpleITK as sitk
+
+    for name, origin in ORIGINS.items():
+        write_nifti(folder / name, spacing=(0.7, 0.7, 2.5))
+        scan = sitk.ReadImage(str(folder / name))
+        scan.SetOrigin(origin)
+        sitk.WriteImage(scan, str(folder / name))
+    rows = [("a.nii.gz", 3, (20, 24, 6)), ("a.nii.gz", 6, (40, 30, 5)),
+            ("b.nii.gz", 4, (30, 40, 7))]
+    return recist_csv(folder / "lesions.csv", rows)
+
+
+def _world(layer, point):
+    return np.asarray(layer.data_to_world(np.asarray(point, float)))
+
+
+def test_opening_a_table_puts_each_scans_lesions_on_that_scan(make_napari_viewer, tmp_path):
+    table = _scans(tmp_path)
+    viewer = make_napari_viewer()
+    for name in ORIGINS:
+        viewer.open(str(tmp_path / name), plugin=PLUGIN)
+    viewer.open(str(table), plugin=PLUGIN)
+    a, b = viewer.layers["a RECIST"], viewer.layers["b RECIST"]
+    assert (a.nshapes, b.nshapes) == (4, 2)
+    for recist, scan in ((a, viewer.layers["a"]), (b, viewer.layers["b"])):
+        np.testing.assert_allclose(recist.scale, scan.scale)
+        np.testing.assert_allclose(recist.translate, scan.translate)
+        assert tuple(str(u) for u in recist.units) == tuple(str(u) for u in scan.units)
+        # A line's first point is where the same voxel of the scan is.
+        first = recist.data[0][0]
+        np.testing.assert_allclose(_world(recist, first), _world(scan, first))
+    # The lesions keep their slices and their mm lengths from the scans' headers.
+    assert sorted({int(p[0]) for line in a.data for p in line}) == [3, 6]
+    assert a.features["lesion_id"].tolist()[:2] == [0, 0]
+
+
+def test_a_table_of_many_images_opens_as_one_layer(make_napari_viewer, tmp_path,
+                                                   notifications):
+    from napari_recist_seg.plugin.reader import MAX_IMAGE_LAYERS
+
+    rows = [(f"img{i}.png", None, (20, 20, 5)) for i in range(MAX_IMAGE_LAYERS + 1)]
+    table = recist_csv(tmp_path / "many.csv", rows)
+    viewer = make_napari_viewer()
+    viewer.open(str(table), plugin=PLUGIN)
+    (layer,) = viewer.layers
+    assert layer.name == "many RECIST" and layer.nshapes == 2 * len(rows)
+    assert any("names 21 images" in text for level, text in notifications if level == "warning")
+
+
+def _recist_widget(viewer):
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "RECIST annotation")
+    return widget
+
+
+def _import(widget, qtbot, monkeypatch, path):
+    monkeypatch.setattr(QFileDialog, "getOpenFileName",
+                        staticmethod(lambda *a, **k: (str(path), "")))
+    qtbot.mouseClick(widget.import_button, LEFT)
+
+
+def test_import_adds_only_the_chosen_scans_lesions(make_napari_viewer, qtbot, tmp_path,
+                                                   monkeypatch, notifications):
+    table = _scans(tmp_path)
+    viewer = make_napari_viewer()
+    for name in ORIGINS:
+        viewer.open(str(tmp_path / name), plugin=PLUGIN)
+    widget = _recist_widget(viewer)
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("b"))
+    _import(widget, qtbot, monkeypatch, table)
+    layer = widget.recist_layer()
+    assert layer.nshapes == 2 and set(layer.features["lesion_id"]) == {2}
+    np.testing.assert_allclose(layer.translate, viewer.layers["b"].translate)
+    assert any("1 of the 3 lesions" in text for _, text in notifications)
+
+    # A table of other scans only: refused, nothing added.
+    other = recist_csv(tmp_path / "other.csv", [("c.nii.gz", 1, (20, 20, 5)),
+                                                ("d.nii.gz", 1, (20, 20, 5))])
+    n = len(viewer.layers)
+    _import(widget, qtbot, monkeypatch, other)
+    assert len(viewer.layers) == n
+    assert notifications[-1][0] == "error" and "none of them 'b'" in notifications[-1][1]
+
+    # A lesion on a slice the scan does not have: refused, naming it.
+    outside = recist_csv(tmp_path / "outside.csv", [("b.nii.gz", 12, (20, 20, 5))])
+    _import(widget, qtbot, monkeypatch, outside)
+    assert len(viewer.layers) == n
+    assert notifications[-1][0] == "error"
+    assert "lesion 0 of outside.csv is on slice 12" in notifications[-1][1]
+    assert "slices 0 to 8" in notifications[-1][1]
+
+
+@pytest.mark.parametrize("named", ["elsewhere.nii.gz", ""])
+def test_import_of_one_other_image_still_adds_its_lesions(make_napari_viewer, qtbot, tmp_path,
+                                                          monkeypatch, notifications, named):
+    _scans(tmp_path)
+    table = recist_csv(tmp_path / "one.csv", [(named, 2, (20, 20, 5))])
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "a.nii.gz"), plugin=PLUGIN)
+    widget = _recist_widget(viewer)
+    _import(widget, qtbot, monkeypatch, table)
+    assert widget.recist_layer().nshapes == 2
+    warned = any("they were added to 'a'" in text for _, text in notifications)
+    assert warned == bool(named)

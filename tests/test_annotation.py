@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from napari_recist_seg.core.annotation import (
+    MIN_LINE_PX,
     assign_lesions,
     describe_lesions,
     line_lengths_mm,
@@ -56,6 +57,25 @@ def test_far_line_starts_a_new_lesion_and_a_near_one_finds_its_partner():
     assert _new([LONG, far, SHORT]) == ([0, 1, 0], ["long", "long", "short"])
 
 
+def test_a_click_without_a_drag_never_takes_the_place_of_an_axis():
+    # napari's line tool leaves a line of about a pixel on a stray click.
+    click = [[30.0, 30.0], [30.5, 30.8]]
+    # Drawn before a lesion: the lesion's two axes still pair with each other.
+    assert _new([click, LONG, SHORT]) == ([0, 1, 1], ["long", "long", "short"])
+    # Drawn between its axes: the short axis still finds its long axis.
+    assert _new([LONG, click, SHORT]) == ([0, 1, 0], ["long", "long", "short"])
+    # Already a lesion of its own when the next line comes (as pairing runs at each
+    # release): the next line still starts a lesion.
+    assert assign_lesions([click, LONG], [0, -1], ["long", ""]) == ([0, 1], ["long", "long"])
+    # The table says what it is.
+    infos = describe_lesions([LONG, click, SHORT], [0, 1, 0], ["long", "long", "short"])
+    assert infos[0].ok
+    assert infos[1].problem.startswith("a line under 1.5 px long, a click")
+    # A short axis of 2 px (a small lesion at a coarse zoom) still pairs.
+    small_long, small_short = [[50.0, 50.0], [50.0, 54.0]], [[49.0, 52.0], [51.0, 52.0]]
+    assert _new([small_long, small_short]) == ([0, 0], ["long", "short"])
+
+
 def test_lines_on_different_slices_do_not_pair():
     a = _on_slice(2, LONG)
     b = _on_slice(3, SHORT)  # right over lesion 0 in plane, but on the next slice
@@ -88,6 +108,8 @@ def _pair_by_rule(data):
         for lid, members in enumerate(lesions):
             j, q = members[0]
             if len(members) != 1 or not flat or q[0, 0] != q[1, 0] or q[0, 0] != p[0, 0]:
+                continue
+            if min(length(p), length(q)) < MIN_LINE_PX:  # a click, not an axis
                 continue
             near = segment_distance(p[:, 1:], q[:, 1:]) <= 0.5 * max(length(p), length(q))
             if near and (best is None or j > best[1]):

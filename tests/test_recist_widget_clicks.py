@@ -211,3 +211,23 @@ def test_reason_column_group_column_and_legend_are_visible(make_napari_viewer, q
     widget.sync()
     assert _cell(widget, 0, "group") == "2"
     assert "group 2" in widget.legend.text()
+
+
+def test_a_stray_click_with_the_line_tool_does_not_steal_the_next_axis(viewer_2d, qtbot,
+                                                                       mouse_draw):
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    widget = _widget(viewer_2d)
+    layer = widget.new_recist_layer()
+    layer.mode = "add_line"
+    # A click without a drag: napari's line tool leaves a line of about a pixel.
+    at = tuple(layer.data_to_world(np.array([40.0, 40.0])))
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=at))
+    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=at))
+    assert layer.nshapes == 1
+    mouse_draw(layer, [20, 10], [20, 50])
+    mouse_draw(layer, [10, 30], [30, 30])
+    statuses = [_cell(widget, row, "status") for row in range(widget.model.rowCount())]
+    assert "ok" in statuses
+    assert any(s.startswith("a line under 1.5 px long") for s in statuses)

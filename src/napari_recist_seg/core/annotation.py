@@ -20,6 +20,7 @@ import numpy as np
 from .recist import Recist, recist_from_mask, recists_from_shapes, short_exceeds_long
 
 __all__ = [
+    "MIN_LINE_PX",
     "LesionInfo",
     "assign_lesions",
     "describe_lesions",
@@ -31,6 +32,10 @@ __all__ = [
 ]
 
 _AXES = ("long", "short")
+#: Lines shorter than this many pixels are a click rather than a drawn axis (napari's line
+#: tool leaves one on a click without a drag): they never pair, so they cannot take the
+#: place of the axis drawn next.
+MIN_LINE_PX = 1.5
 # A length in mm inside a message ("12.5 mm"), to relabel where the pixel size is unknown.
 _MM_IN_TEXT = re.compile(r"(\d) mm\b")
 
@@ -143,6 +148,12 @@ def _leading(pts: np.ndarray):
         return "mixed"
     values = tuple(int(round(v)) for v in first)
     return values[0] if len(values) == 1 else values
+
+
+def _pixel_length(line: np.ndarray) -> float:
+    """A line's length in its image's pixels (its last two coordinates)."""
+    d = np.asarray(line, dtype=float)[-1, -2:] - np.asarray(line, dtype=float)[0, -2:]
+    return float(np.hypot(*d))
 
 
 def _point_segment_distance(p, a, b) -> float:
@@ -258,13 +269,14 @@ def assign_lesions(
     for lid, lines in members.items():
         if len(lines) == 1:
             (j,) = lines.values()
-            if key_of(j) != "mixed":
+            if key_of(j) != "mixed" and _pixel_length(pts[j]) >= MIN_LINE_PX:
                 waiting.setdefault(key_of(j), {})[lid] = j
 
     for i in pending:
         key = key_of(i)
         partner = None
-        for lid, j in waiting.get(key, {}).items() if key != "mixed" else ():
+        stray = _pixel_length(pts[i]) < MIN_LINE_PX
+        for lid, j in waiting.get(key, {}).items() if key != "mixed" and not stray else ():
             # "Near" scales with the lesion: a short axis starts within its long axis' reach.
             reach = 0.5 * max(lengths[i], lengths[j])
             gap = segment_distance(pts[i][:, -2:] * sp[i], pts[j][:, -2:] * sp[j])
@@ -273,7 +285,7 @@ def assign_lesions(
         if partner is None:
             ids[i], axes[i] = next_id, "long"
             members[next_id] = {"long": i}
-            if key != "mixed":
+            if key != "mixed" and not stray:
                 waiting.setdefault(key, {})[next_id] = i
             next_id += 1
             continue
@@ -476,6 +488,9 @@ def _describe_one(lid, lines, arrays, sp, tolerance) -> LesionInfo:
         info.problem = "incomplete: no long axis"
     elif info.short_index is None:
         info.problem = "incomplete: draw the short axis"
+        if _pixel_length(arrays[info.long_index]) < MIN_LINE_PX:
+            info.problem = (f"a line under {MIN_LINE_PX:g} px long, a click rather than a "
+                            f"drawn axis: delete it")
     else:
         long_pts, short_pts = arrays[info.long_index], arrays[info.short_index]
         info.perpendicularity_error = _perpendicularity(long_pts[:, -2:], short_pts[:, -2:], sp)

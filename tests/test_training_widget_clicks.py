@@ -291,6 +291,9 @@ def test_training_from_a_recist_table_chosen_with_the_file_chooser(
     type_text(qtbot, widget.table_edit, str(root / "missing.csv"))
     click(qtbot, widget.start_button)
     assert widget.worker is None and "missing.csv is not a file" in notifications[-1][1]
+    # The status line tells of this refusal, not of the run before it.
+    assert widget.status.text().startswith("Training not started:")
+    assert "missing.csv is not a file" in widget.status.text()
 
 
 @pytest.mark.parametrize("process", [True, False], ids=["separate process", "thread"])
@@ -464,4 +467,17 @@ def test_stop_while_the_data_is_read_says_nothing_was_trained(make_napari_viewer
     assert not [m for m in messages if m[0] == "event"]
     assert widget.status.text() == ("Stopped before the first training step; nothing was "
                                     "written.")
+    # The output folder this run made is taken away again; nothing was put in it.
+    assert not (tmp_path / "models").exists()
+
+
+def test_only_empty_folders_of_a_run_stopped_early_are_taken_away(tmp_path):
+    from napari_recist_seg.plugin.widgets.training_widget import _remove_empty_folders
+
+    (tmp_path / "models" / "a1" / "last").mkdir(parents=True)
+    (tmp_path / "models" / "prompted").mkdir()
+    (tmp_path / "models" / "prompted" / "keep.txt").write_text("mine")
+    _remove_empty_folders(tmp_path / "models")
     assert not (tmp_path / "models" / "a1").exists()
+    assert (tmp_path / "models" / "prompted" / "keep.txt").read_text() == "mine"
+    _remove_empty_folders(None)  # no folder was made: nothing to do

@@ -17,6 +17,7 @@ the protocol (whole images or lesion crops).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -242,6 +243,7 @@ class TrainingWidget(QWidget):
         self._remote_plot = False  # the training process draws the curves
         self._last_step_update = 0.0
         self._last_checkpoints: dict[str, str] = {}
+        self._new_out_dir: Path | None = None
         self._connections = Connections()
         bind_lifetime(self, self._connections)
         state = self._state
@@ -530,9 +532,13 @@ class TrainingWidget(QWidget):
                     return None
         except ValueError as exc:
             notify_error(f"Training: {exc}")
+            # The status line would otherwise still tell of the previous run.
+            self.status.setText(f"Training not started: {exc}")
             return None
         stop = threading.Event()
         self._state.stop_event = stop
+        # A folder this run makes is taken away again if the run ends before writing to it.
+        self._new_out_dir = None if Path(job.out_dir).exists() else Path(job.out_dir)
         self._remote_plot = bool(self.form.separate_process.value)
         if self._remote_plot:
             if job.plot_size is None:
@@ -693,6 +699,7 @@ class TrainingWidget(QWidget):
                 # Stopped while the data was prepared: no step ran, nothing was saved.
                 self.status.setText("Stopped before the first training step; nothing was "
                                     "written.")
+                _remove_empty_folders(self._new_out_dir)
             self._plot_timer.stop()
             self._redraw_if_dirty()
             self._set_running(False)
@@ -817,3 +824,13 @@ def _release_accelerator_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _remove_empty_folders(root: Path | None) -> None:
+    """Remove ``root`` and the folders under it, deepest first, where they are empty; a
+    folder holding any file stays, with that file."""
+    if root is None or not root.is_dir():
+        return
+    for folder, _dirs, _files in sorted(os.walk(root), key=lambda e: -len(e[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)

@@ -6,7 +6,7 @@ import pytest
 
 from napari_recist_seg import __version__
 from napari_recist_seg.cli import main
-from napari_recist_seg.data.recist_files import read_recists
+from napari_recist_seg.data.recist_files import read_recists, write_recists
 
 from ._folders import make_isic_folder
 
@@ -66,6 +66,18 @@ def test_pseudo_masks_from_recist_file_needs_shape(tmp_path, capsys):
                  "--shape", "64", "64"])
     assert code == 0
     assert (tmp_path / "o2" / "ISIC_0000001_ellipse.png").exists()
+    # Lesions on slices of a scan the file does not name are refused, not piled into one
+    # picture.
+    from napari_recist_seg.core.recist import Recist
+
+    on_slices = tmp_path / "slices.csv"
+    axes = ([[20, 10], [20, 40]], [[10, 25], [30, 25]])
+    write_recists(on_slices, [Recist(*axes), Recist(*axes)], slices=[3, 7])
+    capsys.readouterr()
+    assert main(["pseudo-masks", str(on_slices), "--out", str(tmp_path / "o3"),
+                 "--shape", "64", "64"]) == 2
+    assert "name no scan (column image)" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "o3").exists()
 
 
 def test_groups_writes_column_and_model(tmp_path, capsys):

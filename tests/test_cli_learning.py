@@ -45,6 +45,17 @@ def test_train_predict_evaluate(tmp_path, capsys):
     with open(metrics_csv) as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 10 and set(METRIC_NAMES) <= set(rows[0])
+    # Training into the finished run again is refused with the ways on: another folder,
+    # --overwrite, or --resume with more epochs, which trains one more epoch.
+    capsys.readouterr()
+    again = ["train", str(data), "--out", str(out), "--models", "multitask", "--size", "32",
+             "--batch", "4", "--k", "2", "--select", "dice"]
+    assert main([*again, "--epochs", "1"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "multitask run finished at epoch 1" in err and "more --epochs than 1" in err
+    assert main([*again, "--epochs", "2", "--resume", str(out / "multitask")]) == 0
+    saved = json.loads((out / "multitask" / "last" / "config.json").read_text())
+    assert len(saved["history"]) == 2
 
 
 def test_train_rejects_unknown_model(tmp_path, capsys):

@@ -121,6 +121,11 @@ def _pseudo_masks(args) -> int:
     table, folder = load_lesions(source, args.images)
     out = Path(args.out)
     methods = PSEUDO_MASK_METHODS if args.method == "all" else (args.method,)
+    if table.slices is not None and not table.images:
+        # Drawn into one picture, lesions of different slices would pile up silently.
+        raise ValueError(f"{source}: its lesions lie on slices (column slice) but name no "
+                         f"scan (column image): name each lesion's scan, relative to the "
+                         f"file's folder or --images, so each is drawn on its slice")
     by_image = table.image_groups() or {"image": list(range(len(table)))}
     # Every output is named and checked before anything is written.
     stems = dict(zip(by_image, output_stems(list(by_image))))

@@ -458,6 +458,10 @@ def _check_run_folder(folder: Path, resume: Path | None, overwrite: bool) -> Non
             return
         except ValueError:
             pass
+    if info.finished:
+        raise ValueError(f"run folder {folder} already holds a run ({info.describe()}); "
+                         f"choose another --out, pass --overwrite to replace it, or --resume "
+                         f"{folder} with more --epochs than {info.epoch} to train it further")
     raise ValueError(f"run folder {folder} already holds a run ({info.describe()}); pass "
                      f"--resume {folder} to continue it or --overwrite to replace it")
 

@@ -58,6 +58,22 @@ def test_train_predict_evaluate(tmp_path, capsys):
     assert len(saved["history"]) == 2
 
 
+@pytest.mark.parametrize("target", ["quarter_ellipse", "trimap_random_walker"])
+def test_train_on_images_wider_than_tall(tmp_path, capsys, target):
+    # Published dermoscopy sets (PH2, ISIC 2018, HAM10000) are 4:3, not square.
+    data = make_isic_folder(tmp_path / "data", n=6, size=48, width=64)
+    out = tmp_path / "runs"
+    assert main(["train", str(data), "--out", str(out), "--models", "multitask", "--size", "32",
+                 "--epochs", "1", "--batch", "3", "--k", "2", "--pseudo-mask", target]) == 0
+    assert (out / "multitask" / "best" / "model.safetensors").is_file()
+    preds = tmp_path / "preds"
+    assert main(["predict", str(data / "images"), "--model", str(out / "multitask"),
+                 "--out", str(preds)]) == 0
+    import imageio.v3 as iio
+
+    assert {iio.imread(p).shape for p in preds.glob("*_mask.png")} == {(48, 64)}
+
+
 def test_train_rejects_unknown_model(tmp_path, capsys):
     data = make_isic_folder(tmp_path / "data", n=4, size=32)
     assert main(["train", str(data), "--out", str(tmp_path / "o"), "--models", "unet"]) == 2

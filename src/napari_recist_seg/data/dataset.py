@@ -537,8 +537,8 @@ class LesionDataset(Dataset):
                 item = _hwc(_whole_u8(image, size, channel_axis)) if needs_image else None
                 target = training_target(r_out, (size, size), pseudo_mask_method, item)
             else:
-                source = _hwc(chw) if needs_image else None
-                mask, weight = training_target(r, (h, w), pseudo_mask_method, source)
+                pixels = _hwc(chw) if needs_image else None
+                mask, weight = training_target(r, (h, w), pseudo_mask_method, pixels)
                 target = (_resize_mask(mask, (size, size)),
                           None if weight is None else _resize_mask(weight, (size, size)))
             _pack_target(masks, weights, i, target)

@@ -215,6 +215,22 @@ def test_writer_round_trip_is_lossless(tmp_path, suffix, three_d):
     assert "length_mm" not in again.features and "measurement" not in again.features
 
 
+def test_a_layer_in_pixels_saves_no_pixel_size(tmp_path):
+    import napari
+    from napari.layers import Layer
+
+    from napari_recist_seg.plugin.recist_layers import table_layer_tuple
+
+    table = _table()
+    data, kwargs, kind = table_layer_tuple(table, "lesions")
+    pixels = Layer.create(data, {**kwargs, "scale": (1.0, 1.0), "units": ("pixel", "pixel")},
+                          kind)
+    napari.save_layers(str(tmp_path / "px.csv"), [pixels], plugin=PLUGIN)
+    again = read_recists(tmp_path / "px.csv")
+    # Left empty, not 1 mm: read back, the lesions are still in pixels.
+    assert again.spacing_known == [False, False]
+
+
 def test_writer_refuses_unpaired_lines(tmp_path, notifications):
     import napari
     from napari.layers import Shapes

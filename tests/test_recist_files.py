@@ -331,3 +331,17 @@ def test_lesions_drawn_on_a_stack_take_the_image_name_of_their_slice(tmp_path):
     write_recists(written, table)
     assert "nan" not in written.read_text()
     assert read_recists(written).images == table.images
+
+
+def test_a_2d_layer_read_from_a_table_saves_again_with_its_image_name(tmp_path):
+    import pandas as pd
+
+    data = [np.array([[20, 10], [20, 30]], float), np.array([[15, 20], [25, 20]], float),
+            np.array([[50, 40], [50, 70]], float), np.array([[45, 55], [55, 55]], float)]
+    # The first lesion came from the table (its image named), the second was drawn.
+    frame = pd.DataFrame({"lesion_id": [0, 0, 1, 1], "axis": ["long", "short"] * 2,
+                          "image": ["ISIC_1.jpg", "ISIC_1.jpg", np.nan, np.nan]})
+    table = table_from_layer_data(data, frame, (1.0, 1.0))
+    assert table.slices is None and table.images == ["ISIC_1.jpg", "ISIC_1.jpg"]
+    write_recists(tmp_path / "again.csv", table)
+    assert read_recists(tmp_path / "again.csv").images == ["ISIC_1.jpg", "ISIC_1.jpg"]

@@ -631,8 +631,10 @@ def _column(features, name: str) -> list:
 
 def _image_names(values, slices) -> list[str]:
     """Each lesion's image name; a lesion drawn in the viewer has none (or NaN), and takes
-    that of a lesion on its slice (one slice shows one image)."""
+    that of a lesion on its slice (one slice shows one image; a 2D layer, one image)."""
     names = ["" if _nan_to_none(v) is None or str(v) == "nan" else str(v) for v in values]
+    if slices is None:
+        slices = [None] * len(names)
     known: dict = {}
     for name, z in zip(names, slices):
         if name:

@@ -196,10 +196,22 @@ def write_recist_file(path: str, data, meta: dict) -> str:
         table = table_from_layer_data(data, columns, scale=meta.get("scale"))
     except ValueError as exc:
         raise ValueError(f"cannot write {name!r} as RECIST: {exc}") from None
+    if _in_pixels(meta) and "spacing_row" not in columns:
+        # A layer in pixels has no pixel size to give: the file leaves it empty rather than
+        # claiming 1 mm, which a table reader would take as true.
+        table.spacing_known = [False] * len(table)
     try:
         return str(write_recists(target, table))
     except OSError as exc:
         raise ValueError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+def _in_pixels(meta: dict) -> bool:
+    """Whether a layer's plane is measured in pixels (napari's ``units``), not mm."""
+    units = meta.get("units")
+    if not units:
+        return False
+    return all(str(u) in ("pixel", "px") for u in list(units)[-2:])
 
 
 def _missing_or_negative(value) -> bool:

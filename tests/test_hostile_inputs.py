@@ -310,6 +310,31 @@ def test_predict_keeps_subfolders_of_inputs_with_the_same_name(tmp_path, untrain
     assert names == ["a/case.png", "b/case.png"]
 
 
+def test_predict_on_a_ph2_or_isic_2017_folder_segments_its_images_only(tmp_path,
+                                                                         untrained_model):
+    import imageio.v3 as iio
+    import numpy as np
+
+    # PH2: IMDxxx/IMDxxx_Dermoscopic_Image/IMDxxx.bmp beside its lesion mask and its
+    # per-colour region masks (IMDxxx_roi/); ISIC 2017: superpixel maps beside the images.
+    root = tmp_path / "PH2"
+    case = root / "IMD002"
+    image = _rgb_png(case / "IMD002_Dermoscopic_Image" / "IMD002.png", seed=1)
+    iio.imwrite(image.with_suffix(".bmp"), iio.imread(image))
+    image.unlink()
+    grey = np.zeros((48, 48), np.uint8)
+    (case / "IMD002_lesion").mkdir()
+    iio.imwrite(case / "IMD002_lesion" / "IMD002_lesion.bmp", grey)
+    (case / "IMD002_roi").mkdir()
+    iio.imwrite(case / "IMD002_roi" / "IMD002_R1.bmp", grey)
+    _rgb_png(root / "ISIC_0000001.png", seed=2)
+    _rgb_png(root / "ISIC_0000001_superpixels.png", seed=3)
+    out = tmp_path / "preds"
+    assert main(["predict", str(root), "--model", str(untrained_model), "--out", str(out)]) == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*_mask.png"))
+    assert written == ["IMD002_mask.png", "ISIC_0000001_mask.png"]
+
+
 def test_output_names_never_leave_the_output_folder():
     from napari_recist_seg.commands._outputs import output_stems
 
@@ -687,3 +712,19 @@ def test_long_and_nul_paths_give_a_short_message(tmp_path, capsys):
     assert main(["groups", "a\x00b.csv", "--out", str(tmp_path / "g.csv"), "--k", "2"]) == 2
     err = capsys.readouterr().err
     assert "\x00" not in err and len(err) < 800
+
+
+def test_predict_names_an_image_it_cannot_segment_and_leaves_nothing(tmp_path,
+                                                                     untrained_model, capsys):
+    import imageio.v3 as iio
+    import numpy as np
+
+    root = tmp_path / "images"
+    _rgb_png(root / "a.png", seed=1)
+    iio.imwrite(root / "b_grey.png", np.zeros((48, 48), np.uint8))  # a colour model's input?
+    out = tmp_path / "preds"
+    assert main(["predict", str(root), "--model", str(untrained_model), "--out", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "b_grey.png" in err and "channel" in err
+    # a.png's mask, written before b_grey.png failed, is taken away with the folder.
+    assert not out.exists()

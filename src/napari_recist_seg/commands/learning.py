@@ -14,9 +14,9 @@ from ..cli import command
 from ..core.metrics import METRIC_NAMES, mean_metrics, segmentation_metrics
 from ..core.recist_prompt import PRIOR_EDGES
 from ..core.training_targets import DEFAULT_TARGET, TARGET_METHODS
-from ..data._atomic import atomic_write
+from ..data._atomic import NewOutputs, atomic_write
 from ..learning.model_kinds import MODEL_KINDS
-from ._outputs import output_stems, prepare_output_folder, refuse_existing
+from ._outputs import output_stems, refuse_existing
 from ._progress import progress
 
 MODEL_CHOICES = MODEL_KINDS
@@ -506,14 +506,13 @@ def _configure_predict(p) -> None:
 
 
 def _image_files(inputs) -> list[Path]:
-    from ..data.image_folders import _IMAGE_SUFFIXES
+    from ..data.image_folders import list_images
 
     files = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in _IMAGE_SUFFIXES
-                            and not _looks_like_mask(f))
+            files += list_images(p)
         elif p.is_file():
             files.append(p)
         else:
@@ -584,22 +583,29 @@ def _predict(args) -> int:
     if (model.preprocessing or {}).get("mode") == "crops" and not args.recists:
         raise ValueError(f"{args.model} was trained on lesion crops: give each lesion's "
                          f"RECIST with --recists FILE, or predict a lesion table")
-    prepare_output_folder(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
     rows = []
-    for f, stem, target in progress(list(zip(files, stems, targets)), "predicting",
-                                    unit="image"):
-        recists = by_image.get(f.stem) if args.recists else None
-        result = predict_detailed(model, load_image(f), recists, threshold=args.threshold,
-                                  tta=args.tta)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _write_mask(target, result.mask)
-        groups = "" if result.groups is None else " ".join(map(str, result.groups.tolist()))
-        name = f.name if str(stem.parent) == "." else str(stem.parent / f.name)
-        rows.append((name, int(result.mask.sum()), groups))
-    with atomic_write(out / "predictions.csv", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image", "mask_pixels", "predicted_groups"])
-        w.writerows(rows)
+    # A run that fails half way (an image it cannot segment) leaves no half set of masks.
+    with NewOutputs([out, *{t.parent for t in targets}]) as outputs:
+        for f, stem, target in progress(list(zip(files, stems, targets)), "predicting",
+                                        unit="image"):
+            recists = by_image.get(f.stem) if args.recists else None
+            try:
+                result = predict_detailed(model, load_image(f), recists,
+                                          threshold=args.threshold, tta=args.tta)
+            except ValueError as exc:
+                reason = str(exc)
+                raise ValueError(reason if str(f) in reason else f"{f}: {reason}") from None
+            _write_mask(outputs.file(target), result.mask)
+            groups = ("" if result.groups is None
+                      else " ".join(map(str, result.groups.tolist())))
+            name = f.name if str(stem.parent) == "." else str(stem.parent / f.name)
+            rows.append((name, int(result.mask.sum()), groups))
+        with atomic_write(outputs.file(out / "predictions.csv"), newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["image", "mask_pixels", "predicted_groups"])
+            w.writerows(rows)
     print(f"{len(rows)} masks ({model.kind} model) -> {out}")
     if unmarked:
         shown = ", ".join(f.name for f in unmarked[:5]) + (", ..." if len(unmarked) > 5 else "")

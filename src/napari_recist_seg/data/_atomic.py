@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_folder"]
+__all__ = ["NewOutputs", "atomic_write", "fsync_folder"]
 
 
 def _current_umask() -> int:
@@ -99,3 +99,49 @@ def fsync_folder(folder) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class NewOutputs:
+    """The files and folders a run creates, taken away again if it fails or is stopped half
+    way, so that it leaves no half set of outputs: only what was there before (files it was
+    allowed to replace stay replaced).
+
+    Use as ``with NewOutputs(folders) as new:``, calling ``new.file(path)`` before writing
+    each output; ``folders`` are made now and removed on failure if they were not there.
+    """
+
+    def __init__(self, folders=()):
+        self._files: list[Path] = []
+        missing = set()
+        for path in map(Path, folders):
+            for folder in (path, *path.parents):
+                if folder.exists():
+                    break
+                missing.add(folder)
+        self._folders = sorted(missing, key=lambda f: len(f.parts), reverse=True)
+        for path in folders:
+            try:
+                Path(path).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ValueError(f"cannot create the output folder {path}: "
+                                 f"{exc.strerror or exc}") from None
+
+    def file(self, path) -> Path:
+        """``path``, remembered if it does not exist yet (so a failure takes it away)."""
+        path = Path(path)
+        if not path.exists():
+            self._files.append(path)
+        return path
+
+    def __enter__(self) -> NewOutputs:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> bool:
+        if kind is not None:
+            for path in self._files:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+            for folder in self._folders:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
+        return False

@@ -94,6 +94,15 @@ def _classify(path: Path, root: Path) -> tuple[str, str] | None:
     return "image", stem
 
 
+def list_images(path) -> list[Path]:
+    """The images under the folder ``path``, sorted, by the rules that pair a folder: masks
+    (by name or folder), ISIC's superpixel maps and PH2's region masks are left out."""
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*")
+                   if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+    return [p for p in files if (_classify(p, root) or ("",))[0] == "image"]
+
+
 def read_image_mask_folder(path) -> list[ImageMaskPair]:
     """Pair every image under ``path`` with its mask.
 

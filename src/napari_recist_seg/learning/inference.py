@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -435,7 +434,7 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
     """
     import csv
 
-    from ..data._atomic import atomic_write
+    from ..data._atomic import NewOutputs, atomic_write
     from ..data.recist_sources import read_lesion_table
 
     if not 0 < threshold < 1:
@@ -481,18 +480,16 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
                              f"replace existing files (nothing was written)")
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file, not a folder")
-    folders = _missing_folders([out, *{t.parent for t in [*targets.values(),
-                                                          *volumes.values()]}])
-    out.mkdir(parents=True, exist_ok=True)
+    outputs = NewOutputs([out, *{t.parent for t in [*targets.values(), *volumes.values()]}])
 
     records: dict[int, dict] = {}
-    written, created = [], []
+    written = []
     volume_labels: dict[str, ScanLabels] = {}
     # Row numbers label the lesions in a volume's label image.
     label_type = np.uint16 if max(r.row for _, r in rows) < 2 ** 16 else np.uint32
     stacks = list(by_stack.items())
     loop = stacks if progress is None else progress(stacks, "predicting")
-    try:
+    with outputs:
         for s, members, lesion_masks, groups in _predict_stacks(model, table, loop, windows,
                                                                  threshold, tta, batch_size):
             union = np.zeros(lesion_masks[0].shape, dtype=bool)
@@ -514,33 +511,17 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
                               "mask": r.mask_name,
                               **_measure(lesion, r.recist.spacing, r.spacing_known),
                               "group": "" if group is None else group}
-            target = targets[s]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not target.exists():
-                created.append(target)
+            target = outputs.file(targets[s])
             _write_png(target, union)
             written.append(target)
         label_images = []
         for key, labels in volume_labels.items():
-            target = volumes[key]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not target.exists():
-                created.append(target)
-            label_images.append(labels.write(target))
+            label_images.append(labels.write(outputs.file(volumes[key])))
         lesions = [records[i] for i, _ in rows]
         with atomic_write(lesions_csv, newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(LESION_COLUMNS))
             w.writeheader()
             w.writerows(lesions)
-    except BaseException:
-        # A run that fails or is stopped half way leaves no half set of masks behind, only
-        # what was there before (files it was allowed to replace stay replaced).
-        for path in created:
-            path.unlink(missing_ok=True)
-        for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only when empty
-        raise
     return TablePrediction(written, lesions, lesions_csv, label_images)
 
 
@@ -571,17 +552,6 @@ def _volume_label_images(table, by_stack, out: Path) -> dict[str, Path]:
                 stem = r.mask_name[: -len(f"_slice{r.slice}_mask.png")]
                 names[r.image] = out / f"{stem}_labels.nii.gz"
     return names
-
-
-def _missing_folders(paths) -> list[Path]:
-    """The folders among ``paths`` and their parents that do not exist yet."""
-    missing = set()
-    for path in paths:
-        for folder in (path, *path.parents):
-            if folder.exists():
-                break
-            missing.add(folder)
-    return sorted(missing)
 
 
 def _predict_stacks(model, table, stacks, windows, threshold, tta, batch_size):

@@ -53,6 +53,16 @@ def test_pseudo_masks_from_folder(tmp_path, capsys):
     assert overlap > 0.85  # ellipse masks are measured and redrawn almost exactly
     table = read_recists(out / "recists.csv")
     assert len(table) == 4
+    # A mask of another size than its image is refused (by groups too), naming both.
+    small = data / "masks" / "ISIC_0000002_segmentation.png"
+    iio.imwrite(small, iio.imread(small)[::2, ::2])
+    capsys.readouterr()
+    assert main(["pseudo-masks", str(data), "--out", str(tmp_path / "o2")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "ISIC_0000002_segmentation.png is 32x32 but image" in err and "64x64" in err
+    assert not (tmp_path / "o2").exists()
+    assert main(["groups", str(data), "--k", "2", "--out", str(tmp_path / "g.csv")]) == 2
+    assert "is 32x32 but image" in " ".join(capsys.readouterr().err.split())
 
 
 def test_pseudo_masks_from_recist_file_needs_shape(tmp_path, capsys):

@@ -28,7 +28,7 @@ def load_lesions(source, images=None) -> tuple[RecistTable, dict]:
     table, ``{"shapes": {file_name: (rows, cols)}}`` from its ``Image_size`` column.
     """
     from ..core.recist import recist_from_mask
-    from ..data.image_folders import load_mask, read_image_mask_folder
+    from ..data.image_folders import check_mask_size, load_mask, read_image_mask_folder
     from ..data.recist_sources import is_deeplesion_table
 
     path = Path(source)
@@ -46,6 +46,9 @@ def load_lesions(source, images=None) -> tuple[RecistTable, dict]:
     recists, names, masks = [], [], {}
     for pair in progress(pairs, desc="measuring masks", unit="mask"):
         mask = load_mask(pair.mask_path)
+        # Pseudo-masks are drawn at the mask's size: one of another size than its image
+        # would put the lesion in the wrong place.
+        check_mask_size(pair, mask.shape)
         try:
             recists.append(recist_from_mask(mask))
         except ValueError as exc:

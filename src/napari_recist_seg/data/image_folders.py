@@ -246,12 +246,26 @@ def load_pair(pair: ImageMaskPair) -> tuple[np.ndarray, np.ndarray]:
     """
     image = load_image(pair.image_path)
     mask = load_mask(pair.mask_path)
-    if mask.shape != image.shape[:2]:
-        raise ValueError(
-            f"mask {pair.mask_path} is {mask.shape[0]}x{mask.shape[1]} but image "
-            f"{pair.image_path} is {image.shape[0]}x{image.shape[1]}"
-        )
+    check_mask_size(pair, mask.shape, image.shape[:2])
     return image, mask
+
+
+def check_mask_size(pair: ImageMaskPair, mask_shape, image_shape=None) -> None:
+    """Refuse (ValueError naming both files) a mask whose (rows, cols) differ from its
+    image's; ``image_shape`` defaults to the image file's, read from its header."""
+    if image_shape is None:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(pair.image_path) as im:
+                image_shape = (im.height, im.width)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise ValueError(f"{pair.image_path}: cannot read image ({exc})") from None
+    if tuple(mask_shape[:2]) != tuple(image_shape[:2]):
+        raise ValueError(
+            f"mask {pair.mask_path} is {mask_shape[0]}x{mask_shape[1]} but image "
+            f"{pair.image_path} is {image_shape[0]}x{image_shape[1]}"
+        )
 
 
 def simulate_recists(pairs: Iterable[ImageMaskPair], spacing=(1.0, 1.0)) -> list[Recist]:

@@ -451,3 +451,25 @@ def test_dataset_partners_follow_the_epoch(derm):
     np.testing.assert_array_equal(ds.groups[p0], ds.groups)
     np.testing.assert_array_equal(ds.partners(), p0)
     assert any(not np.array_equal(p0, (ds.set_epoch(e), ds.partners())[1]) for e in range(1, 6))
+
+
+def test_large_images_are_reduced_in_place_and_small_ones_as_before():
+    from skimage.transform import resize
+
+    from napari_recist_seg.data.dataset import _to_unit, _unit_to_u8, _whole_u8
+
+    # A bright block in a 2400 x 3200 picture: averaged down first (a factor of 25), it still
+    # lands where the pixel grid puts it, and its brightness is kept.
+    big = np.zeros((2400, 3200), np.uint8)
+    big[600:1200, 2000:2800] = 200
+    out = _whole_u8(big, 96, None)[0].astype(float)
+    rows, cols = np.nonzero(out > 100)
+    assert rows.mean() == pytest.approx((900 - 0.5) * 96 / 2400 + (96 / 2400 - 1) / 2, abs=0.3)
+    assert cols.mean() == pytest.approx((2400 - 0.5) * 96 / 3200 + (96 / 3200 - 1) / 2, abs=0.3)
+    assert out[rows, cols].mean() == pytest.approx(200, abs=15)
+    # A reduction of 4 or less is skimage's anti-aliased resize, unchanged.
+    small = np.random.default_rng(0).integers(0, 255, (256, 200, 3), dtype=np.uint8)
+    unit = _to_unit(np.moveaxis(small, -1, 0))
+    expected = _unit_to_u8(np.moveaxis(resize(np.moveaxis(unit, 0, -1), (64, 64), order=1,
+                                              anti_aliasing=True, mode="edge"), -1, 0))
+    np.testing.assert_array_equal(_whole_u8(small, 64, -1), expected)

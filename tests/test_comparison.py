@@ -141,6 +141,14 @@ def test_a_prompted_model_segments_the_lesions_it_is_shown_and_needs_them():
         next(predict_models([_entry(PriorModel(), "pr")], np.zeros(SHAPE), [], None))
 
 
+def test_a_model_that_cannot_read_the_image_is_named():
+    grey_only = RampModel()
+    grey_only.config = {"input_size": 32, "in_channels": 1}
+    colour = np.zeros((*SHAPE, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"^grey one: the model takes 1-channel images"):
+        list(predict_models([_entry(grey_only, "grey one")], colour, [], None, rgb=True))
+
+
 def test_a_crop_model_without_lesions_is_refused_before_predicting():
     model = ConstantModel(5.0, mode="crops")
     with pytest.raises(ValueError, match="'stub' was trained on lesion crops"):

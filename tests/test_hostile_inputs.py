@@ -721,10 +721,17 @@ def test_predict_names_an_image_it_cannot_segment_and_leaves_nothing(tmp_path,
 
     root = tmp_path / "images"
     _rgb_png(root / "a.png", seed=1)
-    iio.imwrite(root / "b_grey.png", np.zeros((48, 48), np.uint8))  # a colour model's input?
+    broken = _rgb_png(root / "b_broken.png", seed=2)
+    broken.write_bytes(broken.read_bytes()[:200])  # cut off, as by a failed copy
     out = tmp_path / "preds"
     assert main(["predict", str(root), "--model", str(untrained_model), "--out", str(out)]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "b_grey.png" in err and "channel" in err
-    # a.png's mask, written before b_grey.png failed, is taken away with the folder.
+    assert "b_broken.png" in err and err.count("b_broken.png") == 1
+    # a.png's mask, written before b_broken.png failed, is taken away with the folder.
     assert not out.exists()
+    # A grey picture among colour ones is segmented by a colour model as training would
+    # read it: as three equal channels.
+    broken.unlink()
+    iio.imwrite(root / "c_grey.png", np.full((48, 48), 90, np.uint8))
+    assert main(["predict", str(root), "--model", str(untrained_model), "--out", str(out)]) == 0
+    assert iio.imread(out / "c_grey_mask.png").shape == (48, 48)

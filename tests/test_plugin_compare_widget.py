@@ -400,7 +400,7 @@ def test_status_line_is_replaced_after_a_failed_prediction(make_napari_viewer, q
     assert widget.status.text().startswith("Predicting")
     _wait(widget, qtbot)
     status = widget.status.text()
-    assert status.startswith("Prediction failed:") and "lesion crops" in status
+    assert status.startswith("Prediction of 'CT phantom' failed:") and "lesion crops" in status
     assert "Predicting" not in status
     assert "lesion crops" in notifications[-1][1]
     assert len(viewer.layers) == len(before)

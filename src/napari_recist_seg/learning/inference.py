@@ -195,6 +195,7 @@ def predict_detailed(model, image, recists=None, *, threshold: float = 0.5, tta:
     image = np.asarray(image)
     if image.ndim not in (2, 3):
         raise ValueError(f"image must be 2D grey or RGB, got shape {image.shape}")
+    image = _grey_as_colour(model, image)
     pre = model.preprocessing
     size = int(pre.get("size", 128))
     normalise = pre.get("normalise")
@@ -282,6 +283,19 @@ def _marked_only(probability: np.ndarray, recist, threshold: float) -> np.ndarra
     above = probability >= threshold
     kept = keep_marked_parts(above, recist)
     return np.where(above & ~kept, np.float32(0.0), probability)
+
+
+def _grey_as_colour(model, image: np.ndarray) -> np.ndarray:
+    """A grey 8-bit picture given to a colour model, as its three equal channels: training
+    does the same with the grey images of a mostly colour folder or table. CT values (not
+    8-bit) and a CT model's channels (a slice and its neighbours) are left to be refused."""
+    if (image.ndim != 2 or image.dtype != np.uint8
+            or int(model.config.get("in_channels", 3)) != 3):
+        return image
+    source = (getattr(model, "preprocessing", None) or {}).get("source") or {}
+    if source.get("neighbours") and not source.get("colour"):
+        return image
+    return np.repeat(image[..., None], 3, axis=-1)
 
 
 def _check_channels(model, x: np.ndarray) -> None:

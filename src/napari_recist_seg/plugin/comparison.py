@@ -202,7 +202,7 @@ def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
     if not 0 < threshold < 1:
         raise ValueError(f"the threshold must be between 0 and 1, got {threshold}")
     prepare_torch_import()
-    from ..learning.inference import is_prompted, predict_detailed
+    from ..learning.inference import is_prompted
 
     volume = np.ndim(image) - (1 if rgb else 0) == 3
     models = []
@@ -222,36 +222,48 @@ def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
     planes = range(image.shape[0]) if volume else [None]
     layer_planes = LayerPlanes(image, rgb, metadata, slice_mm)
     for entry, model, mode in models:
-        shape = image.shape[: 3 if volume else 2]
-        mask = np.zeros(shape, dtype=np.uint8)
-        groups: dict = {}  # (slice, lesion id or None) -> predicted group
-        done_planes = []
-        for z in planes:
-            plane = image if z is None else image[z]
-            if mode == "crops":
-                mine = [(lid, r) for s, r, lid in lesions if s == z]
-                if not mine:
-                    continue
-                plane, channel_axis = layer_planes.plane(z, context_of(model),
-                                                         slice_gap_of(model))
-                pred = predict_detailed(model, plane, [r for _, r in mine],
-                                        threshold=threshold, tta=tta, channel_axis=channel_axis)
-                if pred.groups is not None:
-                    for (lid, _), g in zip(mine, pred.groups):
-                        groups[(z, lid)] = int(g)
-            else:
-                pred = predict_detailed(model, plane, threshold=threshold, tta=tta)
-                if pred.groups is not None:
-                    groups[(z, None)] = int(pred.groups[0])
-            if z is None:
-                mask[...] = pred.mask
-            else:
-                mask[z] = pred.mask
-            done_planes.append(z)
-        rows = [] if gt is None else metric_rows(entry.name, mask, gt, done_planes, lesions,
-                                                 groups, mode)
-        yield ("result", {"name": entry.name, "kind": entry.kind, "mask": mask,
-                          "groups": groups, "rows": rows, "mode": mode})
+        try:
+            yield _predict_one(entry, model, mode, image, planes, layer_planes, lesions, gt,
+                               threshold, tta, volume)
+        except ValueError as exc:
+            raise ValueError(f"{entry.name}: {exc}") from None
+
+
+def _predict_one(entry, model, mode, image, planes, layer_planes, lesions, gt, threshold, tta,
+                 volume):
+    """``predict_models``' result message for one model."""
+    from ..learning.inference import predict_detailed
+
+    shape = image.shape[: 3 if volume else 2]
+    mask = np.zeros(shape, dtype=np.uint8)
+    groups: dict = {}  # (slice, lesion id or None) -> predicted group
+    done_planes = []
+    for z in planes:
+        plane = image if z is None else image[z]
+        if mode == "crops":
+            mine = [(lid, r) for s, r, lid in lesions if s == z]
+            if not mine:
+                continue
+            plane, channel_axis = layer_planes.plane(z, context_of(model),
+                                                     slice_gap_of(model))
+            pred = predict_detailed(model, plane, [r for _, r in mine],
+                                    threshold=threshold, tta=tta, channel_axis=channel_axis)
+            if pred.groups is not None:
+                for (lid, _), g in zip(mine, pred.groups):
+                    groups[(z, lid)] = int(g)
+        else:
+            pred = predict_detailed(model, plane, threshold=threshold, tta=tta)
+            if pred.groups is not None:
+                groups[(z, None)] = int(pred.groups[0])
+        if z is None:
+            mask[...] = pred.mask
+        else:
+            mask[z] = pred.mask
+        done_planes.append(z)
+    rows = [] if gt is None else metric_rows(entry.name, mask, gt, done_planes, lesions,
+                                             groups, mode)
+    return ("result", {"name": entry.name, "kind": entry.kind, "mask": mask,
+                       "groups": groups, "rows": rows, "mode": mode})
 
 
 # -- metrics ----------------------------------------------------------------------------------

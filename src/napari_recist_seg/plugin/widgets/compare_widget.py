@@ -258,7 +258,7 @@ class CompareWidget(QWidget):
         failed: list = []
         worker.yielded.connect(lambda message: self._on_message(message, results))
         worker.errored.connect(lambda exc: (failed.append(exc),
-                                            notify_error(f"Compare: {exc}")))
+                                            notify_error(f"Compare, {image.name!r}: {exc}")))
         worker.finished.connect(
             lambda: self._on_finished(image, inputs.truth, gt_layer, results, failed))
         self._worker = worker
@@ -285,7 +285,7 @@ class CompareWidget(QWidget):
         # Results are shown together once every model has predicted: one that fails leaves
         # the viewer as it was.
         if failed:
-            self.status.setText(f"Prediction failed: {failed[0]}")
+            self.status.setText(f"Prediction of {image.name!r} failed: {failed[0]}")
             return
         if image not in self.viewer.layers:
             self.status.setText(f"Not shown: {image.name!r} was removed while predicting")

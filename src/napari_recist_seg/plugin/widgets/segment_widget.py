@@ -262,7 +262,7 @@ def predict_lesions(entry, image, jobs, threshold: float, rgb: bool = False, nam
             yield ("loaded", entry.name)
         if not inference.is_prompted(model):
             raise ValueError(not_prompted_message(entry.name, model.kind))
-        problem = channels_problem(model, rgb, name)
+        problem = channels_problem(model, rgb, name, _is_picture(image))
         if problem:
             raise ValueError(problem)
     planes = image if isinstance(image, LayerPlanes) else LayerPlanes(image, rgb)
@@ -286,8 +286,11 @@ def not_prompted_message(name: str, kind: str) -> str:
             "with 'Load...'")
 
 
-def channels_problem(model, rgb: bool, name: str) -> str:
-    """Why ``model`` cannot read an image's channels (grey, or colour with ``rgb``), or ""."""
+def channels_problem(model, rgb: bool, name: str, picture: bool = False) -> str:
+    """Why ``model`` cannot read an image's channels (grey, or colour with ``rgb``), or "".
+
+    A grey ``picture`` (8-bit, not CT values) is read by a colour model as three equal
+    channels, as the library does."""
     config = getattr(model, "config", None) or {}
     expected = config.get("in_channels")
     given = 3 if rgb else 1
@@ -296,10 +299,18 @@ def channels_problem(model, rgb: bool, name: str) -> str:
         return ""
     if context and not rgb and int(expected) == 2 * context + 1:
         return ""  # the slice's neighbours are found for it (``LayerPlanes``)
+    if picture and not context and not rgb and int(expected) == 3:
+        return ""
     what = "a colour (RGB) image" if rgb else "a grey image"
     extra = f" (a CT slice with {context} neighbour(s) on each side)" if context else ""
     return (f"the model takes {int(expected)}-channel images{extra}, but {name!r} is {what} "
             f"({given} channel{'s' if given > 1 else ''})")
+
+
+def _is_picture(image) -> bool:
+    """Whether an image (layer, ``LayerPlanes`` or array) holds 8-bit picture values."""
+    data = getattr(image, "data", image)
+    return np.dtype(getattr(data, "dtype", np.float64)) == np.uint8
 
 
 # -- the table ------------------------------------------------------------------------------------
@@ -729,7 +740,8 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         if not _is_prompted_kind(entry.kind):
             return not_prompted_message(entry.name, entry.kind)
         if entry.model is not None:
-            problem = channels_problem(entry.model, bool(image.rgb), image.name)
+            problem = channels_problem(entry.model, bool(image.rgb), image.name,
+                                       _is_picture(image))
             if problem:
                 return problem
         if layer is None:

@@ -1,5 +1,4 @@
 import json
-import re
 
 import numpy as np
 import pytest
@@ -201,19 +200,24 @@ def test_pseudo_masks_find_images_through_images_and_keep_names_inside(tmp_path,
     out = tmp_path / "o"
     main(["pseudo-masks", str(data), "--out", str(out)])
     table = out / "recists.csv"
-    # The table's names are the images' stems; the images sit in another folder.
-    text = re.sub(r",(ISIC_\d+),", r",\1.png,", table.read_text())
+    # The table names each image by its path in the folder; moved elsewhere, it needs it.
+    text = table.read_text()
+    assert ",images/ISIC_0000001.png," in text
+    # So it is a lesion table to train on as it is, given the folder.
+    from napari_recist_seg.data.recist_sources import read_lesion_table
+
+    assert len(read_lesion_table(table, data).rows) == 3
     moved = tmp_path / "tables" / "t.csv"
     moved.parent.mkdir()
     moved.write_text(text)
     assert main(["pseudo-masks", str(moved), "--out", str(tmp_path / "a")]) == 2
     assert "--images DIR" in capsys.readouterr().err
     assert main(["pseudo-masks", str(moved), "--out", str(tmp_path / "a"), "--images",
-                 str(data / "images")]) == 0
+                 str(data)]) == 0
     assert (tmp_path / "a" / "ISIC_0000001_ellipse.png").is_file()
     # A name leading outside the folder is refused even with --shape.
     escaped = tmp_path / "tables" / "e.csv"
-    escaped.write_text(text.replace(",ISIC_0000001.png,", ",../x/ISIC_0000001.png,"))
+    escaped.write_text(text.replace(",images/ISIC_0000001.png,", ",../x/ISIC_0000001.png,"))
     assert main(["pseudo-masks", str(escaped), "--out", str(tmp_path / "b"), "--shape", "64",
                  "64"]) == 2
     assert "must be a path inside" in capsys.readouterr().err

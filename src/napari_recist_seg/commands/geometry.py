@@ -53,8 +53,11 @@ def load_lesions(source, images=None) -> tuple[RecistTable, dict]:
             recists.append(recist_from_mask(mask))
         except ValueError as exc:
             raise ValueError(f"{pair.mask_path}: {exc}") from None
-        names.append(pair.name)
-        masks[pair.name] = mask
+        # Named by the image's path in the folder, so the written table trains as it is
+        # (``--images`` the folder) and still matches ``predict --recists`` by stem.
+        name = pair.image_path.relative_to(path).as_posix()
+        names.append(name)
+        masks[name] = mask
     table = RecistTable(recists, images=names, spacing_known=[False] * len(recists))
     return table, {"pairs": pairs, "masks": masks}
 

@@ -230,3 +230,20 @@ def test_an_unknown_option_is_shown_with_the_subcommand_usage(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "usage: recist-seg pseudo-masks" in err and "unrecognized arguments: --bogus" in err
+
+
+def test_pseudo_masks_and_groups_leave_out_a_picture_without_a_lesion(tmp_path, capsys):
+    import imageio.v3 as iio
+
+    data = make_isic_folder(tmp_path / "data", n=4)
+    empty = data / "masks" / "ISIC_0000001_segmentation.png"
+    iio.imwrite(empty, np.zeros_like(iio.imread(empty)))
+    capsys.readouterr()
+    assert main(["pseudo-masks", str(data), "--out", str(tmp_path / "pm")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: 1 mask in" in err and "was skipped: ISIC_0000001" in err
+    assert len(read_recists(tmp_path / "pm" / "recists.csv")) == 3
+    assert not (tmp_path / "pm" / "ISIC_0000001_ellipse.png").exists()
+    assert main(["groups", str(data), "--k", "2", "--out", str(tmp_path / "g.csv")]) == 0
+    assert "was skipped" in capsys.readouterr().err
+    assert len(read_recists(tmp_path / "g.csv")) == 3

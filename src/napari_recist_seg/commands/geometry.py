@@ -28,7 +28,12 @@ def load_lesions(source, images=None) -> tuple[RecistTable, dict]:
     table, ``{"shapes": {file_name: (rows, cols)}}`` from its ``Image_size`` column.
     """
     from ..core.recist import recist_from_mask
-    from ..data.image_folders import check_mask_size, load_mask, read_image_mask_folder
+    from ..data.image_folders import (
+        check_mask_size,
+        load_mask,
+        read_image_mask_folder,
+        warn_unmeasured,
+    )
     from ..data.recist_sources import is_deeplesion_table
 
     path = Path(source)
@@ -43,7 +48,7 @@ def load_lesions(source, images=None) -> tuple[RecistTable, dict]:
         base = Path(images) if images else path.parent
         return read_recists(path, spacing_of=header_spacing(base)), {}
     pairs = read_image_mask_folder(path)
-    recists, names, masks = [], [], {}
+    recists, names, masks, skipped = [], [], {}, []
     for pair in progress(pairs, desc="measuring masks", unit="mask"):
         mask = load_mask(pair.mask_path)
         # Pseudo-masks are drawn at the mask's size: one of another size than its image
@@ -51,13 +56,17 @@ def load_lesions(source, images=None) -> tuple[RecistTable, dict]:
         check_mask_size(pair, mask.shape)
         try:
             recists.append(recist_from_mask(mask))
-        except ValueError as exc:
-            raise ValueError(f"{pair.mask_path}: {exc}") from None
+        except ValueError:  # no lesion to measure: left out, as training leaves it out
+            skipped.append(pair.name)
+            continue
         # Named by the image's path in the folder, so the written table trains as it is
         # (``--images`` the folder) and still matches ``predict --recists`` by stem.
         name = pair.image_path.relative_to(path).as_posix()
         names.append(name)
         masks[name] = mask
+    warn_unmeasured(path, skipped)
+    if not names:
+        raise ValueError(f"no usable image+mask pair in {path}")
     table = RecistTable(recists, images=names, spacing_known=[False] * len(recists))
     return table, {"pairs": pairs, "masks": masks}
 

@@ -268,6 +268,17 @@ def check_mask_size(pair: ImageMaskPair, mask_shape, image_shape=None) -> None:
         )
 
 
+def warn_unmeasured(folder, names, stacklevel: int = 3) -> None:
+    """One warning naming the pairs of ``folder`` left out because their mask is empty or
+    too small to measure (a picture without a lesion)."""
+    if names:
+        shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+        one = len(names) == 1
+        warnings.warn(f"{len(names)} mask{'' if one else 's'} in {folder} "
+                      f"{'is' if one else 'are'} empty or too small to measure and "
+                      f"{'was' if one else 'were'} skipped: {shown}", stacklevel=stacklevel)
+
+
 def simulate_recists(pairs: Iterable[ImageMaskPair], spacing=(1.0, 1.0)) -> list[Recist]:
     """The RECIST a reader would draw on each mask (see ``recist_from_mask``).
 

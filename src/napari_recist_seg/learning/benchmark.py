@@ -23,7 +23,7 @@ from ..core.recist import recist_from_mask
 from ..core.recist_prompt import PRIOR_EDGES
 from ..core.training_targets import DEFAULT_TARGET
 from ..data._atomic import atomic_write
-from ..data.image_folders import load_pair, read_image_mask_folder
+from ..data.image_folders import load_pair, read_image_mask_folder, warn_unmeasured
 from .devices import is_main_process
 from .preparation import (
     AUTO_CROP,
@@ -132,12 +132,7 @@ def load_folder(path, limit: int | None = None, seed: int = 0, progress=None) ->
         images.append(image)
         masks.append(mask)
         recists.append(recist)
-    if skipped:
-        warnings.warn(
-            f"{len(skipped)} masks in {path} are empty or too small to measure and were "
-            f"skipped: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}",
-            stacklevel=2,
-        )
+    warn_unmeasured(path, skipped)
     if not names:
         raise ValueError(f"no usable image+mask pair in {path}")
     grey = [n for n, im in zip(names, images) if np.asarray(im).ndim == 2]

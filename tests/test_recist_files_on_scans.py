@@ -120,3 +120,28 @@ def test_import_of_one_other_image_still_adds_its_lesions(make_napari_viewer, qt
     assert widget.recist_layer().nshapes == 2
     warned = any("they were added to 'a'" in text for _, text in notifications)
     assert warned == bool(named)
+
+
+def test_lesions_drawn_on_a_scan_save_as_a_table_that_trains_as_it_is(make_napari_viewer,
+                                                                      qtbot, tmp_path, draw):
+    import napari
+
+    from napari_recist_seg.data.recist_files import read_recists
+    from napari_recist_seg.data.recist_sources import read_lesion_table
+
+    _scans(tmp_path)
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "b.nii.gz"), plugin=PLUGIN)
+    widget = _recist_widget(viewer)
+    layer = widget.new_recist_layer()
+    draw(layer, [[4, 30, 20], [4, 30, 50]])
+    draw(layer, [[4, 20, 35], [4, 40, 35]])
+    # Saved beside the scan: the table names it, and reads as a lesion table.
+    napari.save_layers(str(tmp_path / "drawn.csv"), [layer], plugin=PLUGIN)
+    (row,) = read_lesion_table(tmp_path / "drawn.csv").rows
+    assert row.image == "b.nii.gz" and row.slice == 4
+    assert row.recist.long_mm == pytest.approx(30 * 0.7, rel=1e-4)
+    # Saved elsewhere: the scan's file name, found with --images.
+    (tmp_path / "elsewhere").mkdir()
+    napari.save_layers(str(tmp_path / "elsewhere" / "drawn.csv"), [layer], plugin=PLUGIN)
+    assert read_recists(tmp_path / "elsewhere" / "drawn.csv").images == ["b.nii.gz"]

@@ -196,6 +196,7 @@ def write_recist_file(path: str, data, meta: dict) -> str:
         table = table_from_layer_data(data, columns, scale=meta.get("scale"))
     except ValueError as exc:
         raise ValueError(f"cannot write {name!r} as RECIST: {exc}") from None
+    _name_the_image(table, meta, target)
     if _in_pixels(meta) and "spacing_row" not in columns:
         # A layer in pixels has no pixel size to give: the file leaves it empty rather than
         # claiming 1 mm, which a table reader would take as true.
@@ -206,12 +207,31 @@ def write_recist_file(path: str, data, meta: dict) -> str:
         raise ValueError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
+def _name_the_image(table, meta: dict, target: Path) -> None:
+    """Give lesions that name no image the file their layer was drawn on: its path from the
+    written file's folder when it lies inside it (a table naming its images trains as it
+    is), else its name (found with ``--images``)."""
+    source = ((meta.get("metadata") or {}).get(META_KEY) or {}).get("image_file")
+    if not source:
+        return
+    source = Path(source)
+    try:
+        name = source.resolve().relative_to(target.parent.resolve()).as_posix()
+    except (OSError, ValueError):
+        name = source.name
+    names = table.images or [""] * len(table)
+    table.images = [n or name for n in names]
+
+
 def _in_pixels(meta: dict) -> bool:
-    """Whether a layer's plane is measured in pixels (napari's ``units``), not mm."""
+    """Whether a layer's plane is measured in pixels: napari's ``units`` say so and its
+    scale is the default one (the rule of ``layer_units.pixel_size_known``)."""
     units = meta.get("units")
-    if not units:
+    scale = meta.get("scale")
+    if not units or scale is None:
         return False
-    return all(str(u) in ("pixel", "px") for u in list(units)[-2:])
+    return (all(str(u) in ("pixel", "px") for u in list(units)[-2:])
+            and bool(np.allclose(np.asarray(scale, dtype=float)[-2:], 1.0)))
 
 
 def _missing_or_negative(value) -> bool:

@@ -382,6 +382,10 @@ class RecistWidget(RecistLayerAccess, QWidget):
             # Lines drawn on this stack take their slice's pixel size (see sync_recist_layer).
             kwargs["metadata"][META_KEY]["slice_spacing"] = [list(table[i]) for i in
                                                              sorted(table)]
+        source = _source_file(image)
+        if source and not (image.metadata or {}).get("deeplesion_files"):
+            # Saved, the lesions name the file they were drawn on: the table trains as it is.
+            kwargs["metadata"][META_KEY]["image_file"] = source
         layer = Shapes(**kwargs)
         self.viewer.add_layer(layer)
         self.set_recist_layer(layer)
@@ -931,11 +935,17 @@ def _name_keys(name: str) -> set[str]:
     return {path.name.lower(), image_stem(path).lower()}
 
 
+def _source_file(layer) -> str | None:
+    """The file (or DICOM folder) an image layer was opened from, if any."""
+    source = getattr(getattr(layer, "source", None), "path", None) or (
+        (layer.metadata or {}).get("source"))
+    return str(source) if source else None
+
+
 def _image_keys(layer) -> set[str]:
     """The file name of the file an image layer was opened from, and the layer's name."""
     keys = {str(layer.name).lower()}
-    source = getattr(getattr(layer, "source", None), "path", None) or (
-        (layer.metadata or {}).get("source"))
+    source = _source_file(layer)
     if source:
-        keys |= _name_keys(str(source))
+        keys |= _name_keys(source)
     return keys

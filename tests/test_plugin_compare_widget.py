@@ -481,6 +481,8 @@ def test_side_by_side_views_named_after_their_models(make_napari_viewer, qtbot, 
         size = over.name_overlay.font_size
         assert 8 <= size <= 12
         assert size == 8 or len(over.name) * size <= view_width
+    # All titles in one size.
+    assert len({over.name_overlay.font_size for over in overlays}) == 1
     assert set(titles) == {prediction_name("A1"), prediction_name("multitask"),
                            "CT phantom true masks (ground truth)"}
 

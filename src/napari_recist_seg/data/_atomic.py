@@ -112,8 +112,9 @@ class NewOutputs:
 
     def __init__(self, folders=()):
         self._files: list[Path] = []
+        folders = [Path(p) for p in folders]
         missing = set()
-        for path in map(Path, folders):
+        for path in folders:
             for folder in (path, *path.parents):
                 if folder.exists():
                     break
@@ -121,7 +122,7 @@ class NewOutputs:
         self._folders = sorted(missing, key=lambda f: len(f.parts), reverse=True)
         for path in folders:
             try:
-                Path(path).mkdir(parents=True, exist_ok=True)
+                path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise ValueError(f"cannot create the output folder {path}: "
                                  f"{exc.strerror or exc}") from None

@@ -464,8 +464,9 @@ class CompareWidget(QWidget):
         extent = np.asarray(image.extent.world)[:, -2:]
         shape = grid_shape(len(overlays), canvas_size, extent[1] - extent[0])
         width = None if canvas_size is None else canvas_size[1] / shape[1]
-        for overlay in overlays:
-            _show_name(overlay, True, width)
+        longest = max(len(overlay.name) for overlay in overlays)
+        for overlay in overlays:  # one size for all titles: that of the longest
+            _show_name(overlay, True, width, longest)
         grid.stride = 2
         grid.shape = shape
         grid.enabled = True
@@ -523,10 +524,11 @@ _CHAR_WIDTH_PER_POINT = 1.0
 _TITLE_POINTS = (8.0, 12.0)
 
 
-def _show_name(layer, on: bool, view_width: float | None = None) -> None:
+def _show_name(layer, on: bool, view_width: float | None = None,
+               n_chars: int | None = None) -> None:
     """Write (or stop writing) ``layer``'s name in the corner of its grid view, in its colour,
-    in a font small enough (down to 8 pt) for the name to fit a view ``view_width`` pixels
-    wide.
+    in a font small enough (down to 8 pt) for ``n_chars`` characters (default: the name's)
+    to fit a view ``view_width`` pixels wide.
 
     napari draws a layer's name overlay in the view that holds the layer (from napari 0.6);
     without it, the views are told apart by the layer list only."""
@@ -537,7 +539,7 @@ def _show_name(layer, on: bool, view_width: float | None = None) -> None:
         overlay.color = layer.colormap.map(np.array([1]))[0]
         low, high = _TITLE_POINTS
         fit = high if view_width is None else (
-            0.9 * view_width / (max(len(layer.name), 1) * _CHAR_WIDTH_PER_POINT))
+            0.9 * view_width / (max(n_chars or len(layer.name), 1) * _CHAR_WIDTH_PER_POINT))
         overlay.font_size = float(min(high, max(low, fit)))
     overlay.visible = on
 

@@ -550,7 +550,7 @@ def _volume_suffix(path: Path) -> str | None:
 
 
 def image_stem(path: Path) -> str:
-    """A file name without its image suffix (`.nii.gz` whole), as tables name stems."""
+    """A file name without its image suffix (``.nii.gz`` whole), as tables name stems."""
     suffix = _volume_suffix(path)
     if suffix:
         return path.name[: len(path.name) - len(suffix)]

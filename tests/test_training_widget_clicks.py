@@ -472,12 +472,12 @@ def test_stop_while_the_data_is_read_says_nothing_was_trained(make_napari_viewer
 
 
 def test_only_empty_folders_of_a_run_stopped_early_are_taken_away(tmp_path):
-    from napari_recist_seg.plugin.widgets.training_widget import _remove_empty_folders
+    from napari_recist_seg.data._atomic import remove_empty_folders
 
     (tmp_path / "models" / "a1" / "last").mkdir(parents=True)
     (tmp_path / "models" / "prompted").mkdir()
     (tmp_path / "models" / "prompted" / "keep.txt").write_text("mine")
-    _remove_empty_folders(tmp_path / "models")
+    remove_empty_folders(tmp_path / "models")
     assert not (tmp_path / "models" / "a1").exists()
     assert (tmp_path / "models" / "prompted" / "keep.txt").read_text() == "mine"
-    _remove_empty_folders(None)  # no folder was made: nothing to do
+    remove_empty_folders(None)  # no folder was made: nothing to do

@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["NewOutputs", "atomic_write", "fsync_folder"]
+__all__ = ["NewOutputs", "atomic_write", "fsync_folder", "remove_empty_folders"]
 
 
 def _current_umask() -> int:
@@ -146,3 +146,13 @@ class NewOutputs:
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only when empty
         return False
+
+
+def remove_empty_folders(root) -> None:
+    """Remove ``root`` and the folders under it, deepest first, where they are empty; a
+    folder holding any file stays, with that file. Nothing happens for None."""
+    if root is None or not Path(root).is_dir():
+        return
+    for folder, _dirs, _files in sorted(os.walk(root), key=lambda e: -len(e[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)

@@ -661,11 +661,12 @@ def _patient_column(features: dict) -> str | None:
     return None
 
 
-def header_spacing(base: Path):
+def header_spacing(base: Path, headers: dict | None = None):
     """``spacing_of`` for ``read_recists``: a volume's (row, col) pixel size from its header,
     so that a lesion stating none is checked in mm; None for a 2D image or a file that
-    cannot be read (the table reader names those problems itself)."""
-    cache: dict[str, tuple | None] = {}
+    cannot be read (the table reader names those problems itself). The headers read are
+    kept in ``headers`` (name to header or None), for a caller to reuse."""
+    cache: dict = {} if headers is None else headers
 
     def spacing_of(name: str):
         if name not in cache:
@@ -673,10 +674,11 @@ def header_spacing(base: Path):
             try:
                 file = safe_join(base, name, name)
                 if file.exists() and (file.is_dir() or _volume_suffix(file) is not None):
-                    cache[name] = tuple(_volume_info(file, name).spacing[1:])
+                    cache[name] = _volume_info(file, name)
             except ValueError:
                 pass
-        return cache[name]
+        info = cache[name]
+        return None if info is None else tuple(info.spacing[1:])
 
     return spacing_of
 
@@ -688,7 +690,8 @@ def _read_recist_table(path: Path, images, neighbours: int, gap: float,
     base = Path(images) if images is not None else path.parent
     if not base.is_dir():
         raise ValueError(f"--images {base}: no such folder")
-    table = read_recists(path, spacing_of=header_spacing(base))
+    headers: dict = {}  # each scan's header, read once
+    table = read_recists(path, spacing_of=header_spacing(base, headers))
     if table.images is None:
         raise ValueError(f"{path}: column image is missing or empty: each row must name the "
                          f"image its lesion is on (a file or folder relative to {base})")
@@ -710,7 +713,7 @@ def _read_recist_table(path: Path, images, neighbours: int, gap: float,
         known = table.knows_spacing(i)
         is_volume = file.is_dir() or _volume_suffix(file) is not None
         if name not in probes:
-            probes[name] = ((_volume_info(file, where),) if is_volume
+            probes[name] = ((headers.get(name) or _volume_info(file, where),) if is_volume
                             else _probe_2d(file, where))
         if is_volume:
             (info,) = probes[name]

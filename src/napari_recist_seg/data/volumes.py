@@ -405,18 +405,14 @@ def read_medical_image(path) -> MedicalImage:
         raise ValueError(f"{path}: cannot read image ({itk_message(exc)})") from None
 
     arr = sitk.GetArrayFromImage(image)
-    # ITK keeps spacing/origin in (x, y, z); numpy's array is (z, y, x): reverse for napari.
-    scale = tuple(float(s) for s in reversed(image.GetSpacing()))
-    origin = tuple(float(o) for o in reversed(image.GetOrigin()))
     meta["direction"] = tuple(float(d) for d in image.GetDirection())
     meta["grid"] = {"size": [int(v) for v in image.GetSize()],
                     "spacing": [float(v) for v in image.GetSpacing()],
                     "origin": [float(v) for v in image.GetOrigin()],
                     "direction": list(meta["direction"])}
-    n_spatial = image.GetDimension()
-    if n_spatial == 3 and image.GetSize()[2] == 1:
+    scale, origin = grid_placement(meta["grid"])
+    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
         arr = arr[0]
-        scale, origin = scale[1:], origin[1:]
         meta["slice_spacing_mm"] = float(image.GetSpacing()[2])
     if arr.size == 0:
         raise ValueError(f"{path}: image is empty (size {image.GetSize()})")
@@ -443,6 +439,17 @@ def read_grid(path) -> dict:
             "spacing": [float(v) for v in reader.GetSpacing()],
             "origin": [float(v) for v in reader.GetOrigin()],
             "direction": [float(v) for v in reader.GetDirection()]}
+
+
+def grid_placement(grid: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """napari's ``scale`` and ``translate`` of an image on a voxel grid: ITK keeps spacing
+    and origin in (x, y, z), numpy's array is (z, y, x), so they are reversed; a single
+    slice is squeezed as the reader squeezes it."""
+    scale = tuple(float(v) for v in reversed(grid["spacing"]))
+    origin = tuple(float(v) for v in reversed(grid["origin"]))
+    if len(scale) == 3 and int(grid["size"][2]) == 1:
+        scale, origin = scale[1:], origin[1:]
+    return scale, origin
 
 
 def grid_shape(grid: dict) -> tuple[int, ...]:

@@ -154,20 +154,16 @@ def _scan_placement(base: Path, name: str, stacked: bool) -> dict:
     """``scale``, ``translate`` and ``units`` of the scan ``name`` (relative to ``base``) as
     napari shows it, from its header; nothing when it is not a readable scan there."""
     from ..data.recist_sources import safe_join
-    from ..data.volumes import is_medical_image_path, read_grid
+    from ..data.volumes import grid_placement, is_medical_image_path, read_grid
 
     try:
         file = safe_join(base, name, name)
         if not file.exists() or not is_medical_image_path(file):
             return {}
-        grid = read_grid(file)
+        scale, translate = grid_placement(read_grid(file))
     except ValueError:
         return {}
-    scale = tuple(float(v) for v in reversed(grid["spacing"]))
-    translate = tuple(float(v) for v in reversed(grid["origin"]))
-    if not stacked:  # a single slice, squeezed as the reader squeezes it
-        scale, translate = scale[-2:], translate[-2:]
-    if len(scale) != (3 if stacked else 2):
+    if len(scale) != (3 if stacked else 2):  # lines and scan of different dimensions
         return {}
     return {"scale": scale, "translate": translate, **units_for(scale)}
 

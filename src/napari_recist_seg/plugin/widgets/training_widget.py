@@ -17,7 +17,6 @@ the protocol (whole images or lesion crops).
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import threading
 import time
@@ -51,6 +50,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ...data._atomic import remove_empty_folders
 from ..curves import SERIES, CurveFigure, add_event
 from ..model_registry import MODEL_REGISTRY
 from ..notifications import notify_error, notify_info, notify_warning
@@ -699,7 +699,7 @@ class TrainingWidget(QWidget):
                 # Stopped while the data was prepared: no step ran, nothing was saved.
                 self.status.setText("Stopped before the first training step; nothing was "
                                     "written.")
-                _remove_empty_folders(self._new_out_dir)
+                remove_empty_folders(self._new_out_dir)
             self._plot_timer.stop()
             self._redraw_if_dirty()
             self._set_running(False)
@@ -824,13 +824,3 @@ def _release_accelerator_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _remove_empty_folders(root: Path | None) -> None:
-    """Remove ``root`` and the folders under it, deepest first, where they are empty; a
-    folder holding any file stays, with that file."""
-    if root is None or not root.is_dir():
-        return
-    for folder, _dirs, _files in sorted(os.walk(root), key=lambda e: -len(e[0])):
-        with contextlib.suppress(OSError):
-            os.rmdir(folder)

@@ -164,3 +164,30 @@ def test_removing_the_image_stops_the_preview_and_says_so(make_napari_viewer, ct
     viewer.layers.remove("ct")
     assert preview not in viewer.layers and not widget.preview_button.isChecked()
     assert "stopped: its image 'ct' was removed" in widget.status.text()
+
+
+def test_preview_follows_the_chosen_image_and_stops_with_its_recist_layer(
+        make_napari_viewer, ct_image, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(ct_image, name="ct", scale=(0.5, 0.8), units=("mm", "mm"))
+    layer = _add(viewer, _lesions(), "lesions")
+    widget = _widget(viewer)
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("ct"))
+    qtbot.mouseClick(widget.preview_button, LEFT)
+    qtbot.waitUntil(lambda: widget.preview_layer is not None, timeout=10000)
+
+    def previews():
+        return [lyr for lyr in viewer.layers if lyr.name.startswith("pseudo-masks")]
+
+    # Another image of another size, on the same grid: one preview, of the new size.
+    viewer.add_image(np.zeros((70, 90), np.float32), name="smaller", scale=(0.5, 0.8),
+                     units=("mm", "mm"))
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("smaller"))
+    qtbot.waitUntil(lambda: widget.preview_layer is not None
+                    and widget.preview_layer.data.shape == (70, 90), timeout=10000)
+    assert previews() == [widget.preview_layer] and widget.preview_button.isChecked()
+
+    # The RECIST layer removed: no masks of lesions that no longer exist.
+    viewer.layers.remove(layer)
+    assert previews() == [] and not widget.preview_button.isChecked()
+    assert "Pseudo-mask preview stopped: no RECIST layer" in widget.status.text()

@@ -525,3 +525,40 @@ def test_predicting_in_side_by_side_keeps_the_views(make_napari_viewer, qtbot, t
 def _rgb(colour: str) -> np.ndarray:
     colour = colour.lstrip("#")
     return np.array([int(colour[i:i + 2], 16) / 255 for i in (0, 2, 4)])
+
+
+def test_side_by_side_shows_only_the_last_prediction_of_the_image(make_napari_viewer, qtbot,
+                                                                  tmp_path):
+    # Two models and the true masks on the CT slice; then only A1 on another image of the
+    # same size, without a ground truth: the earlier outlines are not this image's.
+    viewer = _ct_viewer(make_napari_viewer)
+    recist = viewer.layers["CT phantom RECIST"]
+    _stub("a1", RampModel(), tmp_path / "ramp")
+    _stub("multitask", ConstantModel(5.0, kind="multitask", mode="whole_image"),
+          tmp_path / "mt")
+    widget = _widget(viewer)
+    viewer.layers.selection.active = recist
+    _click_predict(widget, qtbot)
+    truth = "CT phantom true masks (ground truth)"
+    assert {prediction_name("A1"), prediction_name("multitask"), truth} <= \
+        {layer.name for layer in viewer.layers}
+    # The outlines lie under the RECIST lines, which stay the layer being edited.
+    names = [layer.name for layer in viewer.layers]
+    assert names.index(prediction_name("A1")) < names.index(recist.name)
+    assert viewer.layers.selection.active is recist
+
+    other = viewer.add_image(np.zeros((256, 256), np.float32), name="other")
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("other"))
+    widget.gt_combo.setCurrentIndex(widget.gt_combo.findText("(none)"))
+    _click_tick(qtbot, widget.models_list, 1)  # multitask off
+    _click_predict(widget, qtbot)
+    assert widget.status.text().startswith("Predicted 'other' with A1")
+    assert viewer.layers[prediction_name("A1")].visible
+    assert not viewer.layers[prediction_name("multitask")].visible
+    assert not viewer.layers[truth].visible
+
+    qtbot.mouseClick(widget.side_button, LEFT)
+    assert widget.side_button.isChecked()
+    shown = [layer for layer in viewer.layers if layer.visible]
+    assert [layer.name for layer in shown] == ["other", prediction_name("A1")]
+    assert shown[0] is other

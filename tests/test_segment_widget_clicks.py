@@ -565,3 +565,52 @@ def test_closing_the_dock_by_its_close_button_stops_following_the_lines(
     qtbot.wait(600)
     assert len(predict_calls) == calls
     assert not any(layer.name == preview.name for layer in viewer.layers)
+
+
+def test_each_scan_is_segmented_with_its_own_recist_layer(make_napari_viewer, qtbot, checkpoints,
+                                                          draw, monkeypatch):
+    # Two scans of other pixel sizes and origins, each with its RECIST layer, drawn through
+    # the annotation dock: the lesions of one scan must never be segmented on the other.
+    shape = (96, 96)
+    masks = {"head": _ellipse(shape, (40, 45), 13, 8, 0.4),
+             "neck": _ellipse(shape, (55, 50), 11, 7, 2.0)}
+    grids = {"head": ((0.8, 0.8), (0.0, 0.0)), "neck": ((0.5, 0.5), (12.0, -30.0))}
+    viewer = make_napari_viewer()
+    for k, (name, mask) in enumerate(masks.items()):
+        scale, translate = grids[name]
+        viewer.add_image(_ct([mask], shape, seed=20 + k), name=name, scale=scale,
+                         translate=translate)
+    annotation = _recist_widget(viewer)
+    lines = {}
+    for name, mask in masks.items():
+        pick(annotation.image_combo, name)
+        click(qtbot, annotation.new_button)
+        lines[name] = annotation.recist_layer()
+        _draw_lesion(draw, lines[name], recist_from_mask(mask))
+    widget = _segment_widget(viewer)
+    _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
+    click(qtbot, widget.load_button)
+
+    # Picking a scan picks its own RECIST layer, whichever RECIST layer is on top.
+    pick(widget.image_combo, "head")
+    assert widget.recist_combo.layer() is lines["head"]
+    _wait_segmented(qtbot, widget, 1)
+    long_mm = float(widget.rows()[0]["drawn long (mm)"])
+    expected = recist_from_mask(masks["head"], spacing=grids["head"][0]).long_mm
+    assert abs(long_mm - expected) < 0.1
+    assert _dice(widget.preview_layer.data == 1, masks["head"]) > 0.5
+
+    pick(widget.image_combo, "neck")
+    assert widget.recist_combo.layer() is lines["neck"]
+    _wait_segmented(qtbot, widget, 1)
+    assert _dice(widget.preview_layer.data == 1, masks["neck"]) > 0.5
+
+    # Another scan's RECIST layer, picked by hand, stops the live preview with the reason.
+    pick(widget.recist_combo, lines["head"].name)
+    qtbot.waitUntil(lambda: _idle(widget) and "another grid" in widget.status.text(),
+                    timeout=TIMEOUT)
+    assert "the RECIST layer 'head RECIST' lies on another grid than 'neck'" in \
+        widget.status.text()
+    assert widget.preview_layer is None
+    click(qtbot, widget.segment_button)
+    assert widget.status.text().startswith("Not segmented: the RECIST layer 'head RECIST'")

@@ -53,11 +53,17 @@ def test_ct_slices_with_several_lesions_are_trained_as_crops_leaving_broken_ones
     ("2D and 3D", "mix 2D images and volumes"),
     ("wrong dimensions", "does not fit 'ct'"),
     ("no complete lesion", "'ct RECIST' has no complete lesion"),
+    ("colour and grey", r"mix colour \('photo'\) and grey \('ct'\) images"),
+    ("another scan's RECIST", "'ct RECIST' lies on another grid than 'ct' "
+                              r"\(pixel size \(0.5, 0.5\) against \(1, 1\)\)"),
 ])
 def test_pairs_that_cannot_be_trained_on_are_named(case, message):
     image = Image(np.zeros((48, 64), np.float32), name="ct")
     volume = Image(np.zeros((3, 48, 64), np.float32), name="stack")
     layer = _recist_layer([LESION], "ct RECIST")
+    photo = Image(np.zeros((48, 64, 3), np.uint8), name="photo", rgb=True)
+    scaled = _recist_layer([LESION], "ct RECIST")
+    scaled.scale = (0.5, 0.5)
     pairs, has_images = {
         "nothing ticked": ([], True),
         "no image at all": ([], False),
@@ -65,6 +71,8 @@ def test_pairs_that_cannot_be_trained_on_are_named(case, message):
         "2D and 3D": ([(image, layer), (volume, _recist_layer([], "v", ndim=3))], True),
         "wrong dimensions": ([(image, _recist_layer([], "3d RECIST", ndim=3))], True),
         "no complete lesion": ([(image, _recist_layer([], "ct RECIST"))], True),
+        "colour and grey": ([(image, layer), (photo, _recist_layer([LESION], "p"))], True),
+        "another scan's RECIST": ([(image, scaled)], True),
     }[case]
     with pytest.raises(ValueError, match=message):
         training_data_from_layers(pairs, has_images)

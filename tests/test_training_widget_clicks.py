@@ -481,3 +481,28 @@ def test_only_empty_folders_of_a_run_stopped_early_are_taken_away(tmp_path):
     assert not (tmp_path / "models" / "a1").exists()
     assert (tmp_path / "models" / "prompted" / "keep.txt").read_text() == "mine"
     remove_empty_folders(None)  # no folder was made: nothing to do
+
+
+def test_an_untick_survives_removing_another_image(make_napari_viewer, qtbot):
+    from qtpy.QtCore import QPoint, Qt
+
+    viewer = make_napari_viewer()
+    _ct_layers(viewer, seeds=(0, 1))
+    widget = _widget(viewer)
+    assert [(i.name, r.name) for i, r in widget.checked_pairs()] == [
+        ("slice 0", "slice 0 RECIST"), ("slice 1", "slice 1 RECIST")]
+    # Untick the second image by a click on its box, then remove the first image.
+    rect = widget.pairs.visualItemRect(widget.pairs.item(1, 0))
+    qtbot.mouseClick(widget.pairs.viewport(), Qt.MouseButton.LeftButton,
+                     pos=QPoint(rect.left() + 10, rect.center().y()))
+    assert widget.pairs.item(1, 0).checkState() == Qt.CheckState.Unchecked
+    viewer.layers.remove("slice 0")
+    # The table lists the image left, still unticked, with its RECIST layer.
+    assert widget.pairs.rowCount() == 1
+    assert widget.pairs.item(0, 0).text() == "slice 1"
+    assert widget.pairs.item(0, 0).checkState() == Qt.CheckState.Unchecked
+    assert widget.pairs.cellWidget(0, 1).currentText() == "slice 1 RECIST"
+    assert widget.checked_pairs() == [] and not widget.pairs.signalsBlocked()
+    # Another change of the layer list keeps the user's untick.
+    viewer.add_points(np.zeros((1, 2)), name="marks")
+    assert widget.pairs.item(0, 0).checkState() == Qt.CheckState.Unchecked

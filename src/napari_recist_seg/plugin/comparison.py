@@ -22,7 +22,7 @@ from ..core.metrics import (
     mean_metrics,
     segmentation_metrics,
 )
-from .layer_units import spacing_of, spatial_shape
+from .layer_units import grid_mismatch, spacing_of, spatial_shape
 from .model_planes import LayerPlanes, context_of, slice_gap_of
 from .model_registry import load_entry
 from .recist_layers import describe_layer
@@ -78,6 +78,9 @@ class ComparisonInputs:
     truth : ndarray or None
         Ground-truth labels with the image's spatial shape.
     image_name, truth_name : str
+    lesions_problem : str
+        Why the RECIST layer gave no lesions although one was chosen (it lies on another
+        scan's grid), for the models that need them; "" otherwise.
     """
 
     image: np.ndarray
@@ -86,6 +89,7 @@ class ComparisonInputs:
     truth: np.ndarray | None = None
     image_name: str = ""
     truth_name: str = ""
+    lesions_problem: str = ""
 
 
 def collect_inputs(image, recist=None, truth=None, models=()) -> ComparisonInputs:
@@ -119,7 +123,10 @@ def collect_inputs(image, recist=None, truth=None, models=()) -> ComparisonInput
     if not list(models):
         raise ValueError("tick at least one model (train one, or use 'Load model...')")
     lesions = []
-    if recist is not None:
+    # Another scan's RECIST layer, left chosen after another image was picked, only matters
+    # to the models that need lesions: predict_models names it for them.
+    mismatch = grid_mismatch(image, recist)
+    if recist is not None and not mismatch:
         if recist.ndim != image.ndim:
             raise ValueError(
                 f"{recist.name!r} ({recist.ndim}D) does not fit {image.name!r} "
@@ -145,7 +152,7 @@ def collect_inputs(image, recist=None, truth=None, models=()) -> ComparisonInput
             raise ValueError(
                 f"the ground truth {truth.name!r} is {gt.shape}, the image {shape}")
     return ComparisonInputs(np.array(image.data), bool(image.rgb), lesions, gt, image.name,
-                            "" if truth is None else truth.name)
+                            "" if truth is None else truth.name, mismatch)
 
 
 # -- predicting -------------------------------------------------------------------------------
@@ -158,7 +165,8 @@ def _label_at(labels: np.ndarray, point) -> int:
 
 def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
                    threshold: float = DEFAULT_THRESHOLD, tta: bool = False,
-                   metadata: dict | None = None, slice_mm: float | None = None):
+                   metadata: dict | None = None, slice_mm: float | None = None,
+                   lesions_problem: str = ""):
     """Predict ``image`` with each model of ``entries``, yielding one result per model.
 
     Parameters
@@ -183,6 +191,9 @@ def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
         where the slices came from (``model_planes.LayerPlanes``).
     slice_mm : float, optional
         The stack's slice interval in mm, where known (``model_planes.slice_mm_of``).
+    lesions_problem : str
+        Why ``lesions`` is empty although a RECIST layer was chosen
+        (``ComparisonInputs.lesions_problem``), for the error of a model that needs them.
 
     Yields
     ------
@@ -216,6 +227,8 @@ def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
         if per_lesion and not lesions:
             why = "is RECIST-prompted" if is_prompted(entry.model) else \
                 "was trained on lesion crops"
+            if lesions_problem:
+                raise ValueError(f"{entry.name!r} {why}, and {lesions_problem}")
             raise ValueError(f"{entry.name!r} {why}: choose the image's RECIST layer (with at "
                              f"least one complete lesion)")
         models.append((entry, entry.model, "crops" if per_lesion else mode))

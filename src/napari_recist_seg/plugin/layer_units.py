@@ -20,6 +20,7 @@ __all__ = [
     "SOFT_TISSUE_WINDOW",
     "ct_contrast_limits",
     "default_units",
+    "grid_mismatch",
     "derived_units",
     "is_mm",
     "length_unit",
@@ -181,6 +182,47 @@ def derived_units(image) -> dict:
     """
     units = tuple(str(u) for u in getattr(image, "units", ()) or ())
     return {"units": units} if units else {}
+
+
+def grid_mismatch(image, layer) -> str:
+    """Why ``layer`` (a RECIST layer) does not lie on ``image``'s pixel grid ("" if it does).
+
+    Lesions are drawn, measured and segmented in ``layer``'s data coordinates onto
+    ``image``'s pixels, so the two must share their scale and offset: a RECIST layer of
+    another scan (another pixel size or origin) would land on the wrong pixels and be
+    measured with the wrong pixel size.
+
+    Parameters
+    ----------
+    image : napari.layers.Image
+    layer : napari.layers.Shapes
+
+    Returns
+    -------
+    str
+        "" when the two fit (or either is missing), else what differs, naming both.
+    """
+    if image is None or layer is None:
+        return ""
+    n = min(image.ndim, layer.ndim)
+    theirs_scale = np.asarray(layer.scale, float)[-n:]
+    ours_scale = np.asarray(image.scale, float)[-n:]
+    theirs_at = np.asarray(layer.translate, float)[-n:]
+    ours_at = np.asarray(image.translate, float)[-n:]
+    differ = []
+    if not np.allclose(theirs_scale, ours_scale, rtol=1e-3, atol=0.0):
+        differ.append(f"pixel size {_listed(theirs_scale)} against {_listed(ours_scale)}")
+    # Half a pixel apart is still the same grid as far as a drawn line can tell.
+    if np.any(np.abs(theirs_at - ours_at) > 0.5 * np.abs(ours_scale)):
+        differ.append(f"origin {_listed(theirs_at)} against {_listed(ours_at)}")
+    if not differ:
+        return ""
+    return (f"the RECIST layer {layer.name!r} lies on another grid than {image.name!r} "
+            f"({'; '.join(differ)}): choose the image's own RECIST layer")
+
+
+def _listed(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
 def grid_metadata(image) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layer_units import spacing_of
+from .layer_units import grid_mismatch, spacing_of
 from .recist_layers import describe_layer
 
 __all__ = ["training_data_from_layers"]
@@ -32,6 +32,14 @@ def _check_pair(image, layer) -> None:
         raise ValueError(
             f"{layer.name!r} ({layer.ndim}D) does not fit {image.name!r} ({image.ndim}D)"
         )
+    mismatch = grid_mismatch(image, layer)
+    if mismatch:
+        raise ValueError(mismatch)
+
+
+def _names(names, most: int = 3) -> str:
+    shown = ", ".join(repr(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def training_data_from_layers(pairs, has_images: bool = True) -> tuple[dict, list[str]]:
@@ -65,6 +73,13 @@ def training_data_from_layers(pairs, has_images: bool = True) -> tuple[dict, lis
     is_3d = {image.ndim == 3 for image, _ in pairs}
     if len(is_3d) > 1:
         raise ValueError("the ticked images mix 2D images and volumes; train them apart")
+    colour = [image.name for image, _ in pairs if image.rgb]
+    grey = [image.name for image, _ in pairs if not image.rgb]
+    if colour and grey:
+        # A model reads one number of channels: colour pictures and grey scans are two models.
+        raise ValueError(
+            f"the ticked images mix colour ({_names(colour)}) and grey ({_names(grey)}) "
+            "images; a model reads one kind: untick one kind and train it apart")
     images, recists, image_index, slices = [], [], [], []
     skipped: list[str] = []
     needs_crops = False

@@ -7,14 +7,22 @@ import contextlib
 from qtpy.QtCore import QEvent, Signal
 from qtpy.QtWidgets import QComboBox
 
-from ..layer_units import MM, length_unit, slice_spacing_of, spacing_of, unproxied
-from ..recist_layers import sync_after_edit
+from ..layer_units import (
+    MM,
+    grid_mismatch,
+    length_unit,
+    slice_spacing_of,
+    spacing_of,
+    unproxied,
+)
+from ..recist_layers import is_recist_layer, sync_after_edit
 
 # Data events that end an edit; napari also reports the moves of a vertex being dragged.
 _SETTLED = ("added", "removed", "changed")
 
-__all__ = ["Connections", "LayerCombo", "enable_if_alive", "is_settled_edit",
-           "start_model_load", "undocked", "viewer_camera"]
+__all__ = ["Connections", "LayerCombo", "add_under_lines", "enable_if_alive", "follow_image",
+           "is_settled_edit", "recist_preference", "start_model_load", "undocked",
+           "viewer_camera"]
 
 
 def viewer_camera(viewer):
@@ -125,10 +133,11 @@ class LayerCombo(QComboBox):
     allow_none : bool
         Offer an empty choice ("(none)").
     prefer : callable, optional
-        ``prefer(layer) -> bool``. Without a choice already made, the list starts on the
-        topmost layer that ``prefer`` accepts; with ``allow_none``, on "(none)" when no layer
-        is accepted (so that no layer is taken over without the user choosing it). A
-        "(none)" the user picked stays chosen when layers come and go.
+        ``prefer(layer) -> bool`` or a rank (higher is better, 0 or False is refused).
+        Without a choice already made, the list starts on the topmost layer of the highest
+        rank; with ``allow_none``, on "(none)" when no layer is accepted (so that no layer
+        is taken over without the user choosing it). A "(none)" the user picked stays chosen
+        when layers come and go.
     """
 
     layer_changed = Signal(object)
@@ -162,6 +171,10 @@ class LayerCombo(QComboBox):
         if 0 <= i < len(self._layers):
             return self._layers[i]
         return None
+
+    def layers(self) -> list:
+        """The layers offered, in the viewer's order (the topmost last)."""
+        return [layer for layer in self._layers if layer is not None]
 
     def set_layer(self, layer) -> None:
         """Choose ``layer`` (refreshing the list first, so a just-added layer is there)."""
@@ -201,7 +214,9 @@ class LayerCombo(QComboBox):
             return 0
         candidates = [i for i, layer in enumerate(layers) if layer is not None]
         if self._prefer is not None:
-            candidates = [i for i in candidates if self._prefer(layers[i])]
+            ranks = {i: self._prefer(layers[i]) for i in candidates}
+            best = max(ranks.values(), default=0)
+            candidates = [i for i in candidates if best and ranks[i] == best]
         if candidates:
             return candidates[-1]
         return 0 if self._allow_none else len(layers) - 1
@@ -214,6 +229,49 @@ class LayerCombo(QComboBox):
 
     def _emit(self, _index) -> None:
         self.layer_changed.emit(self.layer())
+
+
+def add_under_lines(viewer, new, lines) -> None:
+    """Add the layer ``new`` just under the RECIST layer ``lines``, so that masks and outlines
+    do not hide the lines the user draws; on top where ``lines`` is None or not shown."""
+    layers = viewer.layers
+    if lines is not None and lines in layers:
+        layers.insert(layers.index(lines), new)
+    else:
+        viewer.add_layer(new)
+
+
+def recist_preference(image_of):
+    """``prefer`` of a RECIST layer picker: RECIST layers on the chosen image's grid first.
+
+    Parameters
+    ----------
+    image_of : callable
+        ``image_of() -> napari.layers.Image or None``, the image chosen now.
+
+    Returns
+    -------
+    callable
+        ``rank(layer)``: 2 for a RECIST layer on the image's grid, 1 for one on another
+        grid (another scan's), 0 for other layers.
+    """
+    def rank(layer) -> int:
+        if not is_recist_layer(layer):
+            return 0
+        return 1 if grid_mismatch(image_of(), layer) else 2
+    return rank
+
+
+def follow_image(recist_combo: LayerCombo, image) -> None:
+    """Move ``recist_combo`` to a RECIST layer on ``image``'s grid when the chosen one lies
+    on another (another scan's lesions would land on its pixels); otherwise keep it."""
+    image, current = unproxied(image), recist_combo.layer()
+    if image is None or current is None or not grid_mismatch(image, current):
+        return
+    fitting = [layer for layer in recist_combo.layers()
+               if is_recist_layer(layer) and not grid_mismatch(image, layer)]
+    if fitting:
+        recist_combo.set_layer(fitting[-1])
 
 
 class RecistLayerAccess:

@@ -71,9 +71,17 @@ from ..comparison import (
 from ..layer_units import META_KEY, derived_units
 from ..model_registry import MODEL_REGISTRY
 from ..notifications import notify_error, notify_info
-from ..recist_layers import is_recist_layer
 from ..training_job import KIND_NAMES
-from ._common import Connections, LayerCombo, bind_lifetime, start_model_load, viewer_camera
+from ._common import (
+    Connections,
+    LayerCombo,
+    add_under_lines,
+    bind_lifetime,
+    follow_image,
+    recist_preference,
+    start_model_load,
+    viewer_camera,
+)
 
 __all__ = ["CompareWidget", "prediction_name", "predict_models"]
 
@@ -120,6 +128,7 @@ class CompareWidget(QWidget):
         self.rows: list[dict] = []
         self._grid_saved = None
         self._last_image = None
+        self._last_overlays: list[str] = []
         self._connections = Connections()
         bind_lifetime(self, self._connections)
         self._build()
@@ -130,7 +139,10 @@ class CompareWidget(QWidget):
     def _build(self) -> None:
         v = self.viewer
         self.image_combo = LayerCombo(v, Image, prefer=lambda layer: not _is_ours(layer))
-        self.recist_combo = LayerCombo(v, Shapes, allow_none=True, prefer=is_recist_layer)
+        self.recist_combo = LayerCombo(v, Shapes, allow_none=True,
+                                       prefer=recist_preference(self.image_combo.layer))
+        self.image_combo.layer_changed.connect(
+            lambda image: follow_image(self.recist_combo, image))
         # A ground truth is offered only among the user's own Labels (not predictions, copies
         # or pseudo-mask previews, which carry the plugin's role).
         self.gt_combo = LayerCombo(v, Labels, allow_none=True,
@@ -252,7 +264,8 @@ class CompareWidget(QWidget):
         threshold = round(self.threshold_spin.value(), 2)
         worker = create_worker(predict_models, entries, inputs.image, inputs.lesions,
                                inputs.truth, inputs.rgb, threshold, self.tta_box.isChecked(),
-                               dict(image.metadata), slice_mm_of(image), _start_thread=False,
+                               dict(image.metadata), slice_mm_of(image),
+                               lesions_problem=inputs.lesions_problem, _start_thread=False,
                                _ignore_errors=True)
         results: list = []
         failed: list = []
@@ -296,10 +309,19 @@ class CompareWidget(QWidget):
         was_side = self.side_button.isChecked()
         if was_side:
             self._restore_layout()
-        for result in results:
-            self._show_prediction(image, result)
+        active = self.viewer.layers.selection.active
+        shown = [self._show_prediction(image, result) for result in results]
         if gt is not None:
-            self._show_truth(image, gt, gt_layer)
+            shown.append(self._show_truth(image, gt, gt_layer))
+        # Overlays of earlier runs (other models, another image, a ground truth no longer
+        # chosen) would read as this image's: they are hidden, and side by side leaves them out.
+        for layer in self.viewer.layers:
+            if _role(layer) in ("prediction", "truth") and layer not in shown:
+                layer.visible = False
+        self._last_overlays = [layer.name for layer in shown]
+        # The user's layer stays the one being edited (a new layer is selected when added).
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
         self._last_image = image
         self.rows = [row for r in results for row in r["rows"]]
         self._fill_table()
@@ -335,22 +357,22 @@ class CompareWidget(QWidget):
                            metadata={META_KEY: {"role": role, "key": key}},
                            **({"units": units} if units else {}))
             layer.contour = _CONTOUR
-            self.viewer.add_layer(layer)
+            add_under_lines(self.viewer, layer, self.recist_combo.layer())
         else:
             layer.data = data
             layer.scale, layer.translate = scale, translate
             layer.colormap = _contour_colormap(colour)
         return layer
 
-    def _show_prediction(self, image, result) -> None:
+    def _show_prediction(self, image, result):
         colour = MODEL_COLOURS.get(result["kind"], "#ffffff")
-        self._put_labels(image, "prediction", result["name"], prediction_name(result["name"]),
-                         result["mask"], colour)
+        return self._put_labels(image, "prediction", result["name"],
+                                prediction_name(result["name"]), result["mask"], colour)
 
-    def _show_truth(self, image, gt, gt_layer) -> None:
+    def _show_truth(self, image, gt, gt_layer):
         data = (gt > 0).astype(np.uint8)
-        self._put_labels(image, "truth", _TRUTH, f"{gt_layer.name} ({_TRUTH})", data,
-                         MODEL_COLOURS["truth"])
+        return self._put_labels(image, "truth", _TRUTH, f"{gt_layer.name} ({_TRUTH})", data,
+                                MODEL_COLOURS["truth"])
 
     def prediction_layers(self) -> list:
         """The prediction layers this widget made (in layer order)."""
@@ -426,7 +448,8 @@ class CompareWidget(QWidget):
     def _arrange_side_by_side(self) -> bool:
         image = self._last_image
         overlays = [layer for layer in self.viewer.layers
-                    if _role(layer) in ("prediction", "truth")]
+                    if _role(layer) in ("prediction", "truth")
+                    and layer.name in self._last_overlays]
         if image is None or image not in self.viewer.layers or not overlays:
             notify_error("Side by side: predict first; each model then gets its own view.")
             return False

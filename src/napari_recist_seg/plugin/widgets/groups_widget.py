@@ -38,19 +38,22 @@ from ..layer_units import (
     META_KEY,
     derived_units,
     grid_metadata,
+    grid_mismatch,
     length_unit,
     slice_spacing_of,
     spatial_shape,
     unproxied,
 )
 from ..notifications import notify_error, notify_info
-from ..recist_layers import describe_layer, is_recist_layer, recolour, write_columns
+from ..recist_layers import describe_layer, recolour, write_columns
 from ._common import (
     Connections,
     LayerCombo,
     RecistLayerAccess,
     bind_lifetime,
     enable_if_alive,
+    follow_image,
+    recist_preference,
     undocked,
 )
 
@@ -115,14 +118,15 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         self._build()
         self._connections.connect(napari_viewer.layers.events.removed, self._on_layer_removed)
         self.recist_combo.layer_changed.connect(self.set_recist_layer)
-        self.image_combo.layer_changed.connect(lambda _layer: self._schedule())
+        self.image_combo.layer_changed.connect(self._on_image_changed)
         self.set_recist_layer(self.recist_combo.layer())
 
     # -- UI ---------------------------------------------------------------------------------
     def _build(self) -> None:
         v = self.viewer
-        self.recist_combo = LayerCombo(v, Shapes, allow_none=True, prefer=is_recist_layer)
         self.image_combo = LayerCombo(v, Image)
+        self.recist_combo = LayerCombo(v, Shapes, allow_none=True,
+                                       prefer=recist_preference(self.image_combo.layer))
         pick = QGridLayout()
         pick.addWidget(QLabel("RECIST layer"), 0, 0)
         pick.addWidget(self.recist_combo, 0, 1)
@@ -205,6 +209,10 @@ class GroupsWidget(RecistLayerAccess, QWidget):
             return "mm"
         return length_unit(self.image_layer(), layer)
 
+    def _on_image_changed(self, image) -> None:
+        follow_image(self.recist_combo, image)
+        self._schedule()
+
     def set_recist_layer(self, layer) -> None:
         """Read ``layer`` and follow its edits."""
         layer = unproxied(layer)
@@ -222,6 +230,12 @@ class GroupsWidget(RecistLayerAccess, QWidget):
             self._connections.connect(
                 layer.selected_data.events.items_changed, self._on_layer_selection
             )
+        elif self.preview_layer is not None:
+            # Masks of lesions no layer holds any more would pass for current ones.
+            with contextlib.suppress(RuntimeError):
+                self.preview_button.setChecked(False)
+                self.status.setText("Pseudo-mask preview stopped: no RECIST layer is chosen "
+                                    "(was it removed?).")
         self._refresh()
 
     def lesions(self):
@@ -523,6 +537,9 @@ class GroupsWidget(RecistLayerAccess, QWidget):
                 f"the RECIST layer ({layer.ndim}D) and the image ({image.ndim}D) must both be "
                 "2D or both 3D."
             )
+        mismatch = grid_mismatch(image, layer)
+        if mismatch:
+            return fail(mismatch + ".")
         valid = [i for i in (self.lesions() if infos is None else infos) if i.ok]
         if not valid and self.preview_layer is None:
             return fail(f"{layer.name!r} has no complete lesion (a long and a short axis).")
@@ -583,6 +600,11 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         shape = spatial_shape(image)
         preview = self.preview_layer
         if preview is None or preview.data.shape != shape or preview not in self.viewer.layers:
+            if preview is not None and preview in self.viewer.layers:
+                # Drawn for the image chosen before: this widget's own layer, now stale. It is
+                # let go first, or its removal would read as the user's and end the preview.
+                self.preview_layer = None
+                self.viewer.layers.remove(preview)
             preview = Labels(
                 np.zeros(shape, dtype=np.int32), name=preview_name(method), scale=image.scale,
                 translate=image.translate, opacity=0.45,

@@ -51,7 +51,6 @@ from ..recist_layers import (
     LABEL_LIMIT,
     RECIST_DEFAULTS,
     describe_layer,
-    is_recist_layer,
     recist_shapes_kwargs,
     sync_after_edit,
     table_layer_tuple,
@@ -61,7 +60,9 @@ from ._common import (
     LayerCombo,
     RecistLayerAccess,
     bind_lifetime,
+    follow_image,
     is_settled_edit,
+    recist_preference,
     viewer_camera,
 )
 
@@ -215,7 +216,8 @@ class RecistWidget(RecistLayerAccess, QWidget):
     def _build(self) -> None:
         v = self.viewer
         self.image_combo = LayerCombo(v, Image)
-        self.recist_combo = LayerCombo(v, Shapes, allow_none=True, prefer=is_recist_layer)
+        self.recist_combo = LayerCombo(v, Shapes, allow_none=True,
+                                       prefer=recist_preference(self.image_combo.layer))
         self.new_button = QPushButton("New")
         self.new_button.setToolTip("Add an empty RECIST layer over the chosen image")
         self.new_button.clicked.connect(self.new_recist_layer)
@@ -442,6 +444,7 @@ class RecistWidget(RecistLayerAccess, QWidget):
             self._busy = False
 
     def _on_image_changed(self, layer) -> None:
+        follow_image(self.recist_combo, layer)
         self.sync()
 
     def _update_status(self) -> None:

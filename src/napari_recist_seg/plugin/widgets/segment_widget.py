@@ -59,18 +59,22 @@ from ..layer_units import (
     MM,
     derived_units,
     grid_metadata,
+    grid_mismatch,
     spatial_shape,
     unproxied,
 )
 from ..model_planes import LayerPlanes, context_of, slice_gap_of, slice_mm_of
 from ..model_registry import MODEL_REGISTRY, load_entry
 from ..notifications import notify_error
-from ..recist_layers import describe_layer, is_recist_layer
+from ..recist_layers import describe_layer
 from ._common import (
     Connections,
     LayerCombo,
     RecistLayerAccess,
+    add_under_lines,
     bind_lifetime,
+    follow_image,
+    recist_preference,
     start_model_load,
     undocked,
 )
@@ -437,7 +441,8 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         v = self.viewer
         # Not the copies other widgets of the plugin make (side-by-side views).
         self.image_combo = LayerCombo(v, Image, prefer=lambda layer: not _role(layer))
-        self.recist_combo = LayerCombo(v, Shapes, allow_none=True, prefer=is_recist_layer)
+        self.recist_combo = LayerCombo(v, Shapes, allow_none=True,
+                                       prefer=recist_preference(self.image_combo.layer))
         self.model_combo = QComboBox()
         self.model_combo.setToolTip(
             "A RECIST-prompted model of this session (trained or loaded); other kinds are "
@@ -535,6 +540,7 @@ class SegmentWidget(RecistLayerAccess, QWidget):
             self._connections.disconnect_from(self._image)
         self._image = image
         self._image_generation += 1
+        follow_image(self.recist_combo, image)
         if image is not None:
             # New pixels make every cached prediction stale.
             self._connections.connect(image.events.data, self._on_image_data)
@@ -750,7 +756,7 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         if layer.ndim != image.ndim:
             return (f"the RECIST layer {layer.name!r} ({layer.ndim}D) does not fit "
                     f"{image.name!r} ({image.ndim}D)")
-        return ""
+        return grid_mismatch(image, layer)
 
     def _schedule(self) -> None:
         with contextlib.suppress(RuntimeError):  # the widget was closed
@@ -969,12 +975,9 @@ class SegmentWidget(RecistLayerAccess, QWidget):
     def _add_under_lines(self, new) -> None:
         """Add ``new`` just under the RECIST layer, which stays the active layer: its lines
         stay visible over the masks and the user goes on editing them."""
-        layer, layers = self._layer, self.viewer.layers
-        if layer is None or layer not in layers:
-            self.viewer.add_layer(new)
-            return
-        layers.insert(layers.index(layer), new)
-        layers.selection.active = layer
+        add_under_lines(self.viewer, new, self._layer)
+        if self._layer is not None and self._layer in self.viewer.layers:
+            self.viewer.layers.selection.active = self._layer
 
     def _remove_preview(self) -> None:
         preview, self.preview_layer = self.preview_layer, None

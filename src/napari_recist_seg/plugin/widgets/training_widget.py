@@ -392,39 +392,47 @@ class TrainingWidget(QWidget):
         # Rows the user changed keep their tick and RECIST choice; the others are matched
         # again, so a RECIST layer added after its image is still found. (Layers are compared
         # with ==: a plugin's viewer hands out a new proxy object at each access.)
-        previous = {row[0].name: row for row in self._rows if row[0] in self._touched}
+        # Read before the table is rebuilt: setRowCount deletes the old rows' items.
+        previous = {}
+        for image, item, combo, old_shapes in self._rows:
+            if image in self._touched:
+                index = combo.currentIndex()
+                chosen = old_shapes[index - 1] if 0 < index <= len(old_shapes) else None
+                previous[image.name] = (item.checkState(), chosen)
         images = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
         shapes = [layer for layer in self.viewer.layers if isinstance(layer, Shapes)]
         self._touched = [layer for layer in self._touched if layer in images]
         self.pairs.blockSignals(True)
-        for _image, _item, old_combo, _shapes in self._rows:
-            # Replaced cell widgets are deleted later, by the event loop; until then they
-            # would still be drawn, stacked at the table's corner.
-            old_combo.hide()
-        self.pairs.setRowCount(len(images))
-        self._rows = []
-        for r, image in enumerate(images):
-            item = QTableWidgetItem(image.name)
-            item.setFlags(Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsEnabled)
-            combo = QComboBox()
-            combo.addItems([_NONE, *[layer.name for layer in shapes]])
-            old = previous.get(image.name)
-            if old is not None:
-                _, old_item, old_combo, old_shapes = old
-                check, index = old_item.checkState(), old_combo.currentIndex()
-                chosen = old_shapes[index - 1] if 0 < index <= len(old_shapes) else None
-                chosen = chosen if chosen in shapes else None
-            else:
-                chosen = self._match_recist(image, shapes)
-                check = Qt.CheckState.Checked if chosen is not None else Qt.CheckState.Unchecked
-            if chosen is not None:
-                combo.setCurrentIndex(shapes.index(chosen) + 1)
-            item.setCheckState(check)
-            self.pairs.setItem(r, 0, item)
-            self.pairs.setCellWidget(r, 1, combo)
-            combo.currentIndexChanged.connect(lambda _i, layer=image: self._touch(layer))
-            self._rows.append((image, item, combo, shapes))
-        self.pairs.blockSignals(False)
+        try:
+            for _image, _item, old_combo, _shapes in self._rows:
+                # Replaced cell widgets are deleted later, by the event loop; until then they
+                # would still be drawn, stacked at the table's corner.
+                old_combo.hide()
+            self._rows = []
+            self.pairs.setRowCount(len(images))
+            for r, image in enumerate(images):
+                self._add_pair_row(r, image, shapes, previous.get(image.name))
+        finally:
+            self.pairs.blockSignals(False)
+
+    def _add_pair_row(self, r: int, image, shapes, previous) -> None:
+        item = QTableWidgetItem(image.name)
+        item.setFlags(Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsEnabled)
+        combo = QComboBox()
+        combo.addItems([_NONE, *[layer.name for layer in shapes]])
+        if previous is not None:
+            check, chosen = previous
+            chosen = chosen if chosen in shapes else None
+        else:
+            chosen = self._match_recist(image, shapes)
+            check = Qt.CheckState.Checked if chosen is not None else Qt.CheckState.Unchecked
+        if chosen is not None:
+            combo.setCurrentIndex(shapes.index(chosen) + 1)
+        item.setCheckState(check)
+        self.pairs.setItem(r, 0, item)
+        self.pairs.setCellWidget(r, 1, combo)
+        combo.currentIndexChanged.connect(lambda _i, layer=image: self._touch(layer))
+        self._rows.append((image, item, combo, shapes))
 
     def _touch(self, layer) -> None:
         if layer not in self._touched:

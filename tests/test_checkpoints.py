@@ -288,6 +288,17 @@ def test_truncated_weights_are_refused(saved_a1, tmp_path, keep_file_record, no_
         load_checkpoint(folder)
 
 
+def test_changed_bytes_of_the_right_size_are_named_as_such(saved_a1, tmp_path, no_unpickling):
+    folder = fresh_copy(saved_a1, tmp_path)
+    path = folder / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="its content differs from the checksum") as err:
+        load_checkpoint(folder)
+    assert "instead of" not in str(err.value)
+
+
 def test_corrupt_header_is_refused(saved_a1, tmp_path, no_unpickling):
     folder = fresh_copy(saved_a1, tmp_path)
     path = folder / "model.safetensors"
@@ -411,3 +422,17 @@ def test_missing_folder_is_read_from_the_copy_an_interrupted_save_left(saved_a1,
     (leftover / "model.safetensors").write_bytes(b"cut")
     with pytest.raises(ValueError, match=r"\.last\.old-x1y2"):
         load_checkpoint(tmp_path / "last")
+
+
+def test_checkpoints_and_label_volumes_are_readable_as_the_umask_allows(tmp_path):
+    # Files staged with tempfile are private; on a shared disk others of the group must read
+    # the runs and masks as they read any file the user writes.
+    from napari_recist_seg.data._atomic import _UMASK
+    from napari_recist_seg.data.volumes import write_label_image
+
+    save_checkpoint(tmp_path / "best", make("a1"), {}, [{"epoch": 1}])
+    assert (tmp_path / "best").stat().st_mode & 0o777 == 0o777 & ~_UMASK
+    for f in (tmp_path / "best").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o666 & ~_UMASK, f.name
+    labels = write_label_image(tmp_path / "m.nii.gz", np.ones((3, 4, 5), bool))
+    assert labels.stat().st_mode & 0o777 == 0o666 & ~_UMASK

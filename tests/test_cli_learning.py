@@ -56,6 +56,26 @@ def test_train_predict_evaluate(tmp_path, capsys):
     assert main([*again, "--epochs", "2", "--resume", str(out / "multitask")]) == 0
     saved = json.loads((out / "multitask" / "last" / "config.json").read_text())
     assert len(saved["history"]) == 2
+    capsys.readouterr()
+
+    # A run still going (its lock names a live process on this machine) is neither
+    # resumed nor replaced, whatever is asked.
+    import os
+    import shutil
+    import socket
+
+    lock = out / "multitask" / ".lock"
+    lock.write_text(f"pid={os.getpid()}\nhost={socket.gethostname()}\n")
+    for extra in ([], ["--overwrite"]):
+        assert main([*again, "--epochs", "3", *extra]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "is in use by another training run" in err and "--resume" not in err
+    lock.unlink()
+    # A run with its best checkpoint only cannot be resumed: not suggested.
+    shutil.rmtree(out / "multitask" / "last")
+    assert main([*again, "--epochs", "3"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "best checkpoint only" in err and "--resume" not in err and "--overwrite" in err
 
 
 @pytest.mark.parametrize("target", ["quarter_ellipse", "trimap_random_walker"])
@@ -242,3 +262,29 @@ def test_predict_without_recists_refuses_a_crops_model_before_writing(tmp_path, 
     assert "trained on lesion crops: give each lesion's RECIST with --recists" in (
         capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_evaluate_never_scores_predictions_against_predictions(tmp_path, capsys):
+    # An ISIC-like folder (images/, masks/NAME_segmentation.png) with the predictions written
+    # into it, as `predict FOLDER --out FOLDER/pred` does, and an earlier run's beside them.
+    import imageio.v3 as iio
+
+    data = tmp_path / "data"
+    for sub in ("images", "masks", "pred", "pred-old"):
+        (data / sub).mkdir(parents=True)
+    truth = _square(40, 10, 20)
+    iio.imwrite(data / "images" / "a.png", np.zeros((40, 40), np.uint8))
+    iio.imwrite(data / "masks" / "a_segmentation.png", truth)
+    iio.imwrite(data / "pred" / "a_mask.png", np.roll(truth, 5, axis=1))
+
+    # The predictions inside --truth are not their own truth.
+    assert main(["evaluate", "--pred", str(data / "pred"), "--truth", str(data)]) == 0
+    means = {line.split()[0]: float(line.split()[1])
+             for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert means["dice"] == pytest.approx(0.5)
+
+    # Another prediction of the same image under --truth: which is the truth is not guessed.
+    iio.imwrite(data / "pred-old" / "a_mask.png", np.roll(truth, 5, axis=1))
+    assert main(["evaluate", "--pred", str(data / "pred"), "--truth", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "2 masks under" in err and "pred-old" in err and "a_segmentation.png" in err

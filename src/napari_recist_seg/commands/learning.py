@@ -447,8 +447,13 @@ def _resume_from(text: str) -> Path:
 
 def _check_run_folder(folder: Path, resume: Path | None, overwrite: bool) -> None:
     """Refuse, naming it, a run folder that holds a run neither continued nor replaced."""
-    from ..learning.run_folders import find_run
+    from ..learning.devices import is_main_process
+    from ..learning.run_folders import check_not_busy, find_run
 
+    # A run still going is neither continued nor replaced: say so before suggesting either.
+    # (Under torchrun the first process's lock may already be there when the others look.)
+    if is_main_process():
+        check_not_busy(folder)
     info = find_run(folder)
     if info is None or overwrite:
         return
@@ -462,6 +467,9 @@ def _check_run_folder(folder: Path, resume: Path | None, overwrite: bool) -> Non
         raise ValueError(f"run folder {folder} already holds a run ({info.describe()}); "
                          f"choose another --out, pass --overwrite to replace it, or --resume "
                          f"{folder} with more --epochs than {info.epoch} to train it further")
+    if not info.has_last:
+        raise ValueError(f"run folder {folder} already holds a run ({info.describe()}); "
+                         f"choose another --out or pass --overwrite to replace it")
     raise ValueError(f"run folder {folder} already holds a run ({info.describe()}); pass "
                      f"--resume {folder} to continue it or --overwrite to replace it")
 
@@ -661,22 +669,37 @@ def _match_masks(pred_dir: Path, truth_dir: Path) -> tuple[list, dict, dict]:
     the same relative path, else of the same file name anywhere under ``truth_dir``, else
     by stem (``NAME_mask.png`` with ``NAME_segmentation.png`` and the like)."""
     preds = sorted(f for f in pred_dir.rglob("*") if f.is_file() and f.suffix.lower() == ".png")
+    # The predictions are never their own truth, even where --pred lies inside --truth.
+    inside_pred = pred_dir.resolve()
     truth_files = sorted(f for f in truth_dir.rglob("*")
-                         if f.is_file() and f.suffix.lower() in _MASK_SUFFIXES)
+                         if f.is_file() and f.suffix.lower() in _MASK_SUFFIXES
+                         and inside_pred not in f.resolve().parents)
     by_name: dict[str, list[Path]] = {}
     for f in truth_files:
         by_name.setdefault(f.name, []).append(f)
-    by_stem = {_stem_key(f): f for f in truth_files if _looks_like_mask(f)}
+    by_stem: dict[str, list[Path]] = {}
+    for f in truth_files:
+        if _looks_like_mask(f):
+            by_stem.setdefault(_stem_key(f), []).append(f)
     pred_out, truth_out = {}, {}
     for f in preds:
         rel = f.relative_to(pred_dir)
         same = truth_dir / rel
         if same.is_file() and same.resolve() != f.resolve():
             truth = same
-        elif len(by_name.get(f.name, [])) == 1 and by_name[f.name][0].resolve() != f.resolve():
-            truth = by_name[f.name][0]
         else:
-            truth = by_stem.get(_stem_key(f))
+            # Files of the same name and masks of the same stem: one is the truth; several
+            # (another prediction folder inside --truth, say) would be a guess that could
+            # score a prediction against a prediction.
+            found = list(dict.fromkeys(by_name.get(f.name, []) + by_stem.get(_stem_key(f), [])))
+            if len(found) > 1:  # an image and its mask of one name: the mask
+                found = [c for c in found if _looks_like_mask(c)] or found
+            if len(found) > 1:
+                shown = ", ".join(str(c) for c in found[:3])
+                raise ValueError(
+                    f"{len(found)} masks under {truth_dir} could be the truth of {f} "
+                    f"({shown}); give --truth the folder of the true masks alone")
+            truth = found[0] if found else None
         if truth is None:
             continue
         key = str(rel.with_suffix(""))

@@ -8,7 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["NewOutputs", "atomic_write", "fsync_folder", "remove_empty_folders"]
+__all__ = ["NewOutputs", "atomic_write", "fsync_folder", "plain_permissions",
+           "remove_empty_folders"]
 
 
 def _current_umask() -> int:
@@ -85,6 +86,21 @@ def atomic_write(path, mode: str = "w", encoding: str | None = "utf-8", newline:
             tmp.unlink()
         raise
     fsync_folder(folder)
+
+
+def plain_permissions(path) -> None:
+    """Give a file or folder made by ``tempfile`` (private: 0600 or 0700) the permissions a
+    plain ``open`` or ``mkdir`` would, so that outputs on a shared disk are readable as the
+    user's umask allows.
+
+    Parameters
+    ----------
+    path : path-like
+        A file or a folder; left as it is where its permissions cannot be changed.
+    """
+    path = Path(path)
+    with contextlib.suppress(OSError):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_UMASK)
 
 
 def fsync_folder(folder) -> None:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._atomic import plain_permissions
+
 __all__ = ["LABEL_SUFFIXES", "MedicalImage", "ScanLabels", "grid_fits", "grid_shape",
            "is_medical_image_path", "read_grid", "read_medical_image", "write_label_image"]
 
@@ -568,6 +570,7 @@ def _write_atomically(sitk, image, path: Path, suffix: str) -> Path:
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp, True)
+        plain_permissions(tmp)
         os.replace(tmp, path)
     except (RuntimeError, OSError) as exc:
         with contextlib.suppress(OSError):

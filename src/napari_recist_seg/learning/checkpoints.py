@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from ..core.recist_prompt import PRIOR_EDGES
-from ..data._atomic import fsync_folder
+from ..data._atomic import fsync_folder, plain_permissions
 from .model_kinds import MODEL_REGISTRY
 from .models import MODEL_KINDS, build_model
 
@@ -111,6 +111,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        plain_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -125,6 +126,7 @@ def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor],
     try:
         save_file(tensors, str(tmp), metadata=metadata)
         _fsync_file(tmp)
+        plain_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -325,6 +327,7 @@ def save_checkpoint(folder: str | os.PathLike, model: nn.Module, extra_config: d
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    plain_permissions(staging)
     try:
         files = {}
         _atomic_save_tensors(staging / MODEL_FILE, weights,
@@ -475,9 +478,11 @@ def _check_file(folder: Path, name: str, config: dict) -> Path:
         size = path.stat().st_size
         actual = {"size": size} if size != record.get("size") else _file_record(path)
         if actual["size"] != record.get("size") or actual["sha256"] != record.get("sha256"):
+            what = (f"size {actual['size']} instead of {record.get('size')}"
+                    if actual["size"] != record.get("size") else
+                    "its content differs from the checksum recorded")
             raise ValueError(
-                f"checkpoint file {str(path)!r} does not match {CONFIG_FILE} (size "
-                f"{actual['size']} instead of {record.get('size')}, or different content): it "
+                f"checkpoint file {str(path)!r} does not match {CONFIG_FILE} ({what}): it "
                 f"is truncated, corrupt or was replaced"
             )
     return path

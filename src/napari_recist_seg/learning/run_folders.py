@@ -22,6 +22,7 @@ from pathlib import Path
 
 __all__ = [
     "RunFolderBusy",
+    "check_not_busy",
     "RunFolderOccupied",
     "RunInfo",
     "claim_run_folder",
@@ -273,13 +274,32 @@ def _take_lock(folder: Path) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(f"pid={os.getpid()}\nhost={_host()}\nstarted={time.time():.0f}\n")
         return lock
+    raise RunFolderBusy(_busy_message(folder))
+
+
+def _busy_message(folder: Path) -> str:
+    lock = folder / LOCK_FILE
     holder = ""
     with contextlib.suppress(OSError):
         holder = " (" + ", ".join(lock.read_text(encoding="utf-8").split()[:2]) + ")"
-    raise RunFolderBusy(f"run folder {folder} is in use by another training run{holder}; wait "
-                        f"for it to end, or choose another folder (a lock left by a process "
-                        f"that no longer runs is taken over automatically: delete {lock} if "
-                        f"that process ran on another machine and is gone)")
+    return (f"run folder {folder} is in use by another training run{holder}; wait for it to "
+            f"end, or choose another folder (a lock left by a process that no longer runs is "
+            f"taken over automatically: delete {lock} if that process ran on another machine "
+            f"and is gone)")
+
+
+def check_not_busy(folder) -> None:
+    """Raise ``RunFolderBusy`` when a training run that is still going holds ``folder``.
+
+    Parameters
+    ----------
+    folder : path-like
+        A run folder; one without a lock, or whose lock was left by a process that no
+        longer runs, passes.
+    """
+    folder = Path(folder)
+    if (folder / LOCK_FILE).exists() and not _lock_is_stale(folder / LOCK_FILE):
+        raise RunFolderBusy(_busy_message(folder))
 
 
 def _remove_checkpoint(path: Path) -> None:

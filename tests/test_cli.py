@@ -247,3 +247,15 @@ def test_pseudo_masks_and_groups_leave_out_a_picture_without_a_lesion(tmp_path, 
     assert main(["groups", str(data), "--k", "2", "--out", str(tmp_path / "g.csv")]) == 0
     assert "was skipped" in capsys.readouterr().err
     assert len(read_recists(tmp_path / "g.csv")) == 3
+
+
+def test_progress_in_a_log_file_is_a_few_whole_lines(capsys):
+    # A batch job's output is a file: no carriage-return redraws piled on one line.
+    from napari_recist_seg.commands._progress import progress
+
+    for _ in progress(range(500), "counting", unit="item"):
+        pass
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert 1 <= len(lines) <= 3 and lines[-1].startswith("counting: 100%")

@@ -218,6 +218,45 @@ def test_ctrl_c_waits_for_the_update_in_progress():
     assert reached
 
 
+def test_sigterm_waits_for_the_update_in_progress_where_handled():
+    # recist-seg turns SIGTERM into Ctrl+C; the update in progress still ends first.
+    before = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with trainer._ctrl_c_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                reached = True
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert reached
+
+
+def test_cli_sigterm_saves_last_and_exits_130(tmp_path, capsys, monkeypatch):
+    # A batch scheduler's time limit (or `timeout`) sends SIGTERM: the run stops as after
+    # Ctrl+C, with a resumable last/, and the command's SIGTERM handler is put back after.
+    from napari_recist_seg.commands import learning as commands
+
+    data = make_isic_folder(tmp_path / "data", n=10, size=48)
+    out = tmp_path / "runs"
+    real = commands.TrainingBars.__call__
+
+    def terminate_on_first_step(self, kind, seed, event):
+        real(self, kind, seed, event)
+        if event.kind == "step":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(commands.TrainingBars, "__call__", terminate_on_first_step)
+    before = signal.getsignal(signal.SIGTERM)
+    args = ["train", str(data), "--out", str(out), "--models", "a1", "--size", "32",
+            "--epochs", "2", "--batch", "4", "--k", "2"]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert f"in {out / 'a1' / 'last'}" in err and "--resume" in err
+    assert find_run(out / "a1").epoch == 1 and not find_run(out / "a1").finished
+    assert not (out / "a1" / ".lock").exists()
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_cli_ctrl_c_saves_last_and_exits_130(tmp_path, capsys, monkeypatch):
     from napari_recist_seg.commands import learning as commands
 

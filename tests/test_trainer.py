@@ -195,6 +195,29 @@ def test_resume_continues_where_it_stopped(interrupted):
     assert resumed[-1].progress == 1.0
 
 
+def test_a_finished_run_trained_further_goes_on_down_its_schedule(tmp_path_factory):
+    # --resume with more epochs: the cosine ends at the new last step, never climbing back up
+    # past the old one; another batch size or rate is refused rather than replayed wrongly.
+    out_a, events_a = trained_run("a1", tmp_path_factory)
+    out = tmp_path_factory.mktemp("further")
+    shutil.copytree(out_a / "last", out / "last")
+    data = prepared()
+    for changed, words in (({"batch_size": 2}, "batch_size 4, not 2"),
+                           ({"lr": 1e-2}, "lr 0.001, not 0.01")):
+        with pytest.raises(ValueError, match=words):
+            list(train(data.train_set, data.val_set, config("a1", epochs=EPOCHS + 2, **changed),
+                       out, resume=out / "last"))
+    with quick():
+        more = list(train(data.train_set, data.val_set, config("a1", epochs=EPOCHS + 2), out,
+                          resume=out / "last"))
+    before = [e.lr for e in events_a if e.kind == "step"]
+    after = [e.lr for e in more if e.kind == "step"]
+    assert len(after) == 2 * more[0].steps_per_epoch
+    rates = before + after
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(rates, rates[1:])), rates
+    assert after[-1] == pytest.approx(1e-3 * 0.01, rel=1e-3)
+
+
 def test_resumed_run_matches_uninterrupted_run(interrupted, tmp_path_factory):
     run = interrupted
     out_a, events_a = trained_run("multitask", tmp_path_factory)

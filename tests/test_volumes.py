@@ -308,3 +308,47 @@ def test_bad_labels_are_refused_and_an_existing_file_is_kept(tmp_path, monkeypat
         write_label_image(target, good, grid=grid)
     assert target.read_bytes() == b"the user's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "m.nii.gz"]
+
+
+def test_a_series_missing_a_slice_is_refused_and_an_uneven_one_announced(tmp_path):
+    vol = _volume((5, 16, 16), 3)
+    # A damaged file in the middle: read as one even stack, the slices after it would be
+    # misplaced and a table's slice numbers would point at other planes.
+    _write_dicom_series(tmp_path / "cut", vol, (0.7, 0.7, 2.5), "1.2.3.20")
+    damaged = tmp_path / "cut" / "slice002.dcm"
+    damaged.write_bytes(damaged.read_bytes()[:300])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="slices are missing") as info:
+            read_medical_image(tmp_path / "cut")
+    assert "slice002.dcm could not be read" in str(info.value)
+    assert "2.5 to 5 mm" in str(info.value)
+
+    # Only two slices left of three: the header's slice spacing tells the gap.
+    _write_dicom_series(tmp_path / "three", vol[:3], (0.7, 0.7, 2.5), "1.2.3.21")
+    damaged = tmp_path / "three" / "slice001.dcm"
+    damaged.write_bytes(damaged.read_bytes()[:300])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="slice001.dcm could not be read"):
+            read_medical_image(tmp_path / "three")
+
+    # Scanned unevenly (no file lost): read, with a warning.
+    _write_dicom_series(tmp_path / "uneven", vol, (0.7, 0.7, 2.5), "1.2.3.22")
+    moved = tmp_path / "uneven" / "slice004.dcm"
+    image = sitk.ReadImage(str(moved))
+    image.SetMetaData("0020|0032", "0\\0\\12.5")
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(moved))
+    writer.Execute(image)
+    with pytest.warns(UserWarning, match="not evenly spaced"):
+        assert read_medical_image(tmp_path / "uneven").array.shape == (5, 16, 16)
+
+
+def test_a_cut_dicom_file_is_called_truncated(tmp_path):
+    _write_dicom_series(tmp_path / "s", _volume((1, 32, 32), 6), (1.0, 1.0, 1.0), "1.2.3.23")
+    path = tmp_path / "s" / "slice000.dcm"
+    path.write_bytes(path.read_bytes()[:400])
+    with pytest.raises(ValueError, match="truncated or damaged"):
+        read_medical_image(path)

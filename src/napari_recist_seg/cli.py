@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from pathlib import Path
@@ -58,6 +59,7 @@ def main(argv=None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0
+    previous = _terminate_as_interrupt()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning(args.command, warnings.showwarning)
@@ -68,8 +70,30 @@ def main(argv=None) -> int:
         print(f"recist-seg {args.command}: error: {_describe(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"recist-seg {args.command}: interrupted", file=sys.stderr)
+        from .learning.devices import is_main_process
+
+        if is_main_process():  # once, not once per torchrun process
+            print(f"recist-seg {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_as_interrupt():
+    """Let SIGTERM (a batch scheduler's time limit, ``timeout``, ``kill``) stop a command as
+    Ctrl+C does: training saves a resumable ``last/``, partial outputs are taken away.
+    Returns the handler it replaced (None where none was replaced)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    with contextlib.suppress(ValueError, OSError):
+        return signal.signal(signal.SIGTERM, signal.default_int_handler)
+    return None
 
 
 _MAX_MESSAGE = 600

@@ -17,7 +17,7 @@ from ..core.training_targets import DEFAULT_TARGET, TARGET_METHODS
 from ..data._atomic import NewOutputs, atomic_write
 from ..learning.model_kinds import MODEL_KINDS
 from ._outputs import output_stems, refuse_existing
-from ._progress import progress
+from ._progress import bar_options, progress
 
 MODEL_CHOICES = MODEL_KINDS
 
@@ -36,13 +36,15 @@ class TrainingBars:
             total = event.epochs * event.steps_per_epoch
             desc = f"{kind} (seed {seed}" + (f", {event.stage})" if event.stage else ")")
             self._bar = tqdm(total=total, initial=event.global_step, unit="step", desc=desc,
-                             file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+                             **bar_options())
         elif self._bar is None:
             return
         elif event.kind == "step":
-            self._bar.update(event.global_step - self._bar.n)
+            # The figures ride on the next redraw: a forced one per step would fill a log.
             self._bar.set_postfix({k: f"{v:.3g}" for k, v in event.losses.items()
-                                   if k != "total"} | {"img/s": f"{event.images_per_second:.1f}"})
+                                   if k != "total"} | {"img/s": f"{event.images_per_second:.1f}"},
+                                  refresh=False)
+            self._bar.update(event.global_step - self._bar.n)
         elif event.kind == "epoch":
             val = event.val or {}
             self._bar.write(

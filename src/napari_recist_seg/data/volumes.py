@@ -219,7 +219,7 @@ def _compact_dtype(arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def _series_files(sitk, folder: Path) -> tuple[list[str], int]:
+def _series_files(sitk, folder: Path) -> tuple[list[str], int, list[str]]:
     try:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as exc:
@@ -255,7 +255,43 @@ def _series_files(sitk, folder: Path) -> tuple[list[str], int]:
             f"{best}",
             stacklevel=3,
         )
-    return list(files_per_series[best]), len(series_ids)
+    return list(files_per_series[best]), len(series_ids), left_out
+
+
+def _check_even_slices(folder: Path, positions: list, normal, left_out: list[str],
+                       nominal: float | None = None) -> None:
+    """Refuse a series whose slices are unevenly spaced because files could not be read, and
+    warn of one unevenly spaced as scanned.
+
+    A volume is one even grid: read as one, the slices after a gap sit one slice interval too
+    near, and a RECIST table's slice numbers then point at other planes. The usual gap is the
+    median one, or the header's slice spacing where there are too few gaps to tell.
+    """
+    if len(positions) < 2 or any(p is None for p in positions):
+        return
+    along = np.sort(np.asarray(positions, float) @ np.asarray(normal, float))
+    gaps = np.diff(along)
+    typical = float(np.median(gaps)) if len(gaps) >= 2 else nominal
+    if not typical or typical <= 0 or np.all(
+            np.abs(gaps - typical) <= max(0.1 * typical, 0.01)):
+        return
+    where = f"slice gaps from {gaps.min():.3g} to {gaps.max():.3g} mm"
+    if left_out:
+        names = ", ".join(left_out[:_LIST_MAX]) + (", ..." if len(left_out) > _LIST_MAX else "")
+        raise ValueError(
+            f"{folder}: slices are missing ({where}): {names} could not be read; as one "
+            "volume the slices after the gap would be misplaced and slice numbers would not "
+            "match the scan: repair or replace the damaged file(s)")
+    warnings.warn(f"{folder}: the slices are not evenly spaced ({where}); the volume is read "
+                  f"on an even grid of {typical:.3g} mm", stacklevel=3)
+
+
+def _slice_position(text) -> tuple[float, float, float] | None:
+    try:
+        values = tuple(float(v) for v in str(text).replace(",", "\\").split("\\"))
+    except ValueError:
+        return None
+    return values if len(values) == 3 else None
 
 
 _ITK_ERROR_RE = re.compile(r"(?:ITK ERROR|sitk::ERROR):\s*(?:\w+\(0x[0-9a-f]+\):\s*)?(.*)")
@@ -371,12 +407,21 @@ def read_medical_image(path) -> MedicalImage:
     meta: dict = {"source": str(path)}
     try:
         if path.is_dir():
-            files, n_series = _series_files(sitk, path)
+            files, n_series, left_out = _series_files(sitk, path)
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(files)
             reader.MetaDataDictionaryArrayUpdateOn()
             reader.LoadPrivateTagsOn()
             image = reader.Execute()
+            positions = [_slice_position(reader.GetMetaData(i, "0020|0032"))
+                         if reader.HasMetaDataKey(i, "0020|0032") else None
+                         for i in range(len(files))]
+            nominal = None
+            for tag in ("0018|0088", "0018|0050"):  # spacing between slices, thickness
+                if nominal is None and reader.HasMetaDataKey(0, tag):
+                    with contextlib.suppress(ValueError):
+                        nominal = float(reader.GetMetaData(0, tag))
+            _check_even_slices(path, positions, image.GetDirection()[2::3], left_out, nominal)
             meta.update(
                 _dicom_metadata(
                     lambda k: reader.GetMetaData(0, k), lambda k: reader.HasMetaDataKey(0, k)
@@ -404,6 +449,10 @@ def read_medical_image(path) -> MedicalImage:
                 meta["format"] = _FORMAT_NAMES.get(suffix, reader.GetImageIO() or "unknown")
             name = path.name[: len(path.name) - len(suffix)] if suffix else path.name
     except RuntimeError as exc:
+        if path.is_file() and _has_dicom_preamble(path):
+            raise ValueError(f"{path}: cannot read image: the file begins as DICOM but its "
+                             f"image cannot be read; it is truncated or damaged "
+                             f"({itk_message(exc)})") from None
         raise ValueError(f"{path}: cannot read image ({itk_message(exc)})") from None
 
     arr = sitk.GetArrayFromImage(image)
@@ -436,6 +485,10 @@ def read_grid(path) -> dict:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
+        if path.is_file() and _has_dicom_preamble(path):
+            raise ValueError(f"{path}: cannot read image: the file begins as DICOM but its "
+                             f"image cannot be read; it is truncated or damaged "
+                             f"({itk_message(exc)})") from None
         raise ValueError(f"{path}: cannot read image ({itk_message(exc)})") from None
     return {"size": [int(v) for v in reader.GetSize()],
             "spacing": [float(v) for v in reader.GetSpacing()],

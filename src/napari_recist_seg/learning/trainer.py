@@ -104,9 +104,20 @@ class TrainingInterrupted(KeyboardInterrupt):
                          f"checkpoint saved in {checkpoint}")
 
 
+def _stop_signals() -> list:
+    """The signals that stop training with a resumable ``last/``: Ctrl+C, and SIGTERM (what
+    batch schedulers and ``timeout`` send) where a handler was put on it (``recist-seg``
+    turns it into a Ctrl+C); without one, SIGTERM keeps its default and ends the process."""
+    signals = [signal.SIGINT]
+    if callable(signal.getsignal(signal.SIGTERM)):
+        signals.append(signal.SIGTERM)
+    return signals
+
+
 @contextlib.contextmanager
 def _ctrl_c_deferred():
-    """Hold a Ctrl+C back until the block ends, so an update is never cut in half.
+    """Hold a Ctrl+C (or a SIGTERM the CLI turns into one) back until the block ends, so an
+    update is never cut in half.
 
     An optimiser step, its scheduler step and the counters describing them change together;
     an interrupt between them would save a state that a resume cannot replay exactly. Only the
@@ -116,24 +127,32 @@ def _ctrl_c_deferred():
         yield
         return
     received: list[int] = []
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+        for signum in _stop_signals():
+            previous[signum] = signal.signal(
+                signum, lambda number, frame: received.append(number))
     except (ValueError, OSError):
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if received:
-            if callable(previous):
-                previous(signal.SIGINT, None)
-            elif previous == signal.SIG_DFL:
+            handler = previous[received[0]]
+            if callable(handler):
+                handler(received[0], None)
+            elif handler == signal.SIG_DFL:
                 raise KeyboardInterrupt
 
 
 class _CtrlCAsStop:
-    """Under torchrun, turn Ctrl+C into a stop request that every process honours together.
+    """Under torchrun, turn Ctrl+C (and a SIGTERM the CLI handles) into a stop request that
+    every process honours together.
 
     A terminal's Ctrl+C reaches each process of a torchrun job (and torchrun passes it on), at
     slightly different moments: a process that stopped where the signal found it would leave
@@ -144,21 +163,22 @@ class _CtrlCAsStop:
 
     def __init__(self, enabled: bool):
         self.received = False
-        self._previous = None
+        self._previous: dict = {}
         if enabled and threading.current_thread() is threading.main_thread():
-            try:
-                self._previous = signal.signal(signal.SIGINT, self._note)
-            except (ValueError, OSError):
-                self._previous = None
+            for signum in _stop_signals():
+                try:
+                    self._previous[signum] = signal.signal(signum, self._note)
+                except (ValueError, OSError):
+                    pass
 
     def _note(self, signum, frame) -> None:
         self.received = True
 
     def restore(self) -> None:
-        """Put back the Ctrl+C handler that was there before."""
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        """Put back the handlers that were there before."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
 
 def _seed_everything(seed: int) -> None:
@@ -892,9 +912,22 @@ def _resume_state(resume, model, optimizer, scheduler, scaler, config: TrainConf
             f"checkpoint {resume} holds a model built with {resumed_model.config}, "
             f"not {model.config}: resume with the settings of the original run"
         )
+    for key, option in (("batch_size", "--batch"), ("lr", "--lr"), ("schedule", "schedule")):
+        # Another batch or rate would replay the saved steps wrongly (a batch counted twice,
+        # an optimiser state of another rate) while the checkpoint claimed the new settings.
+        if key in saved_train and saved_train[key] != getattr(config, key):
+            raise ValueError(f"checkpoint {resume} was trained with {key} "
+                             f"{saved_train[key]!r}, not {getattr(config, key)!r}: resume "
+                             f"with the run's own {option}")
     model.load_state_dict(resumed_model.state_dict())
     del resumed_model
+    length = getattr(scheduler, "T_max", None)
     state = load_optimizer_state(resume, optimizer, scheduler)
+    if length is not None:
+        # The schedule's length is this run's (more --epochs than the checkpoint's): the
+        # cosine goes on from where it is down to its end at the new last step, instead of
+        # climbing again past the old one.
+        scheduler.T_max = length
     # The state comes from a file: anything malformed is a clear error, not a crash later.
     try:
         history = list(saved.get("history") or [])

@@ -231,45 +231,28 @@ def test_sigterm_waits_for_the_update_in_progress_where_handled():
     assert reached
 
 
-def test_cli_sigterm_saves_last_and_exits_130(tmp_path, capsys, monkeypatch):
-    # A batch scheduler's time limit (or `timeout`) sends SIGTERM: the run stops as after
-    # Ctrl+C, with a resumable last/, and the command's SIGTERM handler is put back after.
+def _stop(how: str) -> None:
+    if how == "ctrl-c":  # Ctrl+C while the CLI prints, between two events
+        raise KeyboardInterrupt
+    # A batch scheduler's time limit (or `timeout`) sends SIGTERM.
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_cli_ctrl_c_or_sigterm_saves_last_and_exits_130(tmp_path, capsys, monkeypatch, how):
     from napari_recist_seg.commands import learning as commands
 
     data = make_isic_folder(tmp_path / "data", n=10, size=48)
     out = tmp_path / "runs"
     real = commands.TrainingBars.__call__
 
-    def terminate_on_first_step(self, kind, seed, event):
+    def stop_on_first_step(self, kind, seed, event):
         real(self, kind, seed, event)
         if event.kind == "step":
-            os.kill(os.getpid(), signal.SIGTERM)
+            _stop(how)
 
-    monkeypatch.setattr(commands.TrainingBars, "__call__", terminate_on_first_step)
+    monkeypatch.setattr(commands.TrainingBars, "__call__", stop_on_first_step)
     before = signal.getsignal(signal.SIGTERM)
-    args = ["train", str(data), "--out", str(out), "--models", "a1", "--size", "32",
-            "--epochs", "2", "--batch", "4", "--k", "2"]
-    assert main(args) == 130
-    err = capsys.readouterr().err
-    assert f"in {out / 'a1' / 'last'}" in err and "--resume" in err
-    assert find_run(out / "a1").epoch == 1 and not find_run(out / "a1").finished
-    assert not (out / "a1" / ".lock").exists()
-    assert signal.getsignal(signal.SIGTERM) == before
-
-
-def test_cli_ctrl_c_saves_last_and_exits_130(tmp_path, capsys, monkeypatch):
-    from napari_recist_seg.commands import learning as commands
-
-    data = make_isic_folder(tmp_path / "data", n=10, size=48)
-    out = tmp_path / "runs"
-    real = commands.TrainingBars.__call__
-
-    def interrupt_on_first_step(self, kind, seed, event):
-        real(self, kind, seed, event)
-        if event.kind == "step":  # Ctrl+C while the CLI prints, between two events
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(commands.TrainingBars, "__call__", interrupt_on_first_step)
     args = ["train", str(data), "--out", str(out), "--models", "a1", "--size", "32",
             "--epochs", "2", "--batch", "4", "--k", "2"]
     assert main(args) == 130
@@ -277,6 +260,9 @@ def test_cli_ctrl_c_saves_last_and_exits_130(tmp_path, capsys, monkeypatch):
     last = out / "a1" / "last"
     assert f"in {last}" in err and "--resume" in err
     assert find_run(out / "a1").epoch == 1 and not find_run(out / "a1").finished
+    assert not (out / "a1" / ".lock").exists()
+    # The command's SIGTERM handler is put back after.
+    assert signal.getsignal(signal.SIGTERM) == before
     monkeypatch.setattr(commands.TrainingBars, "__call__", real)
 
     # The occupied folder is refused, naming it and both ways on.

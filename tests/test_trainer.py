@@ -14,7 +14,12 @@ from torch.utils.data import Subset
 from napari_recist_seg.learning import trainer
 from napari_recist_seg.learning.checkpoints import load_checkpoint
 from napari_recist_seg.learning.inference import load_model, predict
-from napari_recist_seg.learning.trainer import TrainConfig, check_output_folder, train
+from napari_recist_seg.learning.trainer import (
+    TrainConfig,
+    TrainingInterrupted,
+    check_output_folder,
+    train,
+)
 
 from ._learning_data import EPOCHS, N_GROUPS, config, dermoscopy, prepared, quick, trained_run
 
@@ -238,6 +243,42 @@ def test_resumed_run_matches_uninterrupted_run(interrupted, tmp_path_factory):
     # tolerance leaves room for other BLAS builds.
     wa, wb = _weights(out_a / "last"), _weights(run.out / "last")
     assert wa.keys() == wb.keys()
+    worst = max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
+    assert worst <= 1e-6
+
+
+def test_ctrl_c_inside_a_step_resumes_as_if_never_interrupted(tmp_path_factory):
+    # Ctrl+C arrives in the middle of the third step's forward pass, after the batch norms
+    # have counted its batch: last/ is saved as it was when the step began.
+    out_a, _ = trained_run("multitask", tmp_path_factory)
+    data = prepared()
+    out = tmp_path_factory.mktemp("ctrl-c-mid-step")
+    model_calls = []
+
+    def interrupt_third_forward(module, inputs, output):
+        if module.training:
+            model_calls.append(1)
+            if len(model_calls) == 3:
+                raise KeyboardInterrupt
+
+    real_build = trainer.build_model
+
+    def build_with_hook(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        model.register_forward_hook(interrupt_third_forward)
+        return model
+
+    with quick():
+        trainer.build_model = build_with_hook
+        try:
+            with pytest.raises(TrainingInterrupted):
+                list(train(data.train_set, data.val_set, config("multitask"), out,
+                           grouping=data.grouping))
+        finally:
+            trainer.build_model = real_build
+        list(train(data.train_set, data.val_set, config("multitask"), out,
+                   grouping=data.grouping, resume=out / "last"))
+    wa, wb = _weights(out_a / "last"), _weights(out / "last")
     worst = max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
     assert worst <= 1e-6
 

@@ -481,6 +481,23 @@ def _set_rng_state(state: dict) -> None:
         random.setstate(tuple(state["python_rng"]))
 
 
+class _StepStart:
+    """What a step changes before its update is committed (batch-norm statistics, the random
+    state its batch and dropout draw from): a Ctrl+C in the middle of the step saves the run
+    as it was when the step began, so that the resumed run, which does the step again, counts
+    its batch once."""
+
+    def __init__(self, model):
+        self.buffers = [(b, b.detach().clone()) for b in model.buffers()]
+        self.rng = _rng_state()
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for buffer, saved in self.buffers:
+                buffer.copy_(saved)
+        _set_rng_state(self.rng)
+
+
 def train(
     train_set,
     val_set,
@@ -745,6 +762,7 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
     # Where a Ctrl+C resumes from: the epoch (from 0), the steps of it whose updates are
     # complete, and their loss sums. Validation interrupted resumes at the validation.
     at_epoch, at_step, at_running = start_epoch, start_step, dict(resumed_running)
+    step_start = None
     ctrl_c = _CtrlCAsStop(ranks.parallel)
     try:
         yield TrainEvent("start", epoch=start_epoch + 1, step=start_step,
@@ -778,6 +796,7 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
                                      message="stopped on request", **common)
                     return
                 t0 = time.perf_counter()
+                step_start = _StepStart(model)
                 batch = _to_device(next(batches), device, config.channels_last)
                 optimizer.zero_grad(set_to_none=True)
                 with _autocast(device, amp):
@@ -811,6 +830,7 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
                     for k, v in terms.items():
                         running[k] = running.get(k, 0.0) + float(v)
                     at_step = step + 1
+                    step_start = None
                 dt = time.perf_counter() - t0
                 train_seconds += dt
                 images_seen += len(batch["image"]) * (2 if pairs else 1) * world
@@ -875,6 +895,8 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
         raise
     except KeyboardInterrupt:
         with _ctrl_c_deferred():
+            if step_start is not None:
+                step_start.restore()
             path = save("last", at_epoch, at_step, time.perf_counter() - t_start, at_running)
         raise TrainingInterrupted(path, at_epoch + 1, at_step) from None
     finally:

@@ -506,3 +506,21 @@ def test_an_untick_survives_removing_another_image(make_napari_viewer, qtbot):
     # Another change of the layer list keeps the user's untick.
     viewer.add_points(np.zeros((1, 2)), name="marks")
     assert widget.pairs.item(0, 0).checkState() == Qt.CheckState.Unchecked
+
+
+def test_the_output_folder_button_fits_and_chooses_a_folder(make_napari_viewer, qtbot,
+                                                            tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from magicgui.backends._qtpy import widgets as qt_widgets
+    from magicgui.types import FileDialogMode
+
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    button = widget.form.out_dir.choose_btn.native
+    assert button.text() == "..." and button.maximumWidth() <= 32
+    # magicgui's folder dialog, answered as a user picking tmp_path/runs.
+    monkeypatch.setitem(qt_widgets.QFILE_DIALOG_MODES, FileDialogMode.EXISTING_DIRECTORY,
+                        lambda *args, **kwargs: str(tmp_path / "runs"))
+    click(qtbot, button)
+    assert Path(widget.form.out_dir.value) == tmp_path / "runs"

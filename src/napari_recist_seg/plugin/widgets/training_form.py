@@ -199,6 +199,13 @@ class TrainingForm:
         self.widget = gui
         gui.lr.native.setDecimals(6)
         gui.crf_weight.native.setSpecialValueText("auto")  # shown at the minimum, _AUTO
+        for name in ("teacher", "out_dir"):
+            # "Choose directory" took the room of the path in a narrow dock (and was cut);
+            # "..." as beside the data folder and table fields.
+            button = gui[name].choose_btn
+            button.text = "..."
+            button.tooltip = f"Choose the {gui[name].label.lower()} folder"
+            button.native.setMaximumWidth(32)
         for name in ("input_size", "epochs", "batch_size", "k", "lr", "self_training_rounds",
                      "crf_weight"):
             # Read the number when typing ends: tracking each key clamps "3" of "32" to the

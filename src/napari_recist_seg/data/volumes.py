@@ -286,6 +286,15 @@ def _check_even_slices(folder: Path, positions: list, normal, left_out: list[str
                   f"on an even grid of {typical:.3g} mm", stacklevel=3)
 
 
+def _unreadable(path: Path, exc: RuntimeError) -> ValueError:
+    """The error for a file SimpleITK cannot read, naming it and why."""
+    if path.is_file() and _has_dicom_preamble(path):
+        return ValueError(f"{path}: cannot read image: the file begins as DICOM but its "
+                          f"image cannot be read; it is truncated or damaged "
+                          f"({itk_message(exc)})")
+    return ValueError(f"{path}: cannot read image ({itk_message(exc)})")
+
+
 def _slice_position(text) -> tuple[float, float, float] | None:
     try:
         values = tuple(float(v) for v in str(text).replace(",", "\\").split("\\"))
@@ -449,11 +458,7 @@ def read_medical_image(path) -> MedicalImage:
                 meta["format"] = _FORMAT_NAMES.get(suffix, reader.GetImageIO() or "unknown")
             name = path.name[: len(path.name) - len(suffix)] if suffix else path.name
     except RuntimeError as exc:
-        if path.is_file() and _has_dicom_preamble(path):
-            raise ValueError(f"{path}: cannot read image: the file begins as DICOM but its "
-                             f"image cannot be read; it is truncated or damaged "
-                             f"({itk_message(exc)})") from None
-        raise ValueError(f"{path}: cannot read image ({itk_message(exc)})") from None
+        raise _unreadable(path, exc) from None
 
     arr = sitk.GetArrayFromImage(image)
     meta["direction"] = tuple(float(d) for d in image.GetDirection())
@@ -485,11 +490,7 @@ def read_grid(path) -> dict:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        if path.is_file() and _has_dicom_preamble(path):
-            raise ValueError(f"{path}: cannot read image: the file begins as DICOM but its "
-                             f"image cannot be read; it is truncated or damaged "
-                             f"({itk_message(exc)})") from None
-        raise ValueError(f"{path}: cannot read image ({itk_message(exc)})") from None
+        raise _unreadable(path, exc) from None
     return {"size": [int(v) for v in reader.GetSize()],
             "spacing": [float(v) for v in reader.GetSpacing()],
             "origin": [float(v) for v in reader.GetOrigin()],

@@ -22,9 +22,9 @@ from pathlib import Path
 
 __all__ = [
     "RunFolderBusy",
-    "check_not_busy",
     "RunFolderOccupied",
     "RunInfo",
+    "check_not_busy",
     "claim_run_folder",
     "find_run",
     "resume_checkpoint",

@@ -940,7 +940,7 @@ def _resume_state(resume, model, optimizer, scheduler, scaler, config: TrainConf
         if key in saved_train and saved_train[key] != getattr(config, key):
             raise ValueError(f"checkpoint {resume} was trained with {key} "
                              f"{saved_train[key]!r}, not {getattr(config, key)!r}: resume "
-                             f"with the run's own {option}")
+                             f"with the run's own {key} ({option} on the command line)")
     model.load_state_dict(resumed_model.state_dict())
     del resumed_model
     length = getattr(scheduler, "T_max", None)

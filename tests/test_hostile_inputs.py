@@ -204,30 +204,18 @@ def test_ctrl_c_in_the_first_epoch_saves_a_resumable_checkpoint(tmp_path_factory
     assert find_run(tmp_path).finished
 
 
-def test_ctrl_c_waits_for_the_update_in_progress():
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_waits_for_the_update_in_progress(signum):
     # Python's own Ctrl+C handler, also where the suite was started with SIGINT ignored
-    # (a background job of a non-interactive shell).
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    # (a background job of a non-interactive shell); recist-seg puts it on SIGTERM too.
+    before = signal.signal(signum, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
             with trainer._ctrl_c_deferred():
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signum)
                 reached = True  # the signal did not cut the block short
     finally:
-        signal.signal(signal.SIGINT, before)
-    assert reached
-
-
-def test_sigterm_waits_for_the_update_in_progress_where_handled():
-    # recist-seg turns SIGTERM into Ctrl+C; the update in progress still ends first.
-    before = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            with trainer._ctrl_c_deferred():
-                os.kill(os.getpid(), signal.SIGTERM)
-                reached = True
-    finally:
-        signal.signal(signal.SIGTERM, before)
+        signal.signal(signum, before)
     assert reached
 
 

@@ -90,8 +90,10 @@ def test_prediction_draws_the_prior_as_its_model_was_trained(tmp_path):
     inside = pseudo_mask(slender, (32, 32), "quarter_ellipse")
     distance = load_model(saved("distance", "distance"))
     assert distance.config["prior_edge"] == "distance"
-    np.testing.assert_array_equal(predict_detailed(distance, image, [slender]).mask, inside)
-    blurred = predict_detailed(load_model(saved("blur", "blur")), image, [slender]).mask
+    np.testing.assert_array_equal(
+        predict_detailed(distance, image, [slender], refine="none").mask, inside)
+    blurred = predict_detailed(load_model(saved("blur", "blur")), image, [slender],
+                               refine="none").mask
     assert blurred.sum() < inside.sum()
     # A checkpoint saved before the prior's edge was recorded is given the blurred prior.
     legacy = saved("legacy", "blur")
@@ -100,7 +102,8 @@ def test_prediction_draws_the_prior_as_its_model_was_trained(tmp_path):
     (legacy / "config.json").write_text(json.dumps(config))
     old = load_model(legacy)
     assert old.config["prior_edge"] == "blur"
-    np.testing.assert_array_equal(predict_detailed(old, image, [slender]).mask, blurred)
+    np.testing.assert_array_equal(
+        predict_detailed(old, image, [slender], refine="none").mask, blurred)
     config["model_config"]["prior_edge"] = "sharp"
     (legacy / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="prior_edge.*must be one of"):
@@ -374,7 +377,15 @@ def test_prompted_from_a_deeplesion_table_with_trimap_targets_end_to_end(tmp_pat
                      "--out", str(out)]) == 0
         with open(out / "lesions.csv", newline="") as fh:
             assert len(list(csv.DictReader(fh))) == 3  # the split-3 rows
+        # The network's own masks, unrefined, on request; an unknown refinement is refused.
+        assert main(["predict", str(table), "--split", "3", "--model", str(run),
+                     "--out", str(tmp_path / "raw"), "--refine", "none"]) == 0
+        assert (tmp_path / "raw" / "lesions.csv").is_file()
         capsys.readouterr()
+        with pytest.raises(SystemExit):
+            main(["predict", str(table), "--model", str(run), "--out", str(tmp_path / "y"),
+                  "--refine", "crf"])
+        assert "invalid choice: 'crf'" in capsys.readouterr().err
         png = next((tmp_path / "dl" / "Images_png").rglob("*.png"))
         assert main(["predict", str(png), "--model", str(run),
                      "--out", str(tmp_path / "x")]) == 2
@@ -387,6 +398,7 @@ def test_prompted_from_a_deeplesion_table_with_trimap_targets_end_to_end(tmp_pat
     assert {"prompted", "a1", "quarter_ellipse"} <= set(block["methods"])
     pairs = {(c["a"], c["b"]) for c in block["comparisons"]}
     assert ("prompted", "quarter_ellipse") in pairs and ("prompted", "a1") in pairs
+    assert results["config"]["refine"] == "random_walker"
     # CT slices with their neighbours as channels are not colour: no edge-aware loss.
     assert results["training"]["prompted"]["crf_weight"] == 0.0
 

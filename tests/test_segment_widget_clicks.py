@@ -295,6 +295,8 @@ def test_threshold_measures_again_without_running_the_model(make_napari_viewer, 
     shape = (96, 96)
     mask = _ellipse(shape, (48, 48), 14, 9, 0.7)
     viewer, _lines, widget = _one_lesion(make_napari_viewer, qtbot, draw, mask, seed=3)
+    # The network's own probabilities: a refined map is 0 or 1 over much of the patch.
+    pick(widget.refine_combo, "None: the network's own mask")
     _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
     click(qtbot, widget.load_button)
     _wait_segmented(qtbot, widget, 1)
@@ -307,6 +309,34 @@ def test_threshold_measures_again_without_running_the_model(make_napari_viewer, 
     assert float(widget.rows()[0]["mask area (mm²)"]) > area
     assert int((widget.preview_layer.data > 0).sum()) > pixels
     assert len(predict_calls) == 1
+
+
+def test_refinement_picked_in_the_list_predicts_again_and_is_kept_with_the_masks(
+        make_napari_viewer, qtbot, checkpoints, draw, predict_calls, monkeypatch):
+    from napari_recist_seg.core.trimap import LESION, recist_trimap
+
+    shape = (96, 96)
+    mask = _ellipse(shape, (48, 48), 14, 9, 0.7)
+    viewer, _lines, widget = _one_lesion(make_napari_viewer, qtbot, draw, mask, seed=4)
+    assert widget.refine() == "random_walker"
+    _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
+    click(qtbot, widget.load_button)
+    _wait_segmented(qtbot, widget, 1)
+    # The default refinement keeps what the RECIST guarantees: its axes are lesion.
+    recist = recist_from_mask(mask, spacing=SPACING)
+    certain = recist_trimap(recist, shape) == LESION
+    assert (widget.preview_layer.data[certain] > 0).all()
+
+    pick(widget.refine_combo, "None: the network's own mask")
+    qtbot.waitUntil(lambda: _idle(widget) and len(predict_calls) == 2, timeout=TIMEOUT)
+    assert widget.refine() == "none"
+    kept = widget.keep()
+    assert kept.metadata[META_KEY]["refine"] == "none"
+    # Back to the first choice: its masks come from the cache, the model is not run again.
+    pick(widget.refine_combo, "RECIST trimap + image (random walker)")
+    qtbot.waitUntil(lambda: _idle(widget), timeout=TIMEOUT)
+    assert len(predict_calls) == 2
+    assert (widget.preview_layer.data[certain] > 0).all()
 
 
 # -- a stack of slices ------------------------------------------------------------------------

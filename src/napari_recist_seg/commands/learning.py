@@ -508,11 +508,21 @@ def _configure_predict(p) -> None:
     p.add_argument("--threshold", type=float, default=0.5,
                    help="probability above which a pixel is lesion (default: %(default)s)")
     p.add_argument("--tta", action="store_true", help="average over flipped inputs")
+    _refine_option(p)
     p.add_argument("--device", default="cpu",
                    help="cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace masks, predictions.csv (images) or lesions.csv and label "
                         "volumes (a table) already in --out (default: refuse)")
+
+
+def _refine_option(p) -> None:
+    from ..core.recist_refinement import DEFAULT_REFINEMENT, REFINEMENTS
+
+    p.add_argument("--refine", choices=REFINEMENTS, default=DEFAULT_REFINEMENT,
+                   help="RECIST-prompted models: refine each lesion's mask with what its RECIST "
+                        "guarantees (trimap) and, by default, a random walker on the image; "
+                        "none gives the network's own output (default: %(default)s)")
 
 
 def _image_files(inputs) -> list[Path]:
@@ -603,7 +613,8 @@ def _predict(args) -> int:
             recists = by_image.get(f.stem) if args.recists else None
             try:
                 result = predict_detailed(model, load_image(f), recists,
-                                          threshold=args.threshold, tta=args.tta)
+                                          threshold=args.threshold, tta=args.tta,
+                                          refine=args.refine)
             except ValueError as exc:
                 reason = str(exc)
                 raise ValueError(reason if str(f) in reason else f"{f}: {reason}") from None
@@ -634,7 +645,8 @@ def _predict_table(args) -> int:
     model = load_model(args.model, device=args.device)
     result = predict_table(model, args.inputs[0], args.out, images=args.images, split=args.split,
                            threshold=args.threshold, tta=args.tta, overwrite=args.overwrite,
-                           progress=lambda it, d: progress(it, d, unit="slice"))
+                           progress=lambda it, d: progress(it, d, unit="slice"),
+                           refine=args.refine)
     volumes = (f", {_count(len(result.label_images), 'volume label image')}"
                if result.label_images else "")
     print(f"{_count(len(result.masks), 'mask')}{volumes} of "
@@ -812,6 +824,7 @@ def _configure_benchmark(p) -> None:
     _teacher_option(p)
     _speed_options(p)
     p.add_argument("--tta", action="store_true", help="average with flipped predictions")
+    _refine_option(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace the runs of an earlier benchmark in --out (default: refuse)")
 
@@ -840,8 +853,8 @@ def _benchmark(args) -> int:
         encoder_weights=args.encoder_weights,
         batch_size=args.batch, lr=args.lr, patience=args.patience, select=args.select,
         augment=args.augment, k=args.k,
-        device=args.device, tta=args.tta, workers=args.workers, amp=args.amp,
-        channels_last=args.channels_last, lesion_margin=args.lesion_crops,
+        device=args.device, tta=args.tta, refine=args.refine, workers=args.workers,
+        amp=args.amp, channels_last=args.channels_last, lesion_margin=args.lesion_crops,
         prior_residual=args.prior_residual, prior_dropout=args.prior_dropout,
         prior_edge=args.prior_edge,
         crf_weight=args.crf_weight, self_training_rounds=args.self_training_rounds,

@@ -47,6 +47,7 @@ __all__ = [
     "UNKNOWN",
     "recist_trimap",
     "refine_trimap",
+    "walker_probability",
 ]
 
 #: Trimap label of pixels that are certainly not the lesion.
@@ -364,12 +365,7 @@ def refine_trimap(image, trimap, method: str = "random_walker", *, prior=None,
         if prior_full.shape != t_full.shape:
             raise ValueError(f"prior has shape {prior_full.shape}, the trimap {t_full.shape}")
         prior_full = prior_full.astype(bool)
-    margin = int(margin)
-    if margin < 0:
-        raise ValueError(f"margin must be at least 0, got {margin}")
-    max_side = int(max_side)
-    if max_side < 8:
-        raise ValueError(f"max_side must be at least 8 pixels, got {max_side}")
+    margin, max_side = _check_box_options(margin, max_side)
 
     box = _box(t_full != BACKGROUND, margin)
     t = t_full[box]
@@ -395,14 +391,71 @@ def refine_trimap(image, trimap, method: str = "random_walker", *, prior=None,
     return out
 
 
+def walker_probability(image, trimap, *, margin: int = 10, beta: float = 130.0,
+                       max_side: int = 256) -> np.ndarray:
+    """The random walker's lesion probability over a trimap: 1 on certain lesion, 0 on
+    certain background, and in the UNKNOWN band the probability that a walker from each
+    pixel reaches the certain lesion before the certain background.
+
+    Parameters
+    ----------
+    image, trimap, margin, beta, max_side
+        As in ``refine_trimap``.
+
+    Returns
+    -------
+    numpy.ndarray of float32, the trimap's shape
+        0 outside the box that ``refine_trimap`` looks at. On a flat image the band is
+        split halfway between the certain regions, as ``refine_trimap(..., "none")`` does.
+
+    Raises
+    ------
+    ValueError
+        As ``refine_trimap``.
+    """
+    t_full = _check_trimap(trimap)
+    img_full = _check_image(image, t_full.shape)
+    if not (t_full == LESION).any():
+        raise ValueError("trimap has no LESION pixel: nothing to grow the lesion from")
+    margin, max_side = _check_box_options(margin, max_side)
+    box = _box(t_full != BACKGROUND, margin)
+    t = t_full[box]
+    lesion = t == LESION
+    background = t == BACKGROUND
+    out = np.zeros(t_full.shape, dtype=np.float32)
+    img = _normalised(img_full[box]) if (t == UNKNOWN).any() else None
+    if img is None:
+        prob = (lesion | _halfway(t)).astype(np.float32)
+    else:
+        prob = _walker_probability(img, lesion, background, beta, max_side)
+    prob[lesion] = 1.0
+    prob[background] = 0.0
+    out[box] = prob
+    return out
+
+
+def _check_box_options(margin, max_side) -> tuple[int, int]:
+    margin = int(margin)
+    if margin < 0:
+        raise ValueError(f"margin must be at least 0, got {margin}")
+    max_side = int(max_side)
+    if max_side < 8:
+        raise ValueError(f"max_side must be at least 8 pixels, got {max_side}")
+    return margin, max_side
+
+
 def _random_walker(img, lesion, background, beta, max_side) -> np.ndarray:
+    return _walker_probability(img, lesion, background, beta, max_side) >= 0.5
+
+
+def _walker_probability(img, lesion, background, beta, max_side) -> np.ndarray:
     if not background.any():
-        return ~background
+        return (~background).astype(np.float32)
     seeds = np.zeros(lesion.shape, dtype=np.int32)
     seeds[lesion] = 1
     seeds[background] = 2
     if max(lesion.shape) <= max_side:
-        return _walk(img, seeds, beta) >= 0.5
+        return _walk(img, seeds, beta).astype(np.float32)
     from skimage.transform import resize
 
     f = max_side / max(lesion.shape)
@@ -415,9 +468,10 @@ def _random_walker(img, lesion, background, beta, max_side) -> np.ndarray:
                    lesion.shape[1] - 1)
     coarse = seeds[np.ix_(rows, cols)]
     if not ((coarse == 1).any() and (coarse == 2).any() and (coarse == 0).any()):
-        return _walk(img, seeds, beta) >= 0.5  # too thin to survive resampling
+        # Too thin to survive resampling.
+        return _walk(img, seeds, beta).astype(np.float32)
     prob = _walk(resize(img, small + img.shape[2:], anti_aliasing=True), coarse, beta)
-    return resize(prob, lesion.shape, order=1) >= 0.5
+    return resize(prob, lesion.shape, order=1).astype(np.float32)
 
 
 def _walk(img, seeds, beta) -> np.ndarray:

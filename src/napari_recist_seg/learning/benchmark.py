@@ -21,6 +21,7 @@ from ..core.metrics import METRIC_NAMES, segmentation_metrics, truth_under_recis
 from ..core.pseudo_masks import pseudo_mask
 from ..core.recist import recist_from_mask
 from ..core.recist_prompt import PRIOR_EDGES
+from ..core.recist_refinement import DEFAULT_REFINEMENT
 from ..core.training_targets import DEFAULT_TARGET
 from ..data._atomic import atomic_write
 from ..data.image_folders import load_pair, read_image_mask_folder, warn_unmeasured
@@ -65,6 +66,8 @@ class BenchmarkConfig:
     k: int | None = None
     device: str = "auto"
     tta: bool = False
+    #: How prompted models' masks are refined (``core.recist_refinement``).
+    refine: str = DEFAULT_REFINEMENT
     examples: int = 6
     workers: int | None = None
     amp: str = "auto"
@@ -271,7 +274,8 @@ def run_benchmark(
                 it = zip(test.images, test.masks)
                 if progress is not None:
                     it = progress(list(it), f"scoring {kind} on {test.name}")
-                preds = [predict(model, img, [r] if needs_recist else None, tta=config.tta)
+                preds = [predict(model, img, [r] if needs_recist else None, tta=config.tta,
+                                 refine=config.refine)
                          for (img, _), r in zip(it, test.recists)]
                 rows = [segmentation_metrics(p, m) for p, m in zip(preds, test.masks)]
                 scores[test.name].setdefault(kind, []).append(rows)
@@ -662,7 +666,7 @@ def run_table_benchmark(
             rows, preds = [], []
             windows = table.windows(window)
             for _, members, lesion_masks, _ in _predict_stacks(
-                    model, table, loop, windows, 0.5, config.tta, 8):
+                    model, table, loop, windows, 0.5, config.tta, 8, config.refine):
                 for (_, r), pred in zip(members, lesion_masks):
                     box = _lesion_box(_scoring_transform(r, model), pred.shape)
                     rows.append(segmentation_metrics(pred[box], _own_truth(truths, r)[box]))

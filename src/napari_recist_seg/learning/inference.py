@@ -12,6 +12,7 @@ from skimage.transform import resize
 
 from ..core.grouping import LesionGrouping
 from ..core.recist_prompt import keep_marked_parts, prompt_channels
+from ..core.recist_refinement import DEFAULT_REFINEMENT, check_refinement, refine_probability
 from ..data.crops import crop_transform_for
 from ..data.dataset import crop_input, whole_image_input, whole_image_recist
 from ..data.deeplesion import png_plane_to_volume
@@ -188,10 +189,12 @@ def _plane_shape(image: np.ndarray, channel_axis) -> tuple[int, int]:
 
 
 def predict_detailed(model, image, recists=None, *, threshold: float = 0.5, tta: bool = False,
-                     batch_size: int = 8, window=None, channel_axis=None) -> Prediction:
+                     batch_size: int = 8, window=None, channel_axis=None,
+                     refine: str = DEFAULT_REFINEMENT) -> Prediction:
     """Predict with probabilities and groups; see ``predict``."""
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+    check_refinement(refine)
     image = np.asarray(image)
     if image.ndim not in (2, 3):
         raise ValueError(f"image must be 2D grey or RGB, got shape {image.shape}")
@@ -217,7 +220,7 @@ def predict_detailed(model, image, recists=None, *, threshold: float = 0.5, tta:
     model.eval()
     if mode == "whole_image" and prompted:
         return _predict_whole_prompted(model, image, list(recists), size, normalise, shape,
-                                       channel_axis, threshold, tta, batch_size)
+                                       channel_axis, threshold, tta, batch_size, refine)
     if recists is None:
         x = whole_image_input(image, size, channel_axis=channel_axis, normalise=normalise)
         _check_channels(model, x)
@@ -251,7 +254,8 @@ def predict_detailed(model, image, recists=None, *, threshold: float = 0.5, tta:
         for t, p, r in zip(transforms, prob, chunk):
             pasted = t.paste_values(p, shape)
             if prompted:
-                pasted = _marked_only(pasted, r, threshold)
+                pasted = _lesion_only(pasted, r, threshold, refine,
+                                      _refinement_plane(image, channel_axis))
             full = np.maximum(full, pasted)
         if groups is not None:
             group_out.extend(np.argmax(groups, axis=1).tolist())
@@ -261,7 +265,7 @@ def predict_detailed(model, image, recists=None, *, threshold: float = 0.5, tta:
 
 
 def _predict_whole_prompted(model, image, recists, size, normalise, shape, channel_axis,
-                            threshold, tta, batch_size) -> Prediction:
+                            threshold, tta, batch_size, refine) -> Prediction:
     """A whole-image prompted model: one pass per lesion, each prompted by its own RECIST."""
     x = whole_image_input(image, size, channel_axis=channel_axis, normalise=normalise)
     _check_channels(model, x)
@@ -273,13 +277,26 @@ def _predict_whole_prompted(model, image, recists, size, normalise, shape, chann
                                       prompts)
         for p, r in zip(prob, chunk):
             lesion = resize(p, shape, order=1, mode="edge", anti_aliasing=False)
-            full = np.maximum(full, _marked_only(lesion.astype(np.float32), r, threshold))
+            full = np.maximum(full, _lesion_only(lesion.astype(np.float32), r, threshold, refine,
+                                                 _refinement_plane(image, channel_axis)))
     return Prediction(full >= threshold, full, None)
 
 
-def _marked_only(probability: np.ndarray, recist, threshold: float) -> np.ndarray:
-    """A prompted lesion's probability map without the pieces its RECIST does not cross
-    (their probabilities are set to 0)."""
+def _refinement_plane(image: np.ndarray, channel_axis) -> np.ndarray:
+    """The picture the random walker refines a prompted mask on: the image itself when grey
+    or channels-last colour, else the middle plane of a stack of slices (the key slice)."""
+    if image.ndim == 2 or (channel_axis in (None, -1, 2) and image.shape[-1] == 3):
+        return image
+    planes = np.moveaxis(image, -1 if channel_axis is None else channel_axis, 0)
+    return planes[planes.shape[0] // 2]
+
+
+def _lesion_only(probability: np.ndarray, recist, threshold: float, refine: str,
+                 plane: np.ndarray) -> np.ndarray:
+    """A prompted lesion's probability map, refined by its RECIST and the image
+    (``core.recist_refinement``), without the pieces its RECIST does not cross (their
+    probabilities are set to 0)."""
+    probability = refine_probability(probability, recist, plane, refine)
     above = probability >= threshold
     kept = keep_marked_parts(above, recist)
     return np.where(above & ~kept, np.float32(0.0), probability)
@@ -316,7 +333,8 @@ def _check_channels(model, x: np.ndarray) -> None:
 
 
 def predict(model, image, recists=None, *, threshold: float = 0.5, tta: bool = False,
-            batch_size: int = 8, window=None, channel_axis=None) -> np.ndarray:
+            batch_size: int = 8, window=None, channel_axis=None,
+            refine: str = DEFAULT_REFINEMENT) -> np.ndarray:
     """Segment lesions in a 2D image.
 
     Parameters
@@ -339,6 +357,11 @@ def predict(model, image, recists=None, *, threshold: float = 0.5, tta: bool = F
         CT window for lesion crops (default: the one the model was trained with).
     channel_axis : int, optional
         For channel stacks other than channels-last RGB.
+    refine : {"random_walker", "trimap", "none"}
+        For RECIST-prompted models: how each lesion's probability is refined with what its
+        RECIST guarantees and the image shows (``core.recist_refinement``). The default
+        averages it with a random walker's inside the RECIST's trimap; ``"none"`` gives the
+        network's own output.
 
     Returns
     -------
@@ -346,7 +369,7 @@ def predict(model, image, recists=None, *, threshold: float = 0.5, tta: bool = F
     """
     return predict_detailed(model, image, recists, threshold=threshold, tta=tta,
                             batch_size=batch_size, window=window,
-                            channel_axis=channel_axis).mask
+                            channel_axis=channel_axis, refine=refine).mask
 
 
 #: Columns of ``lesions.csv`` written by ``predict_table``.
@@ -408,7 +431,7 @@ def _measure(mask: np.ndarray, spacing, known: bool) -> dict:
 
 def predict_table(model, path, out, *, images=None, split=None, threshold: float = 0.5,
                   tta: bool = False, batch_size: int = 8, overwrite: bool = False,
-                  progress=None) -> TablePrediction:
+                  progress=None, refine: str = DEFAULT_REFINEMENT) -> TablePrediction:
     """Segment every lesion of a table and write one mask per key slice and ``lesions.csv``.
 
     Parameters
@@ -434,7 +457,7 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
         The image folder, as in ``read_lesion_table``.
     split : int, optional
         Only the rows of this DeepLesion ``Train_Val_Test`` (1, 2 or 3).
-    threshold, tta, batch_size
+    threshold, tta, batch_size, refine
         As in ``predict``.
     overwrite : bool
         Replace existing output files; otherwise any existing one is refused before anything
@@ -453,6 +476,7 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
 
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+    check_refinement(refine)
     pre = dict(model.preprocessing)
     if pre.get("mode") != "crops":
         raise ValueError("this model was trained on whole images; a lesion table needs a model "
@@ -505,7 +529,8 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
     loop = stacks if progress is None else progress(stacks, "predicting")
     with outputs:
         for s, members, lesion_masks, groups in _predict_stacks(model, table, loop, windows,
-                                                                 threshold, tta, batch_size):
+                                                                 threshold, tta, batch_size,
+                                                                 refine):
             union = np.zeros(lesion_masks[0].shape, dtype=bool)
             for (i, r), lesion, group in zip(members, lesion_masks, groups):
                 union |= lesion
@@ -568,7 +593,8 @@ def _volume_label_images(table, by_stack, out: Path) -> dict[str, Path]:
     return names
 
 
-def _predict_stacks(model, table, stacks, windows, threshold, tta, batch_size):
+def _predict_stacks(model, table, stacks, windows, threshold, tta, batch_size,
+                    refine=DEFAULT_REFINEMENT):
     """For each (stack index, [(row index, LesionRow)]) of ``stacks``: the same, each lesion's
     predicted mask on the slice, and its predicted group (None unless multitask). One key
     slice is read at a time."""
@@ -598,7 +624,8 @@ def _predict_stacks(model, table, stacks, windows, threshold, tta, batch_size):
             for k, t in enumerate(transforms):
                 pasted = t.paste_values(prob[k], shape)
                 if prompts is not None:
-                    pasted = _marked_only(pasted, chunk[k][1].recist, threshold)
+                    pasted = _lesion_only(pasted, chunk[k][1].recist, threshold, refine,
+                                          _refinement_plane(image, 0))
                 masks.append(pasted >= threshold)
                 groups_out.append(None if groups is None else int(np.argmax(groups[k])))
         yield s, members, masks, groups_out

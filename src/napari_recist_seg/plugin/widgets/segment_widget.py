@@ -51,6 +51,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ...core.recist_refinement import DEFAULT_REFINEMENT
 from ...learning.model_kinds import MODEL_REGISTRY as MODEL_KINDS
 from ...learning.model_kinds import display_name
 from ..comparison import DEFAULT_THRESHOLD, THRESHOLD_RANGE, format_metric
@@ -220,8 +221,16 @@ def lesion_mask(origin, probability, threshold: float, spacing) -> LesionMask:
     return out
 
 
+#: The refinement choices the widget offers (``core.recist_refinement``), as listed.
+REFINE_CHOICES = (
+    ("random_walker", "RECIST trimap + image (random walker)"),
+    ("trimap", "RECIST trimap only"),
+    ("none", "None: the network's own mask"),
+)
+
+
 def predict_lesions(entry, image, jobs, threshold: float, rgb: bool = False, name: str = "",
-                    floor: float = THRESHOLD_RANGE[0]):
+                    floor: float = THRESHOLD_RANGE[0], refine: str = DEFAULT_REFINEMENT):
     """Predict (or re-threshold) lesions one by one: the work of the widget's worker.
 
     Parameters
@@ -242,6 +251,8 @@ def predict_lesions(entry, image, jobs, threshold: float, rgb: bool = False, nam
         The image's name, for messages.
     floor : float
         Probabilities below it are not kept (the lowest threshold the widget offers).
+    refine : str
+        How each lesion's probability is refined (``core.recist_refinement.REFINEMENTS``).
 
     Yields
     ------
@@ -275,7 +286,7 @@ def predict_lesions(entry, image, jobs, threshold: float, rgb: bool = False, nam
             plane, channel_axis = planes.plane(z, context_of(model), slice_gap_of(model))
             # Looked up at each call: the library's one way in, wherever it is replaced.
             pred = inference.predict_detailed(model, plane, [recist], threshold=threshold,
-                                              channel_axis=channel_axis)
+                                              channel_axis=channel_axis, refine=refine)
             origin, window = _probability_window(pred.probability, floor)
         else:
             origin, window = cached.origin, cached.probability
@@ -461,6 +472,15 @@ class SegmentWidget(RecistLayerAccess, QWidget):
             "Probability above which a pixel is lesion (as recist-seg predict --threshold); "
             "changing it does not run the model again")
         self.threshold_spin.valueChanged.connect(lambda _value: self._schedule())
+        self.refine_combo = QComboBox()
+        for value, text in REFINE_CHOICES:
+            self.refine_combo.addItem(text, value)
+        self.refine_combo.setToolTip(
+            "How the network's mask is refined (as recist-seg predict --refine): averaged "
+            "with a random walker on the image inside the band the RECIST leaves open, with "
+            "the axes kept as lesion and what lies beyond the lesion's reach removed; or "
+            "only the last two; or not at all")
+        self.refine_combo.currentIndexChanged.connect(lambda _index: self._schedule())
 
         pick = QGridLayout()
         pick.addWidget(QLabel("Image"), 0, 0)
@@ -472,6 +492,8 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         pick.addWidget(self.load_button, 2, 2)
         pick.addWidget(QLabel("Threshold"), 3, 0)
         pick.addWidget(self.threshold_spin, 3, 1)
+        pick.addWidget(QLabel("Refine"), 4, 0)
+        pick.addWidget(self.refine_combo, 4, 1, 1, 2)
 
         self.segment_button = QPushButton("Segment")
         self.segment_button.setToolTip(
@@ -722,7 +744,8 @@ class SegmentWidget(RecistLayerAccess, QWidget):
             translate=tuple(image.translate), opacity=0.5,
             metadata={META_KEY: {"role": _KEPT_ROLE,
                                  "model": None if entry is None else entry.path,
-                                 "threshold": round(self.threshold_spin.value(), 2)},
+                                 "threshold": round(self.threshold_spin.value(), 2),
+                                 "refine": self.refine()},
                       **grid_metadata(image)},
             **derived_units(image),
         )
@@ -811,7 +834,7 @@ class SegmentWidget(RecistLayerAccess, QWidget):
             return []
         depth = spatial_shape(image)[0] if image.ndim == 3 else None
         token = (entry.path, self._model_generation.get(entry.path, 0),
-                 self._image_generation)
+                 self._image_generation, self.refine())
         out = []
         for info in self.lesions:
             if info.recist is None:
@@ -843,6 +866,10 @@ class SegmentWidget(RecistLayerAccess, QWidget):
                 jobs.append((key, z, info.recist, cached))
         return jobs
 
+    def refine(self) -> str:
+        """The refinement chosen (``core.recist_refinement.REFINEMENTS``)."""
+        return self.refine_combo.currentData() or DEFAULT_REFINEMENT
+
     def _viewed_slice(self):
         image = self._image
         if image is None or image.ndim != 3:
@@ -861,8 +888,8 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         threshold = round(self.threshold_spin.value(), 2)
         planes = LayerPlanes(image.data, bool(image.rgb), image.metadata, slice_mm_of(image))
         worker = create_worker(predict_lesions, entry, planes, jobs, threshold,
-                               bool(image.rgb), image.name, _start_thread=False,
-                               _ignore_errors=True)
+                               bool(image.rgb), image.name, refine=self.refine(),
+                               _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_yielded)
         worker.errored.connect(self._on_errored)
         worker.finished.connect(lambda: self._on_finished(worker, entry))

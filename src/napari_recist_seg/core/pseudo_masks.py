@@ -22,6 +22,9 @@ _BLOCK_PIXELS = 1 << 18
 
 
 def _check_shape(shape) -> tuple[int, int]:
+    if isinstance(shape, np.ndarray) and shape.ndim >= 2:
+        raise ValueError(f"shape must be two positive integers (rows, cols), got an array of "
+                         f"shape {shape.shape}; pass image.shape[:2]")
     try:
         values = tuple(shape)
         ints = tuple(int(s) for s in values)

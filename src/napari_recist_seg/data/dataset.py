@@ -160,14 +160,24 @@ def crop_input(image, transform: CropTransform, *, window=None, channel_axis=Non
 
 
 # -- images to uint8 (C, S, S) -----------------------------------------------------------------
+#: Float images a little outside [0, 1] (resampling overshoot) are still read as 0 to 1.
+_UNIT_SLACK = 0.05
+
+
 def _to_unit(image: np.ndarray) -> np.ndarray:
-    """float64 in [0, 1]: uint8 / 255, other integers by their dtype's maximum, floats clipped."""
+    """float64 in [0, 1]: uint8 / 255, other integers by their dtype's maximum, floats of 0
+    to 255 (an 8-bit picture as floats) / 255, other floats clipped."""
     if image.dtype == bool:
         return image.astype(np.float64)
     if image.dtype.kind in "iu":
         return image.astype(np.float64) / float(np.iinfo(image.dtype).max)
     if image.dtype.kind == "f":
-        return np.clip(image.astype(np.float64), 0.0, 1.0)
+        if image.size and not np.all(np.isfinite(image)):
+            raise ValueError("image has non-finite values (NaN or inf)")
+        data = image.astype(np.float64)
+        if data.size and data.min() >= 0 and 1 + _UNIT_SLACK < data.max() <= 255:
+            data = data / 255.0
+        return np.clip(data, 0.0, 1.0)
     raise ValueError(f"image has unsupported dtype {image.dtype}")
 
 

@@ -401,6 +401,16 @@ def _infer_column(values: list[str]):
     return [None if v == "" else float(v) for v in values]
 
 
+def _header_hint(header: list) -> str:
+    """Why a header may lack the required columns: another separator, or capitals."""
+    if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+        sep = "semicolons" if ";" in header[0] else "tabs"
+        return f" (its header is separated by {sep}; RECIST CSVs are comma-separated)"
+    if any(h.lower() in _REQUIRED_CSV and h not in _REQUIRED_CSV for h in header):
+        return " (column names are lower case, e.g. long_r0)"
+    return ""
+
+
 def _read_csv(path: Path, text: str, tol: float, spacing_of=None) -> RecistTable:
     # Comment lines come only before the header; cells after it may hold '#' or newlines.
     body = text
@@ -427,7 +437,8 @@ def _read_csv(path: Path, text: str, tol: float, spacing_of=None) -> RecistTable
     header = [h.strip() for h in rows[0]]
     missing = [c for c in _REQUIRED_CSV if c not in header]
     if missing:
-        raise ValueError(f"{path}: missing required column(s) {', '.join(missing)}")
+        raise ValueError(f"{path}: missing required column(s) {', '.join(missing)}"
+                         f"{_header_hint(header)}")
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
         raise ValueError(f"{path}: repeated column(s) {', '.join(dupes)}")
@@ -469,7 +480,8 @@ def _read_csv(path: Path, text: str, tol: float, spacing_of=None) -> RecistTable
                              f"go together: give both or leave both empty")
         long_axis = np.array(coords[:4]).reshape(2, 2)
         short_axis = np.array(coords[4:]).reshape(2, 2)
-        image = row[col["image"]] if "image" in col else ""
+        # Cells are read as typed, less the spaces a spreadsheet leaves after each comma.
+        image = get("image")
         if spacing is None:
             spacing = _fallback_spacing(spacing_of, image)
         recists.append(_build(path, where, lid, long_axis, short_axis, spacing, tol))
@@ -478,7 +490,7 @@ def _read_csv(path: Path, text: str, tol: float, spacing_of=None) -> RecistTable
         slice_cells.append(get("slice"))
         image_cells.append(image)
         for name in feature_names:
-            raw_features[name].append(row[col[name]])
+            raw_features[name].append(get(name))
 
     slices = None
     if any(slice_cells):

@@ -198,11 +198,17 @@ def predict_detailed(model, image, recists=None, *, threshold: float = 0.5, tta:
     image = np.asarray(image)
     if image.ndim not in (2, 3):
         raise ValueError(f"image must be 2D grey or RGB, got shape {image.shape}")
+    if image.size == 0:
+        raise ValueError(f"image is empty (shape {image.shape})")
+    if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
+        raise ValueError("image has non-finite values (NaN or inf)")
     image = _grey_as_colour(model, image)
     pre = model.preprocessing
     size = int(pre.get("size", 128))
     normalise = pre.get("normalise")
     shape = _plane_shape(image, channel_axis)
+    if recists is not None:
+        recists = _checked_recists(recists, shape)
     mode = pre.get("mode", "whole_image")
     prompted = is_prompted(model)
     if prompted and recists is None:
@@ -280,6 +286,27 @@ def _predict_whole_prompted(model, image, recists, size, normalise, shape, chann
             full = np.maximum(full, _lesion_only(lesion.astype(np.float32), r, threshold, refine,
                                                  _refinement_plane(image, channel_axis)))
     return Prediction(full >= threshold, full, None)
+
+
+def _checked_recists(recists, shape) -> list:
+    """``recists`` as a list, each a Recist on an image of ``shape`` (else a ValueError)."""
+    from ..core.recist import Recist, outside_image
+
+    if isinstance(recists, Recist):
+        raise ValueError("recists must be a list of Recist, one per lesion: got a single "
+                         "Recist (pass [recist])")
+    try:
+        recists = list(recists)
+    except TypeError:
+        raise ValueError(f"recists must be a list of Recist, got "
+                         f"{type(recists).__name__}") from None
+    for i, r in enumerate(recists):
+        if not isinstance(r, Recist):
+            raise ValueError(f"recists[{i}] must be a Recist, got {type(r).__name__}")
+        problem = outside_image(r, shape)
+        if problem:
+            raise ValueError(f"recists[{i}]: {problem}")
+    return recists
 
 
 def _refinement_plane(image: np.ndarray, channel_axis) -> np.ndarray:

@@ -288,3 +288,20 @@ def test_evaluate_never_scores_predictions_against_predictions(tmp_path, capsys)
     assert main(["evaluate", "--pred", str(data / "pred"), "--truth", str(data)]) == 2
     err = capsys.readouterr().err
     assert "2 masks under" in err and "pred-old" in err and "a_segmentation.png" in err
+
+
+def test_benchmark_summary_gives_a_spread_only_over_several_seeds(capsys):
+    from napari_recist_seg.commands.learning import _print_summary
+
+    def entry(n_seeds, mean, std):
+        stat = {"mean": mean, "std": std}
+        return {"metrics": {"dice": stat, "iou": stat, "hausdorff95": stat},
+                "seeds": {"mean": mean, "std": std, "n_seeds": n_seeds}}
+
+    _print_summary({"tests": {"test": {"n_test": 3, "methods": {
+        "prompted": entry(3, 0.9, 0.0123), "quarter_ellipse": entry(1, 0.8, 0.0)}}},
+        "training": {}})
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("  ")}
+    assert "0.9000 ± 0.0123" in lines["prompted"]
+    assert "±" not in lines["quarter_ellipse"] and "0.8000" in lines["quarter_ellipse"]

@@ -99,3 +99,11 @@ def test_groups_refuses_a_table_with_lengths_in_mm_and_px(tmp_path, capsys):
                  "--k", "2"]) == 2
     assert "3 lesion(s) have a pixel size (lengths in mm) and 3 do not" in capsys.readouterr().err
     assert not (tmp_path / "g.csv").exists()
+
+
+def test_a_grey_picture_that_is_not_8_bit_is_refused_with_the_way_out(whole_model):
+    image, recist = _picture()
+    grey = image[..., 0]
+    assert predict_detailed(whole_model, grey, [recist]).mask.shape == grey.shape
+    with pytest.raises(ValueError, match="3-channel images.*convert it to uint8"):
+        predict_detailed(whole_model, grey.astype(np.uint16) * 256, [recist])

@@ -222,7 +222,10 @@ def _configure_groups(p) -> None:
     p.add_argument("--suggest-k", metavar="LOW:HIGH",
                    help="score K in this range by silhouette (2 <= K < number of lesions); "
                         "uses the best unless --k is given")
-    p.add_argument("--features", default="standardised", choices=FEATURE_SETS)
+    p.add_argument("--features", default="standardised", choices=FEATURE_SETS,
+                   help="what K-means compares: standardised (centre, diameters in mm and "
+                        "orientation, each z-scored) or paper (the published recipe: raw "
+                        "centre, diameters in px and angle) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="K-means seed, from 0 to 4294967295 (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",

@@ -255,7 +255,8 @@ def _configure_train(p) -> None:
     p.add_argument("--out", required=True, help="output folder (one subfolder per model)")
     _table_options(p)
     p.add_argument("--models", default="multitask",
-                   help=f"comma-separated kinds: {', '.join(MODEL_KINDS)}, or 'all'")
+                   help=f"comma-separated kinds: {', '.join(MODEL_KINDS)}, or 'all' "
+                        f"(default: %(default)s)")
     from ..learning.train_config import TrainConfig as d
 
     p.add_argument("--encoder", help=f"default: {d.encoder}, or the encoder of the packaged "
@@ -270,14 +271,19 @@ def _configure_train(p) -> None:
                    help="epochs without improvement before stopping (default: %(default)s)")
     _select_option(p, d.select)
     _augment_option(p, d.augment)
-    p.add_argument("--k", type=int, help="number of RECIST groups (default: about 20 a group)")
+    p.add_argument("--k", type=int,
+                   help="RECIST groups for the multitask model (default: one per 20 training "
+                        "lesions, 2 to 45)")
     p.add_argument("--pseudo-mask", default=DEFAULT_TARGET, choices=TARGET_METHODS,
                    help="training target drawn from each RECIST; the trimap ones leave a band "
                         "undecided or decide it from the image (default: %(default)s)")
     _crf_option(p)
     p.add_argument("--n-train", type=int, help="use this many images (default: all)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or mps")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the split, the groups, the weights and the batches "
+                        "(default: %(default)s)")
+    p.add_argument("--device", default=d.device,
+                   help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     _prompted_options(p)
     _teacher_option(p)
     _speed_options(p)
@@ -834,7 +840,10 @@ def _print_summary(results: dict) -> None:
         print(f"\n{name} ({block['n_test']} images): mean Dice / IoU / HD95")
         for method, entry in block["methods"].items():
             m = entry["metrics"]
-            print(f"  {method:16s} {m['dice']['mean']:.4f} ± {m['dice']['std']:.4f}   "
+            # A spread over seeds means nothing for one seed or a drawn reference row.
+            spread = (f" ± {m['dice']['std']:.4f}"
+                      if (entry.get("seeds") or {}).get("n_seeds", 1) > 1 else " " * 9)
+            print(f"  {method:16s} {m['dice']['mean']:.4f}{spread}   "
                   f"{m['iou']['mean']:.4f}   {m['hausdorff95']['mean']:.2f}")
     for kind, t in results["training"].items():
         print(f"  {kind:10s} best epoch {t['best_epoch']}, {t['seconds_to_best'] or 0:.0f} s to "
@@ -894,11 +903,15 @@ def _benchmark(args) -> int:
 
 # -- demo -------------------------------------------------------------------------------------
 def _configure_demo(p) -> None:
-    p.add_argument("--out", default="demo-output")
-    p.add_argument("--n-train", type=int, default=160)
-    p.add_argument("--n-test", type=int, default=40)
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--out", default="demo-output",
+                   help="folder for the report, plots and runs (default: %(default)s)")
+    p.add_argument("--n-train", type=int, default=160,
+                   help="synthetic training images (default: %(default)s)")
+    p.add_argument("--n-test", type=int, default=40,
+                   help="synthetic test images (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=6, help="default: %(default)s")
+    p.add_argument("--size", type=int, default=64,
+                   help="image and network input side in px (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the report and runs of an earlier demo in --out "
                         "(default: refuse)")

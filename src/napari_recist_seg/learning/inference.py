@@ -353,6 +353,10 @@ def _check_channels(model, x: np.ndarray) -> None:
                     f"give them as a ({expected}, H, W) stack in HU with channel_axis=0 (for "
                     f"DeepLesion, data.deeplesion.read_deeplesion_slice(record, "
                     f"neighbours={k}))")
+        elif expected == 3 and x.shape[0] == 1:
+            hint = (": a grey picture is given to a colour model as 8-bit (uint8) values, "
+                    "which it then reads in three equal channels; convert it to uint8 or to "
+                    "(H, W, 3)")
         raise ValueError(
             f"the model takes {expected}-channel images but this image gives {x.shape[0]} "
             f"channel(s){hint}"

@@ -403,3 +403,34 @@ def test_label_images_open_as_labels(tmp_path, name, values, kind):
     np.testing.assert_array_equal(data, vol)
     if kind == "labels":
         assert "contrast_limits" not in kwargs and "colormap" not in kwargs
+
+
+def test_lines_saved_from_a_stack_in_pixels_open_on_it_again(tmp_path, make_napari_viewer):
+    """A DeepLesion stack of slices of two pixel sizes opens in pixels: a lesion kept from it
+    and saved reopens on the stack where it was, its lengths still in mm."""
+    import napari
+    import pandas as pd
+
+    from napari_recist_seg.plugin.recist_layers import LAYER_GRID_COLUMN
+
+    from ._recist_table_data import write_deeplesion
+
+    table = write_deeplesion(tmp_path / "dl")
+    rows = pd.read_csv(table)
+    rows.loc[0, "Spacing_mm_px_"] = "0.6, 0.6, 2"
+    rows.to_csv(table, index=False)
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(table), plugin=PLUGIN)
+    lines = next(layer for layer in layers if layer._type_string == "shapes")
+    np.testing.assert_allclose(lines.scale, 1.0)
+    ids = np.asarray(lines.features["lesion_id"])
+    lines.selected_data = set(np.flatnonzero(ids != ids[-1]).tolist())
+    lines.remove_selected()
+    assert len(lines.data) == 2
+    saved = napari.save_layers(str(tmp_path / "kept.csv"), [lines], plugin=PLUGIN)
+    assert pd.read_csv(saved[0], comment="#")[LAYER_GRID_COLUMN].tolist() == ["pixels"]
+    (again,) = viewer.open(saved[0], plugin=PLUGIN)
+    np.testing.assert_allclose(again.scale, lines.scale)
+    for a, b in zip(again.data, lines.data):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(again.features["spacing_row"], lines.features["spacing_row"])

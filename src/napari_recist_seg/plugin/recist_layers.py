@@ -206,6 +206,12 @@ def measurement_labels(lesion_ids, axes, lengths, unit: str = "mm") -> list[str]
     return labels
 
 
+#: A RECIST file's column saying its lines were drawn on a layer in pixels whose lesions
+#: each carry their own pixel size (``PIXEL_GRID``): it opens in pixels again.
+LAYER_GRID_COLUMN = "layer_grid"
+PIXEL_GRID = "pixels"
+
+
 def table_layer_tuple(table, name: str, translate=None, scale=None, units=None,
                       per_line: bool = False, metadata=None):
     """LayerData for a ``data.recist_files.RecistTable`` (as read from a RECIST file).
@@ -218,6 +224,9 @@ def table_layer_tuple(table, name: str, translate=None, scale=None, units=None,
     from ..data.recist_files import recist_layer_data
 
     data, features, table_scale = recist_layer_data(table)
+    grid = list(table.features.get(LAYER_GRID_COLUMN) or [])
+    if scale is None and grid and all(str(g) == PIXEL_GRID for g in grid):
+        scale, per_line = (1.0,) * len(table_scale), True
     if scale is not None and len(tuple(scale)) != len(table_scale):
         raise ValueError(f"scale {tuple(scale)} does not fit {len(table_scale)}D RECIST lines")
     if per_line and "spacing_row" not in features:

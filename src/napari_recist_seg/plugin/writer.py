@@ -15,7 +15,7 @@ import numpy as np
 from ..core.annotation import fill_line_spacing
 from .layer_units import META_KEY, pd_numeric
 from .notifications import notify_error, notify_warning
-from .recist_layers import DERIVED_COLUMNS
+from .recist_layers import DERIVED_COLUMNS, LAYER_GRID_COLUMN, PIXEL_GRID
 
 __all__ = ["write_labels_file", "write_labels_layer", "write_recist_file", "write_recist_layer"]
 
@@ -201,6 +201,12 @@ def write_recist_file(path: str, data, meta: dict) -> str:
         # A layer in pixels has no pixel size to give: the file leaves it empty rather than
         # claiming 1 mm, which a table reader would take as true.
         table.spacing_known = [False] * len(table)
+    elif _in_pixels(meta):
+        # Lines in pixels with each lesion's own size in mm (a stack of slices of several
+        # pixel sizes): the file says so, or opening it would lay the lines out in mm, off
+        # the stack they were drawn on (the key slices it names are not scans to place
+        # them by).
+        table.features[LAYER_GRID_COLUMN] = [PIXEL_GRID] * len(table)
     try:
         return str(write_recists(target, table))
     except OSError as exc:

@@ -231,3 +231,27 @@ def test_a_stray_click_with_the_line_tool_does_not_steal_the_next_axis(viewer_2d
     statuses = [_cell(widget, row, "status") for row in range(widget.model.rowCount())]
     assert "ok" in statuses
     assert any(s.startswith("a line under 1.5 px long") for s in statuses)
+
+
+def test_a_lesion_reaching_past_the_image_says_so_and_export_warns(viewer_2d, qtbot, draw,
+                                                                 tmp_path, monkeypatch,
+                                                                 notifications):
+    widget = _widget(viewer_2d)
+    qtbot.mouseClick(widget.new_button, LEFT)
+    layer = widget.recist_layer()
+    cols = viewer_2d.layers["ct"].data.shape[-1]
+    draw(layer, [[20, 10], [20, 50]])
+    draw(layer, [[10, 30], [30, 30]])
+    assert _cell(widget, 0, "status") == "ok"
+    draw(layer, [[20, cols - 20], [20, cols + 30]])  # its far end beyond the right edge
+    draw(layer, [[10, cols], [30, cols]])
+    assert _cell(widget, 1, "status") == "endpoint outside the image"
+    assert "2 lesion(s), 1 valid." in widget.status.text()
+
+    target = tmp_path / "out.csv"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        staticmethod(lambda *a, **k: (str(target), "")))
+    qtbot.mouseClick(widget.export_button, LEFT)
+    assert len(read_recists(target)) == 2  # written as drawn
+    assert any(level == "warning" and "lesion(s) 1 have an endpoint outside 'ct'" in text
+               for level, text in notifications)

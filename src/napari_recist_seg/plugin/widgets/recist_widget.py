@@ -13,6 +13,7 @@ drawing, deleting, moving, and "Make perpendicular".
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from pathlib import Path
 
@@ -36,14 +37,17 @@ from qtpy.QtWidgets import (
 )
 
 from ...core.annotation import perpendicular_short_axis, recists_from_labels
+from ...core.recist import outside_image
 from ..colours import AXIS_COLOURS, UNASSIGNED_COLOUR, group_colour
 from ..layer_units import (
     META_KEY,
     PX,
     derived_units,
+    grid_mismatch,
     length_unit,
     slice_spacing_of,
     spacing_of,
+    spatial_shape,
     unproxied,
 )
 from ..notifications import notify_error, notify_info, notify_warning
@@ -432,7 +436,8 @@ class RecistWidget(RecistLayerAccess, QWidget):
             else:
                 spacing, unit, table = self.spacing(), self.unit(), self.slice_spacing()
                 sync_after_edit(layer, edit, spacing, unit, table)
-                self.lesions = describe_layer(layer, spacing, unit, table)
+                self.lesions = _off_image_marked(
+                    describe_layer(layer, spacing, unit, table), self.image_layer(), layer)
                 self._snapshot = _snapshot(layer)
             self.undo_button.setEnabled(bool(self._undo))
             self._refresh_table()
@@ -744,6 +749,11 @@ class RecistWidget(RecistLayerAccess, QWidget):
             notify_error(f"Export RECIST file: {exc}")
             return None
         notify_info(f"Wrote {len(self.lesions)} lesion(s) to {written}")
+        off = [str(info.lesion_id) for info in self.lesions if info.problem == OFF_IMAGE]
+        if off:
+            notify_warning(f"Export RECIST file: lesion(s) {', '.join(off)} have an endpoint "
+                           f"outside {self.image_layer().name!r}; they were written as drawn, "
+                           f"but training and prediction will refuse them.")
         return written
 
     def import_deeplesion(self, path):
@@ -952,3 +962,19 @@ def _image_keys(layer) -> set[str]:
     if source:
         keys |= _name_keys(source)
     return keys
+
+
+#: The lesion table's status of a lesion with an endpoint beyond its image's edge.
+OFF_IMAGE = "endpoint outside the image"
+
+
+def _off_image_marked(lesions: list, image, layer) -> list:
+    """``lesions`` with those whose RECIST leaves ``image`` marked as such (new records: the
+    measured ones are cached with their layer). Only on the image's own pixel grid, where
+    the layer's coordinates are the image's pixels."""
+    if image is None or layer is None or grid_mismatch(image, layer):
+        return lesions
+    shape = spatial_shape(image)[-2:]
+    return [dataclasses.replace(info, problem=OFF_IMAGE)
+            if info.ok and info.recist is not None and outside_image(info.recist, shape)
+            else info for info in lesions]

@@ -191,3 +191,36 @@ def test_preview_follows_the_chosen_image_and_stops_with_its_recist_layer(
     viewer.layers.remove(layer)
     assert previews() == [] and not widget.preview_button.isChecked()
     assert "Pseudo-mask preview stopped: no RECIST layer" in widget.status.text()
+
+
+def test_clicking_a_point_goes_to_its_lesions_slice(make_napari_viewer, qtbot):
+    from napari.layers import Layer
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.zeros((5, 64, 96), np.float32), name="stack", scale=(2.5, 0.5, 0.8))
+    # Lesions of distinct sizes, so that no two points of the plot coincide.
+    recists = [Recist([[10 + 9 * i, 10], [10 + 9 * i, 16 + 5 * i]],
+                      [[8 + 9 * i, 13 + 2.5 * i], [12 + 9 * i, 13 + 2.5 * i]]) for i in range(6)]
+    slices = [0, 1, 2, 3, 4, 4]
+    data, features = recists_to_shapes(recists, slices=slices)
+    layer = viewer.add_layer(Layer.create(*recist_layer_tuple(
+        data, features, (2.5, 0.5, 0.8), "lesions")))
+    widget = _widget(viewer)
+    assert widget.recist_layer() is layer
+    _type(qtbot, widget.k_spin, "2")
+    qtbot.mouseClick(widget.run_button, LEFT)
+    qtbot.waitUntil(lambda: len(widget._plot_ids) == 6 and widget.run_button.isEnabled(),
+                    timeout=20000)
+    viewer.dims.set_point(0, 4 * 2.5)
+    widget.canvas.draw()
+    point = widget._plot_ids.index(1)  # the lesion on slice 1
+    x, y = widget.axes.transData.transform(widget._scatter.get_offsets()[point])
+    ratio = widget.canvas.device_pixel_ratio
+    pos = QPoint(int(round(x / ratio)), int(round(widget.canvas.height() - y / ratio)))
+    qtbot.mouseClick(widget.canvas, LEFT, pos=pos)
+    assert set(layer.selected_data) == {2, 3}
+    assert viewer.dims.point[0] == 2.5  # slice 1, where the lesion is
+    centre = np.asarray(recists[1].centre) * (0.5, 0.8)
+    from napari_recist_seg.plugin.widgets._common import viewer_camera
+
+    np.testing.assert_allclose(viewer_camera(viewer).center[-2:], centre, atol=1.0)

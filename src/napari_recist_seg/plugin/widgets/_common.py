@@ -21,8 +21,8 @@ from ..recist_layers import is_recist_layer, sync_after_edit
 _SETTLED = ("added", "removed", "changed")
 
 __all__ = ["Connections", "LayerCombo", "add_under_lines", "enable_if_alive", "follow_image",
-           "is_settled_edit", "recist_preference", "start_model_load", "undocked",
-           "viewer_camera"]
+           "is_settled_edit", "recist_preference", "show_lines", "start_model_load",
+           "undocked", "viewer_camera"]
 
 
 def viewer_camera(viewer):
@@ -30,6 +30,28 @@ def viewer_camera(viewer):
     ``viewer.camera``."""
     scene = getattr(viewer, "scene", None)
     return scene.camera if scene is not None else viewer.camera
+
+
+def show_lines(viewer, layer, lines, centre=None) -> None:
+    """Select ``lines`` of a Shapes layer, go to their slice and centre the view on them.
+
+    ``centre`` is a point in the layer's data coordinates (default: the lines' mean
+    vertex).
+    """
+    import numpy as np
+
+    lines = sorted(int(i) for i in lines)
+    viewer.layers.selection.active = layer
+    if layer.mode not in ("select", "direct"):
+        layer.mode = "select"
+    layer.selected_data = set(lines)
+    if centre is None:
+        centre = np.concatenate([np.asarray(layer.data[i], float) for i in lines]).mean(axis=0)
+    world = np.asarray(layer.data_to_world(np.asarray(centre, dtype=float)))
+    offset = viewer.dims.ndim - layer.ndim
+    for k in range(layer.ndim - 2):
+        viewer.dims.set_point(offset + k, float(world[k]))
+    viewer_camera(viewer).center = tuple(float(x) for x in world[-2:])
 
 
 def undocked(widget, event) -> bool:

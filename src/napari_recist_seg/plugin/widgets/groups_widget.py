@@ -54,6 +54,7 @@ from ._common import (
     enable_if_alive,
     follow_image,
     recist_preference,
+    show_lines,
     undocked,
 )
 
@@ -403,7 +404,8 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         self.select_lesion(self._plot_ids[int(event.ind[0])])
 
     def select_lesion(self, lesion_id) -> None:
-        """Select a lesion's lines in the RECIST layer (as clicking its point does)."""
+        """Select a lesion's lines in the RECIST layer, go to its slice and centre the view
+        on it (as clicking its point does)."""
         layer = self._layer
         if layer is None:
             return
@@ -411,10 +413,7 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         lines = {i for i, lid in enumerate(ids) if int(lid) == int(lesion_id)}
         if not lines:
             return
-        self.viewer.layers.selection.active = layer
-        if layer.mode not in ("select", "direct"):
-            layer.mode = "select"
-        layer.selected_data = lines
+        show_lines(self.viewer, layer, lines)
 
     def highlighted(self) -> list[int]:
         """Lesion ids whose points are highlighted (those with a selected line)."""

@@ -67,7 +67,7 @@ from ._common import (
     follow_image,
     is_settled_edit,
     recist_preference,
-    viewer_camera,
+    show_lines,
 )
 
 __all__ = ["SHORTCUTS", "RecistWidget"]
@@ -548,16 +548,7 @@ class RecistWidget(RecistLayerAccess, QWidget):
         info, layer = self.lesion(lesion_id), self._layer
         if info is None or layer is None:
             return
-        self.viewer.layers.selection.active = layer
-        if layer.mode not in ("select", "direct"):
-            layer.mode = "select"
-        layer.selected_data = set(info.line_indices)
-        world = np.asarray(layer.data_to_world(np.asarray(info.centre, dtype=float)))
-        lead = layer.ndim - 2
-        offset = self.viewer.dims.ndim - layer.ndim
-        for k in range(lead):
-            self.viewer.dims.set_point(offset + k, float(world[k]))
-        viewer_camera(self.viewer).center = tuple(float(x) for x in world[-2:])
+        show_lines(self.viewer, layer, info.line_indices, info.centre)
         self._select_row(info.lesion_id)
 
     def _select_row(self, lesion_id) -> None:

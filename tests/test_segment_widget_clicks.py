@@ -644,3 +644,19 @@ def test_each_scan_is_segmented_with_its_own_recist_layer(make_napari_viewer, qt
     assert widget.preview_layer is None
     click(qtbot, widget.segment_button)
     assert widget.status.text().startswith("Not segmented: the RECIST layer 'head RECIST'")
+
+
+def test_a_lesion_reaching_past_the_image_is_left_out_and_named(make_napari_viewer, qtbot,
+                                                               checkpoints, draw, monkeypatch):
+    shape = (96, 96)
+    mask = _ellipse(shape, (48, 48), 14, 9, 0.7)
+    viewer, lines, widget = _one_lesion(make_napari_viewer, qtbot, draw, mask, seed=5)
+    # A second lesion whose long axis runs off the right edge.
+    draw(lines, [[20.0, 80.0], [20.0, 110.0]])
+    draw(lines, [[14.0, 95.0], [26.0, 95.0]])
+    _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
+    click(qtbot, widget.load_button)
+    qtbot.waitUntil(lambda: _idle(widget) and widget.preview_layer is not None
+                    and widget.rows()[0]["note"] == "", timeout=TIMEOUT)
+    assert widget.rows()[1]["note"] == "reaches past the image's edge"
+    assert widget.preview_layer.data.any()

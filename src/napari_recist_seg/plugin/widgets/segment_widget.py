@@ -51,6 +51,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ...core.recist import outside_image
 from ...core.recist_refinement import DEFAULT_REFINEMENT
 from ...learning.model_kinds import MODEL_REGISTRY as MODEL_KINDS
 from ...learning.model_kinds import display_name
@@ -398,6 +399,7 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         self._worker = None
         self._load_worker = None
         self._dirty = False
+        self._off_image: list = []  # ids of lesions reaching past the image, not segmented
         self._cache: OrderedDict = OrderedDict()
         # Each plane of the preview as drawn: {slice or None: ((label, key, threshold), ...)}.
         self._shown: dict = {}
@@ -833,11 +835,17 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         if image is None or entry is None:
             return []
         depth = spatial_shape(image)[0] if image.ndim == 3 else None
+        plane = spatial_shape(image)[-2:]
         token = (entry.path, self._model_generation.get(entry.path, 0),
                  self._image_generation, self.refine())
         out = []
+        self._off_image = []
         for info in self.lesions:
             if info.recist is None:
+                continue
+            if outside_image(info.recist, plane):
+                # Left out rather than stopping every lesion's preview for one mark.
+                self._off_image.append(info.lesion_id)
                 continue
             z = None
             if depth is not None:
@@ -897,9 +905,12 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         self._workers_to_stop.append(worker)
         n_new = sum(1 for *_, cached in jobs if cached is None)
         self._fill_table()
+        off = self._off_image
+        note = (f" Lesion(s) {', '.join(map(str, off))} reach past the image's edge and are "
+                f"not segmented." if off else "")
         self._set_status(
-            f"Segmenting {n_new} lesion(s) with {entry.name!r}..." if n_new else
-            f"Measuring the masks at threshold {threshold:g}...")
+            (f"Segmenting {n_new} lesion(s) with {entry.name!r}..." if n_new else
+             f"Measuring the masks at threshold {threshold:g}...") + note)
         worker.start()
 
     def _on_yielded(self, message) -> None:
@@ -1040,6 +1051,8 @@ class SegmentWidget(RecistLayerAccess, QWidget):
                 note = info.problem
             elif key is None and not self._live:
                 note = ""  # nothing is predicted yet; the status line says why
+            elif key is None and info.lesion_id in self._off_image:
+                note = "reaches past the image's edge"
             elif key is None:
                 note = "not on the image's slices"
             elif not self._live:

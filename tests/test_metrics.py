@@ -410,3 +410,28 @@ def test_truth_under_recist_keeps_the_lesion_its_axes_cross():
     labels = np.zeros((20, 20), np.int32)
     labels[:, :10], labels[:, 10:] = 1, 2
     assert truth_under_recist(labels, [[5, 2], [5, 8]]).sum() == 20 * 10
+
+
+@pytest.mark.parametrize("force_tree", [False, True])
+def test_distances_in_mm_follow_each_axis_pixel_size(monkeypatch, force_tree):
+    """Squares 4 rows and 2 columns apart: with 0.5 x 2 mm pixels every distance is
+    measured in mm along each axis, by either way of finding the nearest edge."""
+    if force_tree:
+        monkeypatch.setattr(metrics_module, "_KDTREE_COST_RATIO", 0.0)
+    pred, gt = square(24, 22, 12), square(20, 20, 12)
+    px = segmentation_metrics(pred, gt)
+    mm = segmentation_metrics(pred, gt, spacing=(0.5, 2.0))
+    assert px["centre_error"] == pytest.approx(math.hypot(4, 2))
+    assert mm["centre_error"] == pytest.approx(math.hypot(4 * 0.5, 2 * 2.0))
+    # Brute force over the edge pixels, in mm.
+    edges = [np.argwhere(metrics_module._edge_pixels(m)) * (0.5, 2.0) for m in (pred, gt)]
+    d = cdist(*edges)
+    assert mm["hausdorff"] == pytest.approx(max(d.min(axis=1).max(), d.min(axis=0).max()))
+    assert mm["dice"] == px["dice"]
+    empty = segmentation_metrics(np.zeros(SHAPE, bool), gt, spacing=(0.5, 2.0))
+    assert empty["hausdorff"] == pytest.approx(math.hypot(64 * 0.5, 64 * 2.0))
+    lesion = lesion_metrics(pred, gt.astype(int), spacing=(0.5, 2.0))[0][1]
+    assert lesion["centre_error"] == pytest.approx(mm["centre_error"])
+    for bad in ((0.5,), (0.0, 1.0), (np.nan, 1.0)):
+        with pytest.raises(ValueError, match="spacing must be two positive"):
+            segmentation_metrics(pred, gt, spacing=bad)

@@ -22,8 +22,8 @@ from napari_recist_seg.plugin.model_registry import MODEL_REGISTRY
 from napari_recist_seg.plugin.training_job import prepare_torch_import
 from napari_recist_seg.plugin.widgets._common import viewer_camera
 from napari_recist_seg.plugin.widgets.compare_widget import (
-    TABLE_METRICS,
     grid_shape,
+    metric_titles,
     prediction_name,
 )
 
@@ -288,12 +288,13 @@ def test_empty_prediction_is_blank_with_a_note_in_table_and_csv(make_napari_view
     rows = _table(widget)
     n_lesions = len(np.unique(viewer.layers["CT phantom true masks"].data)) - 1
     assert len(rows) == 1 + n_lesions
-    undefined = ("Hausdorff px", "centre err px", "orient. err deg", "shape err")
+    # The sample's pixel size is known: distances are in mm.
+    undefined = ("Hausdorff mm", "centre err mm", "orient. err deg", "shape err")
     for row in rows:
         assert row["Dice"] == "0.000" and row["note"] == "empty prediction"
         for title in undefined:
             assert row[title] == "", (title, row)  # not the diagonal, nor 90 degrees
-    column = [title for _, title, _ in TABLE_METRICS].index("Hausdorff px") + 4
+    column = metric_titles("mm").index("Hausdorff mm") + 4
     assert "empty prediction" in widget.table.item(0, column).toolTip()
 
     _patch_save_dialog(monkeypatch, tmp_path / "empty.csv")
@@ -303,6 +304,7 @@ def test_empty_prediction_is_blank_with_a_note_in_table_and_csv(make_napari_view
     assert len(saved) == len(rows)
     assert all(r["hausdorff"] == "" and r["orientation_error"] == "" for r in saved)
     assert all(r["note"] == "empty prediction" and float(r["dice"]) == 0.0 for r in saved)
+    assert {r["distance_unit"] for r in saved} == {"mm"}
 
 
 def test_export_button_cancelled_or_without_metrics_writes_nothing(

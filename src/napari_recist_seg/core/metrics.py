@@ -89,7 +89,7 @@ def _bbox_centre(bbox: tuple[int, int, int, int]) -> np.ndarray:
 
 
 def _directed_distances(
-    edge_a: np.ndarray, edge_b: np.ndarray, window: tuple[slice, slice]
+    edge_a: np.ndarray, edge_b: np.ndarray, window: tuple[slice, slice], spacing=(1.0, 1.0)
 ) -> tuple[np.ndarray, np.ndarray]:
     """Distances from each edge pixel of one mask to the nearest edge pixel of the other.
 
@@ -101,18 +101,28 @@ def _directed_distances(
     eb = edge_b[window]
     points_a = np.argwhere(ea)
     points_b = np.argwhere(eb)
+    step = np.asarray(spacing, dtype=float)
     if _KDTREE_COST_RATIO * (len(points_a) + len(points_b)) < ea.size:
-        a_to_b = cKDTree(points_b).query(points_a)[0]
-        b_to_a = cKDTree(points_a).query(points_b)[0]
+        a_to_b = cKDTree(points_b * step).query(points_a * step)[0]
+        b_to_a = cKDTree(points_a * step).query(points_b * step)[0]
         return a_to_b, b_to_a
     # distance_transform_edt measures the distance to the nearest zero, i.e. to the boundary.
     # All boundary pixels lie inside `window`, so maps restricted to it are exact.
-    a_to_b = ndimage.distance_transform_edt(~eb)[ea]
-    b_to_a = ndimage.distance_transform_edt(~ea)[eb]
+    a_to_b = ndimage.distance_transform_edt(~eb, sampling=step)[ea]
+    b_to_a = ndimage.distance_transform_edt(~ea, sampling=step)[eb]
     return a_to_b, b_to_a
 
 
-def segmentation_metrics(pred, gt, *, empty: str = "worst") -> dict[str, float]:
+def _check_spacing(spacing) -> np.ndarray:
+    if spacing is None:
+        return np.ones(2)
+    step = np.asarray(spacing, dtype=float).ravel()
+    if step.shape != (2,) or not np.all(np.isfinite(step)) or not np.all(step > 0):
+        raise ValueError(f"spacing must be two positive (row, col) sizes in mm, got {spacing!r}")
+    return step
+
+
+def segmentation_metrics(pred, gt, *, empty: str = "worst", spacing=None) -> dict[str, float]:
     """Compare a predicted 2D mask with a reference mask.
 
     Parameters
@@ -125,6 +135,9 @@ def segmentation_metrics(pred, gt, *, empty: str = "worst") -> dict[str, float]:
         What the metrics that need two non-empty masks are when exactly one mask is empty:
         finite worst values (the default, see Notes) or NaN (``EMPTY_UNDEFINED``, and
         ``size_error`` when `gt` is empty).
+    spacing : (float, float), optional
+        The (row, col) pixel size in mm: ``centre_error``, ``hausdorff`` and ``hausdorff95``
+        (and the worst value D below) are then in mm rather than pixels.
 
     Returns
     -------
@@ -138,13 +151,14 @@ def segmentation_metrics(pred, gt, *, empty: str = "worst") -> dict[str, float]:
         ``vs``
             Volumetric similarity, 1 - abs(FN - FP) / (2 TP + FP + FN).
         ``centre_error``
-            Euclidean distance in pixels between the centres of the two masks' bounding boxes.
+            Euclidean distance in pixels (mm with ``spacing``) between the centres of the
+            two masks' bounding boxes.
         ``perimeter_error``
             abs(E(gt) - E(pred)) / 2, where E counts edge pixels: foreground pixels with a
             4-neighbour in the background or lying on the image border.
         ``hausdorff``
-            Symmetric (maximum of both directions) Hausdorff distance in pixels between the
-            two sets of edge pixels.
+            Symmetric (maximum of both directions) Hausdorff distance in pixels (mm with
+            ``spacing``) between the two sets of edge pixels.
         ``hausdorff95``
             Maximum of the two directed 95th percentiles of edge-to-edge distances.
         ``thresholded_jaccard``
@@ -187,6 +201,7 @@ def segmentation_metrics(pred, gt, *, empty: str = "worst") -> dict[str, float]:
     """
     if empty not in _EMPTY_MODES:
         raise ValueError(f"empty must be 'worst' or 'nan', got {empty!r}")
+    step = _check_spacing(spacing)
     p = _as_mask(pred, "pred")
     g = _as_mask(gt, "gt")
     if p.shape != g.shape:
@@ -197,7 +212,7 @@ def segmentation_metrics(pred, gt, *, empty: str = "worst") -> dict[str, float]:
     tp = int(np.count_nonzero(p & g))
     fp = area_p - tp
     fn = area_g - tp
-    diagonal = float(np.hypot(*p.shape))
+    diagonal = float(np.hypot(*(np.asarray(p.shape) * step)))
 
     if area_p == 0 and area_g == 0:
         perfect = dict.fromkeys(METRIC_NAMES, 0.0)
@@ -239,13 +254,14 @@ def segmentation_metrics(pred, gt, *, empty: str = "worst") -> dict[str, float]:
 
     bbox_p = _bbox(p)
     bbox_g = _bbox(g)
-    result["centre_error"] = float(np.linalg.norm(_bbox_centre(bbox_p) - _bbox_centre(bbox_g)))
+    result["centre_error"] = float(np.linalg.norm(
+        (_bbox_centre(bbox_p) - _bbox_centre(bbox_g)) * step))
 
     window = (
         slice(min(bbox_p[0], bbox_g[0]), max(bbox_p[2], bbox_g[2]) + 1),
         slice(min(bbox_p[1], bbox_g[1]), max(bbox_p[3], bbox_g[3]) + 1),
     )
-    p_to_g, g_to_p = _directed_distances(edge_p, edge_g, window)
+    p_to_g, g_to_p = _directed_distances(edge_p, edge_g, window, step)
     result["hausdorff"] = max(float(p_to_g.max()), float(g_to_p.max()))
     result["hausdorff95"] = max(float(np.percentile(p_to_g, 95)), float(np.percentile(g_to_p, 95)))
 
@@ -362,7 +378,7 @@ def truth_under_recist(truth: np.ndarray, long_axis, short_axis=None) -> np.ndar
 
 
 def lesion_metrics(pred: np.ndarray, labels: np.ndarray, *,
-                   empty: str = "worst") -> list[tuple[int, dict]]:
+                   empty: str = "worst", spacing=None) -> list[tuple[int, dict]]:
     """``segmentation_metrics`` of a 2D prediction for each lesion of a labelled ground truth.
 
     Each lesion is scored in its bounding box grown by half its size on each side (at
@@ -378,6 +394,8 @@ def lesion_metrics(pred: np.ndarray, labels: np.ndarray, *,
     empty : {"worst", "nan"}
         Passed to ``segmentation_metrics``: how a lesion with no predicted pixel in its
         window is scored.
+    spacing : (float, float), optional
+        Passed to ``segmentation_metrics``: distances in mm.
 
     Returns
     -------
@@ -401,5 +419,6 @@ def lesion_metrics(pred: np.ndarray, labels: np.ndarray, *,
         mine = lab == value
         others = (lab > 0) & ~mine
         out.append((int(value),
-                    segmentation_metrics(pred[window] & ~others, mine, empty=empty)))
+                    segmentation_metrics(pred[window] & ~others, mine, empty=empty,
+                                         spacing=spacing)))
     return out

@@ -166,7 +166,7 @@ def _label_at(labels: np.ndarray, point) -> int:
 def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
                    threshold: float = DEFAULT_THRESHOLD, tta: bool = False,
                    metadata: dict | None = None, slice_mm: float | None = None,
-                   lesions_problem: str = ""):
+                   lesions_problem: str = "", spacing=None):
     """Predict ``image`` with each model of ``entries``, yielding one result per model.
 
     Parameters
@@ -194,6 +194,9 @@ def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
     lesions_problem : str
         Why ``lesions`` is empty although a RECIST layer was chosen
         (``ComparisonInputs.lesions_problem``), for the error of a model that needs them.
+    spacing : (float, float), optional
+        The image's (row, col) pixel size in mm, where known: distances in the metrics rows
+        are then in mm, else in pixels.
 
     Yields
     ------
@@ -237,13 +240,13 @@ def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
     for entry, model, mode in models:
         try:
             yield _predict_one(entry, model, mode, image, planes, layer_planes, lesions, gt,
-                               threshold, tta, volume)
+                               threshold, tta, volume, spacing)
         except ValueError as exc:
             raise ValueError(f"{entry.name}: {exc}") from None
 
 
 def _predict_one(entry, model, mode, image, planes, layer_planes, lesions, gt, threshold, tta,
-                 volume):
+                 volume, spacing=None):
     """``predict_models``' result message for one model."""
     from ..learning.inference import predict_detailed
 
@@ -274,7 +277,7 @@ def _predict_one(entry, model, mode, image, planes, layer_planes, lesions, gt, t
             mask[z] = pred.mask
         done_planes.append(z)
     rows = [] if gt is None else metric_rows(entry.name, mask, gt, done_planes, lesions,
-                                             groups, mode)
+                                             groups, mode, spacing)
     return ("result", {"name": entry.name, "kind": entry.kind, "mask": mask,
                        "groups": groups, "rows": rows, "mode": mode})
 
@@ -289,7 +292,7 @@ def _plane_note(pred: np.ndarray, truth: np.ndarray) -> str:
 
 
 def metric_rows(name: str, mask, gt, planes, lesions=(), groups=None,
-                mode: str = "whole_image") -> list[dict]:
+                mode: str = "whole_image", spacing=None) -> list[dict]:
     """Metrics rows of one model's prediction: the image first, then each lesion.
 
     Parameters
@@ -310,6 +313,8 @@ def metric_rows(name: str, mask, gt, planes, lesions=(), groups=None,
     mode : str
         "crops": only the ground-truth lesions with a RECIST centred in them were asked
         about, so only they are scored.
+    spacing : (float, float), optional
+        The (row, col) pixel size in mm: distances in mm rather than pixels.
 
     Returns
     -------
@@ -338,10 +343,10 @@ def metric_rows(name: str, mask, gt, planes, lesions=(), groups=None,
                     group_of.setdefault(value, groups[(z, lid)])
         if mode == "crops":
             labels = np.where(np.isin(labels, sorted(asked)), labels, 0)
-        per_plane.append(segmentation_metrics(p, labels > 0, empty="nan"))
+        per_plane.append(segmentation_metrics(p, labels > 0, empty="nan", spacing=spacing))
         notes.append(_plane_note(p, labels > 0))
         image_group = groups.get((z, None))
-        for value, metrics in lesion_metrics(p, labels, empty="nan"):
+        for value, metrics in lesion_metrics(p, labels, empty="nan", spacing=spacing):
             g = group_of.get(value, image_group)
             note = EMPTY_PREDICTION if np.isnan(metrics["hausdorff"]) else ""
             rows.append({"model": name, "lesion": value, "slice": "" if z is None else z,

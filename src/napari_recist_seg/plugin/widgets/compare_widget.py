@@ -68,7 +68,7 @@ from ..comparison import (
     predict_models,
     prediction_name,
 )
-from ..layer_units import META_KEY, derived_units
+from ..layer_units import META_KEY, MM, PX, derived_units, pixel_size_known, spacing_of
 from ..model_registry import MODEL_REGISTRY
 from ..notifications import notify_error, notify_info
 from ..training_job import KIND_NAMES
@@ -91,6 +91,14 @@ TABLE_METRICS = (
     ("centre_error", "centre err px", 1), ("orientation_error", "orient. err deg", 1),
     ("size_error", "size err", 3), ("shape_error", "shape err", 3),
 )
+#: The table's distance columns, whose titles say px or mm.
+_DISTANCES = ("hausdorff", "centre_error")
+
+
+def metric_titles(unit: str = PX) -> list[str]:
+    """The metric columns' titles, distances in ``unit`` ("px" or "mm")."""
+    return [title.replace(" px", f" {unit}") if key in _DISTANCES else title
+            for key, title, _ in TABLE_METRICS]
 _CONTOUR = 2
 _TRUTH = "ground truth"
 #: Layers the side-by-side view adds, removed when it is switched off.
@@ -126,6 +134,7 @@ class CompareWidget(QWidget):
         self._worker = None
         self._load_worker = None
         self.rows: list[dict] = []
+        self._distance_unit = PX  # of the rows' distances: mm where the pixel size is known
         self._grid_saved = None
         self._last_image = None
         self._last_overlays: list[str] = []
@@ -188,8 +197,7 @@ class CompareWidget(QWidget):
         buttons.addWidget(self.side_button)
 
         self.table = QTableWidget(0, len(ID_COLUMNS) + len(TABLE_METRICS) + 1)
-        self.table.setHorizontalHeaderLabels(
-            [*ID_COLUMNS, *[title for _, title, _ in TABLE_METRICS], NOTE])
+        self.table.setHorizontalHeaderLabels([*ID_COLUMNS, *metric_titles(), NOTE])
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(
@@ -262,11 +270,14 @@ class CompareWidget(QWidget):
             notify_error(f"Compare: {exc}")
             return None
         threshold = round(self.threshold_spin.value(), 2)
+        # Distances in mm where the image's pixel size is known (Segment's areas are too).
+        spacing = tuple(spacing_of(image)) if pixel_size_known(image) else None
+        self._distance_unit = MM if spacing else PX
         worker = create_worker(predict_models, entries, inputs.image, inputs.lesions,
                                inputs.truth, inputs.rgb, threshold, self.tta_box.isChecked(),
                                dict(image.metadata), slice_mm_of(image),
-                               lesions_problem=inputs.lesions_problem, _start_thread=False,
-                               _ignore_errors=True)
+                               lesions_problem=inputs.lesions_problem, spacing=spacing,
+                               _start_thread=False, _ignore_errors=True)
         results: list = []
         failed: list = []
         worker.yielded.connect(lambda message: self._on_message(message, results))
@@ -380,6 +391,8 @@ class CompareWidget(QWidget):
 
     # -- metrics ----------------------------------------------------------------------------
     def _fill_table(self) -> None:
+        self.table.setHorizontalHeaderLabels(
+            [*ID_COLUMNS, *metric_titles(self._distance_unit), NOTE])
         self.table.setRowCount(len(self.rows))
         n_id = len(ID_COLUMNS)
         for r, row in enumerate(self.rows):
@@ -406,12 +419,13 @@ class CompareWidget(QWidget):
         path = Path(path)
         try:
             with atomic_write(path, newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(ROW_COLUMNS),
+                writer = csv.DictWriter(fh, fieldnames=[*ROW_COLUMNS, "distance_unit"],
                                         extrasaction="ignore")
                 writer.writeheader()
                 # An undefined metric is a blank cell, as in the table; the note says why.
-                writer.writerows({k: "" if isinstance(v, float) and np.isnan(v) else v
-                                  for k, v in row.items()} for row in self.rows)
+                writer.writerows({**{k: "" if isinstance(v, float) and np.isnan(v) else v
+                                     for k, v in row.items()},
+                                  "distance_unit": self._distance_unit} for row in self.rows)
         except OSError as exc:
             notify_error(f"Export: cannot write {path}: {exc.strerror or exc}")
             return None

@@ -255,3 +255,27 @@ def test_a_lesion_reaching_past_the_image_says_so_and_export_warns(viewer_2d, qt
     assert len(read_recists(target)) == 2  # written as drawn
     assert any(level == "warning" and "lesion(s) 1 have an endpoint outside 'ct'" in text
                for level, text in notifications)
+
+
+def test_importing_onto_an_image_in_pixels_claims_no_pixel_size_for_it(
+        make_napari_viewer, qtbot, tmp_path, monkeypatch, notifications):
+    """A stack of slices of several pixel sizes is shown in pixels: lines imported onto it
+    keep their own mm sizes, with no warning that they differ from a 1 mm image."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 48, 64), np.float32), name="key slices")
+    source = tmp_path / "drawn.csv"
+    write_recists(source, RecistTable([Recist([[5, 5], [5, 25]], [[0, 15], [10, 15]],
+                                              (0.8, 0.8))], slices=[1]))
+    widget = _widget(viewer)
+    monkeypatch.setattr(QFileDialog, "getOpenFileName",
+                        staticmethod(lambda *a, **k: (str(source), "")))
+    qtbot.mouseClick(widget.import_button, LEFT)
+    assert widget.recist_layer().nshapes == 2
+    assert not [t for level, t in notifications if "differs from the image" in t]
+
+    # On an image in mm of another size, the difference is still pointed out.
+    viewer.add_image(np.zeros((3, 48, 64), np.float32), name="scan", scale=(2.0, 0.5, 0.5),
+                     units=("mm", "mm", "mm"))
+    widget.image_combo.setCurrentIndex(widget.image_combo.findText("scan"))
+    qtbot.mouseClick(widget.import_button, LEFT)
+    assert [t for level, t in notifications if "0.8 x 0.8 mm differs from the image's" in t]

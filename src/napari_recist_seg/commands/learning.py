@@ -49,7 +49,8 @@ class TrainingBars:
             val = event.val or {}
             self._bar.write(
                 f"  {kind} epoch {event.epoch}/{event.epochs}: val loss {val.get('loss', 0):.4g}"
-                f", val Dice {val.get('dice', 0):.4f}, best epoch {event.best_epoch}"
+                f", val Dice (against the pseudo-masks) {val.get('dice', 0):.4f}, best epoch "
+                f"{event.best_epoch}"
             )
         elif event.kind in ("finished", "stopped"):
             self._bar.write(f"  {kind}: {event.message}; checkpoint {event.checkpoint}")

@@ -58,7 +58,7 @@ class CurveFigure:
             ax.tick_params(labelsize=7)
         self.loss_axes.set_ylabel("loss", fontsize=8)
         self.loss_axes.set_title("seg (solid), group (dashed); dots: epoch means", fontsize=8)
-        self.dice_axes.set_ylabel("val. Dice", fontsize=8)
+        self.dice_axes.set_ylabel("val. Dice\n(vs pseudo-masks)", fontsize=8)
         self.dice_axes.set_xlabel("epoch", fontsize=8)
         self.dice_axes.set_ylim(0, 1)
 

@@ -654,9 +654,11 @@ class RecistWidget(RecistLayerAccess, QWidget):
         data, kwargs, kind = layer_tuple
         if image is not None and image.ndim == ndim:
             file_spacing = np.asarray(kwargs["scale"])[-2:]
-            if not np.allclose(file_spacing, np.asarray(image.scale)[-2:]) and not np.allclose(
-                file_spacing, 1.0
-            ):
+            # An image in pixels (a stack of slices of several sizes) has no size to differ
+            # from: its lesions keep their own.
+            if (length_unit(image) != PX
+                    and not np.allclose(file_spacing, np.asarray(image.scale)[-2:])
+                    and not np.allclose(file_spacing, 1.0)):
                 notify_warning(
                     f"The RECIST pixel size {_size(file_spacing)} mm differs from the image's "
                     f"{_size(spacing_of(image))} mm; lengths use the image's."

@@ -666,7 +666,8 @@ class TrainingWidget(QWidget):
             self._redraw_if_dirty()
             self.status.setText(
                 f"{KIND_NAMES[kind]}: epoch {e['epoch']}/{e['epochs']}: validation loss "
-                f"{val.get('loss', np.nan):.4g}, Dice {val.get('dice', np.nan):.3f} "
+                f"{val.get('loss', np.nan):.4g}, Dice against the pseudo-masks "
+                f"{val.get('dice', np.nan):.3f} "
                 f"(best epoch {e.get('best_epoch')})"
             )
         elif e["kind"] in ("stopped", "finished"):

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 
 from napari_recist_seg.plugin.model_registry import MODEL_REGISTRY
 from napari_recist_seg.plugin.training_job import TrainingJob, run_training
@@ -415,6 +416,13 @@ def test_the_training_dock_fits_a_laptop_screen_with_its_buttons_in_view(make_na
     assert widget.settings_area.widget().sizeHint().height() > widget.settings_area.minimumHeight()
     assert widget.settings_area.isAncestorOf(widget.form.widget.native)
     assert not widget.settings_area.isAncestorOf(widget.start_button)
+    # The dock is as wide as the form (up to a cap past which the settings scroll sideways).
+    from napari_recist_seg.plugin.widgets.training_widget import SETTINGS_MAX_MIN_WIDTH
+
+    form_width = widget.settings_area.widget().minimumSizeHint().width()
+    assert widget.minimumSizeHint().width() >= min(form_width, SETTINGS_MAX_MIN_WIDTH)
+    assert (widget.settings_area.horizontalScrollBarPolicy()
+            != Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
 
 
 def test_an_unguarded_script_is_told_how_to_guard_itself():

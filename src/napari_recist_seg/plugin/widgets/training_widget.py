@@ -221,6 +221,23 @@ class CurvePlot(QLabel):
 
 # Smallest height of the scrolling data and settings (px): a few rows of the form.
 SETTINGS_MIN_HEIGHT = 240
+#: The most the settings may widen the dock to (px): past it, they scroll sideways.
+SETTINGS_MAX_MIN_WIDTH = 560
+
+
+class _SettingsArea(QScrollArea):
+    """The scrolling settings: as wide as the form they hold (up to
+    ``SETTINGS_MAX_MIN_WIDTH``), so that the dock opens wide enough for every field and
+    button; a dock made narrower scrolls sideways rather than hiding their ends."""
+
+    def minimumSizeHint(self):
+        hint = super().minimumSizeHint()
+        inner = self.widget()
+        if inner is not None:
+            bar = self.verticalScrollBar().sizeHint().width()
+            hint.setWidth(max(hint.width(), min(inner.minimumSizeHint().width() + bar,
+                                                SETTINGS_MAX_MIN_WIDTH)))
+        return hint
 
 
 class TrainingWidget(QWidget):
@@ -368,10 +385,9 @@ class TrainingWidget(QWidget):
         inner.setContentsMargins(0, 0, 0, 0)
         inner.addWidget(source)
         inner.addWidget(options)
-        self.settings_area = QScrollArea()
+        self.settings_area = _SettingsArea()
         self.settings_area.setWidgetResizable(True)
         self.settings_area.setFrameShape(QFrame.Shape.NoFrame)
-        self.settings_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.settings_area.setWidget(settings)
         self.settings_area.setMinimumHeight(SETTINGS_MIN_HEIGHT)
         layout = QVBoxLayout(self)

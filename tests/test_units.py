@@ -68,7 +68,7 @@ def test_lines_drawn_on_a_stack_take_their_slices_pixel_size_and_export(
     assert widget.recist_layer() is shapes
     # A 50 x 30 px lesion drawn on the 0.314 mm slice is 15.7 x 9.4 mm, not 50 x 30.
     draw(shapes, [[1, 5, 5], [1, 5, 55]])
-    draw(shapes, [[1, -10, 30], [1, 20, 30]])
+    draw(shapes, [[1, 0, 30], [1, 30, 30]])
     cells = _cells(widget, 2)
     assert (cells["long (mm)"], cells["short (mm)"], cells["status"]) == ("15.7", "9.4", "ok")
     assert shapes.features["measurement"].tolist()[4] == "15.7 x 9.4 mm"

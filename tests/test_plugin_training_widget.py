@@ -349,8 +349,11 @@ import multiprocessing, sys, time
 from napari_recist_seg.plugin.training_job import TrainingJob
 from napari_recist_seg.plugin.training_process import run_training_in_process
 
+# With curves drawn in the child (as the widget asks), its messages soon fill the pipe.
+plot = (640, 480) if sys.argv[3] == "plot" else None
 job = TrainingJob(kinds=("a1",), out_dir=sys.argv[2], folder=sys.argv[1], input_size=32,
-                  epochs=200, batch_size=2, device="cpu", torch_threads=1)
+                  epochs=200, batch_size=2, device="cpu", torch_threads=1, plot_size=plot,
+                  plot_interval=0.0)
 for kind, payload in run_training_in_process(job):
     if kind == "event" and payload["kind"] == "step":
         (child,) = multiprocessing.active_children()
@@ -370,14 +373,17 @@ def _alive(pid: int) -> bool:
         return fh.read().split(")")[-1].split()[0] != "Z"
 
 
-def test_a_training_process_whose_viewer_died_stops_and_keeps_its_checkpoint(tmp_path):
+@pytest.mark.parametrize("curves", ["plot", "none"])
+def test_a_training_process_whose_viewer_died_stops_and_keeps_its_checkpoint(tmp_path,
+                                                                            curves):
     import signal
 
     from napari_recist_seg.learning.inference import load_model
 
     folder = make_isic_folder(tmp_path / "isic", n=10, size=48)
     parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(folder),
-                               str(tmp_path / "models")], stdout=subprocess.PIPE, text=True)
+                               str(tmp_path / "models"), curves], stdout=subprocess.PIPE,
+                              text=True)
     try:
         child = int(parent.stdout.readline())
     finally:

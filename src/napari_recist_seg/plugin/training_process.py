@@ -57,6 +57,12 @@ def _child_main(job: TrainingJob, messages, stop_event) -> None:
         messages.put(("done", None))
     except BaseException as exc:  # reported to the parent, which raises it there
         messages.put(("error", _describe(exc)))
+    finally:
+        if os.getppid() != parent:
+            # Nobody reads the messages any more. A process exits only once its queued
+            # messages are in the pipe, and with the pipe full (the curves' pictures) it
+            # would wait for ever, holding its memory (GPU memory too).
+            messages.cancel_join_thread()
 
 
 def _plain_reason(text: str) -> str:

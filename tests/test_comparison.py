@@ -80,6 +80,14 @@ def test_collect_inputs_keeps_the_lesions_on_the_volume_slices():
     assert inputs.truth is None
 
 
+def test_collect_inputs_leaves_out_a_lesion_reaching_past_the_image():
+    image = Image(np.zeros(SHAPE, np.float32), name="ct")
+    lines = _recist_lines() + _recist_lines(SHAPE[1] - 4)  # the second runs off the right edge
+    recist = _recist_layer(lines, ids=(0, 0, 1, 1), axes=("long", "short") * 2)
+    inputs = collect_inputs(image, recist, None, [object()])
+    assert [(z, lid) for z, _, lid in inputs.lesions] == [(None, 0)]
+
+
 @pytest.mark.parametrize(("make", "message"), [
     (lambda: (None, None, None, [1]), "no image layer"),
     (lambda: (Image(np.zeros(SHAPE), name="ct"), None, None, []), "tick at least one model"),

@@ -22,6 +22,7 @@ from ..core.metrics import (
     mean_metrics,
     segmentation_metrics,
 )
+from ..core.recist import outside_image
 from .layer_units import grid_mismatch, spacing_of, spatial_shape
 from .model_planes import LayerPlanes, context_of, slice_gap_of
 from .model_registry import load_entry
@@ -138,10 +139,14 @@ def collect_inputs(image, recist=None, truth=None, models=()) -> ComparisonInput
             raise ValueError(
                 f"{recist.name!r} has no complete lesion (a long and a short axis){bad}")
         depth = image.data.shape[0] if image.ndim == 3 else None
+        plane = spatial_shape(image)[-2:]
         for info in valid:
             z = None if depth is None else info.slice
-            # Lines drawn off the volume's slices cannot be predicted.
+            # Lines drawn off the volume's slices, or reaching past the image's edge (the
+            # RECIST widget marks them), cannot be predicted.
             if depth is not None and not (isinstance(z, int) and 0 <= z < depth):
+                continue
+            if outside_image(info.recist, plane):
                 continue
             lesions.append((z, info.recist, int(info.lesion_id)))
     gt = None

@@ -253,12 +253,10 @@ def _groups(args) -> int:
                              f"grouped lesions to another file")
     refuse_existing([out, model_path], args.overwrite)
     table, _ = load_lesions(args.input)
-    known = [table.knows_spacing(i) for i in range(len(table))]
-    if any(known) and not all(known):
+    mixed = table.mixed_units()
+    if mixed:
         # K-means on lengths half in mm and half in pixels would group the lesions by unit.
-        raise ValueError(f"{args.input}: {sum(known)} lesion(s) have a pixel size (lengths in "
-                         f"mm) and {known.count(False)} do not (lengths in px); give the pixel "
-                         f"size of every image (spacing_row, spacing_col) or of none")
+        raise ValueError(f"{args.input}: {mixed}")
     if args.suggest_k:
         best, scores = suggest_k(table.recists, _parse_k_range(args.suggest_k),
                                  features=args.features, seed=args.seed)

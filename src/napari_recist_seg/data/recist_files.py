@@ -158,6 +158,16 @@ class RecistTable:
         """Whether lesion ``i``'s pixel spacing is a true size in mm."""
         return self.spacing_known is None or self.spacing_known[i]
 
+    def mixed_units(self) -> str:
+        """Why the lesions' lengths cannot be compared ("" when they can): some are in mm
+        (their pixel size is known) and others in px."""
+        known = [self.knows_spacing(i) for i in range(len(self))]
+        if not any(known) or all(known):
+            return ""
+        return (f"{sum(known)} lesion(s) have a pixel size (lengths in mm) and "
+                f"{known.count(False)} do not (lengths in px); give the pixel size of every "
+                f"image (spacing_row, spacing_col) or of none")
+
 
 def _as_int(value, what: str) -> int:
     if isinstance(value, np.generic):

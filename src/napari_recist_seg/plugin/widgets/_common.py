@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 from qtpy.QtCore import QEvent, Signal
 from qtpy.QtWidgets import QComboBox
 
@@ -38,8 +39,6 @@ def show_lines(viewer, layer, lines, centre=None) -> None:
     ``centre`` is a point in the layer's data coordinates (default: the lines' mean
     vertex).
     """
-    import numpy as np
-
     lines = sorted(int(i) for i in lines)
     viewer.layers.selection.active = layer
     if layer.mode not in ("select", "direct"):

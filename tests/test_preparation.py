@@ -112,7 +112,8 @@ def test_whole_images_sets(fits):
 def test_default_and_oversized_k(fits):
     images, recists = dermoscopy()
     assert prepare_whole_images(images, recists, size=INPUT).grouping.k == 2
-    data = prepare_whole_images(images, recists, size=INPUT, k=50)
+    with pytest.warns(UserWarning, match=r"k=50 groups is more than the \d+ training lesions"):
+        data = prepare_whole_images(images, recists, size=INPUT, k=50)
     assert data.grouping.k == len(data.train_set)  # at most one group a lesion
 
 

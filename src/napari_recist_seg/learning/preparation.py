@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -92,8 +93,15 @@ class PreparedData:
 
 def _fit_groups(recists, train_idx, k, features, seed) -> LesionGrouping:
     train_recists = [recists[i] for i in train_idx]
-    k = default_k(len(train_recists)) if k is None else int(k)
-    return group_lesions(train_recists, min(k, len(train_recists)), features=features, seed=seed)
+    n = len(train_recists)
+    k = default_k(n) if k is None else int(k)
+    if k > n:
+        # The training split is a fraction of what the user counted, so the k they chose
+        # can exceed it; say so rather than train with fewer groups than asked.
+        warnings.warn(f"k={k} groups is more than the {n} training lesions (validation "
+                      f"lesions are held out); using k={n}", stacklevel=3)
+        k = n
+    return group_lesions(train_recists, k, features=features, seed=seed)
 
 
 def check_input_size(size) -> int:

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -608,6 +609,26 @@ def test_nan_in_a_float_mask_is_not_lesion(tmp_path):
     iio.imwrite(tmp_path / "m.tif", mask)
     loaded = load_mask(tmp_path / "m.tif")
     assert loaded.sum() == 16 and loaded[6:10, 6:10].all()
+
+
+def test_a_probability_map_read_as_a_mask_is_warned_about(tmp_path):
+    import imageio.v3 as iio
+    import numpy as np
+
+    from napari_recist_seg.data.image_folders import load_mask
+
+    rows, cols = np.mgrid[:64, :64]
+    soft = np.clip(255 - 6 * np.hypot(rows - 32, cols - 32), 0, 255).astype(np.uint8)
+    iio.imwrite(tmp_path / "soft.png", soft)
+    with pytest.warns(UserWarning, match=r"soft\.png: \d+ grey levels in a mask"):
+        assert load_mask(tmp_path / "soft.png").sum() == (soft > 0).sum()
+    labels = np.zeros((64, 64), np.uint8)
+    for i in range(20):  # a label image of 20 lesions is a mask, not a map
+        labels[3 * i:3 * i + 2, 5:9] = i + 1
+    iio.imwrite(tmp_path / "labels.png", labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_mask(tmp_path / "labels.png").sum() == 20 * 8
 
 
 # -- grey image folders ----------------------------------------------------------------------------

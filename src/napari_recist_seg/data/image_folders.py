@@ -25,6 +25,7 @@ __all__ = [
     "load_image",
     "load_mask",
     "load_pair",
+    "SOFT_MASK_LEVELS",
     "read_image_mask_folder",
     "simulate_recists",
 ]
@@ -208,6 +209,11 @@ def load_image(path) -> np.ndarray:
     return np.clip(np.nan_to_num(data) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+#: More distinct nonzero values than this, and a mask is taken for a probability map (a
+#: label image of many lesions has one value a lesion).
+SOFT_MASK_LEVELS = 64
+
+
 def load_mask(path) -> np.ndarray:
     """A lesion mask as a bool ``(H, W)`` array.
 
@@ -215,7 +221,8 @@ def load_mask(path) -> np.ndarray:
     (NaN in a float mask is not).
     JPEG masks are thresholded at half the maximum instead, since lossy compression leaves
     faint nonzero noise around the edge. In colour masks a pixel is lesion if any colour
-    channel is.
+    channel is. A mask of more than ``SOFT_MASK_LEVELS`` grey levels (a probability map) is
+    read the same way, with a warning naming the file.
     """
     path = Path(path)
     m = _imread(path)
@@ -232,7 +239,15 @@ def load_mask(path) -> np.ndarray:
     if path.suffix.lower() in (".jpg", ".jpeg") and m.size:
         top = float(m.max())
         return m > top / 2.0 if top > 0 else np.zeros(m.shape, dtype=bool)
-    return m != 0
+    lesion = m != 0
+    levels = np.unique(m[lesion]).size
+    if levels > SOFT_MASK_LEVELS:
+        # A probability map read as nonzero = lesion covers all its faint margin: every
+        # figure scored on it is wrong, and nothing else would say so.
+        warnings.warn(f"{path}: {levels} grey levels in a mask, read as lesion wherever "
+                      f"nonzero; a probability or soft mask should be thresholded first "
+                      f"(for example at half its maximum)", stacklevel=2)
+    return lesion
 
 
 def load_pair(pair: ImageMaskPair) -> tuple[np.ndarray, np.ndarray]:

@@ -235,6 +235,17 @@ def test_evaluate_refuses_to_replace_a_file_and_names_a_missing_folder(tmp_path,
     assert "--pred " in (err := capsys.readouterr().err) and "no such folder" in err
 
 
+def test_evaluate_of_nifti_volumes_says_it_reads_mask_pictures(tmp_path, capsys):
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    pred.mkdir(), truth.mkdir()
+    (pred / "case_labels.nii.gz").write_bytes(b"")
+    (truth / "case_mask.nii.gz").write_bytes(b"")
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth)]) == 2
+    err = capsys.readouterr().err
+    assert "does not read NIfTI volumes such as case_labels.nii.gz" in err
+    assert "<stem>_slice<z>_mask.png" in err
+
+
 @pytest.mark.parametrize("name", ["report.md", "results.json"])
 def test_benchmark_and_demo_leave_an_earlier_report_alone(tmp_path, capsys, name):
     train_dir = make_isic_folder(tmp_path / "train", n=6, size=32, seed=1)

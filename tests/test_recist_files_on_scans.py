@@ -145,3 +145,31 @@ def test_lesions_drawn_on_a_scan_save_as_a_table_that_trains_as_it_is(make_napar
     (tmp_path / "elsewhere").mkdir()
     napari.save_layers(str(tmp_path / "elsewhere" / "drawn.csv"), [layer], plugin=PLUGIN)
     assert read_recists(tmp_path / "elsewhere" / "drawn.csv").images == ["b.nii.gz"]
+
+
+def test_lines_saved_away_from_their_scan_reopen_on_it(make_napari_viewer, tmp_path, draw,
+                                                       notifications):
+    import napari
+
+    _scans(tmp_path)
+    viewer = make_napari_viewer()
+    scan = viewer.open(str(tmp_path / "b.nii.gz"), plugin=PLUGIN)[0]
+    layer = _recist_widget(viewer).new_recist_layer()
+    draw(layer, [[4, 30, 20], [4, 30, 50]])
+    draw(layer, [[4, 20, 35], [4, 40, 35]])
+    (tmp_path / "elsewhere").mkdir()
+    napari.save_layers(str(tmp_path / "elsewhere" / "drawn.csv"), [layer], plugin=PLUGIN)
+    (reopened,) = viewer.open(str(tmp_path / "elsewhere" / "drawn.csv"), plugin=PLUGIN)
+    # No scan beside the file: the placement saved with the lines puts them on the scan.
+    np.testing.assert_allclose(reopened.scale, scan.scale)
+    np.testing.assert_allclose(reopened.translate, scan.translate)
+    assert tuple(str(u) for u in reopened.units) == tuple(str(u) for u in scan.units)
+    for old, new in zip(layer.data, reopened.data):
+        np.testing.assert_allclose(_world(reopened, new[0]), _world(layer, old[0]), atol=1e-6)
+    assert reopened.features["length_mm"].max() == pytest.approx(30 * 0.7, rel=1e-4)
+    # Saved again, the file keeps one placement (not the reopened layer's copy as well).
+    napari.save_layers(str(tmp_path / "elsewhere" / "again.csv"), [reopened], plugin=PLUGIN)
+    lines = (tmp_path / "elsewhere" / "again.csv").read_text().splitlines()
+    header = next(line for line in lines if not line.startswith("#")).split(",")
+    assert header.count("layer_scale") == 1 and header.count("layer_origin") == 1
+    assert not [text for level, text in notifications if level == "error"]

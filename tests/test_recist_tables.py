@@ -290,6 +290,29 @@ def test_volume_row_without_slice_and_slice_outside(tmp_path):
         read_lesion_table(outside)
 
 
+def test_a_time_series_row_is_refused_as_such(tmp_path):
+    import SimpleITK as sitk
+
+    frames = [sitk.GetImageFromArray(np.zeros((4, 32, 32), np.int16)) for _ in range(2)]
+    sitk.WriteImage(sitk.JoinSeries(frames), str(tmp_path / "t.nii.gz"))
+    path = recist_csv(tmp_path / "l.csv", [("t.nii.gz", 2, (16, 16, 5))])
+    with pytest.raises(ValueError, match=r"row 1.*t.nii.gz is a 4D image \(32 x 32 x 4 x 2 "
+                                         r"voxels\); RECIST rows need a 2D slice or a 3D"):
+        read_lesion_table(path)
+
+
+def test_rows_naming_one_scan_in_two_spellings_share_it(tmp_path):
+    write_nifti(tmp_path / "v.nii.gz", lesions_by_slice={4: [(20, 20, 6), (40, 40, 6)]})
+    path = recist_csv(tmp_path / "l.csv", [("v.nii.gz", 4, (20, 20, 6)),
+                                           ("./v.nii.gz", 4, (40, 40, 6)),
+                                           (".//v.nii.gz", 2, (30, 30, 6))])
+    table = read_lesion_table(path)
+    assert [r.image for r in table.rows] == ["v.nii.gz"] * 3
+    assert table.rows[0].stack == table.rows[1].stack != table.rows[2].stack
+    assert [r.mask_name for r in table.rows] == ["v_slice4_mask.png", "v_slice4_mask.png",
+                                                 "v_slice2_mask.png"]
+
+
 @pytest.mark.parametrize("name", ["../outside.png", "/etc/passwd", "a/../../x.png"])
 def test_image_names_never_leave_the_folder(tmp_path, name):
     (tmp_path / "data").mkdir()

@@ -94,3 +94,25 @@ def test_report_of_older_results_without_comparisons_skips_the_section(tmp_path)
     text = _report(tmp_path, _results(n_seeds=1, with_statistics=False))
     assert "## Test folder `test` (20 images, real masks)" in text
     assert "Paired comparisons" not in text and "Seeds:" not in text
+
+
+def test_empty_masks_are_counted_and_their_stand_in_distances_said(tmp_path):
+    from napari_recist_seg.core.metrics import segmentation_metrics
+    from napari_recist_seg.learning.benchmark import _method_entry
+
+    truth = np.zeros((20, 20), bool)
+    truth[5:12, 6:14] = True
+    found, missed, astray = truth.copy(), np.zeros_like(truth), np.roll(truth, 10, axis=1)
+    # Seed 0 misses one lesion, seed 1 two; a mask beside the lesion is not empty.
+    per_seed = [[segmentation_metrics(p, truth) for p in (found, missed, astray, found)],
+                [segmentation_metrics(p, truth) for p in (missed, missed, found, astray)]]
+    entry = _method_entry(per_seed)
+    assert entry["empty_masks"] == 1.5
+    assert entry["metrics"]["hausdorff"]["mean"] > 0 and len(entry["per_image_dice"]) == 4
+    results = _results(n_seeds=2)
+    results["tests"]["test"]["methods"]["a1"]["empty_masks"] = 1.5
+    text = _report(tmp_path, results)
+    assert ("Empty masks, where the truth is not (mean over seeds): a1 1.5 of 20. Each "
+            "scores Dice 0, its centre error and Hausdorff distances the diagonal") in text
+    del results["tests"]["test"]["methods"]["a1"]["empty_masks"]
+    assert "Empty masks" not in _report(tmp_path, results)

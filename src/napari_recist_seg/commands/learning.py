@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -741,7 +742,13 @@ def _evaluate(args) -> int:
     names, preds, truths = _match_masks(Path(args.pred), Path(args.truth))
     n_preds = sum(1 for f in Path(args.pred).rglob("*.png") if f.is_file())
     if not names:
-        raise ValueError(f"no prediction in {args.pred} matches a mask in {args.truth}")
+        volumes = [f for folder in (args.pred, args.truth) for f in Path(folder).rglob("*")
+                   if f.is_file() and re.search(r"\.nii(\.gz)?$", f.name, re.IGNORECASE)]
+        hint = (f"; evaluate compares 2D mask pictures and does not read NIfTI volumes such "
+                f"as {volumes[0].name} (predict TABLE writes each lesion's slice as "
+                f"<stem>_slice<z>_mask.png beside its label volume: score those against "
+                f"true masks of the same names)" if volumes else "")
+        raise ValueError(f"no prediction in {args.pred} matches a mask in {args.truth}{hint}")
     rows, empty = [], 0
     for name in progress(names, "scoring", unit="image"):
         p, t = load_mask(preds[name]), load_mask(truths[name])

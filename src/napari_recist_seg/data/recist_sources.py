@@ -216,6 +216,7 @@ def _read_volume_planes(path: str, planes) -> np.ndarray:
         reader.ReadImageInformation()
         size = list(reader.GetSize())
         lo, hi = min(planes), max(planes)
+        _refuse_time_series(size, path)
         if len(size) == 3:
             # Only the slices needed: ITK streams them from formats that allow it.
             reader.SetExtractIndex([0, 0, int(lo)])
@@ -589,6 +590,7 @@ def _volume_info(path: Path, where: str) -> _VolumeInfo:
         reader = _header(str(path))
         size = reader.GetSize()
         spacing = reader.GetSpacing()
+        _refuse_time_series(size, path, where)
         if len(size) == 2:
             return _VolumeInfo("volume", 1, (1.0, float(spacing[1]), float(spacing[0])),
                                (int(size[1]), int(size[0])))
@@ -597,6 +599,13 @@ def _volume_info(path: Path, where: str) -> _VolumeInfo:
                            (int(size[1]), int(size[0])))
     except RuntimeError as exc:
         raise ValueError(f"{where}: cannot read {path} ({itk_message(exc)})") from None
+
+
+def _refuse_time_series(size, path, where: str = "") -> None:
+    if len(size) > 3:
+        raise ValueError(f"{where + ': ' if where else ''}{path} is a {len(size)}D image "
+                         f"({' x '.join(map(str, size))} voxels); RECIST rows need a 2D "
+                         f"slice or a 3D volume")
 
 
 def _header(path: str):
@@ -747,20 +756,26 @@ def _read_recist_table(path: Path, images, neighbours: int, gap: float,
             raise ValueError(f"{path}: rows mix colour images and 16-bit grey (CT) images, "
                              f"e.g. {deep[0]!r}: use one kind per table")
 
+    # Rows naming one file in two spellings ("a.nii.gz", "./a.nii.gz") are one scan: they
+    # share its first spelling, which keys its slices, outputs and mask names.
+    spelling: dict[Path, str] = {}
+    names = [spelling.setdefault(Path(p[1]).resolve(), table.images[i])
+             for i, p in enumerate(plan)]
     stacks: list[SliceStack] = []
     by_key: dict[tuple, int] = {}
     rows = []
-    mask_names = _mask_names([(table.images[i], p[2], p[0]) for i, p in enumerate(plan)])
+    mask_names = _mask_names([(names[i], p[2], p[0]) for i, p in enumerate(plan)])
     for i, (kind, file, slc, recist, known) in enumerate(plan):
-        name = table.images[i]
+        name = names[i]
         key = (name, slc)
         if key not in by_key:
             by_key[key] = len(stacks)
             if kind == "image":
                 stacks.append(SliceStack("image", (str(file),), colour=use_colour,
-                                         shape=probes[name][2]))
+                                         shape=probes[table.images[i]][2]))
             else:
-                stacks.append(_volume_stack(file, probes[name][0], slc, neighbours, gap))
+                stacks.append(_volume_stack(file, probes[table.images[i]][0], slc,
+                                            neighbours, gap))
         shape = stacks[by_key[key]].shape
         problem = outside_image(recist, shape, repr(name)) if shape is not None else ""
         if problem:

@@ -166,6 +166,19 @@ def _aggregate(per_seed: list[list[dict]]) -> dict:
     }
 
 
+def _method_entry(per_seed: list[list[dict]]) -> dict:
+    """One method's results on one test set: metrics, per-image Dice, seeds, and how many
+    of its masks were empty where the truth is not (mean over seeds)."""
+    # Exactly one of the two masks empty is the one case where the volume similarity is 0.
+    empty = [sum(1 for d in rows if d["vs"] == 0 and d["dice"] == 0) for rows in per_seed]
+    return {
+        "metrics": _aggregate(per_seed),
+        "per_image_dice": json_floats(per_image_means(per_seed)),
+        "seeds": seed_summary(per_seed),
+        "empty_masks": float(np.mean(empty)),
+    }
+
+
 REPORT_FILES = ("results.json", "report.md")
 
 
@@ -295,11 +308,7 @@ def run_benchmark(
             ]
             examples[test.name][method] = drawn[: config.examples]
         for method, per_seed in scores[test.name].items():
-            results["tests"][test.name]["methods"][method] = {
-                "metrics": _aggregate(per_seed),
-                "per_image_dice": json_floats(per_image_means(per_seed)),
-                "seeds": seed_summary(per_seed),
-            }
+            results["tests"][test.name]["methods"][method] = _method_entry(per_seed)
         results["tests"][test.name]["comparisons"] = compare_methods(
             scores[test.name], default_pairs(list(scores[test.name])))
     _average_seeds(results)
@@ -707,11 +716,7 @@ def run_table_benchmark(
             test_masks.append(_own_truth(truths, r)[box])
         tests = [_TableTest(name, [r.image for _, r in order], test_images, test_masks)]
         for method, per_seed in scores.items():
-            results["tests"][name]["methods"][method] = {
-                "metrics": _aggregate(per_seed),
-                "per_image_dice": json_floats(per_image_means(per_seed)),
-                "seeds": seed_summary(per_seed),
-            }
+            results["tests"][name]["methods"][method] = _method_entry(per_seed)
         results["tests"][name]["comparisons"] = compare_methods(
             scores, default_pairs(list(scores)))
     _average_seeds(results)

@@ -263,6 +263,21 @@ def _teacher_lines(results: dict) -> list[str]:
     return lines
 
 
+def _empty_mask_lines(block: dict) -> list[str]:
+    """A note under a metric table naming the methods that found no lesion in some images,
+    whose distances are then worst-case stand-ins rather than measured."""
+    counts = [(method, entry.get("empty_masks") or 0)
+              for method, entry in block["methods"].items()]
+    counts = [(method, n) for method, n in counts if n > 0]
+    if not counts:
+        return []
+    words = ", ".join(f"{method} {n:g}" for method, n in counts)
+    return ["", f"Empty masks, where the truth is not (mean over seeds): {words} of "
+                f"{block['n_test']}. Each scores Dice 0, its centre error and Hausdorff "
+                f"distances the diagonal of the image or patch scored, and its orientation "
+                f"error 90°: worst-case values, so that the means stay defined."]
+
+
 def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
     """Write ``report.md`` with metric tables, training figures and overlays."""
     out = Path(out_dir)
@@ -343,6 +358,7 @@ def write_report(out_dir, results: dict, tests, examples: dict) -> Path:
                           else 1) for key, _, d in _TABLE_METRICS]
             label = method if method in results["training"] else f"{method} (pseudo-mask)"
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += _empty_mask_lines(block)
         section = _comparison_lines(block, seeds_line)
         if section:
             seeds_line = []  # stated once, in the first section

@@ -17,7 +17,7 @@ import numpy as np
 
 from .layer_units import META_KEY, ct_contrast_limits, units_for
 from .notifications import notify_error, notify_warning
-from .recist_layers import table_layer_tuple
+from .recist_layers import saved_placement, table_layer_tuple
 
 __all__ = ["deeplesion_layers", "get_reader", "read_path"]
 
@@ -142,12 +142,25 @@ def _read_recist_file(path: Path):
             notify_warning(f"{path.name} names {len(groups)} images: its lesions open as one "
                            f"layer in pixels; to place one image's lesions on it, open the "
                            f"image and use Import RECIST file in the RECIST widget.")
-        return [table_layer_tuple(table, name=f"{_stem(path)} RECIST")]
+        placement = {} if groups else _placement(path.parent, None, table)
+        return [table_layer_tuple(table, name=f"{_stem(path)} RECIST", **placement)]
     # One layer per image, on that image's grid when the file beside the table is a scan, so
     # that the lines lie on the scan as napari opens it (its scale and origin).
     return [table_layer_tuple(table.subset(rows), name=f"{_stem(Path(name))} RECIST",
-                              **_scan_placement(path.parent, name, table.slices is not None))
+                              **_placement(path.parent, name, table.subset(rows)))
             for name, rows in groups.items()]
+
+
+def _placement(base: Path, name: str | None, lesions) -> dict:
+    """Where the lesions' lines lie in napari: as the scan ``name`` beside the file is
+    shown, else as the layer they were drawn on was (the file's placement columns), else
+    nothing (the lesions' own pixel size)."""
+    ndim = 3 if lesions.slices is not None else 2
+    placement = _scan_placement(base, name, ndim == 3) if name else {}
+    if not placement:
+        placement = saved_placement(lesions.features, ndim)
+        placement.update(units_for(placement["scale"]) if placement else {})
+    return placement
 
 
 def _scan_placement(base: Path, name: str, stacked: bool) -> dict:

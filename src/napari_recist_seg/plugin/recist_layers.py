@@ -45,6 +45,8 @@ __all__ = [
     "RECIST_DEFAULTS",
     "SPACING_DEFAULTS",
     "describe_layer",
+    "placement_columns",
+    "saved_placement",
     "is_recist_layer",
     "layer_columns",
     "measurement_labels",
@@ -59,8 +61,14 @@ __all__ = [
 ]
 
 
-#: Per-line columns the plugin computes; they are dropped when a layer is written to a file.
-DERIVED_COLUMNS = ("length_mm", "measurement")
+#: A RECIST file's columns holding the scale and origin (mm, napari's axis order, values
+#: separated by spaces) of the layer its lines were drawn on: the lines open on their scan
+#: even where the file is saved away from it.
+LAYER_SCALE_COLUMN = "layer_scale"
+LAYER_ORIGIN_COLUMN = "layer_origin"
+#: Per-line columns the plugin computes (the placement ones from the layer when written);
+#: a layer's own are dropped when it is written to a file.
+DERIVED_COLUMNS = ("length_mm", "measurement", LAYER_SCALE_COLUMN, LAYER_ORIGIN_COLUMN)
 
 
 #: Defaults napari gives new lines: -1 marks a line the pairing has not seen yet.
@@ -210,6 +218,33 @@ def measurement_labels(lesion_ids, axes, lengths, unit: str = "mm") -> list[str]
 #: each carry their own pixel size (``PIXEL_GRID``): it opens in pixels again.
 LAYER_GRID_COLUMN = "layer_grid"
 PIXEL_GRID = "pixels"
+
+
+def placement_columns(scale, translate, n: int) -> dict:
+    """``{LAYER_SCALE_COLUMN: [...], LAYER_ORIGIN_COLUMN: [...]}``, the same ``n`` cells
+    each, for a layer's ``scale`` and ``translate``."""
+    def cells(values):
+        return [" ".join(f"{float(v):.10g}" for v in values)] * n
+
+    return {LAYER_SCALE_COLUMN: cells(scale), LAYER_ORIGIN_COLUMN: cells(translate)}
+
+
+def saved_placement(features, ndim: int) -> dict:
+    """``scale`` and ``translate`` from a RECIST file's placement columns when every row
+    gives the same ``ndim`` finite values with positive scales; else nothing."""
+    found = {}
+    for key, column in (("scale", LAYER_SCALE_COLUMN), ("translate", LAYER_ORIGIN_COLUMN)):
+        cells = {str(c).strip() for c in (features.get(column) or [])}
+        if len(cells) != 1:
+            return {}
+        try:
+            values = tuple(float(v) for v in cells.pop().split())
+        except ValueError:
+            return {}
+        if len(values) != ndim or not np.all(np.isfinite(values)):
+            return {}
+        found[key] = values
+    return found if min(found["scale"]) > 0 else {}
 
 
 def table_layer_tuple(table, name: str, translate=None, scale=None, units=None,

@@ -15,7 +15,7 @@ import numpy as np
 from ..core.annotation import fill_line_spacing
 from .layer_units import META_KEY, pd_numeric
 from .notifications import notify_error, notify_warning
-from .recist_layers import DERIVED_COLUMNS, LAYER_GRID_COLUMN, PIXEL_GRID
+from .recist_layers import DERIVED_COLUMNS, LAYER_GRID_COLUMN, PIXEL_GRID, placement_columns
 
 __all__ = ["write_labels_file", "write_labels_layer", "write_recist_file", "write_recist_layer"]
 
@@ -207,6 +207,8 @@ def write_recist_file(path: str, data, meta: dict) -> str:
         # the stack they were drawn on (the key slices it names are not scans to place
         # them by).
         table.features[LAYER_GRID_COLUMN] = [PIXEL_GRID] * len(table)
+    elif _placed(meta):
+        table.features.update(placement_columns(meta["scale"], meta["translate"], len(table)))
     try:
         return str(write_recists(target, table))
     except OSError as exc:
@@ -238,6 +240,17 @@ def _in_pixels(meta: dict) -> bool:
         return False
     return (all(str(u) in ("pixel", "px") for u in list(units)[-2:])
             and bool(np.allclose(np.asarray(scale, dtype=float)[-2:], 1.0)))
+
+
+def _placed(meta: dict) -> bool:
+    """Whether a layer lies where its lines' pixel size alone would not put it: shifted
+    (a scan's origin) or stacked at a slice spacing other than 1."""
+    scale, translate = meta.get("scale"), meta.get("translate")
+    if scale is None or translate is None:
+        return False
+    scale = np.asarray(scale, dtype=float)
+    return bool(np.any(np.asarray(translate, dtype=float) != 0)
+                or (scale.size == 3 and scale[0] != 1.0))
 
 
 def _missing_or_negative(value) -> bool:

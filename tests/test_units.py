@@ -156,3 +156,14 @@ def test_volume_reader_gives_mm_units(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(tmp_path / "scan.nii.gz"), plugin=PLUGIN)
     assert [str(u) for u in layer.units] == ["millimeter"] * 3
+
+
+def test_a_series_time_axis_is_not_given_mm(make_napari_viewer, tmp_path):
+    import SimpleITK as sitk
+
+    frames = [sitk.GetImageFromArray(np.zeros((3, 6, 5), dtype=np.int16)) for _ in range(2)]
+    sitk.WriteImage(sitk.JoinSeries(frames), str(tmp_path / "series.nii.gz"))
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(tmp_path / "series.nii.gz"), plugin=PLUGIN)
+    assert layer.ndim == 4
+    assert [str(u) for u in layer.units] == ["pixel"] + ["millimeter"] * 3

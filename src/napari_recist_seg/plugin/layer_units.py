@@ -101,7 +101,8 @@ def units_for(scale, spacing_known: bool = True, stacked: bool = False) -> dict:
         False where the scale is not a physical pixel size (then no unit is claimed and
         napari keeps "pixel").
     stacked : bool
-        Whether the leading axes index a stack of separate images rather than a distance.
+        Whether the leading axis indexes a stack of separate images rather than a
+        distance. Axes before (slice, row, col), a series' time, never carry mm.
 
     Returns
     -------
@@ -111,7 +112,8 @@ def units_for(scale, spacing_known: bool = True, stacked: bool = False) -> dict:
     ndim = len(tuple(scale))
     if not spacing_known or ndim < 2:
         return {}
-    lead = ("pixel" if stacked else MM,) * (ndim - 2)
+    # Beyond (slice, row, col), an axis is time or a channel of a series: no length.
+    lead = ("pixel",) * max(0, ndim - 3) + ("pixel" if stacked else MM,) * min(1, ndim - 2)
     return {"units": (*lead, MM, MM)}
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from napari_recist_seg.core.annotation import (
-    MIN_LINE_PX,
     assign_lesions,
     describe_lesions,
+    is_stray_line,
     line_lengths_mm,
     perpendicular_short_axis,
     recists_from_labels,
@@ -70,7 +70,14 @@ def test_a_click_without_a_drag_never_takes_the_place_of_an_axis():
     # The table says what it is.
     infos = describe_lesions([LONG, click, SHORT], [0, 1, 0], ["long", "long", "short"])
     assert infos[0].ok
-    assert infos[1].problem.startswith("a line under 1.5 px long, a click")
+    assert infos[1].problem.startswith("a click rather than a drawn axis")
+    # The line napari's tool leaves on a click, zoomed out: equal steps down and right,
+    # 10 px long. It never pairs either, though an axis as long would.
+    zoomed_out = [[18.0, 30.0], [25.142853, 37.142853]]
+    assert _new([zoomed_out, LONG, SHORT]) == ([0, 1, 1], ["long", "long", "short"])
+    assert _new([LONG, zoomed_out, SHORT]) == ([0, 1, 0], ["long", "long", "short"])
+    tilted = [[18.0, 30.0], [25.142853, 37.2]]  # drawn: steps not equal
+    assert _new([LONG, tilted])[0] == [0, 0]
     # A short axis of 2 px (a small lesion at a coarse zoom) still pairs.
     small_long, small_short = [[50.0, 50.0], [50.0, 54.0]], [[49.0, 52.0], [51.0, 52.0]]
     assert _new([small_long, small_short]) == ([0, 0], ["long", "short"])
@@ -109,7 +116,7 @@ def _pair_by_rule(data):
             j, q = members[0]
             if len(members) != 1 or not flat or q[0, 0] != q[1, 0] or q[0, 0] != p[0, 0]:
                 continue
-            if min(length(p), length(q)) < MIN_LINE_PX:  # a click, not an axis
+            if is_stray_line(p) or is_stray_line(q):  # a click, not an axis
                 continue
             near = segment_distance(p[:, 1:], q[:, 1:]) <= 0.5 * max(length(p), length(q))
             if near and (best is None or j > best[1]):

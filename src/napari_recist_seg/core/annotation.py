@@ -20,10 +20,12 @@ import numpy as np
 from .recist import Recist, recist_from_mask, recists_from_shapes, short_exceeds_long
 
 __all__ = [
+    "CLICK_LINE_MAX_PX",
     "MIN_LINE_PX",
     "LesionInfo",
     "assign_lesions",
     "describe_lesions",
+    "is_stray_line",
     "fill_line_spacing",
     "line_lengths_mm",
     "perpendicular_short_axis",
@@ -36,6 +38,10 @@ _AXES = ("long", "short")
 #: tool leaves one on a click without a drag): they never pair, so they cannot take the
 #: place of the axis drawn next.
 MIN_LINE_PX = 1.5
+#: napari's line tool leaves, on a click, a line from the click to a point the same small
+#: step down and right in both coordinates (a few screen pixels, so up to about ten image
+#: pixels when zoomed out). Lines of that shape up to this long are clicks too.
+CLICK_LINE_MAX_PX = 24.0
 # A length in mm inside a message ("12.5 mm"), to relabel where the pixel size is unknown.
 _MM_IN_TEXT = re.compile(r"(\d) mm\b")
 
@@ -156,6 +162,18 @@ def _pixel_length(line: np.ndarray) -> float:
     return float(np.hypot(*d))
 
 
+def is_stray_line(line) -> bool:
+    """Whether a line is a click rather than a drawn axis: under ``MIN_LINE_PX`` long, or
+    of the shape napari's line tool leaves on a click at any zoom (equal positive steps in
+    row and column, at most ``CLICK_LINE_MAX_PX`` long)."""
+    d = np.asarray(line, dtype=float)[-1, -2:] - np.asarray(line, dtype=float)[0, -2:]
+    length = float(np.hypot(*d))
+    if length < MIN_LINE_PX:
+        return True
+    # The tool adds one step to both float32 coordinates: they agree to rounding only.
+    return bool(d[0] > 0 and abs(d[0] - d[1]) <= 2e-3 and length <= CLICK_LINE_MAX_PX)
+
+
 def _point_segment_distance(p, a, b) -> float:
     d = b - a
     denom = float(d @ d)
@@ -269,13 +287,13 @@ def assign_lesions(
     for lid, lines in members.items():
         if len(lines) == 1:
             (j,) = lines.values()
-            if key_of(j) != "mixed" and _pixel_length(pts[j]) >= MIN_LINE_PX:
+            if key_of(j) != "mixed" and not is_stray_line(pts[j]):
                 waiting.setdefault(key_of(j), {})[lid] = j
 
     for i in pending:
         key = key_of(i)
         partner = None
-        stray = _pixel_length(pts[i]) < MIN_LINE_PX
+        stray = is_stray_line(pts[i])
         for lid, j in waiting.get(key, {}).items() if key != "mixed" and not stray else ():
             # "Near" scales with the lesion: a short axis starts within its long axis' reach.
             reach = 0.5 * max(lengths[i], lengths[j])
@@ -488,9 +506,8 @@ def _describe_one(lid, lines, arrays, sp, tolerance) -> LesionInfo:
         info.problem = "incomplete: no long axis"
     elif info.short_index is None:
         info.problem = "incomplete: draw the short axis"
-        if _pixel_length(arrays[info.long_index]) < MIN_LINE_PX:
-            info.problem = (f"a line under {MIN_LINE_PX:g} px long, a click rather than a "
-                            f"drawn axis: delete it")
+        if is_stray_line(arrays[info.long_index]):
+            info.problem = "a click rather than a drawn axis: delete it"
     else:
         long_pts, short_pts = arrays[info.long_index], arrays[info.short_index]
         info.perpendicularity_error = _perpendicularity(long_pts[:, -2:], short_pts[:, -2:], sp)

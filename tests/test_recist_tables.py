@@ -165,6 +165,28 @@ def test_recist_csv_over_grey_and_colour_pngs_trains_and_predicts(tmp_path, caps
     assert all(r["group"] == "" for r in lesions)
 
 
+def test_a_table_mixing_mm_and_px_is_refused_for_groups_only(tmp_path, capsys):
+    from napari_recist_seg.learning.preparation import prepare_table_for_kinds
+
+    rows = write_png_folder(tmp_path / "imgs", n=6, colour_every=0)
+    table = recist_csv(tmp_path / "lesions.csv", [("imgs/" + n, s, les) for n, s, les in rows])
+    lines = table.read_text().splitlines()
+    for i in (2, 3, 5, 6):  # lesions 0, 1, 3 and 4 are given a pixel size
+        assert lines[i].endswith(",,")
+        lines[i] = lines[i][:-2] + ",0.7,0.7"
+    table.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"4 lesion\(s\) have a pixel size .* 2 do not "
+                                         r"\(lengths in px; rows 3, 6\).*RECIST groups"):
+        prepare_table_for_kinds(table, ["a1", "multitask"], size=32, crop_px=48)
+    assert main(["train", str(table), "--out", str(tmp_path / "runs"), "--models",
+                 "multitask", *TINY]) == 2
+    assert "rows 3, 6" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    # Without a group head the lengths are never compared.
+    prepared = prepare_table_for_kinds(table, ["a1"], size=32, crop_px=48)
+    assert len(prepared["a1"].train_set) + len(prepared["a1"].val_set) == 6
+
+
 def test_recist_csv_over_grey_pngs_gives_one_channel(tmp_path):
     rows = write_png_folder(tmp_path / "imgs", n=4, colour_every=0)
     table = read_lesion_table(recist_csv(tmp_path / "lesions.csv",

@@ -161,12 +161,22 @@ class RecistTable:
     def mixed_units(self) -> str:
         """Why the lesions' lengths cannot be compared ("" when they can): some are in mm
         (their pixel size is known) and others in px."""
-        known = [self.knows_spacing(i) for i in range(len(self))]
-        if not any(known) or all(known):
-            return ""
-        return (f"{sum(known)} lesion(s) have a pixel size (lengths in mm) and "
-                f"{known.count(False)} do not (lengths in px); give the pixel size of every "
-                f"image (spacing_row, spacing_col) or of none")
+        return mixed_units([self.knows_spacing(i) for i in range(len(self))])
+
+
+def mixed_units(known, rows=None) -> str:
+    """Why lesions' lengths cannot be compared ("" when they can): ``known[i]`` says whether
+    lesion ``i``'s pixel size is known (its lengths in mm) or not (in px); ``rows`` are
+    their rows in the file (default 1, 2, ...), the first few without one named."""
+    known = [bool(k) for k in known]
+    if not any(known) or all(known):
+        return ""
+    rows = list(range(1, len(known) + 1)) if rows is None else list(rows)
+    without = [str(r) for r, k in zip(rows, known) if not k]
+    shown = ", ".join(without[:5]) + (", ..." if len(without) > 5 else "")
+    return (f"{sum(known)} lesion(s) have a pixel size (lengths in mm) and "
+            f"{known.count(False)} do not (lengths in px; rows {shown}); give the pixel size "
+            f"of every image (spacing_row, spacing_col) or of none")
 
 
 def _as_int(value, what: str) -> int:

@@ -12,6 +12,7 @@ from ..core.grouping import LesionGrouping, group_lesions
 from ..core.recist import Recist
 from ..core.training_targets import DEFAULT_TARGET
 from ..data.dataset import LesionDataset
+from .model_kinds import model_kind
 
 __all__ = [
     "AUTO_CROP",
@@ -315,6 +316,7 @@ def prepare_from_table(
     augment: bool = False,
     seed: int = 0,
     cache_size: int = 8,
+    refuse_mixed_units: bool = True,
 ) -> PreparedData:
     """Training and validation sets from RECIST rows alone: no mask is read or needed.
 
@@ -348,18 +350,26 @@ def prepare_from_table(
         As in ``prepare_whole_images``.
     cache_size : int
         Key-slice stacks kept in memory by each dataset.
+    refuse_mixed_units : bool
+        Refuse a table where some rows give a pixel size and others do not: the groups
+        would then compare mm with px. Models without a group head can pass False.
 
     Returns
     -------
     PreparedData
         With ``table`` set; its indices are rows of the table.
     """
+    from ..data.recist_files import mixed_units
     from ..data.recist_sources import read_lesion_table
 
     check_input_size(size)
     if window is not None and window != "auto":
         _parse_window(window)  # a bad window fails before any file is listed
     table = read_lesion_table(path, images, neighbours=neighbours, slice_gap_mm=slice_gap_mm)
+    mixed = mixed_units([r.spacing_known for r in table.rows], [r.row for r in table.rows])
+    if mixed and refuse_mixed_units:
+        # K-means on lengths half in mm and half in pixels would group the lesions by unit.
+        raise ValueError(f"{path}: {mixed}; the RECIST groups compare the lesions' lengths")
     train_idx, val_idx = split_table(table, val_fraction, seed)
     recists = table.recists
     grouping = _fit_groups(recists, train_idx, k, features, seed)
@@ -400,6 +410,8 @@ def prepare_table_for_kinds(path, kinds, images=None, *, crop_px=AUTO_CROP,
     for kind in kinds:
         side = crop_px_for(kind, crop_px)
         if side not in by_side:
-            by_side[side] = prepare_from_table(path, images, crop_px=side, **settings)
+            by_side[side] = prepare_from_table(
+                path, images, crop_px=side,
+                refuse_mixed_units=any(model_kind(k).groups for k in kinds), **settings)
         out[kind] = by_side[side]
     return out

@@ -217,6 +217,9 @@ def test_evaluate_leaves_distances_of_empty_predictions_out(tmp_path, capsys):
     assert means["dice"] == pytest.approx((0.6 + 0.0) / 2)
     rows = {r["image"]: r for r in csv.DictReader(out.open())}
     assert rows["b"]["hausdorff"] in ("nan", "") and float(rows["a"]["hausdorff"]) == 4.0
+    # Mask pictures have no pixel size: the distances say they are in px.
+    assert "  centre_error         4.0000 px" in text and "  dice                 0.3000\n" in text
+    assert {r["distance_unit"] for r in rows.values()} == {"px"}
 
 
 def test_evaluate_refuses_to_replace_a_file_and_names_a_missing_folder(tmp_path, capsys):

@@ -528,6 +528,7 @@ def test_benchmark_on_deeplesion_scores_split_three_against_masks(tmp_path, caps
     out = tmp_path / "bench"
     assert main(["benchmark", "--train", str(table), "--out", str(out), "--models", "a1",
                  "--epochs", "1", "--size", "32", "--batch", "2", "--crop", "40"]) == 0
+    assert "test split (3 lesions): mean Dice" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     assert results["n_train"] == 5 and results["scored"]
     block = results["tests"]["test split"]

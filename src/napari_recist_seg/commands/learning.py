@@ -615,7 +615,7 @@ def _predict(args) -> int:
         raise ValueError(f"--out {out} is a file, not a folder")
     rows = []
     # A run that fails half way (an image it cannot segment) leaves no half set of masks.
-    with NewOutputs([out, *{t.parent for t in targets}]) as outputs:
+    with NewOutputs([out, *{t.parent for t in targets}], overwrite=args.overwrite) as outputs:
         for f, stem, target in progress(list(zip(files, stems, targets)), "predicting",
                                         unit="image"):
             recists = by_image.get(f.stem) if args.recists else None
@@ -684,6 +684,8 @@ def _stem_key(path: Path) -> str:
 
 
 _MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+#: Metrics measured as lengths (the perimeter error counts edge pixels).
+_DISTANCE_METRICS = ("centre_error", "perimeter_error", "hausdorff", "hausdorff95")
 
 
 def _match_masks(pred_dir: Path, truth_dir: Path) -> tuple[list, dict, dict]:
@@ -764,12 +766,14 @@ def _evaluate(args) -> int:
         notes.append(f"{empty} empty predictions: their distances are left out of the means")
     print(f"{len(rows)} images" + (f" ({'; '.join(notes)})" if notes else ""))
     for k in METRIC_NAMES:
-        print(f"  {k:20s} {mean[k]:.4f}")
+        # Mask pictures carry no pixel size: distances are in pixels.
+        unit = " px" if k in _DISTANCE_METRICS else ""
+        print(f"  {k:20s} {mean[k]:.4f}{unit}")
     if args.out:
         with atomic_write(Path(args.out), newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=["image", *METRIC_NAMES])
+            w = csv.DictWriter(fh, fieldnames=["image", *METRIC_NAMES, "distance_unit"])
             w.writeheader()
-            w.writerows(rows)
+            w.writerows({**row, "distance_unit": "px"} for row in rows)
         print(f"per-image metrics -> {args.out}")
     return 0
 
@@ -844,8 +848,10 @@ def _configure_benchmark(p) -> None:
 
 
 def _print_summary(results: dict) -> None:
+    # A table's test split is scored lesion by lesion, an image folder image by image.
+    what = "lesions" if results.get("config", {}).get("source") == "table" else "images"
     for name, block in results["tests"].items():
-        print(f"\n{name} ({block['n_test']} images): mean Dice / IoU / HD95")
+        print(f"\n{name} ({block['n_test']} {what}): mean Dice / IoU / HD95")
         for method, entry in block["methods"].items():
             m = entry["metrics"]
             # A spread over seeds means nothing for one seed or a drawn reference row.

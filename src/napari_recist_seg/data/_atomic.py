@@ -118,16 +118,21 @@ def fsync_folder(folder) -> None:
 
 
 class NewOutputs:
-    """The files and folders a run creates, taken away again if it fails or is stopped half
-    way, so that it leaves no half set of outputs: only what was there before (files it was
-    allowed to replace stay replaced).
+    """The files and folders a run writes, kept only when it ends well: a run that fails or
+    is stopped half way leaves exactly what was there before, old files it was allowed to
+    replace included, and a run that another one wrote the same files under meanwhile keeps
+    none of its own.
 
-    Use as ``with NewOutputs(folders) as new:``, calling ``new.file(path)`` before writing
-    each output; ``folders`` are made now and removed on failure if they were not there.
+    Use as ``with NewOutputs(folders, overwrite) as new:``, writing each output to
+    ``new.file(path)``: a hidden file beside ``path`` (with its suffix), moved onto ``path``
+    when the block ends without an error. ``folders`` are made now and removed on failure if
+    they were not there. Without ``overwrite`` (the caller refused existing outputs before
+    starting), an output found at the end was written by another run meanwhile.
     """
 
-    def __init__(self, folders=()):
-        self._files: list[Path] = []
+    def __init__(self, folders=(), overwrite: bool = False):
+        self._overwrite = bool(overwrite)
+        self._files: list[tuple[Path, Path]] = []  # (staged, final)
         folders = [Path(p) for p in folders]
         missing = set()
         for path in folders:
@@ -144,23 +149,36 @@ class NewOutputs:
                                  f"{exc.strerror or exc}") from None
 
     def file(self, path) -> Path:
-        """``path``, remembered if it does not exist yet (so a failure takes it away)."""
+        """Where to write the output ``path`` now: a hidden file beside it, ending as it does
+        (so that a writer choosing its format by suffix still does), moved onto ``path`` at
+        the end."""
         path = Path(path)
-        if not path.exists():
-            self._files.append(path)
-        return path
+        staged = path.with_name(f".partial-{os.getpid()}-{len(self._files)}-{path.name}")
+        self._files.append((staged, path))
+        return staged
 
     def __enter__(self) -> NewOutputs:
         return self
 
     def __exit__(self, kind, value, traceback) -> bool:
-        if kind is not None:
-            for path in self._files:
-                with contextlib.suppress(OSError):
-                    path.unlink(missing_ok=True)
-            for folder in self._folders:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()  # only when empty
+        if kind is None:
+            # Written meanwhile by another run into the same folder: keeping ours would mix
+            # the two runs' outputs.
+            raced = [] if self._overwrite else [
+                final for _, final in self._files if final.exists() or final.is_symlink()]
+            if not raced:
+                for staged, final in self._files:
+                    os.replace(staged, final)
+                return False
+        for staged, _ in self._files:
+            with contextlib.suppress(OSError):
+                staged.unlink(missing_ok=True)
+        for folder in self._folders:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+        if kind is None:
+            raise ValueError(f"{raced[0]} was written by another run while this one ran; "
+                             f"nothing of this run was kept")
         return False
 
 

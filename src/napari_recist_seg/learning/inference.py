@@ -549,7 +549,8 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
                              f"replace existing files (nothing was written)")
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file, not a folder")
-    outputs = NewOutputs([out, *{t.parent for t in [*targets.values(), *volumes.values()]}])
+    outputs = NewOutputs([out, *{t.parent for t in [*targets.values(), *volumes.values()]}],
+                         overwrite=overwrite)
 
     records: dict[int, dict] = {}
     written = []
@@ -581,14 +582,14 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
                               "mask": r.mask_name,
                               **_measure(lesion, r.recist.spacing, r.spacing_known),
                               "group": "" if group is None else group}
-            target = outputs.file(targets[s])
-            _write_png(target, union)
-            written.append(target)
+            _write_png(outputs.file(targets[s]), union)
+            written.append(targets[s])
         label_images = []
         for key, labels in volume_labels.items():
-            label_images.append(labels.write(outputs.file(volumes[key])))
+            labels.write(outputs.file(volumes[key]))
+            label_images.append(volumes[key])
         lesions = [records[i] for i, _ in rows]
-        with atomic_write(lesions_csv, newline="") as fh:
+        with atomic_write(outputs.file(lesions_csv), newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(LESION_COLUMNS))
             w.writeheader()
             w.writerows(lesions)

@@ -259,3 +259,17 @@ def test_progress_in_a_log_file_is_a_few_whole_lines(capsys):
     assert "\r" not in err
     lines = err.splitlines()
     assert 1 <= len(lines) <= 3 and lines[-1].startswith("counting: 100%")
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["groups", "--help"]])
+def test_the_command_starts_without_the_learning_layer_when_it_needs_none(argv):
+    # A scripted call on a shared server should not pay seconds of torch import for a
+    # version string or a geometry command's help.
+    import subprocess
+    import sys
+
+    code = (f"import sys\nfrom napari_recist_seg.cli import main\ntry:\n    main({argv!r})\n"
+            "except SystemExit:\n    pass\nprint('torch loaded:', 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "torch loaded: False" in out

@@ -223,6 +223,27 @@ def test_malformed_row_names_row_and_column(tmp_path, column, value):
         read_deeplesion(root)
 
 
+def test_a_row_short_of_fields_is_named_as_such(tmp_path):
+    root = _tree(tmp_path, [_row("000001_01_01_105.png", GOOD)])
+    lines = (root / "DL_info.csv").read_text().splitlines()
+    fields = next(csv.reader([lines[1]]))
+    cut = ",".join(f'"{f}"' for f in fields[:-2])  # the last two fields left out
+    (root / "DL_info.csv").write_text("\n".join([lines[0], cut]) + "\n")
+    with pytest.raises(ValueError, match=rf"row 1 \(line 2\) has {len(fields) - 2} fields but "
+                                         rf"the header has {len(fields)}: "
+                                         rf"{HEADER[-2]}, {HEADER[-1]} missing"):
+        read_deeplesion(root)
+
+
+def test_a_repeated_row_is_warned_about_with_both_rows(tmp_path):
+    rows = [_row("000001_01_01_105.png", GOOD), _row("000001_01_01_106.png", GOOD),
+            _row("000001_01_01_105.png", GOOD)]
+    root = _tree(tmp_path, rows)
+    with pytest.warns(UserWarning, match=r"1 row\(s\) repeat another row's measurement on the "
+                                         r"same slice \(rows 1 and 3\)"):
+        assert len(read_deeplesion(root)) == 3
+
+
 def test_missing_columns_listed(tmp_path):
     header = [h for h in HEADER if h not in ("Spacing_mm_px_", "DICOM_windows")]
     root = tmp_path / "dl"
@@ -269,7 +290,12 @@ def test_8bit_flat_folder(tmp_path):
     a, b = read_deeplesion(root)
     assert a.image_path.name == "000003_01_01_010.png"
     assert b.image_path.name == "000004_01_01_020.jpg"
-    hu = read_deeplesion_slice(a)
+    from napari_recist_seg.data import deeplesion
+
+    deeplesion._SAID[0] = False
+    with pytest.warns(UserWarning, match=r"000003_01_01_010.png: 8-bit slices are read as HU "
+                                         r"-1024 to 3071 spread evenly over 0-255"):
+        hu = read_deeplesion_slice(a)
     np.testing.assert_allclose(hu, grey.astype(np.float32) / 255 * 4095 - 1024, atol=1e-3)
     assert hu.min() == -1024
     hu = read_deeplesion_slice(b)

@@ -227,6 +227,27 @@ def _stop(how: str) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def test_a_stopped_run_of_several_models_names_those_not_started(tmp_path, capsys,
+                                                                  monkeypatch):
+    from napari_recist_seg.commands import learning as commands
+
+    data = make_isic_folder(tmp_path / "data", n=10, size=48)
+    real = commands.TrainingBars.__call__
+
+    def stop_on_first_step(self, kind, seed, event):
+        real(self, kind, seed, event)
+        if event.kind == "step":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands.TrainingBars, "__call__", stop_on_first_step)
+    assert main(["train", str(data), "--out", str(tmp_path / "runs"), "--models",
+                 "a1,coseg,multitask", "--size", "32", "--epochs", "1", "--batch", "4",
+                 "--k", "2"]) == 130
+    err = capsys.readouterr().err
+    assert "continue with: --models a1 --resume" in err
+    assert "not started: coseg, multitask (then: --models coseg,multitask)" in err
+
+
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
 def test_cli_ctrl_c_or_sigterm_saves_last_and_exits_130(tmp_path, capsys, monkeypatch, how):
     from napari_recist_seg.commands import learning as commands

@@ -23,8 +23,10 @@ def command(name: str, help: str, configure=None):
     return decorate
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every registered subcommand."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand; with ``only``, the options of
+    that subcommand alone are added (the others keep their one-line help), since reading
+    some options' defaults imports the learning layer, seconds a call."""
     parser = argparse.ArgumentParser(
         prog="recist-seg",
         description=(
@@ -38,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.subcommands = {}
     for name, (func, help_text, configure) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        if configure is not None:
+        if configure is not None and only in (None, name):
             configure(p)
         p.set_defaults(_run=func)
         parser.subcommands[name] = p
@@ -50,8 +52,10 @@ def main(argv=None) -> int:
     from . import commands  # noqa: F401  (registers the subcommands)
     from .learning.run_folders import RunFolderBusy
 
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    # The subcommand comes first (recist-seg COMMAND ...); --version and --help need none.
+    parser = build_parser(only=given[0] if given and given[0] in _COMMANDS else "")
+    args, unknown = parser.parse_known_args(given)
     if unknown:
         # Said with the subcommand's usage, which lists the options it does take.
         where = parser.subcommands.get(getattr(args, "command", None), parser)

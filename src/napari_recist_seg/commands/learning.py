@@ -388,9 +388,12 @@ def _train(args) -> int:
             from ..learning.devices import is_main_process
 
             if is_main_process():  # under torchrun every process stops at this step
+                left = list(models)[list(models).index(kind) + 1:]
+                then = (f"\n  not started: {', '.join(left)} (then: --models "
+                        f"{','.join(left)})" if left else "")
                 print(f"recist-seg train: interrupted; {kind} saved at epoch {saved.epoch}, "
                       f"step {saved.step} in {saved.checkpoint}\n  continue with: --models "
-                      f"{kind} --resume {saved.checkpoint}", file=sys.stderr)
+                      f"{kind} --resume {saved.checkpoint}{then}", file=sys.stderr)
             return 130
     bars.close()
     return 0

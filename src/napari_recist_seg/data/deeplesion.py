@@ -509,6 +509,15 @@ def read_deeplesion(
                         f"{csv_path}: row {i} (line {reader.line_num}) has more fields than "
                         "the header"
                     )
+                short = [c for c, v in row.items() if v is None]
+                if short:
+                    # csv fills a short row's missing fields with None: say so, rather than
+                    # call the first of them "not a number".
+                    raise ValueError(
+                        f"{csv_path}: row {i} (line {reader.line_num}) has "
+                        f"{len(row) - len(short)} fields but the header has {len(row)}: "
+                        f"{', '.join(short[:3])}{', ...' if len(short) > 3 else ''} missing"
+                    )
                 try:
                     record = _parse_row(
                         row, neighbours, float(slice_gap_mm), i, max_perpendicularity_error
@@ -583,9 +592,37 @@ def read_deeplesion(
             f"First: {first}",
             stacklevel=2,
         )
+    repeats = _repeated_rows(records)
+    if repeats:
+        shown = ", ".join(f"{a} and {b}" for a, b in repeats[:_LIST_MAX]) + (
+            ", ..." if len(repeats) > _LIST_MAX else "")
+        warnings.warn(
+            f"{csv_path.name}: {len(repeats)} row(s) repeat another row's measurement on the "
+            f"same slice (rows {shown}); each counts as a lesion of its own",
+            stacklevel=2,
+        )
     if return_skipped:
         return records, skipped
     return records
+
+
+def _repeated_rows(records) -> list[tuple[int, int]]:
+    """(first row, repeating row) for rows measuring the same lesion of the same slice
+    again: a copy-paste or two exports merged."""
+    first: dict[tuple, int] = {}
+    repeats = []
+    for rec in records:
+        r = rec.recist
+        key = (rec.file_name, tuple(np.round(np.concatenate(
+            [r.long_axis.ravel(), r.short_axis.ravel()]), 3)))
+        if key in first:
+            repeats.append((first[key], rec.csv_row))
+        else:
+            first[key] = rec.csv_row
+    return repeats
+
+
+_SAID = [False]  # whether this process was told how 8-bit slices are read
 
 
 def _decode_hu(path: Path, encoding: str) -> np.ndarray:
@@ -604,6 +641,14 @@ def _decode_hu(path: Path, encoding: str) -> np.ndarray:
     kind = encoding
     if kind == "auto":
         kind = "8bit" if img.dtype == np.uint8 else "16bit"
+        if kind == "8bit" and not _SAID[0]:
+            # Once a run: a series saved after a display window reads with wrong HU, and
+            # nothing in its pixels says so.
+            _SAID[0] = True
+            warnings.warn(f"{path}: 8-bit slices are read as HU {_HU8_LO:g} to {_HU8_HI:g} "
+                          f"spread evenly over 0-255 (DeepLesion's own PNGs are 16-bit, HU + "
+                          f"32768); slices saved after a display window read with wrong HU",
+                          stacklevel=2)
     if kind == "16bit":
         if img.dtype == np.uint8:
             raise ValueError(f"{path}: 8-bit image, but a 16-bit (HU + 32768) PNG was expected")

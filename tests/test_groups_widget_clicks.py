@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from qtpy.QtCore import QPoint, Qt
 
 from napari_recist_seg.core.recist import Recist, recists_to_shapes
@@ -151,19 +152,41 @@ def test_closing_the_dock_removes_the_preview_it_no_longer_follows(make_napari_v
                (lyr.name for lyr in viewer.layers))
 
 
-def test_removing_the_image_stops_the_preview_and_says_so(make_napari_viewer, ct_image,
-                                                          qtbot):
+def _previewing(make_napari_viewer, ct_image, qtbot):
+    """A CT image in mm, its RECIST layer and the Groups dock showing their pseudo-masks:
+    (viewer, image, RECIST layer, widget)."""
     viewer = make_napari_viewer(show=True)
-    viewer.add_image(ct_image, name="ct", scale=(0.5, 0.8), units=("mm", "mm"))
-    _add(viewer, _lesions(), "lesions")
+    image = viewer.add_image(ct_image, name="ct", scale=(0.5, 0.8), units=("mm", "mm"))
+    layer = _add(viewer, _lesions(), "lesions")
     widget = _widget(viewer)
     widget.image_combo.setCurrentIndex(widget.image_combo.findText("ct"))
     qtbot.mouseClick(widget.preview_button, LEFT)
     qtbot.waitUntil(lambda: widget.preview_layer is not None, timeout=10000)
+    return viewer, image, layer, widget
+
+
+@pytest.mark.parametrize("renamed", [False, True])
+def test_removing_the_image_stops_the_preview_and_says_so(make_napari_viewer, ct_image,
+                                                          qtbot, renamed):
+    viewer, image, _layer, widget = _previewing(make_napari_viewer, ct_image, qtbot)
     preview = widget.preview_layer
-    viewer.layers.remove("ct")
+    if renamed:  # the preview knows its image, not just the name it had
+        image.name = "ct renamed"
+    viewer.layers.remove(image)
     assert preview not in viewer.layers and not widget.preview_button.isChecked()
-    assert "stopped: its image 'ct' was removed" in widget.status.text()
+    assert f"stopped: its image {image.name!r} was removed" in widget.status.text()
+
+
+def test_a_preview_that_cannot_follow_an_edit_stops_and_says_why(make_napari_viewer,
+                                                                 ct_image, qtbot):
+    _viewer, image, layer, widget = _previewing(make_napari_viewer, ct_image, qtbot)
+    # The picture's pixel size set after drawing: the lines now lie on another grid.
+    image.scale = (0.02, 0.02)
+    layer.data = [np.asarray(d) + 1.0 for d in layer.data]
+    qtbot.waitUntil(lambda: not widget.preview_button.isChecked(), timeout=10000)
+    assert widget.preview_layer is None
+    assert widget.status.text().startswith("Pseudo-mask preview stopped: ")
+    assert "grid" in widget.status.text()
 
 
 def test_preview_follows_the_chosen_image_and_stops_with_its_recist_layer(

@@ -361,7 +361,9 @@ def test_combo_choices_image_and_ground_truth(make_napari_viewer, qtbot, tmp_pat
     _stub("a1", RampModel(), tmp_path / "ramp")
     widget = _widget(viewer)
     image_combo = widget.image_combo
-    assert image_combo.layer().name == "other"  # the topmost image comes first
+    # The image that has RECIST lines comes first (with them), not the topmost one.
+    assert image_combo.layer().name == "CT phantom"
+    assert widget.recist_combo.layer().name == "CT phantom RECIST"
     image_combo.setCurrentIndex([image_combo.itemText(i) for i in range(image_combo.count())]
                                 .index("CT phantom"))
     # Without a ground truth: a contour but no metrics.
@@ -564,3 +566,55 @@ def test_side_by_side_shows_only_the_last_prediction_of_the_image(make_napari_vi
     shown = [layer for layer in viewer.layers if layer.visible]
     assert [layer.name for layer in shown] == ["other", prediction_name("A1")]
     assert shown[0] is other
+
+
+def test_a_renamed_result_is_kept_and_a_reused_one_takes_its_new_name(make_napari_viewer,
+                                                                       qtbot, tmp_path):
+    viewer = _ct_viewer(make_napari_viewer)
+    other = viewer.add_image(np.zeros((40, 50), np.float32), name="other")
+    _stub("a1", RampModel(), tmp_path / "ramp")
+    widget = _widget(viewer)
+    widget.image_combo.set_layer(viewer.layers["CT phantom"])
+    widget.gt_combo.set_layer(None)
+    _click_predict(widget, qtbot)
+    first = viewer.layers[prediction_name("A1")]
+    first.name = "CT result to keep"
+    kept = np.array(first.data)
+    widget.image_combo.set_layer(other)
+    _click_predict(widget, qtbot)
+    # The renamed layer is the user's now: untouched; the new image's result is a new layer.
+    assert first in viewer.layers and first.name == "CT result to keep"
+    np.testing.assert_array_equal(first.data, kept)
+    assert viewer.layers[prediction_name("A1")].data.shape == (40, 50)
+    # A result layer the user left alone is reused (under the name it was given).
+    again = viewer.layers[prediction_name("A1")]
+    _click_predict(widget, qtbot)
+    assert viewer.layers[prediction_name("A1")] is again
+
+
+def test_closing_the_dock_while_predicting_adds_nothing(make_napari_viewer, qtbot, tmp_path,
+                                                        monkeypatch):
+    import threading
+
+    from napari_recist_seg.plugin.widgets import compare_widget
+
+    viewer = _ct_viewer(make_napari_viewer)
+    _stub("a1", RampModel(), tmp_path / "ramp")
+    release, real = threading.Event(), compare_widget.predict_models
+
+    def held(*args, **kwargs):
+        release.wait(30)
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(compare_widget, "predict_models", held)
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare models")
+    names = [layer.name for layer in viewer.layers]
+    qtbot.mouseClick(widget.predict_button, LEFT)
+    assert widget._worker is not None
+    worker = widget._worker
+    qtbot.mouseClick(dock.title.close_button, LEFT)  # the dock's own x
+    qtbot.waitUntil(lambda: widget.parent() is None, timeout=5000)
+    with qtbot.waitSignal(worker.finished, timeout=30000):
+        release.set()
+    qtbot.wait(100)
+    assert [layer.name for layer in viewer.layers] == names

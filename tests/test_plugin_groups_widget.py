@@ -240,3 +240,15 @@ def test_plugin_modules_do_not_import_torch():
     code = f"import sys; import {', '.join(modules)}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_plot_reads_alike_diameters_as_plain_numbers(viewer_2d, qtbot):
+    # Three lesions of one short axis and long axes a hair apart: no "1e-5 + 2.0014e1".
+    lesions = [Recist([[10 + 20 * i, 10], [10 + 20 * i, 40 + 1e-4 * i]],
+                      [[5 + 20 * i, 25], [15 + 20 * i, 25]]) for i in range(3)]
+    _add_recist(viewer_2d, lesions)
+    widget = _widget(viewer_2d)
+    widget._draw_plot([i for i in widget.lesions() if i.ok])
+    widget.canvas.draw()
+    for axis in (widget.axes.xaxis, widget.axes.yaxis):
+        assert axis.get_major_formatter().get_offset() == ""

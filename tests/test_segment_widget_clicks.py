@@ -635,15 +635,67 @@ def test_each_scan_is_segmented_with_its_own_recist_layer(make_napari_viewer, qt
     _wait_segmented(qtbot, widget, 1)
     assert _dice(widget.preview_layer.data == 1, masks["neck"]) > 0.5
 
-    # Another scan's RECIST layer, picked by hand, stops the live preview with the reason.
+    # Picking the other scan's RECIST layer picks that scan.
     pick(widget.recist_combo, lines["head"].name)
+    assert widget.image_combo.layer().name == "head"
+    pick(widget.image_combo, "neck")
+    assert widget.recist_combo.layer() is lines["neck"]
+    # Lines no image claims (copied onto the head's grid by hand), picked for the neck, stop
+    # the live preview with the reason.
+    viewer.add_shapes([np.asarray(d) for d in lines["head"].data], shape_type="line",
+                      name="loose lines", scale=lines["head"].scale,
+                      translate=lines["head"].translate, features=lines["head"].features.copy())
+    pick(widget.recist_combo, "loose lines")
+    assert widget.image_combo.layer().name == "neck"
     qtbot.waitUntil(lambda: _idle(widget) and "another grid" in widget.status.text(),
                     timeout=TIMEOUT)
-    assert "the RECIST layer 'head RECIST' lies on another grid than 'neck'" in \
+    assert "the RECIST layer 'loose lines' lies on another grid than 'neck'" in \
         widget.status.text()
     assert widget.preview_layer is None
     click(qtbot, widget.segment_button)
-    assert widget.status.text().startswith("Not segmented: the RECIST layer 'head RECIST'")
+    assert widget.status.text().startswith("Not segmented: the RECIST layer 'loose lines'")
+
+
+def test_pictures_of_one_size_keep_their_own_lesions(make_napari_viewer, qtbot, checkpoints,
+                                                     draw, monkeypatch):
+    # Two pictures on one grid (same size, no pixel size): each widget must pair a picture
+    # with the RECIST layer drawn on it, never with the other's.
+    shape = (96, 96)
+    masks = {"A": _ellipse(shape, (40, 45), 13, 8, 0.4),
+             "B": _ellipse(shape, (55, 50), 11, 7, 2.0)}
+    viewer = make_napari_viewer()
+    for k, (name, mask) in enumerate(masks.items()):
+        viewer.add_image(_ct([mask], shape, seed=30 + k), name=name)
+    annotation = _recist_widget(viewer)
+    pick(annotation.image_combo, "A")
+    click(qtbot, annotation.new_button)
+    lines = {"A": annotation.recist_layer()}
+    _draw_lesion(draw, lines["A"], recist_from_mask(masks["A"]))
+    # Picking B lets go of A's layer; Draw lesion then makes B's own.
+    pick(annotation.image_combo, "B")
+    assert annotation.recist_combo.layer() is None
+    click(qtbot, annotation.draw_button)
+    lines["B"] = annotation.recist_layer()
+    assert lines["B"] is not lines["A"] and lines["B"].name == "B RECIST"
+    _draw_lesion(draw, lines["B"], recist_from_mask(masks["B"]))
+    pick(annotation.image_combo, "A")
+    assert annotation.recist_combo.layer() is lines["A"]
+
+    _dock, groups = viewer.window.add_plugin_dock_widget(PLUGIN, "Groups and pseudo-masks")
+    _dock, compare = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare models")
+    widget = _segment_widget(viewer)
+    for w in (groups, compare, widget):
+        # Opened over both pictures, each starts on one picture with its own lesions.
+        assert w.recist_combo.layer() is lines[w.image_combo.layer().name]
+        pick(w.image_combo, "A")
+        assert w.recist_combo.layer() is lines["A"]
+        pick(w.recist_combo, "B RECIST")
+        assert w.image_combo.layer().name == "B"
+    _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
+    click(qtbot, widget.load_button)
+    _wait_segmented(qtbot, widget, 1)
+    assert widget.preview_layer.name == "B prompted preview"
+    assert _dice(widget.preview_layer.data == 1, masks["B"]) > 0.5
 
 
 def test_a_lesion_reaching_past_the_image_is_left_out_and_named(make_napari_viewer, qtbot,
@@ -660,3 +712,54 @@ def test_a_lesion_reaching_past_the_image_is_left_out_and_named(make_napari_view
                     and widget.rows()[0]["note"] == "", timeout=TIMEOUT)
     assert widget.rows()[1]["note"] == "reaches past the image's edge"
     assert widget.preview_layer.data.any()
+
+
+def test_keep_while_lesions_are_being_segmented_keeps_nothing_and_says_so(
+        make_napari_viewer, qtbot, checkpoints, draw, monkeypatch):
+    import threading
+
+    from napari_recist_seg.learning import inference
+
+    shape = (96, 96)
+    masks = [_ellipse(shape, (35, 35), 12, 8, 0.3), _ellipse(shape, (65, 60), 10, 7, 1.2)]
+    viewer, lines, widget = _one_lesion(make_napari_viewer, qtbot, draw, masks[0], seed=8)
+    _draw_lesion(draw, lines, recist_from_mask(masks[1], spacing=SPACING))
+    # The second lesion's prediction waits until the test lets it go.
+    release, real, calls = threading.Event(), inference.predict_detailed, []
+
+    def held(model, image, recists=None, **kwargs):
+        calls.append(recists)
+        if len(calls) > 1:
+            release.wait(30)
+        return real(model, image, recists, **kwargs)
+
+    monkeypatch.setattr(inference, "predict_detailed", held)
+    _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
+    click(qtbot, widget.load_button)
+    qtbot.waitUntil(lambda: len(calls) == 2, timeout=TIMEOUT)
+    n_layers = len(viewer.layers)
+    click(qtbot, widget.keep_button)
+    assert len(viewer.layers) == n_layers
+    assert widget.status.text().startswith("Not kept: ")
+    assert "still being segmented" in widget.status.text()
+    release.set()
+    _wait_segmented(qtbot, widget, 2)
+    click(qtbot, widget.keep_button)
+    kept = viewer.layers[keep_name("ct")]
+    assert set(np.unique(kept.data)) == {0, 1, 2}
+
+
+def test_a_model_loaded_before_any_image_waits_without_an_error(make_napari_viewer, qtbot,
+                                                                checkpoints, monkeypatch,
+                                                                notifications):
+    viewer = make_napari_viewer()
+    widget = _segment_widget(viewer)
+    _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
+    click(qtbot, widget.load_button)
+    qtbot.waitUntil(lambda: _idle(widget) and widget.model_entry() is not None,
+                    timeout=TIMEOUT)
+    assert "there is no image layer" in widget.status.text()
+    assert not [text for level, text in notifications if level == "error"]
+    # Pressed by the user, Segment still says it out loud.
+    click(qtbot, widget.segment_button)
+    assert [text for level, text in notifications if level == "error"]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
+from napari.layers import Image
 from qtpy.QtCore import QEvent, Signal
 from qtpy.QtWidgets import QComboBox
 
 from ..layer_units import (
+    META_KEY,
     MM,
     grid_mismatch,
     length_unit,
@@ -21,9 +24,9 @@ from ..recist_layers import is_recist_layer, sync_after_edit
 # Data events that end an edit; napari also reports the moves of a vertex being dragged.
 _SETTLED = ("added", "removed", "changed")
 
-__all__ = ["Connections", "LayerCombo", "add_under_lines", "enable_if_alive", "follow_image",
-           "is_settled_edit", "recist_preference", "show_lines", "start_model_load",
-           "undocked", "viewer_camera"]
+__all__ = ["Connections", "LayerCombo", "add_under_lines", "drawn_for", "enable_if_alive",
+           "follow_image", "follow_lines", "is_settled_edit", "recist_preference",
+           "show_lines", "source_file", "start_model_load", "undocked", "viewer_camera"]
 
 
 def viewer_camera(viewer):
@@ -197,6 +200,11 @@ class LayerCombo(QComboBox):
         """The layers offered, in the viewer's order (the topmost last)."""
         return [layer for layer in self._layers if layer is not None]
 
+    @property
+    def viewer(self):
+        """The viewer whose layers are offered."""
+        return self._viewer
+
     def set_layer(self, layer) -> None:
         """Choose ``layer`` (refreshing the list first, so a just-added layer is there)."""
         layer = unproxied(layer)
@@ -262,37 +270,91 @@ def add_under_lines(viewer, new, lines) -> None:
         viewer.add_layer(new)
 
 
-def recist_preference(image_of):
-    """``prefer`` of a RECIST layer picker: RECIST layers on the chosen image's grid first.
+def source_file(layer) -> str | None:
+    """The file (or DICOM folder) a layer was opened from, if any."""
+    source = getattr(getattr(layer, "source", None), "path", None) or (
+        (getattr(layer, "metadata", None) or {}).get("source"))
+    return str(source) if source else None
+
+
+def drawn_for(layer, image) -> bool | None:
+    """Whether the RECIST ``layer`` was made for ``image``: True or False where the layer
+    says (the image it was made over, the file it names, or its name "<image> RECIST"),
+    None where nothing does."""
+    if layer is None or image is None:
+        return None
+    meta = ((getattr(layer, "metadata", None) or {}).get(META_KEY)) or {}
+    if meta.get("image_id"):
+        return meta["image_id"] == str(getattr(image, "unique_id", ""))
+    named, source = meta.get("image_file"), source_file(image)
+    if named and source:
+        with contextlib.suppress(OSError):
+            return Path(named).resolve() == Path(source).resolve()
+    return True if layer.name == f"{image.name} RECIST" else None
+
+
+def recist_preference(image_of, viewer=None):
+    """``prefer`` of a RECIST layer picker: the chosen image's own RECIST layer first, then
+    layers on its grid that no other open image claims.
 
     Parameters
     ----------
     image_of : callable
         ``image_of() -> napari.layers.Image or None``, the image chosen now.
+    viewer : napari.Viewer, optional
+        Its other images' RECIST layers rank below the chosen image's (pictures of one
+        size share a grid, but not their lesions).
 
     Returns
     -------
     callable
-        ``rank(layer)``: 2 for a RECIST layer on the image's grid, 1 for one on another
-        grid (another scan's), 0 for other layers.
+        ``rank(layer)``: 3 for a RECIST layer made for the image, 2 for one on its grid
+        that no other image claims, 1 for one on another grid or made for another image, 0
+        for other layers.
     """
     def rank(layer) -> int:
         if not is_recist_layer(layer):
             return 0
-        return 1 if grid_mismatch(image_of(), layer) else 2
+        image = unproxied(image_of())
+        if grid_mismatch(image, layer):
+            return 1
+        mine = drawn_for(layer, image)
+        if mine is not None:
+            return 3 if mine else 1
+        others = [other for other in (viewer.layers if viewer is not None else ())
+                  if other is not image and isinstance(other, Image)]
+        return 1 if any(drawn_for(layer, other) for other in others) else 2
     return rank
 
 
-def follow_image(recist_combo: LayerCombo, image) -> None:
-    """Move ``recist_combo`` to a RECIST layer on ``image``'s grid when the chosen one lies
-    on another (another scan's lesions would land on its pixels); otherwise keep it."""
-    image, current = unproxied(image), recist_combo.layer()
-    if image is None or current is None or not grid_mismatch(image, current):
+def follow_lines(image_combo: LayerCombo, layer) -> None:
+    """Move ``image_combo`` to the open image the RECIST ``layer`` was made for, when another
+    image is chosen: a widget opened over several pictures then starts on one picture's
+    image and lesions, and picking a picture's RECIST layer picks the picture."""
+    layer, image = unproxied(layer), image_combo.layer()
+    if layer is None or drawn_for(layer, image):
         return
-    fitting = [layer for layer in recist_combo.layers()
-               if is_recist_layer(layer) and not grid_mismatch(image, layer)]
-    if fitting:
-        recist_combo.set_layer(fitting[-1])
+    owners = [candidate for candidate in image_combo.layers() if drawn_for(layer, candidate)]
+    if owners:
+        image_combo.set_layer(owners[-1])
+
+
+def follow_image(recist_combo: LayerCombo, image, *, release: bool = False) -> None:
+    """Move ``recist_combo`` to ``image``'s own RECIST layer, or to one on its grid, when the
+    chosen one ranks lower (``recist_preference``): made for another image, or on another
+    grid, whose lesions would land on this image's pixels. ``release``: with no better
+    layer, choose none rather than another image's (a widget that draws makes a new one)."""
+    image, current = unproxied(image), recist_combo.layer()
+    if image is None or current is None:
+        return
+    rank = recist_preference(lambda: image, recist_combo.viewer)
+    now = rank(current)
+    better = [layer for layer in recist_combo.layers() if rank(layer) > now]
+    if better:
+        best = max(rank(layer) for layer in better)
+        recist_combo.set_layer([layer for layer in better if rank(layer) == best][-1])
+    elif release and now == 1 and not grid_mismatch(image, current):
+        recist_combo.set_layer(None)
 
 
 class RecistLayerAccess:

@@ -78,8 +78,10 @@ from ._common import (
     add_under_lines,
     bind_lifetime,
     follow_image,
+    follow_lines,
     recist_preference,
     start_model_load,
+    undocked,
     viewer_camera,
 )
 
@@ -128,6 +130,8 @@ class CompareWidget(QWidget):
     napari_viewer : napari.Viewer
     """
 
+    _closed = False  # the dock was closed: results still coming are not shown
+
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
@@ -149,9 +153,12 @@ class CompareWidget(QWidget):
         v = self.viewer
         self.image_combo = LayerCombo(v, Image, prefer=lambda layer: not _is_ours(layer))
         self.recist_combo = LayerCombo(v, Shapes, allow_none=True,
-                                       prefer=recist_preference(self.image_combo.layer))
+                                       prefer=recist_preference(self.image_combo.layer, v))
         self.image_combo.layer_changed.connect(
             lambda image: follow_image(self.recist_combo, image))
+        self.recist_combo.layer_changed.connect(
+            lambda layer: follow_lines(self.image_combo, layer))
+        follow_lines(self.image_combo, self.recist_combo.layer())
         # A ground truth is offered only among the user's own Labels (not predictions, copies
         # or pseudo-mask previews, which carry the plugin's role).
         self.gt_combo = LayerCombo(v, Labels, allow_none=True,
@@ -197,6 +204,8 @@ class CompareWidget(QWidget):
         buttons.addWidget(self.side_button)
 
         self.table = QTableWidget(0, len(ID_COLUMNS) + len(TABLE_METRICS) + 1)
+        # Tab leaves the table for the controls below it; arrows move between cells.
+        self.table.setTabKeyNavigation(False)
         self.table.setHorizontalHeaderLabels([*ID_COLUMNS, *metric_titles(), NOTE])
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -300,11 +309,19 @@ class CompareWidget(QWidget):
         elif kind == "result":
             results.append(payload)
 
+    def event(self, event) -> bool:
+        # Results of a run the user closed the dock on are not shown.
+        if undocked(self, event):
+            self._closed = True
+        return super().event(event)
+
     def _on_finished(self, image, gt, gt_layer, results, failed) -> None:
         self._worker = None
         try:
             self.predict_button.setEnabled(True)
         except RuntimeError:  # the widget was closed: leave the viewer alone
+            return
+        if self._closed:
             return
         # Results are shown together once every model has predicted: one that fails leaves
         # the viewer as it was.
@@ -346,9 +363,12 @@ class CompareWidget(QWidget):
             self._arrange_side_by_side()
 
     def _find_ours(self, role: str, key: str):
+        """The layer this widget made for ``role`` and ``key``, unless the user renamed it
+        since: a renamed result is theirs to keep, and is never written over."""
         for layer in self.viewer.layers:
             meta = layer.metadata.get(META_KEY, {})
-            if meta.get("role") == role and meta.get("key") == key:
+            if (meta.get("role") == role and meta.get("key") == key
+                    and meta.get("given_name", layer.name) == layer.name):
                 return layer
         return None
 
@@ -373,6 +393,10 @@ class CompareWidget(QWidget):
             layer.data = data
             layer.scale, layer.translate = scale, translate
             layer.colormap = _contour_colormap(colour)
+            layer.name = name  # another image's or ground truth's copy takes its name
+        # napari makes a taken name unique ("name [1]"): the name it gave is the one to
+        # recognise the layer by.
+        layer.metadata[META_KEY]["given_name"] = layer.name
         return layer
 
     def _show_prediction(self, image, result):

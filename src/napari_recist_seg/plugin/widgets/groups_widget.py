@@ -53,6 +53,7 @@ from ._common import (
     bind_lifetime,
     enable_if_alive,
     follow_image,
+    follow_lines,
     recist_preference,
     show_lines,
     undocked,
@@ -103,7 +104,7 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         # edit recomputes only the slices whose lesions changed.
         self._preview_shown: dict = {}
         self._preview_seq = 0
-        self._preview_image: str | None = None  # the image layer the preview is drawn on
+        self._preview_image = None  # the image layer the preview is drawn on
         self._preview_running = False
         self._preview_dirty = False
         self._plot_ids: list[int] = []
@@ -120,6 +121,9 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         self._connections.connect(napari_viewer.layers.events.removed, self._on_layer_removed)
         self.recist_combo.layer_changed.connect(self.set_recist_layer)
         self.image_combo.layer_changed.connect(self._on_image_changed)
+        self.recist_combo.layer_changed.connect(
+            lambda layer: follow_lines(self.image_combo, layer))
+        follow_lines(self.image_combo, self.recist_combo.layer())
         self.set_recist_layer(self.recist_combo.layer())
 
     # -- UI ---------------------------------------------------------------------------------
@@ -127,7 +131,7 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         v = self.viewer
         self.image_combo = LayerCombo(v, Image)
         self.recist_combo = LayerCombo(v, Shapes, allow_none=True,
-                                       prefer=recist_preference(self.image_combo.layer))
+                                       prefer=recist_preference(self.image_combo.layer, v))
         pick = QGridLayout()
         pick.addWidget(QLabel("RECIST layer"), 0, 0)
         pick.addWidget(self.recist_combo, 0, 1)
@@ -366,6 +370,8 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         ax.set_xlabel(f"long diameter ({unit})", fontsize=8)
         ax.set_ylabel(f"short diameter ({unit})", fontsize=8)
         ax.tick_params(labelsize=7)
+        # Diameters alike to many digits would read as "1e-5 + 2.0014e1": plain numbers.
+        ax.ticklabel_format(useOffset=False, style="plain")
         self._plot_ids = [i.lesion_id for i in infos]
         self._highlight = None
         if infos:
@@ -468,7 +474,7 @@ class GroupsWidget(RecistLayerAccess, QWidget):
     def _on_layer_removed(self, event=None) -> None:
         removed = getattr(event, "value", None)
         if (self.preview_layer is not None and removed is not None
-                and removed.name == self._preview_image):
+                and removed is self._preview_image):
             # The masks took that image's size: a preview without it follows nothing.
             with contextlib.suppress(RuntimeError):
                 self.preview_button.setChecked(False)
@@ -523,12 +529,18 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         def fail(message: str) -> bool:
             if not quiet:
                 notify_error(f"Pseudo-mask preview: {message}")
+            elif self.preview_layer is not None:
+                # A live preview that can no longer follow the lines stops and says why,
+                # rather than leave the masks of earlier lines on screen.
+                with contextlib.suppress(RuntimeError):
+                    self.preview_button.setChecked(False)
+                    self.status.setText(f"Pseudo-mask preview stopped: {message}")
             return False
 
         layer, image = self._layer, self.image_layer()
         if image is None:
             return fail("choose an image layer; the masks take its size and pixel size.")
-        self._preview_image = image.name
+        self._preview_image = image
         if layer is None:
             return fail("choose a RECIST layer first.")
         if image.ndim not in (2, 3) or layer.ndim != image.ndim:

@@ -24,6 +24,7 @@ from qtpy.QtGui import QBrush, QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
+    QDockWidget,
     QFileDialog,
     QGridLayout,
     QGroupBox,
@@ -65,9 +66,11 @@ from ._common import (
     RecistLayerAccess,
     bind_lifetime,
     follow_image,
+    follow_lines,
     is_settled_edit,
     recist_preference,
     show_lines,
+    source_file,
 )
 
 __all__ = ["SHORTCUTS", "RecistWidget"]
@@ -185,6 +188,9 @@ class RecistWidget(RecistLayerAccess, QWidget):
         self._bind_keys()
         self.image_combo.layer_changed.connect(self._on_image_changed)
         self.recist_combo.layer_changed.connect(self.set_recist_layer)
+        self.recist_combo.layer_changed.connect(
+            lambda layer: follow_lines(self.image_combo, layer))
+        follow_lines(self.image_combo, self.recist_combo.layer())
         self.set_recist_layer(self.recist_combo.layer())
 
     def _bind_keys(self) -> None:
@@ -202,7 +208,9 @@ class RecistWidget(RecistLayerAccess, QWidget):
                 widget = me()
                 if widget is not None:
                     try:
-                        getattr(widget, name)()
+                        # A closed dock's shortcuts must not draw or undo unseen.
+                        if _in_open_dock(widget):
+                            getattr(widget, name)()
                     except RuntimeError:  # the widget's Qt objects are gone
                         pass
 
@@ -221,7 +229,7 @@ class RecistWidget(RecistLayerAccess, QWidget):
         v = self.viewer
         self.image_combo = LayerCombo(v, Image)
         self.recist_combo = LayerCombo(v, Shapes, allow_none=True,
-                                       prefer=recist_preference(self.image_combo.layer))
+                                       prefer=recist_preference(self.image_combo.layer, v))
         self.new_button = QPushButton("New")
         self.new_button.setToolTip("Add an empty RECIST layer over the chosen image")
         self.new_button.clicked.connect(self.new_recist_layer)
@@ -241,6 +249,8 @@ class RecistWidget(RecistLayerAccess, QWidget):
 
         self.model = LesionTableModel(self)
         self.table = QTableView()
+        # Tab leaves the table for the controls below it; arrows move between cells.
+        self.table.setTabKeyNavigation(False)
         self.table.setModel(self.model)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -388,7 +398,9 @@ class RecistWidget(RecistLayerAccess, QWidget):
             # Lines drawn on this stack take their slice's pixel size (see sync_recist_layer).
             kwargs["metadata"][META_KEY]["slice_spacing"] = [list(table[i]) for i in
                                                              sorted(table)]
-        source = _source_file(image)
+        # The picture it was made for: pictures of one size share a grid, not their lesions.
+        kwargs["metadata"][META_KEY]["image_id"] = str(getattr(image, "unique_id", ""))
+        source = source_file(image)
         if source and not (image.metadata or {}).get("deeplesion_files"):
             # Saved, the lesions name the file they were drawn on: the table trains as it is.
             kwargs["metadata"][META_KEY]["image_file"] = source
@@ -449,7 +461,7 @@ class RecistWidget(RecistLayerAccess, QWidget):
             self._busy = False
 
     def _on_image_changed(self, layer) -> None:
-        follow_image(self.recist_combo, layer)
+        follow_image(self.recist_combo, layer, release=True)
         self.sync()
 
     def _update_status(self) -> None:
@@ -941,17 +953,10 @@ def _name_keys(name: str) -> set[str]:
     return {path.name.lower(), image_stem(path).lower()}
 
 
-def _source_file(layer) -> str | None:
-    """The file (or DICOM folder) an image layer was opened from, if any."""
-    source = getattr(getattr(layer, "source", None), "path", None) or (
-        (layer.metadata or {}).get("source"))
-    return str(source) if source else None
-
-
 def _image_keys(layer) -> set[str]:
     """The file name of the file an image layer was opened from, and the layer's name."""
     keys = {str(layer.name).lower()}
-    source = _source_file(layer)
+    source = source_file(layer)
     if source:
         keys |= _name_keys(source)
     return keys
@@ -971,3 +976,14 @@ def _off_image_marked(lesions: list, image, layer) -> list:
     return [dataclasses.replace(info, problem=OFF_IMAGE)
             if info.ok and info.recist is not None and outside_image(info.recist, shape)
             else info for info in lesions]
+
+
+def _in_open_dock(widget) -> bool:
+    """Whether ``widget`` sits in a dock the user has not closed or hidden (napari's x takes
+    the widget out of its dock); a widget never docked counts when shown."""
+    parent = widget.parentWidget()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parentWidget()
+    if parent is None:
+        return widget.isVisible()
+    return not parent.isHidden()

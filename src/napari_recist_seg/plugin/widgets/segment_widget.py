@@ -76,6 +76,7 @@ from ._common import (
     add_under_lines,
     bind_lifetime,
     follow_image,
+    follow_lines,
     recist_preference,
     start_model_load,
     undocked,
@@ -445,6 +446,9 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         self.destroyed.connect(closed)
         self.image_combo.layer_changed.connect(self._on_image_changed)
         self.recist_combo.layer_changed.connect(self.set_recist_layer)
+        self.recist_combo.layer_changed.connect(
+            lambda layer: follow_lines(self.image_combo, layer))
+        follow_lines(self.image_combo, self.recist_combo.layer())
         self.refresh_models()
         self._on_image_changed(self.image_combo.layer())
         self.set_recist_layer(self.recist_combo.layer())
@@ -455,7 +459,7 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         # Not the copies other widgets of the plugin make (side-by-side views).
         self.image_combo = LayerCombo(v, Image, prefer=lambda layer: not _role(layer))
         self.recist_combo = LayerCombo(v, Shapes, allow_none=True,
-                                       prefer=recist_preference(self.image_combo.layer))
+                                       prefer=recist_preference(self.image_combo.layer, v))
         self.model_combo = QComboBox()
         self.model_combo.setToolTip(
             "A RECIST-prompted model of this session (trained or loaded); other kinds are "
@@ -516,6 +520,8 @@ class SegmentWidget(RecistLayerAccess, QWidget):
 
         self.table_model = _LesionTable(self)
         self.table = QTableView()
+        # Tab leaves the table for the controls below it; arrows move between cells.
+        self.table.setTabKeyNavigation(False)
         self.table.setModel(self.table_model)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -659,7 +665,7 @@ class SegmentWidget(RecistLayerAccess, QWidget):
             notify_error(f"Segment from RECIST: {message}.")
             return
         self._remove_preview()
-        self.start()
+        self.start(quiet=True)
 
     def load_model(self, path):
         """Load a checkpoint folder in a worker, add it to the session's models, choose it."""
@@ -704,8 +710,10 @@ class SegmentWidget(RecistLayerAccess, QWidget):
             self.load_model(folder)
 
     # -- following --------------------------------------------------------------------------
-    def start(self) -> bool:
-        """Segment every complete lesion and follow edits; False (and a message) if it cannot."""
+    def start(self, quiet: bool = False) -> bool:
+        """Segment every complete lesion and follow edits; False (and a message) if it cannot.
+        ``quiet``: with no image or no RECIST layer yet (a model loaded first), the status
+        line alone says so."""
         if self.model_entry() is None and self._model_loading():
             # The load chooses its model and starts on its own once it is done.
             self._set_status("The model is still loading; the lesions are segmented as soon "
@@ -715,7 +723,8 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         if problem:
             self._live = False
             self._set_status(f"Not segmented: {problem}.")
-            notify_error(f"Segment from RECIST: {problem}.")
+            if not (quiet and (self._image is None or self._layer is None)):
+                notify_error(f"Segment from RECIST: {problem}.")
             self._update_buttons()
             return False
         self._live = True
@@ -739,6 +748,15 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         if preview is None or image is None:
             notify_error("Keep: there is no preview yet; choose a prompted model and draw a "
                          "lesion first.")
+            return None
+        if self._worker is not None or self._timer.isActive():
+            # The preview holds only the lesions finished so far: kept now, the others
+            # would be missing from the kept layer without a word.
+            threshold = round(self.threshold_spin.value(), 2)
+            waiting = sum(1 for _info, _z, key in self._current()
+                          if getattr(self._cache.get(key), "threshold", None) != threshold)
+            self._set_status(f"Not kept: {waiting or 'some'} lesion(s) are still being "
+                             f"segmented; press Keep when the table shows them all.")
             return None
         entry = self.model_entry()
         layer = Labels(

@@ -304,6 +304,8 @@ class TrainingWidget(QWidget):
         group.addButton(self.layers_radio)
         group.addButton(self.folder_radio)
         self.pairs = QTableWidget(0, 2)
+        # Tab leaves the table for the controls below it; arrows move between cells.
+        self.pairs.setTabKeyNavigation(False)
         self.pairs.setHorizontalHeaderLabels(["Image", "RECIST layer"])
         self.pairs.verticalHeader().setVisible(False)
         self.pairs.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)

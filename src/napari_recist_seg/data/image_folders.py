@@ -21,11 +21,11 @@ import numpy as np
 from ..core.recist import Recist, recist_from_mask
 
 __all__ = [
+    "SOFT_MASK_LEVELS",
     "ImageMaskPair",
     "load_image",
     "load_mask",
     "load_pair",
-    "SOFT_MASK_LEVELS",
     "read_image_mask_folder",
     "simulate_recists",
 ]

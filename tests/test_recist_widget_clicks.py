@@ -122,11 +122,16 @@ def test_combos_pick_the_image_the_layer_and_the_labels(viewer_2d, qtbot, draw):
     assert _cell(widget, 0, "long (mm)") == "32.0"
     viewer_2d.add_image(np.zeros((64, 80)), name="fine", scale=(0.25, 0.25))
     widget.image_combo.setCurrentIndex(widget.image_combo.findText("fine"))
-    assert _cell(widget, 0, "long (mm)") == "10.0"  # 40 columns of 0.25 mm
+    # Another scan's lesions are let go, not measured again with this scan's pixels.
+    assert widget.recist_layer() is None
+    assert float(layer.features["length_mm"].max()) == 32.0
     other = widget.new_recist_layer()
     assert widget.recist_layer() is other
     widget.recist_combo.setCurrentIndex(widget.recist_combo.findText(layer.name))
     assert widget.recist_layer() is layer and widget.model.rowCount() == 1
+    # Picking them by hand picks their own scan again.
+    assert widget.image_layer().name != "fine"
+    assert _cell(widget, 0, "long (mm)") == "32.0"
 
     labels = np.zeros((64, 80), np.int32)
     labels[10:30, 10:50] = 1

@@ -763,3 +763,67 @@ def test_a_model_loaded_before_any_image_waits_without_an_error(make_napari_view
     # Pressed by the user, Segment still says it out loud.
     click(qtbot, widget.segment_button)
     assert [text for level, text in notifications if level == "error"]
+
+
+def test_recist_simulated_from_each_pictures_mask_stays_with_that_picture(
+        make_napari_viewer, qtbot, checkpoints, monkeypatch):
+    # Two pictures of one size with their masks; each one's RECIST simulated through the
+    # annotation dock. The layers are named after the masks, yet each belongs to its picture.
+    shape = (96, 96)
+    masks = {"A": _ellipse(shape, (40, 45), 13, 8, 0.4),
+             "B": _ellipse(shape, (55, 50), 11, 7, 2.0)}
+    viewer = make_napari_viewer()
+    for k, (name, mask) in enumerate(masks.items()):
+        viewer.add_image(_ct([mask], shape, seed=40 + k), name=name)
+        viewer.add_labels(mask.astype(np.uint8), name=f"{name} mask")
+    annotation = _recist_widget(viewer)
+    lines = {}
+    for name in masks:
+        pick(annotation.image_combo, name)
+        pick(annotation.labels_combo, f"{name} mask")
+        click(qtbot, annotation.simulate_button)
+        qtbot.waitUntil(lambda n=name: any(layer.name == f"{n} mask RECIST"
+                                           for layer in viewer.layers), timeout=TIMEOUT)
+        lines[name] = viewer.layers[f"{name} mask RECIST"]
+    _dock, groups = viewer.window.add_plugin_dock_widget(PLUGIN, "Groups and pseudo-masks")
+    _dock, compare = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare models")
+    widget = _segment_widget(viewer)
+    for w in (annotation, groups, compare, widget):
+        for name in ("A", "B", "A"):
+            pick(w.image_combo, name)
+            assert w.recist_combo.layer() is lines[name], (type(w).__name__, name)
+    _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
+    click(qtbot, widget.load_button)
+    _wait_segmented(qtbot, widget, 1)
+    assert _dice(widget.preview_layer.data == 1, masks["A"]) > 0.5
+
+
+def test_picking_another_scan_lets_go_of_the_first_scans_lesions(make_napari_viewer, qtbot,
+                                                                 draw):
+    # A lesion drawn on a 0.7 mm scan; a 0.5 mm scan opened after it and picked in the
+    # annotation and Groups docks: its lengths must never be re-measured with 0.5 mm pixels,
+    # and Draw lesion must start the new scan's own layer.
+    shape = (96, 96)
+    mask = _ellipse(shape, (40, 45), 13, 8, 0.4)
+    viewer = make_napari_viewer()
+    viewer.add_image(_ct([mask], shape, seed=50), name="first", scale=(0.7, 0.7))
+    annotation = _recist_widget(viewer)
+    click(qtbot, annotation.new_button)
+    first = annotation.recist_layer()
+    _draw_lesion(draw, first, recist_from_mask(mask))
+    drawn = first.features["length_mm"].to_numpy().copy()
+    expected = recist_from_mask(mask, spacing=(0.7, 0.7)).long_mm
+    assert abs(drawn.max() - expected) < 0.1
+    _dock, groups = viewer.window.add_plugin_dock_widget(PLUGIN, "Groups and pseudo-masks")
+    viewer.add_image(_ct([mask], shape, seed=51), name="second", scale=(0.5, 0.5),
+                     translate=(10.0, -20.0))
+    for w in (annotation, groups):
+        pick(w.image_combo, "second")
+        assert w.recist_combo.layer() is None, type(w).__name__
+    np.testing.assert_allclose(first.features["length_mm"].to_numpy(), drawn)
+    click(qtbot, annotation.draw_button)
+    second = annotation.recist_layer()
+    assert second is not first and second.name == "second RECIST"
+    for w in (annotation, groups):
+        pick(w.image_combo, "first")
+        assert w.recist_combo.layer() is first, type(w).__name__

@@ -345,16 +345,27 @@ def follow_image(recist_combo: LayerCombo, image, *, release: bool = False) -> N
     grid, whose lesions would land on this image's pixels. ``release``: with no better
     layer, choose none rather than another image's (a widget that draws makes a new one)."""
     image, current = unproxied(image), recist_combo.layer()
-    if image is None or current is None:
+    if image is None:
         return
     rank = recist_preference(lambda: image, recist_combo.viewer)
-    now = rank(current)
+    # None chosen (let go of another picture's layer): this picture's own layer if it has one.
+    now = 1 if current is None else rank(current)
     better = [layer for layer in recist_combo.layers() if rank(layer) > now]
     if better:
         best = max(rank(layer) for layer in better)
         recist_combo.set_layer([layer for layer in better if rank(layer) == best][-1])
-    elif release and now == 1 and not grid_mismatch(image, current):
+    elif release and now == 1 and (not grid_mismatch(image, current)
+                                   or _claimed_elsewhere(current, image, recist_combo.viewer)):
         recist_combo.set_layer(None)
+
+
+def _claimed_elsewhere(layer, image, viewer) -> bool:
+    """Whether another open image owns the RECIST ``layer``: it was made for that image or
+    lies on its grid (its lengths would take ``image``'s pixel size here)."""
+    return viewer is not None and any(
+        other is not image and isinstance(other, Image)
+        and (drawn_for(layer, other) or not grid_mismatch(other, layer))
+        for other in viewer.layers)
 
 
 class RecistLayerAccess:

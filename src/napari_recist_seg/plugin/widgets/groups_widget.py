@@ -215,7 +215,7 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         return length_unit(self.image_layer(), layer)
 
     def _on_image_changed(self, image) -> None:
-        follow_image(self.recist_combo, image)
+        follow_image(self.recist_combo, image, release=True)
         self._schedule()
 
     def set_recist_layer(self, layer) -> None:

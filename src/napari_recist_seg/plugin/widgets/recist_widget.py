@@ -656,6 +656,13 @@ class RecistWidget(RecistLayerAccess, QWidget):
     # -- import and export ------------------------------------------------------------------
     def _add_recist_layer(self, layer_tuple) -> Shapes:
         layer = Layer.create(*layer_tuple)
+        image = self.image_layer()
+        meta = layer.metadata.setdefault(META_KEY, {})
+        if (image is not None and not meta.get("image_id") and not meta.get("image_file")
+                and not grid_mismatch(image, layer)):
+            # Lines made over the chosen picture (simulated from its mask, imported onto it)
+            # are its lesions, also where other pictures share its grid.
+            meta["image_id"] = str(getattr(image, "unique_id", ""))
         self.viewer.add_layer(layer)
         self.set_recist_layer(layer)
         return layer

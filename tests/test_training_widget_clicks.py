@@ -524,3 +524,61 @@ def test_the_output_folder_button_fits_and_chooses_a_folder(make_napari_viewer, 
                         lambda *args, **kwargs: str(tmp_path / "runs"))
     click(qtbot, button)
     assert Path(widget.form.out_dir.value) == tmp_path / "runs"
+
+
+_CLOSE_MID_RUN = '''
+import sys
+
+import napari
+
+if __name__ == "__main__":
+    data, out = sys.argv[1], sys.argv[2]
+    viewer = napari.Viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-recist-seg", "Training")
+    widget.folder_radio.setChecked(True)
+    widget.folder_edit.setText(data)
+    form = widget.form
+    for kind in ("multitask", "a1", "coseg", "prompted"):
+        form[kind].value = kind == "a1"
+    form.input_size.value, form.epochs.value, form.batch_size.value = 32, 50, 2
+    form.separate_process.value = sys.argv[3] == "process"
+    form.out_dir.value = out
+    widget.start_button.click()
+
+    def on_message(message):
+        if message[0] == "event" and message[1]["kind"] == "step" and message[1]["step"] == 2:
+            print("closing at step", message[1]["global_step"], flush=True)
+            viewer.window._qt_window.close()  # the title bar's close button
+
+    widget.worker.yielded.connect(on_message)
+    napari.run()
+'''
+
+
+@pytest.mark.parametrize("where", ["thread", "process"])
+def test_closing_napari_mid_run_keeps_the_run_up_to_its_last_step(tmp_path, where):
+    # A user closes napari's window while a model trains: the run must stop after its step
+    # and keep it resumable, as Stop does, and Python must exit without a traceback.
+    import os
+    import subprocess
+    import sys
+
+    from ._folders import make_isic_folder
+
+    data = make_isic_folder(tmp_path / "data", n=8, size=32)
+    script = tmp_path / "close_mid_run.py"
+    script.write_text(_CLOSE_MID_RUN)
+    out = tmp_path / "runs"
+    from napari_recist_seg.plugin.remembered_settings import SETTINGS_DIR_VARIABLE
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "NAPARI_CONFIG": str(tmp_path / "napari.yaml"),
+           SETTINGS_DIR_VARIABLE: str(tmp_path / "settings")}
+    done = subprocess.run([sys.executable, str(script), str(data), str(out), where],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    closed_at = int(done.stdout.split("closing at step")[1].split()[0])
+    state = json.loads((out / "a1" / "last" / "training_state.json").read_text())["state"]
+    assert state["global_step"] >= closed_at  # not the end of an earlier epoch
+    assert not (out / "a1" / ".lock").exists()

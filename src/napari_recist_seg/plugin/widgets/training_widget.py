@@ -16,7 +16,11 @@ the protocol (whole images or lesion crops).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
+import inspect
+import multiprocessing.util  # noqa: F401 (its exit handler must run after ours, see below)
 import sys
 import threading
 import time
@@ -73,25 +77,101 @@ STEP_UPDATE_INTERVAL_S = 0.5
 #: (Xvfb, remote desktops, machines without a GPU driver) that took 0.85 of a CPU core from
 #: training; at 10% it takes about a tenth of that and still moves.
 SPINNER_SPEED_WHILE_TRAINING = 10
+#: Longest wait (s), when napari closes or Python exits during a run, for the run to finish
+#: its step and write its resumable checkpoint.
+QUIT_WAIT_S = 120.0
 _NONE = "(none)"
+#: Runs in progress, kept here so that their workers outlive a closed widget.
+_LIVE_RUNS: set = set()
+#: Curve drawings in progress, kept until they end for the same reason.
+_LIVE_DRAWINGS: set = set()
 
 
 class _RunState:
     """What a running training needs to be stopped from outside the widget.
 
-    The widget's ``destroyed`` signal and the application's ``aboutToQuit`` call ``stop``;
-    they hold this object, not the widget, so a closed widget is not kept alive.
+    The widget's ``destroyed`` signal calls ``stop``; the application's ``aboutToQuit`` and
+    Python's exit call ``stop_and_wait``, so that a viewer closed mid-run keeps the run's
+    last step. They hold this object, not the widget, so a closed widget is not kept alive.
     """
 
     def __init__(self):
         self.stop_event: threading.Event | None = None
+        self.ended: threading.Event | None = None
+        self.worker = None
+        self.generator = None  # the run itself, inside the worker's wrapper
+        self._run_stop: threading.Event | None = None  # kept until the run itself ends
         self.bars: dict = {}
         self.spinners: list = []  # (QMovie, its speed before the run)
 
     def stop(self, *_args) -> bool:
-        if self.stop_event is not None:
-            self.stop_event.set()
+        for event in (self.stop_event, self._run_stop):
+            if event is not None:
+                event.set()
         return True
+
+    def watch(self, func, stop_event: threading.Event):
+        """``func`` (a generator function: the run, stopped by ``stop_event``) telling this
+        state when it ends."""
+        ended = threading.Event()
+        self.ended, self.stop_event, self._run_stop = ended, stop_event, stop_event
+
+        @functools.wraps(func)
+        def run(*args, **kwargs):
+            _LIVE_RUNS.add(self)
+            try:
+                self.generator = func(*args, **kwargs)
+                return (yield from self.generator)
+            finally:
+                ended.set()
+                _LIVE_RUNS.discard(self)
+        return run
+
+    def _abandoned(self) -> bool:
+        # napari asks every worker to quit when its window closes; the worker's thread then
+        # leaves the run suspended between two messages, and nobody would finish it.
+        # Its worker then ends too (``worker`` None once the widget heard so).
+        worker, generator = self.worker, self.generator
+        return (generator is not None
+                and (worker is None or bool(getattr(worker, "abort_requested", False)))
+                and inspect.getgeneratorstate(generator) == inspect.GEN_SUSPENDED)
+
+    def _finish_here(self, deadline: float) -> None:
+        """Run the abandoned run to its end in this thread (its messages are dropped)."""
+        generator = self.generator
+        try:
+            for _message in generator:
+                if time.monotonic() > deadline:
+                    generator.close()  # its own clean-up ends the training process
+                    break
+        except Exception as exc:  # noqa: BLE001 (the viewer is gone: only the terminal hears)
+            print(f"Training: {exc}", file=sys.stderr, flush=True)
+        finally:
+            if self.ended is not None:
+                self.ended.set()
+            _LIVE_RUNS.discard(self)
+
+    def stop_and_wait(self, *_args, timeout: float = QUIT_WAIT_S) -> None:
+        """Ask the run to stop and wait (at most ``timeout`` s) until it has saved its step.
+
+        Without the wait, Python's exit kills the training process (and the thread) in the
+        middle of its step, and the run's last checkpoint is an epoch or more old.
+        """
+        self.stop()
+        ended = self.ended
+        if ended is None or ended.is_set() or self not in _LIVE_RUNS:
+            return
+        print("Training: stopping after the current step and saving its checkpoint...",
+              file=sys.stderr, flush=True)
+        deadline = time.monotonic() + timeout
+        while not ended.wait(0.2):
+            if self._abandoned():
+                self._finish_here(deadline)
+                return
+            if time.monotonic() > deadline:
+                print(f"Training: the run did not stop within {timeout:.0f} s; its last saved "
+                      "checkpoint is kept.", file=sys.stderr, flush=True)
+                return
 
     def close_bars(self) -> None:
         for bar in self.bars.values():
@@ -178,6 +258,9 @@ class CurvePlot(QLabel):
                                _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda picture: self.show_picture(picture, ratio))
         worker.finished.connect(self._finished)
+        # Held until it ends: a worker whose plot was closed must still be there to say so.
+        _LIVE_DRAWINGS.add(worker)
+        worker.finished.connect(lambda: _LIVE_DRAWINGS.discard(worker))
         self._worker = worker
         worker.start()
 
@@ -200,6 +283,7 @@ class CurvePlot(QLabel):
 
     def _finished(self) -> None:
         self._busy = False
+        self._worker = None
         with contextlib.suppress(RuntimeError):
             if self._dirty:
                 self.refresh()
@@ -269,8 +353,8 @@ class TrainingWidget(QWidget):
         self.destroyed.connect(state.stop)
         app = QApplication.instance()
         if app is not None:
-            app.aboutToQuit.connect(state.stop)
-            self.destroyed.connect(lambda *_: _disconnect(app.aboutToQuit, state.stop))
+            app.aboutToQuit.connect(state.stop_and_wait)
+            self.destroyed.connect(lambda *_: _disconnect(app.aboutToQuit, state.stop_and_wait))
         self._plot_timer = QTimer(self)
         self._plot_timer.setInterval(PLOT_INTERVAL_MS)
         self._plot_timer.timeout.connect(self._redraw_if_dirty)
@@ -562,18 +646,18 @@ class TrainingWidget(QWidget):
             self.status.setText(f"Training not started: {exc}")
             return None
         stop = threading.Event()
-        self._state.stop_event = stop
         # A folder this run makes is taken away again if the run ends before writing to it.
         self._new_out_dir = None if Path(job.out_dir).exists() else Path(job.out_dir)
         self._remote_plot = bool(self.form.separate_process.value)
         if self._remote_plot:
             if job.plot_size is None:
                 job.plot_size = self.plot.picture_size()
-            worker = create_worker(run_training_in_process, job, stop, _start_thread=False,
-                                   _ignore_errors=True)
+            worker = create_worker(self._state.watch(run_training_in_process, stop), job, stop,
+                                   _start_thread=False, _ignore_errors=True)
         else:
-            worker = create_worker(run_training, job, stop.is_set, _start_thread=False,
-                                   _ignore_errors=True)
+            worker = create_worker(self._state.watch(run_training, stop), job, stop.is_set,
+                                   _start_thread=False, _ignore_errors=True)
+        self._state.worker = worker
         worker.yielded.connect(self._on_message)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
@@ -721,6 +805,7 @@ class TrainingWidget(QWidget):
         self._worker = None
         self._state.close_bars()
         event, self._state.stop_event = self._state.stop_event, None
+        self._state.worker = None
         with contextlib.suppress(RuntimeError):
             if event is not None and event.is_set() and not self._trained:
                 # Stopped while the data was prepared: no step ran, nothing was saved.
@@ -838,6 +923,22 @@ def _resumable_runs(job: TrainingJob) -> dict:
         kinds = ", ".join(KIND_NAMES[k] for k in job.kinds)
         raise ValueError(f"{job.out_dir} holds no stopped run of {kinds} to resume")
     return stopped
+
+
+def _wait_for_live_runs() -> None:
+    # Registered after multiprocessing's own exit handler, so it runs first (last in, first
+    # out): the training process is still alive to finish its step.
+    for state in list(_LIVE_RUNS):
+        state.stop_and_wait()
+    if _LIVE_DRAWINGS:
+        # A drawing of the curves still in its thread would report its end to a signal
+        # object that Python's exit has already deleted (a traceback in the terminal).
+        from qtpy.QtCore import QThreadPool
+
+        QThreadPool.globalInstance().waitForDone(10_000)
+
+
+atexit.register(_wait_for_live_runs)
 
 
 def _disconnect(signal, slot) -> None:

@@ -347,3 +347,47 @@ def test_describe_lesions_labels_lengths_px_where_no_pixel_size_is_known():
     assert " px" in info.problem and " mm" not in info.problem
     with pytest.raises(ValueError, match="unit"):
         describe_lesions([LONG, SHORT], [0, 0], ["long", "short"], unit="cm")
+
+
+# -- lines across slices (drawn in a view whose plane is not axial) --------------------------
+# Drawn with the axes rolled (slices by rows shown): one end on slice 20, the other on 24.
+ACROSS = [[20.0, 65.0, 120.0], [24.0, 65.0, 120.0]]  # straight across slices, no in-plane step
+OBLIQUE = [[20.0, 65.0, 120.0], [24.0, 115.0, 120.0]]  # across slices and along the rows
+
+
+def test_a_line_across_slices_is_not_measured_in_the_plane_nor_a_click():
+    on_slice = _on_slice(22, [[65.0, 120.0], [115.0, 120.0]])
+    lengths = line_lengths_mm([ACROSS, OBLIQUE, on_slice], (0.7, 0.7))
+    # Its last two coordinates alone would read 0.0 mm and 35.0 mm.
+    assert np.isnan(lengths[:2]).all()
+    assert lengths[2] == pytest.approx(35.0)
+    # Shapes of different sizes take the other path through the lengths.
+    mixed_sizes = line_lengths_mm([ACROSS, [[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]]], (1.0, 1.0))
+    assert np.isnan(mixed_sizes[0]) and mixed_sizes[1] == pytest.approx(2.0)
+    assert not is_stray_line(ACROSS)
+    assert is_stray_line(_on_slice(22, [[65.0, 120.0], [65.5, 120.0]]))
+
+
+def test_lesions_with_a_line_across_slices_say_so_and_do_not_pair():
+    from napari_recist_seg.core.annotation import ACROSS_SLICES
+
+    short = _on_slice(22, [[80.0, 120.0], [100.0, 120.0]])
+    long_on_slice = _on_slice(22, [[90.0, 95.0], [90.0, 145.0]])
+    # Each line across slices crosses an axis drawn on slice 22 at its middle: near enough to
+    # pair, were it on that slice.
+    ids, axes = _new([OBLIQUE, short, long_on_slice, ACROSS])
+    assert ids == [0, 1, 1, 2] and axes == ["long", "short", "long", "long"]
+
+    oblique, valid, alone = describe_lesions(
+        [OBLIQUE, short, long_on_slice, ACROSS], ids, axes, spacing=(0.7, 0.7))
+    assert valid.ok
+    for info in (oblique, alone):
+        assert info.problem == ACROSS_SLICES and not info.ok
+        assert "click" not in info.status and info.slice == "mixed"
+        assert np.isnan([info.long_mm, info.long_px]).all()
+
+    # Paired by a file's lesion ids: the line across slices is the problem, not the slices.
+    (paired,) = describe_lesions([OBLIQUE, short], [4, 4], ["long", "short"], (0.7, 0.7))
+    assert paired.problem == ACROSS_SLICES
+    assert np.isnan(paired.long_mm) and paired.short_mm == pytest.approx(14.0)
+    assert paired.recist is None and np.isnan(paired.perpendicularity_error)

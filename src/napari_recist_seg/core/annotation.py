@@ -2,9 +2,12 @@
 
 An annotation is a list of lines, each a ``(2, ndim)`` array of vertices whose last two
 columns are (row, col) pixels; leading columns, when present, give the slice (and any other
-non-spatial axis). Which lesion a line belongs to and which axis it is are kept beside the
-lines as two plain sequences, ``lesion_ids`` (-1 for a line not yet in a lesion) and ``axes``
-(``"long"``, ``"short"`` or ``""``), in the order of the lines. Spacing is (row, col) in mm.
+non-spatial axis). A RECIST is measured on one axial slice: a line whose ends are on
+different slices (drawn in a view whose plane is not axial) is neither measured nor paired,
+and its lesion's problem is ``ACROSS_SLICES``. Which lesion a line belongs to and which
+axis it is are kept beside the lines as two plain sequences, ``lesion_ids`` (-1 for a line
+not yet in a lesion) and ``axes`` (``"long"``, ``"short"`` or ``""``), in the order of the
+lines. Spacing is (row, col) in mm.
 
 The measurement rules themselves are ``Recist``'s: a lesion here is valid exactly when
 ``recists_from_shapes`` accepts its two lines.
@@ -20,6 +23,7 @@ import numpy as np
 from .recist import Recist, recist_from_mask, recists_from_shapes, short_exceeds_long
 
 __all__ = [
+    "ACROSS_SLICES",
     "CLICK_LINE_MAX_PX",
     "MIN_LINE_PX",
     "LesionInfo",
@@ -42,6 +46,16 @@ MIN_LINE_PX = 1.5
 #: step down and right in both coordinates (a few screen pixels, so up to about ten image
 #: pixels when zoomed out). Lines of that shape up to this long are clicks too.
 CLICK_LINE_MAX_PX = 24.0
+#: Problem of a lesion with a line whose ends are on different slices. Its length in the
+#: image plane would leave out the distance between the slices, and RECIST are measured
+#: on an axial slice anyway: the line has to be drawn again there.
+ACROSS_SLICES = (
+    "not on one axial slice: draw RECIST on an axial slice, with the slices on the slider "
+    "(napari's Roll dimensions button)"
+)
+# Leading coordinates closer than this are the same slice (napari gives both ends of a
+# line drawn on a slice the slider's value, so they agree exactly).
+_SAME_SLICE = 1e-6
 # A length in mm inside a message ("12.5 mm"), to relabel where the pixel size is unknown.
 _MM_IN_TEXT = re.compile(r"(\d) mm\b")
 
@@ -60,6 +74,9 @@ def _stack(data):
 
 def line_lengths_mm(data, spacing, per_line_spacing=None) -> np.ndarray:
     """Length in mm of each line, from its first to its last vertex, in the image plane.
+
+    A line whose ends are on different slices has no such length (NaN): its last two
+    coordinates alone would leave out the distance between the slices.
 
     Parameters
     ----------
@@ -83,13 +100,19 @@ def line_lengths_mm(data, spacing, per_line_spacing=None) -> np.ndarray:
     stacked = _stack(data)
     if stacked is not None:
         ends = stacked[:, [0, -1], -2:]
+        across = np.any(np.abs(stacked[:, 1:, :-2] - stacked[:, :1, :-2]) > _SAME_SLICE,
+                        axis=(1, 2))
     else:
-        ends = np.array([np.asarray(p, dtype=float)[[0, -1], -2:] for p in data])
+        arrays = [np.asarray(p, dtype=float) for p in data]
+        ends = np.array([p[[0, -1], -2:] for p in arrays])
+        across = np.array([_across_slices(p) for p in arrays])
     sp = np.broadcast_to(
         np.asarray(spacing if per_line_spacing is None else per_line_spacing, dtype=float),
         (n, 2),
     )
-    return np.hypot(*((ends[:, 1] - ends[:, 0]) * sp).T)
+    lengths = np.hypot(*((ends[:, 1] - ends[:, 0]) * sp).T)
+    lengths[across] = np.nan
+    return lengths
 
 
 def fill_line_spacing(data, per_line_spacing, slice_spacing=None, fallback=(1.0, 1.0)):
@@ -141,6 +164,14 @@ def fill_line_spacing(data, per_line_spacing, slice_spacing=None, fallback=(1.0,
 
 
 # -- pairing lines into lesions ---------------------------------------------------------------
+def _across_slices(pts: np.ndarray) -> bool:
+    """Whether a line's vertices differ in a leading (slice) coordinate."""
+    if pts.shape[1] <= 2:
+        return False
+    lead = pts[:, :-2]
+    return bool(np.any(np.abs(lead[1:] - lead[:1]) > _SAME_SLICE))
+
+
 def _leading(pts: np.ndarray):
     """Slice of a line (its leading coordinates, rounded), or None for 2D lines.
 
@@ -148,25 +179,43 @@ def _leading(pts: np.ndarray):
     """
     if pts.shape[1] <= 2:
         return None
-    lead = pts[:, :-2].tolist()
-    first = lead[0]
-    if any(abs(a - b) > 1e-6 for row in lead[1:] for a, b in zip(row, first)):
+    if _across_slices(pts):
         return "mixed"
-    values = tuple(int(round(v)) for v in first)
+    values = tuple(int(round(v)) for v in pts[0, :-2].tolist())
     return values[0] if len(values) == 1 else values
 
 
 def _pixel_length(line: np.ndarray) -> float:
-    """A line's length in its image's pixels (its last two coordinates)."""
-    d = np.asarray(line, dtype=float)[-1, -2:] - np.asarray(line, dtype=float)[0, -2:]
-    return float(np.hypot(*d))
+    """A line's length in its image's pixels (its last two coordinates); NaN for a line
+    across slices, which has no length in one image plane."""
+    pts = np.asarray(line, dtype=float)
+    if _across_slices(pts):
+        return float("nan")
+    return float(np.hypot(*(pts[-1, -2:] - pts[0, -2:])))
 
 
 def is_stray_line(line) -> bool:
-    """Whether a line is a click rather than a drawn axis: under ``MIN_LINE_PX`` long, or
-    of the shape napari's line tool leaves on a click at any zoom (equal positive steps in
-    row and column, at most ``CLICK_LINE_MAX_PX`` long)."""
-    d = np.asarray(line, dtype=float)[-1, -2:] - np.asarray(line, dtype=float)[0, -2:]
+    """Whether a line is a click rather than a drawn axis.
+
+    A click is a line on one slice either under ``MIN_LINE_PX`` long, or of the shape
+    napari's line tool leaves on a click at any zoom (equal positive steps in row and
+    column, at most ``CLICK_LINE_MAX_PX`` long). A line across slices is never a click,
+    however short its last two coordinates make it: it was drawn in a plane that is not
+    axial (see ``ACROSS_SLICES``).
+
+    Parameters
+    ----------
+    line : array_like, shape (2, ndim)
+        The line's vertices; the last two columns are (row, col).
+
+    Returns
+    -------
+    bool
+    """
+    pts = np.asarray(line, dtype=float)
+    if _across_slices(pts):
+        return False
+    d = pts[-1, -2:] - pts[0, -2:]
     length = float(np.hypot(*d))
     if length < MIN_LINE_PX:
         return True
@@ -493,8 +542,9 @@ def _describe_one(lid, lines, arrays, sp, tolerance) -> LesionInfo:
     idx = info.line_indices
     keys = {_leading(arrays[i]) for i in idx}
     info.slice = next(iter(keys)) if len(keys) == 1 else "mixed"
+    across = any(_across_slices(arrays[i]) for i in idx)
     for name, i in zip(_AXES, (info.long_index, info.short_index)):
-        if i is not None:
+        if i is not None and not _across_slices(arrays[i]):
             d = arrays[i][-1, -2:] - arrays[i][0, -2:]
             setattr(info, f"{name}_px", float(np.hypot(*d)))
             setattr(info, f"{name}_mm", float(np.hypot(*(d * sp))))
@@ -502,6 +552,10 @@ def _describe_one(lid, lines, arrays, sp, tolerance) -> LesionInfo:
     info.centre = centre_pts.mean(axis=0)
     if len(longs) > 1 or len(shorts) > 1 or set(lines) - set(_AXES):
         info.problem = "more than two lines share this lesion id"
+    elif across:
+        # Before "incomplete" or "a click": drawing the other axis or deleting the line
+        # as a click would not help; drawing it on a slice does.
+        info.problem = ACROSS_SLICES
     elif info.long_index is None:
         info.problem = "incomplete: no long axis"
     elif info.short_index is None:

@@ -39,8 +39,18 @@ def viewer_camera(viewer):
 def show_lines(viewer, layer, lines, centre=None) -> None:
     """Select ``lines`` of a Shapes layer, go to their slice and centre the view on them.
 
-    ``centre`` is a point in the layer's data coordinates (default: the lines' mean
-    vertex).
+    Whatever the viewer shows: the sliders of the axes not displayed go to the centre, and
+    the camera centres on it along the displayed ones, in 2D or 3D and in any order of the
+    axes (after napari's Roll or Transpose buttons).
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    layer : napari.layers.Shapes
+    lines : iterable of int
+        Positions of the lines in the layer.
+    centre : array_like, optional
+        A point in the layer's data coordinates (default: the lines' mean vertex).
     """
     lines = sorted(int(i) for i in lines)
     viewer.layers.selection.active = layer
@@ -50,10 +60,28 @@ def show_lines(viewer, layer, lines, centre=None) -> None:
     if centre is None:
         centre = np.concatenate([np.asarray(layer.data[i], float) for i in lines]).mean(axis=0)
     world = np.asarray(layer.data_to_world(np.asarray(centre, dtype=float)))
-    offset = viewer.dims.ndim - layer.ndim
-    for k in range(layer.ndim - 2):
-        viewer.dims.set_point(offset + k, float(world[k]))
-    viewer_camera(viewer).center = tuple(float(x) for x in world[-2:])
+    _go_to_world_point(viewer, world)
+
+
+def _go_to_world_point(viewer, world) -> None:
+    """Put the sliders and the camera on ``world``, a point in world coordinates of the
+    last ``len(world)`` axes of the viewer (a layer may have fewer axes than the viewer)."""
+    dims = viewer.dims
+    offset = dims.ndim - len(world)
+    # The camera's centre is in the order of the displayed axes (dims.displayed), which is
+    # not the data's once the axes are rolled or transposed, and has three values in 3D.
+    displayed = list(dims.displayed)
+    for axis in range(offset, dims.ndim):
+        if axis not in displayed:
+            dims.set_point(axis, float(world[axis - offset]))
+    camera = viewer_camera(viewer)
+    # An axis shown but not the layer's (a layer with fewer axes than the viewer) keeps
+    # its place.
+    current = list(camera.center)[-len(displayed):]
+    camera.center = tuple(
+        float(world[axis - offset]) if axis >= offset else float(current[k])
+        for k, axis in enumerate(displayed)
+    )
 
 
 def undocked(widget, event) -> bool:

@@ -410,12 +410,23 @@ class RecistWidget(RecistLayerAccess, QWidget):
         return layer
 
     def start_drawing(self) -> None:
-        """Select the RECIST layer (creating one if needed) and switch to its line tool."""
+        """Select the RECIST layer (creating one if needed) and switch to its line tool.
+
+        Where napari refuses the line tool (in 3D, on a hidden layer), or the plane shown is
+        not an axial slice, the dock's status and a notification say why and what to do;
+        the view itself is left as the user set it.
+        """
         layer = self._layer or self.new_recist_layer()
         if layer is None:
             return
         self.viewer.layers.selection.active = layer
         layer.mode = "add_line"
+        problem = _drawing_problem(self.viewer, layer)
+        if problem:
+            # After the counts, which the next sync rewrites: the advice lasts until then.
+            self._update_status()
+            self.status.setText(f"{problem} {self.status.text()}")
+            notify_warning(problem)
 
     # -- keeping the layer in order ---------------------------------------------------------
     def _on_data(self, event=None) -> None:
@@ -928,6 +939,30 @@ class RecistWidget(RecistLayerAccess, QWidget):
         )
         if path:
             self.import_deeplesion(path)
+
+
+def _drawing_problem(viewer, layer) -> str:
+    """Why lines drawn now on ``layer`` would not be RECIST, or "" when they would be.
+
+    napari refuses the line tool without a word in 3D and on a hidden layer (the layer stays
+    in pan_zoom mode). A view whose plane is not the data's last two axes (after napari's
+    Roll button) draws lines across slices, which are not measured
+    (``core.annotation.ACROSS_SLICES``).
+    """
+    if layer.mode != "add_line":
+        if viewer.dims.ndisplay == 3:
+            return ("Draw lesion: RECIST are drawn in 2D; switch the viewer to 2D (the 2D/3D "
+                    "button).")
+        if not layer.visible:
+            return (f"Draw lesion: the RECIST layer {layer.name!r} is hidden; show it (its eye "
+                    "in the layer list).")
+        return f"Draw lesion: napari refused the line tool on {layer.name!r}."
+    ndim = viewer.dims.ndim
+    # Layers are aligned on their last axes: the image plane is the viewer's last two.
+    if ndim > 2 and set(viewer.dims.displayed) != {ndim - 2, ndim - 1}:
+        return ("Draw lesion: the view is not an axial slice, and RECIST are measured on one; "
+                "press napari's Roll dimensions button until the slices are on the slider.")
+    return ""
 
 
 def _snapshot(layer) -> tuple:

@@ -210,3 +210,22 @@ def test_a_volume_mean_leaves_out_the_slices_with_an_empty_prediction():
 def test_metric_rows_refuses_shapes_that_differ():
     with pytest.raises(ValueError, match=r"prediction is \(8, 8\) but the ground truth"):
         metric_rows("m", np.zeros((8, 8)), _truth(), [None])
+
+
+def test_a_labelled_volume_keeps_its_labels_and_rows_name_the_recist_lesion():
+    # Lesion k of a labelled volume is label k, one lesion a slice: each slice holds one
+    # value, yet the rows must give the volume's labels, not renumber each slice from 1.
+    gt = np.zeros((3, *SHAPE), np.int32)
+    gt[0, 10:20, 10:20] = 1
+    gt[1, 40:50, 40:50] = 2
+    gt[2, 10:20, 40:50] = 3
+    lesions = [(0, _square_recist(10), 5), (1, _square_recist(40), 6)]
+    rows = metric_rows("m", gt > 0, gt, [0, 1, 2], lesions)
+    per_lesion = [(row["slice"], row["lesion"], row["recist"]) for row in rows[1:]]
+    # The third has no RECIST: nothing to name.
+    assert per_lesion == [(0, 1, 5), (1, 2, 6), (2, 3, "")]
+    assert rows[0]["recist"] == ""
+    # A plain mask (one value in the whole volume) still numbers each slice's components.
+    plain = (gt > 0).astype(np.uint8)
+    rows = metric_rows("m", plain, plain, [0, 1, 2], lesions)
+    assert [row["lesion"] for row in rows[1:]] == [1, 1, 1]

@@ -17,6 +17,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog, QStyle, QStyleOptionViewItem
 
 from napari_recist_seg.learning.report import MODEL_COLOURS
+from napari_recist_seg.plugin.comparison import ID_COLUMNS
 from napari_recist_seg.plugin.layer_units import META_KEY
 from napari_recist_seg.plugin.model_registry import MODEL_REGISTRY
 from napari_recist_seg.plugin.training_job import prepare_torch_import
@@ -294,7 +295,7 @@ def test_empty_prediction_is_blank_with_a_note_in_table_and_csv(make_napari_view
         assert row["Dice"] == "0.000" and row["note"] == "empty prediction"
         for title in undefined:
             assert row[title] == "", (title, row)  # not the diagonal, nor 90 degrees
-    column = metric_titles("mm").index("Hausdorff mm") + 4
+    column = metric_titles("mm").index("Hausdorff mm") + len(ID_COLUMNS)
     assert "empty prediction" in widget.table.item(0, column).toolTip()
 
     _patch_save_dialog(monkeypatch, tmp_path / "empty.csv")

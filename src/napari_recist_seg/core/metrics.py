@@ -319,25 +319,30 @@ def mean_metrics(metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return out
 
 
-def lesion_labels(truth: np.ndarray) -> np.ndarray:
+def lesion_labels(truth: np.ndarray, labelled: bool | None = None) -> np.ndarray:
     """The lesions of a 2D ground truth as labels.
 
     Parameters
     ----------
     truth : ndarray
         Labels (one value per lesion) or a plain mask.
+    labelled : bool, optional
+        Whether ``truth``'s values are lesion labels (True) or it is a plain mask (False).
+        By default a slice holding a single non-zero value is a plain mask; a slice of a
+        labelled volume may hold one lesion only, so the volume's caller says.
 
     Returns
     -------
     ndarray of int64
-        ``truth``'s own labels, or its 8-connected components when it holds a single
-        non-zero value (a plain mask with several lesions).
+        ``truth``'s own labels, or its 8-connected components for a plain mask (one with
+        several lesions).
     """
     truth = np.asarray(truth)
     if truth.ndim != 2:
         raise ValueError(f"the ground truth must be 2D, got shape {truth.shape}")
-    values = np.unique(truth[truth > 0])
-    if len(values) == 1:
+    if labelled is None:
+        labelled = len(np.unique(truth[truth > 0])) > 1
+    if not labelled:
         return ndimage.label(truth > 0, structure=np.ones((3, 3), dtype=bool))[0].astype(
             np.int64)
     return np.where(truth > 0, truth, 0).astype(np.int64)

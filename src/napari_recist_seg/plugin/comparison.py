@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 #: Identifying columns of a metrics row; ``note`` comes after the metrics.
-ID_COLUMNS = ("model", "lesion", "slice", "group")
+ID_COLUMNS = ("model", "lesion", "recist", "slice", "group")
 NOTE = "note"
 #: The probability above which a pixel is lesion, as ``recist-seg predict --threshold``.
 DEFAULT_THRESHOLD = 0.5
@@ -324,7 +324,9 @@ def metric_rows(name: str, mask, gt, planes, lesions=(), groups=None,
     Returns
     -------
     list of dict
-        ``model``, ``lesion`` ("all" for the image row), ``slice``, ``group``, every metric of
+        ``model``, ``lesion`` (the ground truth's label of the lesion, "all" for the image
+        row), ``recist`` (the id of the RECIST lesion centred in it, as the other docks
+        number them; "" for none), ``slice``, ``group``, every metric of
         ``METRIC_NAMES`` (NaN where undefined) and ``note``. The image row holds the metrics of
         the whole image (of a volume: the mean over the predicted slices, each metric over the
         slices that define it); its note counts the slices with an empty prediction.
@@ -335,15 +337,18 @@ def metric_rows(name: str, mask, gt, planes, lesions=(), groups=None,
     if mask.shape != gt.shape:
         raise ValueError(f"the prediction is {mask.shape} but the ground truth {gt.shape}")
     rows, per_plane, notes = [], [], []
+    # Decided on the whole volume: one slice of a labelled volume may hold a single label.
+    labelled = len(np.unique(gt[gt > 0])) > 1
     for z in planes:
         p = (mask if z is None else mask[z]) > 0
-        labels = lesion_labels(gt if z is None else gt[z])
+        labels = lesion_labels(gt if z is None else gt[z], labelled)
         # The group of each ground-truth lesion: that of the RECIST lesion centred in it.
-        asked, group_of = set(), {}
+        asked, group_of, recist_of = set(), {}, {}
         for s, recist, lid in lesions:
             value = _label_at(labels, recist.centre) if s == z else 0
             if value:
                 asked.add(value)
+                recist_of.setdefault(value, lid)
                 if (z, lid) in groups:
                     group_of.setdefault(value, groups[(z, lid)])
         if mode == "crops":
@@ -354,10 +359,11 @@ def metric_rows(name: str, mask, gt, planes, lesions=(), groups=None,
         for value, metrics in lesion_metrics(p, labels, empty="nan", spacing=spacing):
             g = group_of.get(value, image_group)
             note = EMPTY_PREDICTION if np.isnan(metrics["hausdorff"]) else ""
-            rows.append({"model": name, "lesion": value, "slice": "" if z is None else z,
+            rows.append({"model": name, "lesion": value, "recist": recist_of.get(value, ""),
+                         "slice": "" if z is None else z,
                          "group": "" if g is None else g, **metrics, NOTE: note})
     if per_plane:
-        rows.insert(0, {"model": name, "lesion": "all",
+        rows.insert(0, {"model": name, "lesion": "all", "recist": "",
                         "slice": "" if list(planes) == [None] else f"{len(planes)} slices",
                         "group": " ".join(str(g) for g in sorted(set(groups.values()))),
                         **mean_metrics(per_plane), NOTE: _summary_note(notes)})

@@ -90,7 +90,7 @@ def _select_option(p, default: str) -> None:
     p.add_argument("--select", choices=SELECT_METRICS, default=default,
                    help="what picks the best checkpoint and drives early stopping: the "
                         "validation loss, or the validation Dice against the pseudo-masks "
-                        "(default: %(default)s)")
+                        f"(default: {default})")
 
 
 def _augment_option(p, default: str) -> None:
@@ -101,7 +101,7 @@ def _augment_option(p, default: str) -> None:
                         "turns them by quarter turns and jitters brightness and contrast, "
                         "'affine' also rotates them by any angle, scales and shifts them; "
                         "'auto' is flips for prompted models and none for the others "
-                        "(default: %(default)s)")
+                        f"(default: {default})")
 
 
 def _crf_option(p) -> None:
@@ -207,6 +207,184 @@ def _encoder(args) -> str:
 
 
 # -- train ------------------------------------------------------------------------------------
+class _NotGiven:
+    """The value of a run option left off the command line (see ``_settle_options``)."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+_NOT_GIVEN = _NotGiven()
+
+#: The ``train`` options that make a run what it is, by destination: a resumed run takes each
+#: one not given from its checkpoint, and refuses one given with another value than the
+#: run's (``_settle_options``).
+_RUN_OPTIONS = {
+    "models": "--models", "encoder": "--encoder", "size": "--size", "epochs": "--epochs",
+    "batch": "--batch", "lr": "--lr", "patience": "--patience", "select": "--select",
+    "augment": "--augment", "k": "--k", "pseudo_mask": "--pseudo-mask",
+    "crf_weight": "--crf-weight", "n_train": "--n-train", "seed": "--seed",
+    "prior_residual": "--prior-residual", "prior_edge": "--prior-edge",
+    "prior_dropout": "--prior-dropout", "window": "--window", "crop": "--crop",
+    "neighbours": "--neighbours", "slice_gap_mm": "--slice-gap-mm",
+}
+#: Run options that a resumed run may change: how long it goes on.
+_FREE_ON_RESUME = ("epochs", "patience")
+
+
+def _run_option_defaults() -> dict:
+    """What each of ``_RUN_OPTIONS`` is when neither given nor taken from a resumed run."""
+    from ..learning.preparation import AUTO_CROP
+    from ..learning.train_config import TrainConfig as d
+
+    return {"models": "multitask", "encoder": None, "size": d.input_size, "epochs": d.epochs,
+            "batch": d.batch_size, "lr": d.lr, "patience": d.patience, "select": d.select,
+            "augment": d.augment, "k": None, "pseudo_mask": DEFAULT_TARGET,
+            "crf_weight": None, "n_train": None, "seed": d.seed, "prior_residual": None,
+            "prior_edge": PRIOR_EDGES[0], "prior_dropout": None, "window": "auto",
+            "crop": AUTO_CROP, "neighbours": 1, "slice_gap_mm": 2.0}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _saved_options(config: dict) -> dict:
+    """The run options, by destination and as the command line gives them, that a
+    checkpoint's ``config.json`` records; entries it lacks, or holds in a form the command
+    line could not have given, are left out (the trainer then names any mismatch)."""
+    from ..learning.model_kinds import model_kind
+    from ..learning.preparation import AUTO_CROP
+    from ..learning.train_config import AUGMENTATIONS, SELECT_METRICS
+
+    train = config.get("train_config")
+    if not isinstance(train, dict) or train.get("kind") not in MODEL_KINDS:
+        return {}
+    entry = model_kind(train["kind"])
+    out = {"models": train["kind"]}
+
+    def take(dest, value, ok) -> None:
+        if ok(value):
+            out[dest] = value
+
+    checks = [("encoder", "encoder", lambda v: isinstance(v, str)),
+              ("size", "input_size", _is_int), ("epochs", "epochs", _is_int),
+              ("batch", "batch_size", _is_int), ("lr", "lr", _is_number),
+              ("patience", "patience", _is_int), ("select", "select", SELECT_METRICS.__contains__),
+              ("augment", "augment", AUGMENTATIONS.__contains__), ("seed", "seed", _is_int),
+              ("crf_weight", "crf_weight", lambda v: v is None or _is_number(v))]
+    if entry.prompted:  # the command line gives the others none of these
+        checks += [("prior_residual", "prior_residual", lambda v: v in (None, True, False)),
+                   ("prior_edge", "prior_edge", PRIOR_EDGES.__contains__),
+                   ("prior_dropout", "prior_dropout", lambda v: v is None or _is_number(v))]
+    for dest, key, ok in checks:
+        if key in train:
+            take(dest, train[key], ok)
+    if entry.groups or entry.paired:  # the others do not train on the groups
+        take("k", (config.get("grouping") or {}).get("k"), _is_int)
+    take("pseudo_mask", (config.get("preprocessing") or {}).get("pseudo_mask_method"),
+         TARGET_METHODS.__contains__)
+    data = config.get("data_options")
+    if isinstance(data, dict):
+        for dest, ok in (("n_train", lambda v: v is None or _is_int(v)),
+                         ("window", lambda v: isinstance(v, str)),
+                         ("crop", lambda v: v is None or v == AUTO_CROP or _is_number(v)),
+                         ("neighbours", _is_int), ("slice_gap_mm", _is_number)):
+            if dest in data:
+                take(dest, data[dest], ok)
+    return out
+
+
+def _flag(dest: str, value) -> str:
+    """Run option ``dest`` with ``value`` as it is written on the command line."""
+    import shlex
+
+    option = _RUN_OPTIONS[dest]
+    if value is None:
+        return "--crop lesion" if dest == "crop" else f"no {option}"
+    if value is True or value is False:
+        return option if value else option.replace("--", "--no-", 1)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # as it was most likely typed: --crop 40, not 40.0
+    return f"{option} {shlex.quote(str(value))}"
+
+
+def _same_option(dest: str, given, saved, kind: str) -> bool:
+    """Whether ``given`` trains what ``saved`` did ("auto" is the kind's own augmentation)."""
+    if dest == "augment":
+        from ..learning.train_config import default_augmentation
+
+        given, saved = ((default_augmentation(kind) if v == "auto" else v)
+                        for v in (given, saved))
+    return given == saved
+
+
+def _settle_options(args, resume: Path | None) -> list[str]:
+    """Give every run option of ``args`` left off the command line its value: the resumed
+    run's own (from its checkpoint ``resume``) where it records one, else the default.
+
+    Returns the options taken from the run whose value is not the default, as they are
+    written on the command line. Raises ValueError naming them when options given differ
+    from the run's (other than ``_FREE_ON_RESUME``), since the run would go on as another.
+    """
+    saved = {} if resume is None else _saved_options(_checkpoint_config(resume) or {})
+    given = {dest for dest in _RUN_OPTIONS if getattr(args, dest) is not _NOT_GIVEN}
+    kind = saved.get("models", "")
+    differ = [dest for dest in _RUN_OPTIONS
+              if dest in given and dest in saved and dest != "models"
+              and dest not in _FREE_ON_RESUME
+              and not _same_option(dest, getattr(args, dest), saved[dest], kind)]
+    if differ:
+        run = " and ".join(_flag(d, saved[d]) for d in differ)
+        asked = " and ".join(_flag(d, getattr(args, d)) for d in differ)
+        raise ValueError(f"--resume {resume}: the run was trained with {run}, not {asked}; "
+                         f"leave {'that option' if len(differ) == 1 else 'those options'} "
+                         f"out to go on with the run's own, or train a new run (another "
+                         f"--out, or --overwrite)")
+    from ..learning.train_config import TrainConfig
+
+    defaults = _run_option_defaults()
+    # What a new run would train with: no --encoder is the trainer's encoder (or that of
+    # packaged --encoder-weights, which a resumed run does not go by).
+    usual = {**defaults, "encoder": TrainConfig.encoder}
+    taken = []
+    for dest in _RUN_OPTIONS:
+        if dest in given:
+            continue
+        value = saved.get(dest, defaults[dest])
+        setattr(args, dest, value)
+        if dest in saved and value != usual[dest]:
+            taken.append(_flag(dest, value))
+    return taken
+
+
+def _data_options(args, table: bool) -> dict:
+    """The options that chose and prepared the data, saved in the checkpoints so that a
+    resumed run can take them (``_saved_options``)."""
+    if table:
+        return {"window": args.window, "crop": args.crop, "neighbours": args.neighbours,
+                "slice_gap_mm": args.slice_gap_mm}
+    return {"n_train": args.n_train}
+
+
+def _continue_hint(kind: str, checkpoint: str, args) -> str:
+    """The options that continue an interrupted run of ``kind`` (with the same data and
+    --out): the others are taken from the run."""
+    import shlex
+
+    words = ["--models", kind, "--resume", shlex.quote(str(checkpoint))]
+    # Neither is recorded in a form the run can be given back: a teacher is checked, not
+    # taken, and the image folder of a table is where the data happen to lie.
+    for option, value in (("--teacher", args.teacher), ("--images", args.images)):
+        if value:
+            words += [option, shlex.quote(str(value))]
+    return " ".join(words)
+
+
 def _crop_side(text: str) -> float | str | None:
     """``--crop``: a patch side in source pixels, "lesion" (None: sized to each lesion) or
     "auto" (each model kind its own: ``preparation.crop_px_for``)."""
@@ -237,17 +415,16 @@ def _table_options(p) -> None:
     p.add_argument("--window", default="auto",
                    help="lesion tables: HU window, 'auto' (each row's DICOM_windows, else soft "
                         "tissue), a preset (soft-tissue, lung, bone, liver, wide) or LO,HI "
-                        "(default: %(default)s)")
+                        "(default: auto)")
     p.add_argument("--crop", type=_crop_side, default="auto",
                    help=f"lesion tables: patch side in source px, widened for long lesions; "
                         f"'lesion': each patch twice its lesion's long axis; 'auto': 'lesion' "
                         f"for prompted models, {DEFAULT_CROP_PX:g} for the others (default)")
     p.add_argument("--neighbours", type=int, default=1,
                    help="lesion tables: slices each side of the key slice as channels "
-                        "(default: %(default)s)")
+                        "(default: 1)")
     p.add_argument("--slice-gap-mm", type=float, default=2.0,
-                   help="volumes: distance of neighbouring channels in mm (default: "
-                        "%(default)s)")
+                   help="volumes: distance of neighbouring channels in mm (default: 2.0)")
 
 
 def _configure_train(p) -> None:
@@ -258,32 +435,34 @@ def _configure_train(p) -> None:
     _table_options(p)
     p.add_argument("--models", default="multitask",
                    help=f"comma-separated kinds: {', '.join(MODEL_KINDS)}, or 'all' "
-                        f"(default: %(default)s)")
+                        f"(default: multitask; with --resume, the run's kind)")
     from ..learning.train_config import TrainConfig as d
 
     p.add_argument("--encoder", help=f"default: {d.encoder}, or the encoder of the packaged "
                                      f"--encoder-weights")
     p.add_argument("--size", type=int, default=d.input_size,
-                   help="network input side in px: a multiple of 16 from 16 to 4096 "
-                        "(default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
-    p.add_argument("--batch", type=int, default=d.batch_size, help="default: %(default)s")
-    p.add_argument("--lr", type=float, default=d.lr, help="default: %(default)s")
+                   help=f"network input side in px: a multiple of 16 from 16 to 4096 "
+                        f"(default: {d.input_size})")
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help=f"epochs in all; with --resume, more than the run has done train it "
+                        f"further (default: {d.epochs}; with --resume, the run's)")
+    p.add_argument("--batch", type=int, default=d.batch_size, help=f"default: {d.batch_size}")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"default: {d.lr}")
     p.add_argument("--patience", type=int, default=d.patience,
-                   help="epochs without improvement before stopping (default: %(default)s)")
+                   help=f"epochs without improvement before stopping (default: {d.patience})")
     _select_option(p, d.select)
     _augment_option(p, d.augment)
     p.add_argument("--k", type=int,
                    help="RECIST groups for the multitask model (default: one per 20 training "
                         "lesions, 2 to 45)")
     p.add_argument("--pseudo-mask", default=DEFAULT_TARGET, choices=TARGET_METHODS,
-                   help="training target drawn from each RECIST; the trimap ones leave a band "
-                        "undecided or decide it from the image (default: %(default)s)")
+                   help=f"training target drawn from each RECIST; the trimap ones leave a band "
+                        f"undecided or decide it from the image (default: {DEFAULT_TARGET})")
     _crf_option(p)
     p.add_argument("--n-train", type=int, help="use this many images (default: all)")
     p.add_argument("--seed", type=int, default=d.seed,
-                   help="seed of the split, the groups, the weights and the batches "
-                        "(default: %(default)s)")
+                   help=f"seed of the split, the groups, the weights and the batches "
+                        f"(default: {d.seed})")
     p.add_argument("--device", default=d.device,
                    help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     _prompted_options(p)
@@ -292,10 +471,16 @@ def _configure_train(p) -> None:
     _encoder_weights_option(p)
     p.add_argument("--resume",
                    help="continue a stopped run: its last/ checkpoint or its run folder "
-                        "(OUT/KIND); one model only")
+                        "(OUT/KIND); one model only. Options that make the run what it is "
+                        "(--size, --batch, --seed, --pseudo-mask and the like) are taken "
+                        "from the run when not given, and refused when given otherwise")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the runs already in OUT/KIND (their best/ and last/ are "
                         "deleted); without it an occupied run folder is refused")
+    # Left unset when not given, so that a resumed run can tell a value given from a
+    # default (``_settle_options``); their help texts write their defaults out, since
+    # argparse's %(default)s would show the marker.
+    p.set_defaults(**dict.fromkeys(_RUN_OPTIONS, _NOT_GIVEN))
 
 
 @command("train", "train models on RECIST-derived pseudo-masks and groups", _configure_train)
@@ -305,8 +490,8 @@ def _train(args) -> int:
     from ..learning.trainer import TrainConfig, train
 
     _only_rank_zero_reports()
-    models = _models(args.models)
-    if args.resume and len(models) != 1:
+    asked_models = None if args.models is _NOT_GIVEN else _models(args.models)
+    if args.resume and asked_models is not None and len(asked_models) != 1:
         raise ValueError("--resume continues one run: name a single model with --models")
     if args.resume and args.overwrite:
         raise ValueError("--resume continues a run and --overwrite replaces it: give one")
@@ -315,10 +500,15 @@ def _train(args) -> int:
                          "--self-training-rounds")
     resume = None if args.resume is None else _resume_from(args.resume)
     saved_kind = None if resume is None else _checkpoint_kind(resume)
-    if saved_kind is not None and saved_kind != models[0]:
+    if saved_kind is not None and asked_models is not None and saved_kind != asked_models[0]:
         # Said before the run folder of --models is looked at, which may hold another run.
-        raise ValueError(f"--resume {args.resume} is a '{saved_kind}' run, not '{models[0]}': "
-                         f"name its kind with --models {saved_kind}")
+        raise ValueError(f"--resume {args.resume} is a '{saved_kind}' run, not "
+                         f"'{asked_models[0]}': name its kind with --models {saved_kind}")
+    epochs_given = args.epochs is not _NOT_GIVEN
+    taken = _settle_options(args, resume)
+    if taken:
+        print(f"resuming with the run's own settings: {' '.join(taken)}")
+    models = _models(args.models)
     from ..learning.preparation import check_input_size
     from ..learning.self_training import check_rounds, round_folders, self_train
 
@@ -333,10 +523,13 @@ def _train(args) -> int:
         from ..learning.teacher import check_resume_teacher
 
         check_resume_teacher(resume, args.teacher, "--teacher")
+        if _nothing_to_train(models[0], resume, args.epochs, epochs_given):
+            return 0
     teacher = _teacher_model(args)
     from ..data.recist_sources import is_lesion_table
 
-    if is_lesion_table(args.data):
+    table = is_lesion_table(args.data)
+    if table:
         if args.n_train is not None:
             raise ValueError("--n-train applies to image+mask folders; a table trains on its "
                              "training rows")
@@ -355,7 +548,9 @@ def _train(args) -> int:
                 taught[id(data)] = _taught(teacher, args, data)
             sets[kind] = taught[id(data)]
         del teacher
-    facts = {"teacher": str(args.teacher)} if args.teacher else None
+    facts = {"data_options": _data_options(args, table)}
+    if args.teacher:
+        facts["teacher"] = str(args.teacher)
     bars = TrainingBars()
     for kind in models:
         data = sets[kind]
@@ -392,8 +587,8 @@ def _train(args) -> int:
                 then = (f"\n  not started: {', '.join(left)} (then: --models "
                         f"{','.join(left)})" if left else "")
                 print(f"recist-seg train: interrupted; {kind} saved at epoch {saved.epoch}, "
-                      f"step {saved.step} in {saved.checkpoint}\n  continue with: --models "
-                      f"{kind} --resume {saved.checkpoint}{then}", file=sys.stderr)
+                      f"step {saved.step} in {saved.checkpoint}\n  continue with: "
+                      f"{_continue_hint(kind, saved.checkpoint, args)}{then}", file=sys.stderr)
             return 130
     bars.close()
     return 0
@@ -440,13 +635,37 @@ def _groups_words(models, data) -> str:
     return ""
 
 
+def _checkpoint_config(folder: Path) -> dict | None:
+    """A checkpoint folder's ``config.json`` (None when it cannot be read)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def _checkpoint_kind(folder: Path) -> str | None:
     """The model kind a checkpoint folder records (None when it cannot be read)."""
     try:
-        return str(json.loads((folder / "config.json").read_text(encoding="utf-8"))
-                   ["train_config"]["kind"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return str((_checkpoint_config(folder) or {})["train_config"]["kind"])
+    except (KeyError, TypeError):
         return None
+
+
+def _nothing_to_train(kind: str, resume: Path, epochs: int, epochs_given: bool) -> bool:
+    """Say so, with how to train further, when the run in ``resume`` has already done the
+    ``epochs`` asked for, and return True; else False."""
+    from ..learning.run_folders import resume_position
+
+    position = resume_position(resume)
+    if position is None or position[0] < epochs:
+        return False
+    done, step = position
+    what = (f"all {done} epochs of the run are done" if step == 0 else
+            f"{done} epochs of the run and part of the next are done")
+    asked = f" (asked for {epochs})" if epochs_given else ""
+    print(f"{kind}: {what}{asked}; give --epochs above {done} to train further")
+    return True
 
 
 def _resume_from(text: str) -> Path:

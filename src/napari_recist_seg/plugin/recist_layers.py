@@ -205,7 +205,8 @@ def measurement_labels(lesion_ids, axes, lengths, unit: str = "mm") -> list[str]
     for length, other, axis in zip(lengths.tolist(), partner.tolist(), kinds):
         if length != length or length in (np.inf, -np.inf):
             labels.append("")
-        elif other < 0:
+        elif other < 0 or not np.isfinite(lengths[other]):
+            # Alone, or paired with a line that has no length (drawn across slices).
             labels.append(f"{length:.1f} {unit}")
         elif axis == "long":
             labels.append(f"{length:.1f} x {lengths[other]:.1f} {unit}")

@@ -94,6 +94,7 @@ _COLUMNS = (
     "short (px)",
 )
 STATUS_COLUMN = _COLUMNS.index("status")
+_PX_COLUMNS = ("long (px)", "short (px)")
 _BAD = QColor(200, 60, 60, 110)
 _INCOMPLETE = QColor(200, 160, 40, 110)
 
@@ -123,7 +124,10 @@ class LesionTableModel(QAbstractTableModel):
         return 0 if parent.isValid() else len(self.lesions)
 
     def columnCount(self, parent=QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(_COLUMNS)
+        if parent.isValid():
+            return 0
+        # Lengths already in pixels: the pixel columns, last, would say the same again.
+        return len(_COLUMNS) - (len(_PX_COLUMNS) if self.unit == PX else 0)
 
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
         if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:

@@ -276,6 +276,10 @@ def test_predict_without_recists_refuses_a_crops_model_before_writing(tmp_path, 
     assert "trained on lesion crops: give each lesion's RECIST with --recists" in (
         capsys.readouterr().err)
     assert not out.exists()
+    # A model path that does not exist names the option it was given to.
+    assert main(["predict", str(data / "images"), "--model", str(tmp_path / "nowhere"),
+                 "--out", str(out)]) == 2
+    assert f"--model {tmp_path / 'nowhere'}: no such" in capsys.readouterr().err
 
 
 def test_evaluate_never_scores_predictions_against_predictions(tmp_path, capsys):

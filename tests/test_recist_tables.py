@@ -86,6 +86,15 @@ def test_deeplesion_trains_and_predicts_masks_named_by_file_name(tmp_path, capsy
                  "--out", str(out), "--overwrite"]) == 0
     assert (out / "lesions.csv").read_bytes() == before
 
+    # One key slice's picture alone has no neighbours for the model's other channels: the
+    # command says which input to give instead.
+    slice_png = next((tmp_path / "dl" / "Images_png").rglob("*.png"))
+    assert main(["predict", str(slice_png), "--model", str(runs / "multitask"),
+                 "--out", str(tmp_path / "one")]) == 2
+    said = capsys.readouterr().err
+    assert "neighbouring slice(s)" in said and "predict a lesion table" in said
+    assert not (tmp_path / "one").exists()
+
     # --split 3: only the test rows.
     test_out = tmp_path / "test-masks"
     assert main(["predict", str(table), "--model", str(runs / "multitask"),

@@ -791,7 +791,10 @@ def _predict(args) -> int:
     from ..data.recist_sources import is_lesion_table
     from ..data.volumes import is_medical_image_path
     from ..learning.inference import is_prompted, load_model, predict_detailed
+    from ..learning.slice_context import slice_context
 
+    if not Path(args.model).exists():
+        raise ValueError(f"--model {args.model}: no such run folder or checkpoint")
     if len(args.inputs) == 1 and is_lesion_table(args.inputs[0]) and not args.recists:
         return _predict_table(args)
     if args.split is not None or args.images is not None:
@@ -828,6 +831,16 @@ def _predict(args) -> int:
     targets = [out / stem.parent / f"{stem.name}_mask.png" for stem in stems]
     refuse_existing([*targets, out / "predictions.csv"], args.overwrite)
     model = load_model(args.model, device=args.device)
+    context = slice_context(model.preprocessing)
+    if context:
+        # A picture file holds one slice; the model's other channels are its neighbours,
+        # which only a table naming the scan's slices lets the command find.
+        raise ValueError(
+            f"{args.model} reads each CT key slice with {context} neighbouring slice(s) on "
+            f"each side, which a picture file does not hold: predict a lesion table naming "
+            f"the slices instead (recist-seg predict DL_info.csv --model {args.model} --out "
+            f"{args.out}, or a RECIST table naming a scan), or open the slice in napari, "
+            f"where a lone slice is read as its own neighbours")
     if is_prompted(model) and not args.recists:
         raise ValueError(f"{args.model} is a RECIST-prompted model: give each lesion's RECIST "
                          f"with --recists FILE, or predict a lesion table")

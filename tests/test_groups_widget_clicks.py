@@ -68,8 +68,11 @@ def test_groups_controls_by_clicks_typing_and_picks(make_napari_viewer, ct_image
 
     _type(qtbot, widget.k_spin, "1")
     qtbot.mouseClick(widget.suggest_button, LEFT)
+    # While K is being suggested, K-means cannot run with the K about to change.
+    assert not widget.run_button.isEnabled() and not widget.k_spin.isEnabled()
     qtbot.waitUntil(lambda: widget.k_spin.value() >= 2 and widget.suggest_button.isEnabled(),
                     timeout=20000)
+    assert widget.run_button.isEnabled() and widget.k_spin.isEnabled()
     assert "Suggested K=" in widget.status.text()
 
     # Clicking a point of the plot selects its lesion's lines.

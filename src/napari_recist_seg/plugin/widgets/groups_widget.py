@@ -294,10 +294,7 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         ids = [info.lesion_id for info in valid]
         worker.returned.connect(lambda grouping: self._apply_groups(layer, ids, grouping))
         worker.errored.connect(lambda exc: notify_error(f"Run K-means: {exc}"))
-        self._worker = worker
-        self.run_button.setEnabled(False)
-        worker.finished.connect(lambda: enable_if_alive(self.run_button))
-        worker.start()
+        self._start_grouping(worker)
 
     def _apply_groups(self, layer, lesion_ids, grouping) -> None:
         if layer is None or layer not in self.viewer.layers:
@@ -340,9 +337,16 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         )
         worker.returned.connect(self._on_suggested)
         worker.errored.connect(lambda exc: notify_error(f"Suggest K: {exc}"))
+        self._start_grouping(worker)
+
+    def _start_grouping(self, worker) -> None:
+        # One at a time: a K suggested while K-means runs with the old K would set the K
+        # box and the status line after the groups were drawn with another K.
+        controls = (self.suggest_button, self.run_button, self.k_spin)
+        for control in controls:
+            control.setEnabled(False)
         self._worker = worker
-        self.suggest_button.setEnabled(False)
-        worker.finished.connect(lambda: enable_if_alive(self.suggest_button))
+        worker.finished.connect(lambda: [enable_if_alive(c) for c in controls])
         worker.start()
 
     def _on_suggested(self, result) -> None:

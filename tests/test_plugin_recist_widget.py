@@ -151,6 +151,10 @@ def test_rule_violation_is_flagged_and_make_perpendicular_fixes_it(
     draw(layer, [[20, 10], [20, 50]])
     draw(layer, [[10, 25], [30, 35]])  # well off perpendicular (in mm)
     assert "from perpendicular" in _row(widget, 0)[-1]
+    # The reason is also in full below the table, whose column may be cut.
+    assert "Lesion 0: " in widget.status.text() and "from perpendicular" in widget.status.text()
+    # A picture's lesions have no slice: that column is hidden.
+    assert widget.table.isColumnHidden(1)
     before = np.array(layer.data[1])
     widget.table.selectRow(0)
     widget._on_cell_clicked(0)

@@ -487,6 +487,12 @@ class RecistWidget(RecistLayerAccess, QWidget):
         else:
             ok = sum(1 for info in self.lesions if info.ok)
             notes.append(f"{len(self.lesions)} lesion(s), {ok} valid.")
+            bad = [info for info in self.lesions if not info.ok]
+            if bad:
+                # The table's status column is often cut at the dock's width: the first
+                # reason is repeated here, in full.
+                more = f" ({len(bad) - 1} more in the table)" if len(bad) > 1 else ""
+                notes.append(f"Lesion {bad[0].lesion_id}: {bad[0].problem}{more}.")
             if self.unit() == PX:
                 notes.append("No pixel size is known: lengths are in px.")
             if image is None:
@@ -507,6 +513,9 @@ class RecistWidget(RecistLayerAccess, QWidget):
         selected = self._selected_row_lesion()
         groups = self._groups()
         self.model.set_lesions(self.lesions, groups, self.unit())
+        # A picture's lesions have no slice: the empty column would push the status out.
+        self.table.setColumnHidden(_COLUMNS.index("slice"),
+                                   all(info.slice is None for info in self.lesions))
         self._update_legend(groups)
         if selected is not None:
             self._select_row(selected)

@@ -76,7 +76,7 @@ def test_start_stop_a_folder_in_use_and_resume_by_clicks(make_napari_viewer, qtb
     asked = []
 
     def answer(choice):
-        def ask(parent, folder, runs, new_folder, can_resume):
+        def ask(parent, folder, runs, new_folder, can_resume, resume_does=""):
             asked.append((str(folder), runs, new_folder, can_resume))
             return choice
         return ask
@@ -404,7 +404,7 @@ def test_self_training_rounds_typed_into_the_form_train_each_round(
     # Resume button says why.
     asked = []
 
-    def ask(parent, folder, runs, new_folder, can_resume):
+    def ask(parent, folder, runs, new_folder, can_resume, resume_does=""):
         asked.append(can_resume)
         return "cancel"
 

@@ -7,6 +7,10 @@ numpy arrays, so the GUI process needs neither torch nor the trainer's classes t
 
 ``("status", text)``
     What the run is doing before training starts.
+``("warning", text)``
+    A warning raised while the data was prepared (read, given pseudo-masks and groups, or
+    given a teacher's targets), e.g. the masks of a folder left out because they are empty;
+    each text once, sent once that step is done. Such warnings are not printed.
 ``("prepared", dict)``
     ``mode``, ``n_train``, ``n_val``, ``k`` and ``in_channels`` of the prepared sets.
 ``("event", dict)``
@@ -27,6 +31,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +46,7 @@ __all__ = [
     "MODEL_KINDS",
     "TrainingFailed",
     "TrainingJob",
+    "collect_warnings",
     "prepare_torch_import",
     "run_label",
     "run_training",
@@ -195,6 +202,48 @@ def prepare_torch_import() -> None:
         sys.setdlopenflags(flags)
 
 
+def collect_warnings(func: Callable, *args, **kwargs) -> tuple[object, list[str]]:
+    """Call ``func`` and gather the warnings it raises instead of printing them.
+
+    Parameters
+    ----------
+    func : callable
+        Called with ``args`` and ``kwargs`` in this thread.
+
+    Returns
+    -------
+    tuple
+        ``func``'s result and the texts of the warnings raised in this thread while it ran,
+        each once, in the order raised.
+
+    Notes
+    -----
+    The warning filters in force still apply (an ignored warning stays ignored), but a
+    warning already shown once is shown again: a second run on the same data must tell the
+    same. Warnings that other threads (the viewer's) raise meanwhile are printed as before.
+    """
+    owner = threading.get_ident()
+    texts: list[str] = []
+    # Entering catch_warnings also forgets which warnings were shown already.
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def gather(message, category, filename, lineno, file=None, line=None):
+            if threading.get_ident() != owner:
+                show(message, category, filename, lineno, file, line)
+            elif str(message) not in texts:
+                texts.append(str(message))
+
+        warnings.showwarning = gather
+        result = func(*args, **kwargs)
+    return result, texts
+
+
+def _warning_messages(texts: list[str]) -> Iterator[tuple]:
+    for text in texts:
+        yield ("warning", text)
+
+
 def _release_accelerator_memory() -> None:
     import torch
 
@@ -216,10 +265,12 @@ def _teacher_targets(job: TrainingJob, data, taught: dict, stop) -> Iterator[tup
 
     def draw() -> None:
         try:
-            teacher = load_model(job.teacher, device=job.device)
-            outcome["result"] = teacher_targets(
-                teacher, data, batch_size=job.batch_size, name=str(job.teacher), stop=stop,
+            teacher, noted = collect_warnings(load_model, job.teacher, device=job.device)
+            outcome["result"], more = collect_warnings(
+                teacher_targets, teacher, data, batch_size=job.batch_size,
+                name=str(job.teacher), stop=stop,
                 progress=lambda n, _total: done.__setitem__(0, n))
+            outcome["warnings"] = noted + [t for t in more if t not in noted]
         except Exception as exc:  # noqa: BLE001 (raised again in the generator's thread)
             outcome["error"] = exc
 
@@ -231,6 +282,7 @@ def _teacher_targets(job: TrainingJob, data, taught: dict, stop) -> Iterator[tup
         worker.join(0.5)
     if "error" in outcome:
         raise outcome["error"]
+    yield from _warning_messages(outcome.get("warnings", []))
     if outcome.get("result") is not None:
         taught[id(data)] = outcome["result"][0]
 
@@ -263,7 +315,11 @@ def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> It
         from ..learning.benchmark import load_folder
 
         yield ("status", f"reading {job.folder}")
-        loaded = load_folder(job.folder, seed=job.seed)
+        # What the command line prints (masks left out, grey images among colour ones) must
+        # reach the viewer's user too: in a thread or a child process it would only reach
+        # the terminal, if any.
+        loaded, noted = collect_warnings(load_folder, job.folder, seed=job.seed)
+        yield from _warning_messages(noted)
         images, recists, mode = loaded.images, loaded.recists, "whole_image"
     if stop():
         return
@@ -273,15 +329,18 @@ def run_training(job: TrainingJob, stop: Callable[[], bool] | None = None) -> It
     if job.table is not None:
         yield ("status", f"reading {job.table}, making pseudo-masks and groups")
         # Each model kind trains on its own patch side (prompted: sized to the lesion).
-        sets = prepare_table_for_kinds(job.table, job.kinds, **common)
+        sets, noted = collect_warnings(prepare_table_for_kinds, job.table, job.kinds,
+                                       **common)
         data, mode = sets[job.kinds[0]], "crops"
     elif mode == "crops":
         yield ("status", f"making pseudo-masks and groups for {len(recists)} lesions")
-        data = prepare_crops(images, recists, image_index=job.image_index, slices=job.slices,
-                             **common)
+        data, noted = collect_warnings(prepare_crops, images, recists,
+                                       image_index=job.image_index, slices=job.slices,
+                                       **common)
     else:
         yield ("status", f"making pseudo-masks and groups for {len(recists)} lesions")
-        data = prepare_whole_images(images, recists, **common)
+        data, noted = collect_warnings(prepare_whole_images, images, recists, **common)
+    yield from _warning_messages(noted)
     in_channels = int(data.train_set.n_channels)
     yield ("prepared", {"mode": mode, "n_train": len(data.train_set),
                         "n_val": len(data.val_set), "k": int(data.grouping.k),

@@ -345,6 +345,10 @@ class TrainingWidget(QWidget):
         self._last_step_update = 0.0
         self._last_checkpoints: dict[str, str] = {}
         self._new_out_dir: Path | None = None
+        self._job: TrainingJob | None = None  # the run in progress (or the last one)
+        self._warnings: list[str] = []  # raised while the run's data was prepared
+        self._ended_kinds: list[str] = []  # kinds whose run ended (trained or stopped)
+        self._stopped_kind: str | None = None
         self._connections = Connections()
         bind_lifetime(self, self._connections)
         state = self._state
@@ -445,7 +449,7 @@ class TrainingWidget(QWidget):
         self.resume_button = QPushButton("Resume")
         self.resume_button.setToolTip(
             "Continue the ticked models' stopped runs in the output folder from their last/ "
-            "checkpoints"
+            "checkpoints, and train the ticked models not started yet"
         )
         self.resume_button.clicked.connect(lambda: self.start(resume=True))
         self.stop_button = QPushButton("Stop")
@@ -617,10 +621,12 @@ class TrainingWidget(QWidget):
     def start(self, job: TrainingJob | None = None, resume: bool = False):
         """Start training (``job`` defaults to the form's); returns the worker or None.
 
-        With ``resume``, each ticked kind's stopped run in the output folder continues from its
-        ``last/`` checkpoint. Otherwise an output folder that already holds a run of a ticked
-        kind is never replaced: the user is asked to resume it, train into a new subfolder,
-        or cancel. The worker starts when the event loop next runs: connect to its signals
+        With ``resume``, the ticked kinds are trained in turn: a stopped run in the output
+        folder continues from its ``last/`` checkpoint, a kind without a run trains afresh
+        and a finished run is left as it is unless Epochs asks for more (``_resume_plan``
+        says which). Otherwise an output folder that already holds a run of a ticked kind is
+        never replaced: the user is asked to resume it, train into a new subfolder, or
+        cancel. The worker starts when the event loop next runs: connect to its signals
         first.
         """
         from ..workers import create_worker
@@ -632,7 +638,7 @@ class TrainingWidget(QWidget):
             job = job if job is not None else self.make_job()
             job.validate()
             if resume:
-                _resumable_runs(job)  # says what is missing when there is nothing to resume
+                _resume_plan(job, _runs_of(job))  # says why when Resume cannot go on
                 job.resume = True
                 job.validate()
             elif not job.resume:
@@ -666,6 +672,7 @@ class TrainingWidget(QWidget):
         self._curves = {}
         self._last_checkpoints = {}
         self._last_step_update = 0.0
+        self._job, self._warnings, self._ended_kinds, self._stopped_kind = job, [], [], None
         self._state.slow_spinners(self.window())
         self._clear_plot()
         self._set_running(True)
@@ -682,11 +689,15 @@ class TrainingWidget(QWidget):
         runs = _runs_of(job)
         if not runs:
             return job
-        can_resume = not job.self_training_rounds and all(
-            run.has_last and not run.finished for run in runs.values())
+        # Resume is offered whenever the Resume button would go on with these kinds.
+        try:
+            resume_does, can_resume = _resume_plan(job, runs), True
+        except ValueError as exc:
+            resume_does, can_resume = f"Resume is not offered: {exc}.", False
         lines = "\n".join(f"- {KIND_NAMES[kind]}: {run.describe()}" for kind, run in runs.items())
         new_folder = _free_subfolder(Path(job.out_dir))
-        choice = ask_about_occupied_folder(self, job.out_dir, lines, new_folder, can_resume)
+        choice = ask_about_occupied_folder(self, job.out_dir, lines, new_folder, can_resume,
+                                           resume_does=resume_does)
         if choice == "resume" and can_resume:
             job.resume = True
             return job
@@ -715,12 +726,19 @@ class TrainingWidget(QWidget):
             kind, payload = message
             if kind == "status":
                 self.status.setText(str(payload))
+            elif kind == "warning":
+                self._warnings.append(str(payload))
+                notify_warning(f"Training: {payload}")
+                self.status.setText(f"Warning: {payload}")
             elif kind == "prepared":
                 p = payload
+                # The warnings stay in the line until training starts (and in the
+                # notifications after).
+                noted = "".join(f"\nWarning: {text}" for text in self._warnings)
                 self.status.setText(
                     f"{p['n_train']} training and {p['n_val']} validation lesions "
                     f"({'lesion crops' if p['mode'] == 'crops' else 'whole images'}), "
-                    f"{p['k']} RECIST groups"
+                    f"{p['k']} RECIST groups{noted}"
                 )
             elif kind == "event":
                 self._on_event(payload)
@@ -777,18 +795,41 @@ class TrainingWidget(QWidget):
                 bars.pop(kind).close()
             self._last_checkpoints[kind] = e.get("checkpoint") or ""
             if e["kind"] == "stopped":
+                self._stopped_kind = kind
                 where = stopped_words(e["epoch"], e["step"])
                 if e["step"]:
                     where += f", step {e['step']}"
+                note = self._not_started_note(kind)
                 notify_info(
                     f"Training {KIND_NAMES[kind]} {where}; its checkpoint (resumable) is in "
-                    f"{e.get('checkpoint')}"
+                    f"{e.get('checkpoint')}{'. ' + note if note else ''}"
                 )
             else:
                 self.status.setText(f"{KIND_NAMES[kind]}: {e.get('message', 'done')}")
             self._redraw_if_dirty()
 
+    def _not_started(self, after: str | None = None) -> list[str]:
+        """The run's kinds that never started (all after ``after`` when given)."""
+        kinds = list(self._job.kinds) if self._job is not None else []
+        if after in kinds:
+            kinds = kinds[kinds.index(after) + 1:]
+        return [k for k in kinds if k not in self._ended_kinds and k != after]
+
+    def _not_started_note(self, stopped: str | None) -> str:
+        """Which of the run's models a stop left untrained, and how to train them ("" when
+        none); ``stopped`` is the kind whose run was stopped (None: between two kinds)."""
+        left = self._not_started(stopped)
+        if not left:
+            return ""
+        names, them = _names(left), "it" if len(left) == 1 else "them"
+        if stopped is not None and self._job is not None and not self._job.self_training_rounds:
+            # run_training resumes each ticked kind in turn: the stopped run, then these.
+            return (f"Not started: {names}; Resume, with the same models ticked, continues "
+                    f"{KIND_NAMES[stopped]} and then trains {them}")
+        return f"Not started: {names}; to train {them}, tick only {them} and press Start"
+
     def _on_model(self, info: dict) -> None:
+        self._ended_kinds.append(info["kind"])
         run_folder = Path(info["path"]).resolve().parent
         for old in MODEL_REGISTRY.entries():  # this run's earlier state (a stopped last/)
             if Path(old.path).parent == run_folder and Path(old.path) != Path(info["path"]):
@@ -812,6 +853,13 @@ class TrainingWidget(QWidget):
                 self.status.setText("Stopped before the first training step; nothing was "
                                     "written.")
                 remove_empty_folders(self._new_out_dir)
+            elif event is not None and event.is_set():
+                note = self._not_started_note(self._stopped_kind)
+                if note and self._stopped_kind is None:
+                    # Stopped between two models: no "stopped" event told of it.
+                    notify_info(f"Training stopped. {note}")
+                if note:
+                    self.status.setText(f"{self.status.text()}\n{note}.")
             self._plot_timer.stop()
             self._redraw_if_dirty()
             self._set_running(False)
@@ -865,12 +913,34 @@ class TrainingWidget(QWidget):
 
 
 def ask_about_occupied_folder(parent, folder, runs: str, new_folder: Path,
-                              can_resume: bool) -> str:
-    """Ask what to do with an output folder that holds runs: "resume", "new" or "cancel"."""
+                              can_resume: bool, resume_does: str = "") -> str:
+    """Ask what to do with an output folder that holds runs.
+
+    Parameters
+    ----------
+    parent : QWidget or None
+        The question's parent.
+    folder : path-like
+        The output folder.
+    runs : str
+        The runs it holds, one line each.
+    new_folder : Path
+        The subfolder the "New subfolder" answer trains into.
+    can_resume : bool
+        Whether Resume is offered (otherwise its button is greyed out).
+    resume_does : str
+        What Resume would do (or why it is not offered), shown above the buttons.
+
+    Returns
+    -------
+    str
+        "resume", "new" or "cancel".
+    """
     box = QMessageBox(parent)
     box.setIcon(QMessageBox.Icon.Question)
     box.setWindowTitle("Output folder in use")
-    box.setText(f"{folder} already holds:\n{runs}\n\nNothing there is replaced.")
+    resume_does = f"\n\n{resume_does}" if resume_does else ""
+    box.setText(f"{folder} already holds:\n{runs}{resume_does}\n\nNothing there is replaced.")
     resume = box.addButton("Resume", QMessageBox.ButtonRole.AcceptRole)
     resume.setEnabled(can_resume)
     new = box.addButton(f"New subfolder ({new_folder.name})", QMessageBox.ButtonRole.ActionRole)
@@ -916,13 +986,63 @@ def _chosen_path(edit, what: str, folder: bool) -> str:
     return str(path)
 
 
-def _resumable_runs(job: TrainingJob) -> dict:
-    """The ticked kinds' stopped runs in the output folder; ValueError when there are none."""
-    stopped = {k: r for k, r in _runs_of(job).items() if r.has_last and not r.finished}
-    if not stopped:
-        kinds = ", ".join(KIND_NAMES[k] for k in job.kinds)
-        raise ValueError(f"{job.out_dir} holds no stopped run of {kinds} to resume")
-    return stopped
+def _names(kinds) -> str:
+    """Display names of ``kinds`` in words: "A1", "A1 and co-segmentation", "a, b and c"."""
+    names = [KIND_NAMES.get(k, k) for k in kinds]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _resume_plan(job: TrainingJob, runs: dict) -> str:
+    """What Resume does with each ticked kind, given the runs in the output folder.
+
+    Resume (``run_training`` with ``resume``) goes through the ticked kinds in turn: a stopped
+    run continues from its ``last/``, a kind without a run trains afresh, and a finished run
+    is resumed too, which trains nothing unless Epochs is above the epochs it did.
+
+    Parameters
+    ----------
+    job : TrainingJob
+        The ticked kinds, the output folder and the settings.
+    runs : dict
+        ``_runs_of(job)``: kind -> ``RunInfo`` of the runs there.
+
+    Returns
+    -------
+    str
+        What Resume would do, one line per kind.
+
+    Raises
+    ------
+    ValueError
+        Why Resume cannot go on: no ticked kind has a stopped run, one has a run without a
+        ``last/`` (nothing to continue, and the trainer refuses to start afresh over it), or
+        self-training rounds are asked for.
+    """
+    if not any(run.has_last and not run.finished for run in runs.values()):
+        raise ValueError(f"{job.out_dir} holds no stopped run of {_names(job.kinds)} to resume")
+    if job.self_training_rounds:
+        raise ValueError("Resume continues one training run; self-training rounds start "
+                         "afresh: set the rounds to 0 to resume")
+    stuck = [kind for kind, run in runs.items() if not run.has_last]
+    if stuck:
+        runs_have = "run has" if len(stuck) == 1 else "runs have"
+        raise ValueError(f"the {_names(stuck)} {runs_have} no last/ checkpoint in {job.out_dir}"
+                         ": nothing to continue, and a run that started afresh would replace "
+                         "it; untick it to resume the others")
+    lines = []
+    for kind in job.kinds:
+        name, run = KIND_NAMES[kind], runs.get(kind)
+        if run is None:
+            lines.append(f"- train {name} (not started)")
+        elif not run.finished:
+            since = f" from epoch {run.epoch}" if run.epoch is not None else ""
+            lines.append(f"- continue {name}{since} (stopped)")
+        elif run.epoch is not None and job.epochs > run.epoch:
+            lines.append(f"- train {name} (finished at epoch {run.epoch}) on to epoch "
+                         f"{job.epochs}, as Epochs asks")
+        else:
+            lines.append(f"- leave {name} (finished) as it is")
+    return "Resume would, in this order:\n" + "\n".join(lines)
 
 
 def _wait_for_live_runs() -> None:

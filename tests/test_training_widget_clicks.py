@@ -35,6 +35,9 @@ def _run(qtbot, widget, button, stop_after_first_step=False):
     click(qtbot, button)
     worker = widget.worker
     assert worker is not None, widget.status.text()
+    # The settings are locked while they cannot change the run.
+    assert not widget.form.widget.native.isEnabled() and not widget.resume_button.isEnabled()
+    assert not widget.folder_edit.isEnabled()
 
     def on_message(message):
         messages.append(message)
@@ -46,6 +49,7 @@ def _run(qtbot, widget, button, stop_after_first_step=False):
     with qtbot.waitSignal(worker.finished, timeout=90000):
         pass
     qtbot.waitUntil(lambda: widget.start_button.isEnabled(), timeout=5000)
+    assert widget.form.widget.native.isEnabled() and widget.resume_button.isEnabled()
     return messages
 
 

@@ -462,6 +462,9 @@ class TrainingWidget(QWidget):
         for button in (self.start_button, self.resume_button, self.stop_button,
                        self.load_button):
             buttons.addWidget(button)
+        # Settings edited during a run would not reach it (its job was copied at Start) but
+        # would read as if they had.
+        self._locked_while_running = (source, options, self.resume_button)
 
         self.plot = CurvePlot()
 
@@ -719,6 +722,8 @@ class TrainingWidget(QWidget):
         with contextlib.suppress(RuntimeError):
             self.start_button.setEnabled(not running)
             self.stop_button.setEnabled(running)
+            for control in self._locked_while_running:
+                control.setEnabled(not running)
 
     # -- messages from the worker (GUI thread) ----------------------------------------------
     def _on_message(self, message) -> None:

@@ -764,3 +764,16 @@ def test_a_lesion_whose_pixel_size_nothing_gives_is_refused_in_px(tmp_path, caps
     assert back.spacing_known == [False]
     assert "spacing_row" in (tmp_path / "pm" / "recists.csv").read_text()
     assert ",," in (tmp_path / "pm" / "recists.csv").read_text().splitlines()[-1]
+
+
+def test_a_recist_table_away_from_its_images_says_to_give_their_folder(tmp_path):
+    from napari_recist_seg.data.recist_sources import read_lesion_table
+
+    rows = write_png_folder(tmp_path / "data" / "imgs", n=2)
+    (tmp_path / "elsewhere").mkdir()
+    table = recist_csv(tmp_path / "elsewhere" / "lesions.csv",
+                       [(name, s, les) for name, s, les in rows])
+    with pytest.raises(ValueError, match=r"not found in .*elsewhere; if the images are "
+                                         r"elsewhere, give their folder with --images"):
+        read_lesion_table(table)
+    assert len(read_lesion_table(table, tmp_path / "data" / "imgs")) >= 2

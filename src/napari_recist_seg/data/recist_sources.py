@@ -716,7 +716,11 @@ def _read_recist_table(path: Path, images, neighbours: int, gap: float,
             raise ValueError(f"{where}: no image")
         file = safe_join(base, name, where)
         if not file.exists():
-            raise ValueError(f"{where}: image {name!r} not found in {base}")
+            # Names are read from the table's own folder unless --images says otherwise.
+            hint = ("" if images is not None else
+                    "; if the images are elsewhere, give their folder with --images (names "
+                    "are relative to it)")
+            raise ValueError(f"{where}: image {name!r} not found in {base}{hint}")
         slc = None if table.slices is None else table.slices[i]
         recist = table.recists[i]
         known = table.knows_spacing(i)

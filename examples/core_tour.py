@@ -49,7 +49,10 @@ def main(argv=None):
 
     cols = min(6, len(masks))
     rows = int(np.ceil(len(masks) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    # Constrained layout keeps each title above its own picture (tight_layout let the
+    # second row's titles run into the first row's pictures).
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.6 * rows), squeeze=False,
+                             layout="constrained")
     colours = plt.cm.tab10.colors
     for ax, mask, r, g in zip(axes.flat, masks, recists, grouping.labels_):
         pm = {m: pseudo_mask(r, mask.shape, m) for m in methods}
@@ -64,7 +67,6 @@ def main(argv=None):
     for ax in axes.flat:
         ax.set_axis_off()
     fig.suptitle("RECIST (lines, coloured by group), ellipse (cyan), quarter ellipse (orange)")
-    fig.tight_layout()
     fig.savefig(args.out, dpi=100)
     for m in methods:
         print(f"{m:16s} mean Dice against the true masks: {np.mean(dice[m]):.3f}")

@@ -23,6 +23,7 @@ from napari_recist_seg.plugin.model_registry import MODEL_REGISTRY
 from napari_recist_seg.plugin.training_job import prepare_torch_import
 from napari_recist_seg.plugin.widgets._common import viewer_camera
 from napari_recist_seg.plugin.widgets.compare_widget import (
+    MODEL_COLUMN_PX,
     grid_shape,
     metric_titles,
     prediction_name,
@@ -287,6 +288,10 @@ def test_empty_prediction_is_blank_with_a_note_in_table_and_csv(make_napari_view
     assert "empty prediction: A1" in widget.status.text()
 
     rows = _table(widget)
+    # Long model names are cut short, not pushing the metrics out of view; the whole name
+    # is in the cell's tooltip.
+    assert widget.table.columnWidth(0) <= MODEL_COLUMN_PX
+    assert widget.table.item(0, 0).toolTip() == widget.table.item(0, 0).text()
     n_lesions = len(np.unique(viewer.layers["CT phantom true masks"].data)) - 1
     assert len(rows) == 1 + n_lesions
     # The sample's pixel size is known: distances are in mm.

@@ -93,6 +93,8 @@ TABLE_METRICS = (
     ("centre_error", "centre err px", 1), ("orientation_error", "orient. err deg", 1),
     ("size_error", "size err", 3), ("shape_error", "shape err", 3),
 )
+#: Widest the model column is drawn (px); the full name is in each cell's tooltip.
+MODEL_COLUMN_PX = 130
 #: The table's distance columns, whose titles say px or mm.
 _DISTANCES = ("hausdorff", "centre_error")
 
@@ -431,7 +433,14 @@ class CompareWidget(QWidget):
                                               | Qt.AlignmentFlag.AlignVCenter))
                 if n_id <= c < n_id + len(TABLE_METRICS) and not text:
                     item.setToolTip(f"undefined: {note}" if note else "undefined")
+                if c == 0:
+                    item.setToolTip(text)  # the column may show it cut short
                 self.table.setItem(r, c, item)
+        # Models' names are long ("co-segmentation (finished at epoch 2)"): sized to fit,
+        # they pushed the metrics out of the dock behind a scroll bar.
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        self.table.setColumnWidth(0, min(self.table.sizeHintForColumn(0), MODEL_COLUMN_PX))
 
     def export_csv(self, path):
         """Write the metrics rows (all metrics) to a CSV file, atomically."""

@@ -793,8 +793,6 @@ def _predict(args) -> int:
     from ..learning.inference import is_prompted, load_model, predict_detailed
     from ..learning.slice_context import slice_context
 
-    if not Path(args.model).exists():
-        raise ValueError(f"--model {args.model}: no such run folder or checkpoint")
     if len(args.inputs) == 1 and is_lesion_table(args.inputs[0]) and not args.recists:
         return _predict_table(args)
     if args.split is not None or args.images is not None:
@@ -830,7 +828,12 @@ def _predict(args) -> int:
     stems = output_stems([str(f.absolute()) for f in files])
     targets = [out / stem.parent / f"{stem.name}_mask.png" for stem in stems]
     refuse_existing([*targets, out / "predictions.csv"], args.overwrite)
+    if not Path(args.model).exists():
+        raise ValueError(f"--model {args.model}: no such run folder or checkpoint")
     model = load_model(args.model, device=args.device)
+    if is_prompted(model) and not args.recists:
+        raise ValueError(f"{args.model} is a RECIST-prompted model: give each lesion's RECIST "
+                         f"with --recists FILE, or predict a lesion table")
     context = slice_context(model.preprocessing)
     if context:
         # A picture file holds one slice; the model's other channels are its neighbours,
@@ -841,9 +844,6 @@ def _predict(args) -> int:
             f"the slices instead (recist-seg predict DL_info.csv --model {args.model} --out "
             f"{args.out}, or a RECIST table naming a scan), or open the slice in napari, "
             f"where a lone slice is read as its own neighbours")
-    if is_prompted(model) and not args.recists:
-        raise ValueError(f"{args.model} is a RECIST-prompted model: give each lesion's RECIST "
-                         f"with --recists FILE, or predict a lesion table")
     if (model.preprocessing or {}).get("mode") == "crops" and not args.recists:
         raise ValueError(f"{args.model} was trained on lesion crops: give each lesion's "
                          f"RECIST with --recists FILE, or predict a lesion table")

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from qtpy.QtCore import Qt
 
 from napari_recist_seg.core.annotation import ACROSS_SLICES
 from napari_recist_seg.plugin.widgets._common import viewer_camera
 from napari_recist_seg.plugin.widgets.recist_widget import SHORTCUTS
 
 from ._gui import click
+from .test_recist_widget_clicks import _cell, _click_row
 
 PLUGIN = "napari-recist-seg"
 SCALE = (5.0, 0.7, 0.7)  # 5 mm slices of 0.7 mm pixels
@@ -38,17 +38,6 @@ def _buttons(viewer):
     return viewer.window._qt_viewer.viewerButtons
 
 
-def _cell(widget, row, header):
-    model = widget.table.model()
-    for c in range(model.columnCount()):
-        if model.headerData(c, Qt.Orientation.Horizontal) == header:
-            return model.index(row, c).data()
-    raise KeyError(header)
-
-
-def _click_row(qtbot, widget, row):
-    rect = widget.table.visualRect(widget.model.index(row, 0))
-    qtbot.mouseClick(widget.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
 
 
 def _drag_line(viewer, layer, start, end):

@@ -292,6 +292,9 @@ def test_empty_prediction_is_blank_with_a_note_in_table_and_csv(make_napari_view
     # is in the cell's tooltip.
     assert widget.table.columnWidth(0) <= MODEL_COLUMN_PX
     assert widget.table.item(0, 0).toolTip() == widget.table.item(0, 0).text()
+    # A picture has no slices: that empty column is hidden, the metrics move into view.
+    assert widget.table.isColumnHidden(ID_COLUMNS.index("slice"))
+    assert not widget.table.isColumnHidden(ID_COLUMNS.index("lesion"))
     n_lesions = len(np.unique(viewer.layers["CT phantom true masks"].data)) - 1
     assert len(rows) == 1 + n_lesions
     # The sample's pixel size is known: distances are in mm.

@@ -440,3 +440,19 @@ def test_an_unguarded_script_is_told_how_to_guard_itself():
     reason = _plain_reason(python_says)
     assert "if __name__ == \"__main__\":" in reason and "Separate process" in reason
     assert _plain_reason("CUDA out of memory") == "CUDA out of memory"
+
+
+def test_curve_text_is_drawn_larger_on_a_high_dpi_screen():
+    # At Qt scale 2 the picture has twice the pixels per point: text drawn at the same
+    # number of pixels would read half the size of the window's own.
+    from napari_recist_seg.plugin.curves import CurveFigure
+
+    heights = []
+    for scale in (1.0, 2.0):
+        figure = CurveFigure()
+        picture = figure.render({}, 560, 480, scale=scale)
+        assert picture.shape == (480, 560, 4)
+        renderer = figure.figure.canvas.get_renderer()
+        title = figure.loss_axes.title.get_window_extent(renderer)
+        heights.append(title.height)
+    assert heights[1] == pytest.approx(2 * heights[0], rel=0.15)

@@ -11,6 +11,8 @@ from napari_recist_seg.core.recist import Recist
 from napari_recist_seg.data.recist_files import RecistTable, read_recists, write_recists
 from napari_recist_seg.plugin.widgets.recist_widget import SHORTCUTS, STATUS_COLUMN
 
+from ._gui import set_checked
+
 PLUGIN = "napari-recist-seg"
 LEFT = Qt.MouseButton.LeftButton
 
@@ -65,9 +67,9 @@ def test_new_draw_table_perpendicular_undo_and_labels_by_clicks(viewer_2d, qtbot
 
     # Lengths on lines: the check box shows and hides the layer's text.
     assert widget.labels_check.isChecked() and layer.text.visible
-    qtbot.mouseClick(widget.labels_check, LEFT)
+    set_checked(qtbot, widget.labels_check, False)
     assert not layer.text.visible
-    qtbot.mouseClick(widget.labels_check, LEFT)
+    set_checked(qtbot, widget.labels_check, True)
     assert layer.text.visible
 
 

@@ -46,6 +46,7 @@ class CurveFigure:
         from matplotlib.figure import Figure
 
         self.figure = Figure(dpi=dpi)
+        self._dpi = dpi
         FigureCanvasAgg(self.figure)
         self.figure.subplots_adjust(left=0.17, right=0.97, top=0.91, bottom=0.13, hspace=0.28)
         self.loss_axes = self.figure.add_subplot(211)
@@ -73,15 +74,18 @@ class CurveFigure:
         return {name: (list(line.get_xdata()), list(line.get_ydata()))
                 for name, line in self._lines.get(kind, {}).items()}
 
-    def render(self, curves: dict, width: int, height: int):
+    def render(self, curves: dict, width: int, height: int, scale: float = 1.0):
         """Draw ``curves`` (per model kind, the ``SERIES``) at ``width`` x ``height`` pixels.
 
-        Returns an RGBA uint8 array of shape (height, width, 4).
+        ``scale`` is the screen's device pixels per logical pixel: text and lines are drawn
+        that many times larger, as the rest of a high-DPI window is. Returns an RGBA uint8
+        array of shape (height, width, 4).
         """
         import numpy as np
 
         from ..learning.report import MODEL_COLOURS
 
+        self.figure.set_dpi(self._dpi * max(0.5, float(scale)))
         self.figure.set_size_inches(max(1, width) / self.figure.dpi,
                                     max(1, height) / self.figure.dpi)
         for kind, c in curves.items():

@@ -106,6 +106,9 @@ class TrainingJob:
     #: (width, height) in pixels: a child process draws the training curves at this size and
     #: sends them (no more often than every ``plot_interval`` seconds, and at each epoch's end).
     plot_size: tuple[int, int] | None = None
+    #: Device pixels per logical pixel of the plot (2 on a high-DPI screen): its text is
+    #: drawn that much larger in pixels, so it reads at the size of the window's own.
+    plot_scale: float = 1.0
     plot_interval: float = 5.0
     #: Continue each kind's stopped run from its ``last/`` checkpoint in ``out_dir/<kind>``
     #: (kinds without one start afresh).

@@ -52,7 +52,8 @@ def _child_main(job: TrainingJob, messages, stop_event) -> None:
                 end = message[1]["kind"] in ("epoch", "stopped", "finished")
                 if changed and (end or time.monotonic() - drawn >= job.plot_interval):
                     figure = figure or CurveFigure()
-                    messages.put(("plot", figure.render(curves, *job.plot_size)))
+                    messages.put(("plot", figure.render(curves, *job.plot_size,
+                                                                scale=job.plot_scale)))
                     drawn, changed = time.monotonic(), False
         messages.put(("done", None))
     except BaseException as exc:  # reported to the parent, which raises it there

@@ -26,7 +26,8 @@ _SETTLED = ("added", "removed", "changed")
 
 __all__ = ["Connections", "LayerCombo", "add_under_lines", "drawn_for", "enable_if_alive",
            "follow_image", "follow_lines", "is_settled_edit", "recist_preference",
-           "show_lines", "source_file", "start_model_load", "undocked", "viewer_camera"]
+           "scrolling_body", "show_lines", "source_file", "start_model_load", "undocked",
+           "viewer_camera"]
 
 
 def viewer_camera(viewer):
@@ -296,6 +297,39 @@ def add_under_lines(viewer, new, lines) -> None:
         layers.insert(layers.index(lines), new)
     else:
         viewer.add_layer(new)
+
+
+def scrolling_body(widget):
+    """A widget filling ``widget`` inside a vertical scroll area, to hold a dock's controls.
+
+    napari stacks docks opened one after the other in its side column; docks that cannot
+    shrink made the window taller than a laptop's screen (two docks: 1,072 px on a 768 px
+    screen), with their lower buttons out of reach. In a scroll area a dock shrinks to what
+    the column leaves it and scrolls the rest.
+
+    Parameters
+    ----------
+    widget : QWidget
+        The dock's widget, still without a layout.
+
+    Returns
+    -------
+    QWidget
+        The body: give it the dock's layout.
+    """
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+
+    area = QScrollArea(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+    body = QWidget()
+    area.setWidget(body)
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(area)
+    return body
 
 
 def source_file(layer) -> str | None:

@@ -80,6 +80,7 @@ from ._common import (
     follow_image,
     follow_lines,
     recist_preference,
+    scrolling_body,
     start_model_load,
     undocked,
     viewer_camera,
@@ -219,7 +220,7 @@ class CompareWidget(QWidget):
 
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(scrolling_body(self))
         layout.addLayout(pick)
         layout.addWidget(QLabel("Models"))
         layout.addWidget(self.models_list)
@@ -440,6 +441,11 @@ class CompareWidget(QWidget):
         # they pushed the metrics out of the dock behind a scroll bar.
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        # Columns with nothing to say (no slice on a picture, no RECIST or group) would push
+        # the metrics out of view.
+        for c, key in enumerate(ID_COLUMNS):
+            self.table.setColumnHidden(c, bool(self.rows) and all(
+                str(row.get(key, "")) == "" for row in self.rows))
         self.table.setColumnWidth(0, min(self.table.sizeHintForColumn(0), MODEL_COLUMN_PX))
 
     def export_csv(self, path):

@@ -55,6 +55,7 @@ from ._common import (
     follow_image,
     follow_lines,
     recist_preference,
+    scrolling_body,
     show_lines,
     undocked,
 )
@@ -199,7 +200,7 @@ class GroupsWidget(RecistLayerAccess, QWidget):
 
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(scrolling_body(self))
         layout.addLayout(pick)
         layout.addWidget(groups)
         layout.addWidget(masks)

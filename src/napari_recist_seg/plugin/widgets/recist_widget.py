@@ -69,6 +69,7 @@ from ._common import (
     follow_lines,
     is_settled_edit,
     recist_preference,
+    scrolling_body,
     show_lines,
     source_file,
 )
@@ -325,7 +326,7 @@ class RecistWidget(RecistLayerAccess, QWidget):
         self.legend.setTextFormat(Qt.TextFormat.RichText)
         self.legend.setToolTip("Colours of the lines in the RECIST layer")
 
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(scrolling_body(self))
         layout.addLayout(pick)
         layout.addWidget(self.draw_button)
         layout.addWidget(self.legend)

@@ -46,6 +46,7 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QTableView,
     QVBoxLayout,
     QWidget,
@@ -78,6 +79,7 @@ from ._common import (
     follow_image,
     follow_lines,
     recist_preference,
+    scrolling_body,
     start_model_load,
     undocked,
 )
@@ -500,6 +502,10 @@ class SegmentWidget(RecistLayerAccess, QWidget):
         pick.addWidget(self.threshold_spin, 3, 1)
         pick.addWidget(QLabel("Refine"), 4, 0)
         pick.addWidget(self.refine_combo, 4, 1, 1, 2)
+        # The lists take the width; the Load button keeps its own. Split evenly, a model's
+        # name was cut before the part that tells two models apart.
+        pick.setColumnStretch(1, 1)
+        self.load_button.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
 
         self.segment_button = QPushButton("Segment")
         self.segment_button.setToolTip(
@@ -534,7 +540,7 @@ class SegmentWidget(RecistLayerAccess, QWidget):
 
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(scrolling_body(self))
         layout.addLayout(pick)
         layout.addLayout(buttons)
         layout.addWidget(self.table)

@@ -254,7 +254,7 @@ class CurvePlot(QLabel):
         curves, reset = self._curves, self._reset
         self._dirty = self._reset = False
         self._busy = True
-        worker = create_worker(self._draw, curves, reset, width, height,
+        worker = create_worker(self._draw, curves, reset, width, height, ratio,
                                _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda picture: self.show_picture(picture, ratio))
         worker.finished.connect(self._finished)
@@ -264,10 +264,10 @@ class CurvePlot(QLabel):
         self._worker = worker
         worker.start()
 
-    def _draw(self, curves, reset, width, height):
+    def _draw(self, curves, reset, width, height, ratio):
         if reset:
             self.figure.reset()
-        return self.figure.render(curves, width, height)
+        return self.figure.render(curves, width, height, scale=ratio)
 
     def show_picture(self, picture: np.ndarray, ratio: float | None = None) -> None:
         """Show an RGBA picture of the curves."""
@@ -318,7 +318,9 @@ class _SettingsArea(QScrollArea):
         hint = super().minimumSizeHint()
         inner = self.widget()
         if inner is not None:
-            bar = self.verticalScrollBar().sizeHint().width()
+            # The frame's two edges too: without them the form missed by 2 px, and a
+            # sideways scroll bar took height from the settings.
+            bar = self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
             hint.setWidth(max(hint.width(), min(inner.minimumSizeHint().width() + bar,
                                                 SETTINGS_MAX_MIN_WIDTH)))
         return hint
@@ -661,6 +663,7 @@ class TrainingWidget(QWidget):
         if self._remote_plot:
             if job.plot_size is None:
                 job.plot_size = self.plot.picture_size()
+                job.plot_scale = self.plot.devicePixelRatioF()
             worker = create_worker(self._state.watch(run_training_in_process, stop), job, stop,
                                    _start_thread=False, _ignore_errors=True)
         else:

@@ -39,3 +39,4 @@ def test_what_the_work_returns_and_sends_is_unchanged(qtbot):
     with qtbot.waitSignal(worker.finished, timeout=10000):
         worker.start()
     assert seen[0] == "first" and returned == ["done"]
+

@@ -9,6 +9,7 @@ arrive as ``WorkFailed`` and are handled like any other error.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 
@@ -42,7 +43,38 @@ def reporting_runtime_errors(func):
 
 def create_worker(func, *args, **kwargs):
     """``napari.qt.threading.create_worker`` for ``func``, whose ``RuntimeError`` is reported
-    through ``errored`` like any other error (see the module's note)."""
-    from napari.qt.threading import create_worker as napari_worker
+    through ``errored`` like any other error (see the module's note).
 
-    return napari_worker(reporting_runtime_errors(func), *args, **kwargs)
+    Once the worker has finished and its ``finished`` slots have run, it lets go of its
+    work, arguments and slots (``_release``).
+    """
+    from napari.qt.threading import create_worker as napari_worker
+    from qtpy.QtCore import QTimer
+
+    worker = napari_worker(reporting_runtime_errors(func), *args, **kwargs)
+    worker.finished.connect(lambda: QTimer.singleShot(0, lambda: _release(worker)))
+    return worker
+
+
+#: Signals whose slots a finished worker no longer needs.
+_SIGNALS = ("started", "yielded", "returned", "errored", "warned", "aborted", "finished",
+            "paused", "resumed")
+
+
+def _release(worker) -> None:
+    """Drop what a finished worker holds: its function, arguments and generator, and the
+    slots connected to its signals (closures over the results).
+
+    napari keeps every worker it made for the rest of the session (its task list). A
+    comparison on a CT volume held three copies of the volume that way: 150 MB more at each
+    press of Predict.
+    """
+    for name in ("_func", "_args", "_kwargs", "_gen"):
+        if hasattr(worker, name):
+            with contextlib.suppress(AttributeError, TypeError):
+                setattr(worker, name, None)
+    for name in _SIGNALS:
+        signal = getattr(worker, name, None)
+        if signal is not None:
+            with contextlib.suppress(TypeError, RuntimeError):
+                signal.disconnect()

@@ -270,6 +270,7 @@ def test_lesions_segmented_live_kept_and_stopped(make_napari_viewer, qtbot, chec
     kept = viewer.layers[keep_name("ct")]
     np.testing.assert_array_equal(kept.data, preview.data)
     assert kept is not preview and kept.data is not preview.data
+    assert kept.data.dtype == np.uint8  # a quarter of the preview's memory
     assert tuple(kept.scale) == SPACING
     assert kept.metadata[META_KEY]["role"] == "prompted masks"
     assert _same(before["ct"], image) and _same(before[lines.name], lines)

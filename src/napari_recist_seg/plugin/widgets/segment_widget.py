@@ -766,7 +766,8 @@ class SegmentWidget(RecistLayerAccess, QWidget):
             return None
         entry = self.model_entry()
         layer = Labels(
-            np.array(preview.data), name=keep_name(image.name), scale=tuple(image.scale),
+            _compact_labels(preview.data), name=keep_name(image.name),
+            scale=tuple(image.scale),
             translate=tuple(image.translate), opacity=0.5,
             metadata={META_KEY: {"role": _KEPT_ROLE,
                                  "model": None if entry is None else entry.path,
@@ -1136,3 +1137,15 @@ def _is_prompted_kind(kind) -> bool:
 def _quit(worker) -> None:
     with contextlib.suppress(RuntimeError, AttributeError):
         worker.quit()
+
+
+def _compact_labels(data) -> np.ndarray:
+    """A copy of labels ``data`` in the smallest unsigned type that holds them: a kept mask
+    of a CT volume is 4 times smaller in uint8 than in the preview's int32 (37 against
+    150 MB for 512 x 512 x 150), and saves as uint8 anyway."""
+    data = np.asarray(data)
+    top = int(data.max()) if data.size else 0
+    for kind in (np.uint8, np.uint16):
+        if top <= np.iinfo(kind).max and (data.size == 0 or int(data.min()) >= 0):
+            return data.astype(kind)
+    return np.array(data)

@@ -35,3 +35,18 @@ def test_the_segment_docks_model_list_takes_the_width_beside_its_button(make_nap
     # Split evenly, "prompted (finished at epoch 1)" and "... epoch 2" both read
     # "prompted (finished".
     assert widget.model_combo.width() > 2 * widget.load_button.width()
+
+
+@pytest.mark.parametrize("name", ["RECIST annotation", "Groups and pseudo-masks",
+                                  "Compare models", "Segment from RECIST"])
+def test_a_dock_opens_wide_enough_for_its_controls(make_napari_viewer, qtbot, name):
+    # In its scroll area a dock could be made narrower than its buttons, hiding their ends
+    # behind a sideways scroll bar.
+    from qtpy.QtWidgets import QScrollArea
+
+    viewer = make_napari_viewer(show=True)
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    area = widget.findChild(QScrollArea)
+    qtbot.waitUntil(lambda: widget.isVisible() and area.viewport().width() > 0)
+    # Once napari has laid the dock out, nothing is left to scroll to sideways.
+    qtbot.waitUntil(lambda: area.horizontalScrollBar().maximum() == 0, timeout=3000)

@@ -45,15 +45,22 @@ def create_worker(func, *args, **kwargs):
     """``napari.qt.threading.create_worker`` for ``func``, whose ``RuntimeError`` is reported
     through ``errored`` like any other error (see the module's note).
 
-    Once the worker has finished and its ``finished`` slots have run, it lets go of its
-    work, arguments and slots (``_release``).
+    A second after the worker has finished (its ``finished`` slots have run by then), it
+    lets go of its work, arguments and slots (``_release``).
     """
     from napari.qt.threading import create_worker as napari_worker
     from qtpy.QtCore import QTimer
 
     worker = napari_worker(reporting_runtime_errors(func), *args, **kwargs)
-    worker.finished.connect(lambda: QTimer.singleShot(0, lambda: _release(worker)))
+    # Later than the slots connected after this one: each reaches the GUI thread as an
+    # event of its own, and a release before them would cut them off.
+    worker.finished.connect(lambda: QTimer.singleShot(RELEASE_AFTER_MS,
+                                                      lambda: _release(worker)))
     return worker
+
+
+#: How long after a worker has finished it lets go of what it holds (ms).
+RELEASE_AFTER_MS = 1000
 
 
 #: Signals whose slots a finished worker no longer needs.

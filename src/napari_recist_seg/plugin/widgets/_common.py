@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from napari.layers import Image
 from qtpy.QtCore import QEvent, Signal
-from qtpy.QtWidgets import QComboBox
+from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from ..layer_units import (
     META_KEY,
@@ -299,6 +299,25 @@ def add_under_lines(viewer, new, lines) -> None:
         viewer.add_layer(new)
 
 
+class _DockScrollArea(QScrollArea):
+    """A dock's scroll area, as wide as its controls need (as a dock without one is): the
+    scroll area's own small hint let napari make the dock narrower than its buttons."""
+
+    def minimumSizeHint(self):
+        hint = super().minimumSizeHint()
+        inner = self.widget()
+        if inner is not None:
+            bar = self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+            hint.setWidth(max(hint.width(), inner.minimumSizeHint().width() + bar))
+        return hint
+
+    def eventFilter(self, watched, event):  # noqa: N802 (Qt's name)
+        # Controls that grow later (a model's long name in a list) must widen the dock too.
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(watched, event)
+
+
 def scrolling_body(widget):
     """A widget filling ``widget`` inside a vertical scroll area, to hold a dock's controls.
 
@@ -317,13 +336,9 @@ def scrolling_body(widget):
     QWidget
         The body: give it the dock's layout.
     """
-    from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
-
-    area = QScrollArea(widget)
+    area = _DockScrollArea(widget)
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
     body = QWidget()
     area.setWidget(body)
     outer = QVBoxLayout(widget)

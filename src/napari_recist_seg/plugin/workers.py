@@ -45,43 +45,21 @@ def create_worker(func, *args, **kwargs):
     """``napari.qt.threading.create_worker`` for ``func``, whose ``RuntimeError`` is reported
     through ``errored`` like any other error (see the module's note).
 
-    A second after the worker has finished (its ``finished`` slots have run by then), it
-    lets go of its work, arguments and slots (``_release``).
+    Once finished, the worker lets go of its function, arguments and generator
+    (``_release``); the slots connected to it are the caller's to keep light.
     """
     from napari.qt.threading import create_worker as napari_worker
-    from qtpy.QtCore import QTimer
 
     worker = napari_worker(reporting_runtime_errors(func), *args, **kwargs)
-    # Later than the slots connected after this one: each reaches the GUI thread as an
-    # event of its own, and a release before them would cut them off.
-    worker.finished.connect(lambda: QTimer.singleShot(RELEASE_AFTER_MS,
-                                                      lambda: _release(worker)))
+    worker.finished.connect(lambda: _release(worker))
     return worker
 
 
-#: How long after a worker has finished it lets go of what it holds (ms).
-RELEASE_AFTER_MS = 1000
-
-
-#: Signals whose slots a finished worker no longer needs.
-_SIGNALS = ("started", "yielded", "returned", "errored", "warned", "aborted", "finished",
-            "paused", "resumed")
-
-
 def _release(worker) -> None:
-    """Drop what a finished worker holds: its function, arguments and generator, and the
-    slots connected to its signals (closures over the results).
-
-    napari keeps every worker it made for the rest of the session (its task list). A
-    comparison on a CT volume held three copies of the volume that way: 150 MB more at each
-    press of Predict.
-    """
+    """Drop a finished worker's function, arguments and generator: napari keeps every
+    worker it made for the rest of the session (its task list), and with them whatever
+    they were given (a comparison's copies of a CT volume)."""
     for name in ("_func", "_args", "_kwargs", "_gen"):
         if hasattr(worker, name):
             with contextlib.suppress(AttributeError, TypeError):
                 setattr(worker, name, None)
-    for name in _SIGNALS:
-        signal = getattr(worker, name, None)
-        if signal is not None:
-            with contextlib.suppress(TypeError, RuntimeError):
-                signal.disconnect()

@@ -295,8 +295,17 @@ class CompareWidget(QWidget):
         worker.yielded.connect(lambda message: self._on_message(message, results))
         worker.errored.connect(lambda exc: (failed.append(exc),
                                             notify_error(f"Compare, {image.name!r}: {exc}")))
-        worker.finished.connect(
-            lambda: self._on_finished(image, inputs.truth, gt_layer, results, failed))
+        # napari keeps every worker, and so these slots, for the rest of the session: what
+        # they hold (the truth's copy, the predicted masks) is let go once shown.
+        held = {"truth": inputs.truth}
+
+        def finish() -> None:
+            try:
+                self._on_finished(image, held.pop("truth", None), gt_layer, results, failed)
+            finally:
+                results.clear()
+
+        worker.finished.connect(finish)
         self._worker = worker
         self.predict_button.setEnabled(False)
         self.status.setText(f"Predicting {image.name!r} with "

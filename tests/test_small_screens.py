@@ -50,3 +50,4 @@ def test_a_dock_opens_wide_enough_for_its_controls(make_napari_viewer, qtbot, na
     qtbot.waitUntil(lambda: widget.isVisible() and area.viewport().width() > 0)
     # Once napari has laid the dock out, nothing is left to scroll to sideways.
     qtbot.waitUntil(lambda: area.horizontalScrollBar().maximum() == 0, timeout=3000)
+    assert area.viewport().width() >= area.widget().minimumSizeHint().width()

@@ -737,7 +737,10 @@ def test_keep_while_lesions_are_being_segmented_keeps_nothing_and_says_so(
     monkeypatch.setattr(inference, "predict_detailed", held)
     _patch_folder_dialog(monkeypatch, checkpoints["prompted"])
     click(qtbot, widget.load_button)
-    qtbot.waitUntil(lambda: len(calls) == 2, timeout=TIMEOUT)
+    # The first lesion's mask is shown (Keep is enabled once there is a preview) while the
+    # second is still held.
+    qtbot.waitUntil(lambda: len(calls) == 2 and widget.keep_button.isEnabled(),
+                    timeout=TIMEOUT)
     n_layers = len(viewer.layers)
     click(qtbot, widget.keep_button)
     assert len(viewer.layers) == n_layers

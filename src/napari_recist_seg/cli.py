@@ -49,6 +49,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of ``recist-seg``; returns the process exit code."""
+    code = _command(argv)
+    if "torch.distributed" in sys.modules:
+        # A torchrun process ends here, past the C++ teardown that can abort it.
+        from .learning.devices import end_process
+
+        code = end_process(code)
+    return code
+
+
+def _command(argv) -> int:
     from . import commands  # noqa: F401  (registers the subcommands)
     from .learning.run_folders import RunFolderBusy
 

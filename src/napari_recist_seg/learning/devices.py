@@ -12,9 +12,11 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import os
 import pickle
+import sys
 
 import torch
 
@@ -26,7 +28,7 @@ AMP_CHOICES = AMP_SETTINGS
 
 __all__ = ["AMP_CHOICES", "DEVICE_CHOICES", "CpuSyncBatchNorm", "Distributed",
            "GlobalBatchDropout", "amp_dtype", "available_devices", "default_workers",
-           "is_main_process", "pick_device", "synchronise_layers"]
+           "end_process", "is_main_process", "pick_device", "synchronise_layers"]
 
 
 def available_devices() -> list[str]:
@@ -157,6 +159,7 @@ class Distributed:
             # Rank, world size and the rendezvous address come from torchrun's environment.
             dist.init_process_group(backend="nccl" if cuda else "gloo")
             atexit.register(_destroy_group)
+            _GROUPS_STARTED.append(dist.get_backend())
         self.active = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.active else 0
         self.world_size = dist.get_world_size() if self.active else 1
@@ -256,6 +259,43 @@ def _destroy_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+#: The process groups this process started (a torchrun job's), for ``end_process``.
+_GROUPS_STARTED: list[str] = []
+
+
+def end_process(code: int) -> int:
+    """Return ``code`` at once, or end this ``torchrun`` process with it, cleanly.
+
+    A process that started a process group is ended here once its work is done: the group
+    is destroyed and Python's exit functions run (logging, temporary files, DataLoader
+    workers), the streams are flushed, and the process exits without C++'s teardown of
+    static objects, which now and then aborts a gloo process (SIGABRT, "terminate called
+    without an active exception") after a run that finished: torchrun would then report
+    the whole job failed and end the other processes.
+
+    Parameters
+    ----------
+    code : int
+        The exit status.
+
+    Returns
+    -------
+    int
+        ``code``, in a process that started no process group (the function does not return
+        in one that did).
+    """
+    if not _GROUPS_STARTED:
+        return code
+    _destroy_group()
+    run_exit_functions = getattr(atexit, "_run_exitfuncs", None)
+    if run_exit_functions is not None:
+        run_exit_functions()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(int(code))
 
 
 class _SumOverRanks(torch.autograd.Function):

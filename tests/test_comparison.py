@@ -229,3 +229,12 @@ def test_a_labelled_volume_keeps_its_labels_and_rows_name_the_recist_lesion():
     plain = (gt > 0).astype(np.uint8)
     rows = metric_rows("m", plain, plain, [0, 1, 2], lesions)
     assert [row["lesion"] for row in rows[1:]] == [1, 1, 1]
+
+
+def test_collect_inputs_pairs_lines_no_dock_has_paired_yet():
+    image = Image(np.zeros(SHAPE, np.float32), name="ct")
+    recist = _recist_layer(_recist_lines() + _recist_lines(40), ids=(0, 0, -1, -1),
+                           axes=("long", "short", "", ""))
+    inputs = collect_inputs(image, recist, None, [object()])
+    assert [lid for _, _, lid in inputs.lesions] == [0, 1]
+    np.testing.assert_allclose(inputs.lesions[1][1].centre, (44.5, 44.5))

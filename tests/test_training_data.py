@@ -76,3 +76,21 @@ def test_pairs_that_cannot_be_trained_on_are_named(case, message):
     }[case]
     with pytest.raises(ValueError, match=message):
         training_data_from_layers(pairs, has_images)
+
+
+def test_lines_drawn_while_no_dock_followed_the_layer_are_paired_and_trained_on():
+    # The second lesion was drawn with napari's own line tool while no annotation dock showed
+    # the layer: its lines have no lesion yet (lesion_id -1, no axis). A lone line is named.
+    image = Image(np.zeros((48, 64), np.float32), name="ct")
+    layer = _recist_layer([LESION], "ct RECIST")
+    layer.add([np.asarray(OTHER[1], float), np.asarray(OTHER[0], float)], shape_type="line")
+    layer.add([np.array([[5.0, 55.0], [5.0, 62.0]])], shape_type="line")
+    layer.features = layer.features.assign(
+        lesion_id=[0, 0, -1, -1, -1], axis=["long", "short", "", "", ""])
+    data, skipped = training_data_from_layers([(image, layer)])
+    assert len(data["recists"]) == 2
+    # The longer of the two new lines is the long axis, whichever was drawn first.
+    np.testing.assert_allclose(data["recists"][1].long_axis, OTHER[0])
+    assert skipped == ["ct RECIST lesion 2: incomplete: draw the short axis"]
+    # The user's layer is read, not written.
+    assert layer.features["lesion_id"].tolist() == [0, 0, -1, -1, -1]

@@ -105,6 +105,26 @@ def test_writer_fills_missing_line_spacing_from_slice_and_names_lesions_without_
     assert not (tmp_path / "b.csv").exists()
 
 
+def test_writer_pairs_lines_drawn_while_no_dock_followed_the_layer(tmp_path):
+    from napari_recist_seg.plugin.writer import write_recist_file
+
+    data = [np.array([[5.0, 5.0], [5.0, 45.0]]), np.array([[0.0, 25.0], [10.0, 25.0]]),
+            np.array([[40.0, 20.0], [50.0, 20.0]]), np.array([[45.0, 5.0], [45.0, 35.0]])]
+    features = {"lesion_id": [0, 0, -1, -1], "axis": ["long", "short", np.nan, np.nan]}
+    meta = {"name": "x", "scale": (0.5, 0.5), "shape_type": ["line"] * 4,
+            "features": features}
+    table = read_recists(write_recist_file(str(tmp_path / "a.csv"), data, meta))
+    assert len(table.recists) == 2
+    np.testing.assert_allclose(table.recists[1].long_axis, data[3])
+    # A long axis left without its short axis is still refused, and nothing is written.
+    data.append(np.array([[30.0, 50.0], [30.0, 60.0]]))
+    features = {"lesion_id": [0, 0, -1, -1, -1], "axis": ["long", "short", "", "", ""]}
+    with pytest.raises(ValueError, match="'x' as RECIST: lesion 2 has no short axis"):
+        write_recist_file(str(tmp_path / "b.csv"), data, {**meta, "features": features,
+                                                          "shape_type": ["line"] * 5})
+    assert not (tmp_path / "b.csv").exists()
+
+
 def test_import_deeplesion_rows_use_each_rows_own_pixel_size(
     make_napari_viewer, tmp_path, notifications
 ):

@@ -442,7 +442,23 @@ def describe_layer(layer, spacing, unit: str | None = None, slice_spacing=None
     unknown; by default the layer's own).
     """
     cache = _MEASURED.setdefault(unproxied(layer), {})
-    ids, axes = layer_columns(layer)
     per_line = per_line_spacing(layer, spacing, slice_spacing)
+    ids, axes = paired_columns(layer, spacing, per_line)
     unit = unit or (MM if per_line is not None else length_unit(layer))
     return describe_lesions(layer.data, ids, axes, spacing, per_line, cache=cache, unit=unit)
+
+
+def paired_columns(layer, spacing, per_line=None) -> tuple[list[int], list[str]]:
+    """``lesion_id`` and ``axis`` per shape, with lines not yet in a lesion paired.
+
+    Lines drawn while no annotation dock followed the layer (napari's own line tool, a
+    script) have no lesion yet: they are paired here as that dock would pair them
+    (``core.annotation.assign_lesions``), without writing to the layer, so that training
+    and comparison read every lesion the user sees drawn.
+    """
+    ids, axes = layer_columns(layer)
+    shape_types = list(layer.shape_type)
+    if any(i < 0 and t == "line" for i, t in zip(ids, shape_types)):
+        ids, axes = assign_lesions(layer.data, ids, axes, spacing, shape_types, per_line)
+    return ids, axes
+

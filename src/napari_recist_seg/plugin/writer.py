@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.annotation import fill_line_spacing
+from ..core.annotation import assign_lesions, fill_line_spacing
 from .layer_units import META_KEY, pd_numeric
 from .notifications import notify_error, notify_warning
 from .recist_layers import DERIVED_COLUMNS, LAYER_GRID_COLUMN, PIXEL_GRID, placement_columns
@@ -197,6 +197,8 @@ def write_recist_file(path: str, data, meta: dict) -> str:
             "(open the RECIST annotation widget to pair them)"
         )
     columns = {k: features[k] for k in features.keys() if k not in DERIVED_COLUMNS}
+    if any(_missing_or_negative(v) for v in list(columns["lesion_id"])):
+        columns.update(_paired(data, columns, meta))
     loose = sum(1 for v in list(columns["lesion_id"]) if _missing_or_negative(v))
     if loose:
         raise ValueError(
@@ -264,6 +266,16 @@ def _placed(meta: dict) -> bool:
     scale = np.asarray(scale, dtype=float)
     return bool(np.any(np.asarray(translate, dtype=float) != 0)
                 or (scale.size == 3 and scale[0] != 1.0))
+
+
+def _paired(data, columns: dict, meta: dict) -> dict:
+    """``lesion_id`` and ``axis`` with the lines drawn while no annotation dock followed the
+    layer paired as that dock pairs them (the layer itself is left as it is)."""
+    ids = [-1 if _missing_or_negative(v) else int(v) for v in list(columns["lesion_id"])]
+    axes = ["" if not isinstance(a, str) else a for a in list(columns["axis"])]
+    scale = tuple(meta.get("scale") or (1.0, 1.0))[-2:]
+    ids, axes = assign_lesions(data, ids, axes, scale, ["line"] * len(data))
+    return {"lesion_id": np.asarray(ids, dtype=np.int64), "axis": np.asarray(axes, dtype=object)}
 
 
 def _missing_or_negative(value) -> bool:

@@ -238,3 +238,18 @@ def test_collect_inputs_pairs_lines_no_dock_has_paired_yet():
     inputs = collect_inputs(image, recist, None, [object()])
     assert [lid for _, _, lid in inputs.lesions] == [0, 1]
     np.testing.assert_allclose(inputs.lesions[1][1].centre, (44.5, 44.5))
+
+
+def test_a_slice_empty_in_prediction_and_truth_says_so_beside_its_perfect_score():
+    # Dice 1 where neither mask has a lesion is also what a ground truth of another scan
+    # gives: the note tells such slices apart.
+    from napari_recist_seg.plugin.comparison import EMPTY_BOTH
+
+    gt = np.zeros((3, *SHAPE), np.int32)
+    gt[0] = _truth()
+    mask = gt > 0
+    rows = metric_rows("m", mask, gt, [0, 1, 2])
+    assert rows[0]["lesion"] == "all"
+    assert rows[0]["note"] == f"{EMPTY_BOTH} on 2 of 3 slices"
+    (row,) = metric_rows("m", np.zeros(SHAPE, bool), np.zeros(SHAPE, np.int32), [None])
+    assert row["dice"] == 1.0 and row["note"] == EMPTY_BOTH

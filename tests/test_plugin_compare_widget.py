@@ -30,7 +30,7 @@ from napari_recist_seg.plugin.widgets.compare_widget import (
 )
 
 from ._compare_stubs import ConstantModel, RampModel
-from ._gui import set_checked
+from ._gui import pick, set_checked
 from ._learning_data import crop_preprocessing, quick, saved_model, whole_preprocessing
 
 PLUGIN = "napari-recist-seg"
@@ -398,6 +398,34 @@ def test_combo_choices_image_and_ground_truth(make_napari_viewer, qtbot, tmp_pat
     qtbot.mouseClick(widget.predict_button, LEFT)
     assert widget._worker is None and len(viewer.layers) == n_layers
     assert widget.status.text().startswith("Not predicted: the ground truth")
+
+
+def test_ground_truth_is_the_chosen_scans_own_mask_never_another_scans(make_napari_viewer,
+                                                                         qtbot):
+    # Two scans of one grid, and the mask of the first, named after it (napari names a layer
+    # opened from "case01_mask.nii.gz" so).
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((40, 50), np.float32), name="case01")
+    viewer.add_image(np.ones((40, 50), np.float32), name="case02")
+    mask = np.zeros((40, 50), np.uint8)
+    mask[10:20, 10:20] = 1
+    viewer.add_labels(mask, name="case01_mask")
+    widget = _widget(viewer)
+    image_combo, gt_combo = widget.image_combo, widget.gt_combo
+    pick(image_combo, "case02")
+    assert gt_combo.layer() is None
+    pick(image_combo, "case01")
+    assert gt_combo.layer().name == "case01_mask"
+    pick(image_combo, "case02")
+    assert gt_combo.layer() is None
+    # A mask named after no scan may be either's; one of another size is neither's.
+    viewer.add_labels(np.zeros((40, 50), np.uint8), name="drawn")
+    viewer.add_labels(np.zeros((30, 50), np.uint8), name="small")
+    assert gt_combo.layer().name == "drawn"
+    # The user's own choice of another scan's mask is kept while the image stays.
+    pick(gt_combo, "case01_mask")
+    viewer.add_labels(np.zeros((40, 50), np.uint8), name="later")
+    assert gt_combo.layer().name == "case01_mask"
 
 
 def test_status_line_is_replaced_after_a_failed_prediction(make_napari_viewer, qtbot, tmp_path,

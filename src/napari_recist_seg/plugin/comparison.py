@@ -50,6 +50,7 @@ DEFAULT_THRESHOLD = 0.5
 THRESHOLD_RANGE = (0.05, 0.95)
 
 EMPTY_PREDICTION = "empty prediction"
+EMPTY_BOTH = "no lesion in the ground truth nor in the prediction"
 EMPTY_TRUTH = "no lesion in the ground truth"
 
 
@@ -289,6 +290,9 @@ def _predict_one(entry, model, mode, image, planes, layer_planes, lesions, gt, t
 
 # -- metrics ----------------------------------------------------------------------------------
 def _plane_note(pred: np.ndarray, truth: np.ndarray) -> str:
+    if not pred.any() and not truth.any():
+        # Scored as agreeing (Dice 1), which a ground truth of another scan also gives.
+        return EMPTY_BOTH
     if not pred.any() and truth.any():
         return EMPTY_PREDICTION
     if pred.any() and not truth.any():
@@ -374,7 +378,7 @@ def _summary_note(notes: list[str]) -> str:
     if len(notes) == 1:
         return notes[0]
     parts = []
-    for text in (EMPTY_PREDICTION, EMPTY_TRUTH):
+    for text in (EMPTY_PREDICTION, EMPTY_TRUTH, EMPTY_BOTH):
         n = notes.count(text)
         if n:
             parts.append(f"{text} on {n} of {len(notes)} slices")

@@ -243,6 +243,18 @@ class LayerCombo(QComboBox):
                 self.setCurrentIndex(i)
                 return
 
+    def choose_again(self) -> None:
+        """Go to the default choice when ``prefer`` (which may depend on another choice, such
+        as the image) no longer accepts the chosen layer, or may now accept one where none
+        is chosen; a "(none)" the user picked stays."""
+        current = self.layer()
+        if self._prefer is None or (current is not None and self._prefer(current)):
+            return
+        if current is None and self._none_chosen:
+            return
+        self.setCurrentIndex(self._default_index(self._layers))
+        self._none_chosen = False  # chosen here, not by the user
+
     def refresh(self, event=None) -> None:
         current = self.layer()
         layers = [layer for layer in self._viewer.layers if isinstance(layer, self._type)]

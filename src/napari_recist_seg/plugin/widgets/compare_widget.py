@@ -68,7 +68,16 @@ from ..comparison import (
     predict_models,
     prediction_name,
 )
-from ..layer_units import META_KEY, MM, PX, derived_units, pixel_size_known, spacing_of
+from ..layer_units import (
+    META_KEY,
+    MM,
+    PX,
+    derived_units,
+    grid_mismatch,
+    pixel_size_known,
+    spacing_of,
+    spatial_shape,
+)
 from ..model_registry import MODEL_REGISTRY
 from ..notifications import notify_error, notify_info
 from ..training_job import KIND_NAMES
@@ -118,6 +127,38 @@ def _is_ours(layer) -> bool:
     return _role(layer) in ("prediction", "truth", *_GRID_ROLES)
 
 
+def truth_preference(image_of, viewer):
+    """``prefer`` of the ground-truth picker: a Labels layer of the chosen image's size and
+    grid, first one named after that image ("<image>_mask", "<image> - Labels"); never the
+    plugin's own layers, one of another size or grid, or one named after another open image.
+
+    Parameters
+    ----------
+    image_of : callable
+        ``image_of() -> napari.layers.Image or None``, the image chosen now.
+    viewer : napari.Viewer
+
+    Returns
+    -------
+    callable
+        ``rank(layer)``: 3, 2, or 0 for a layer not to be chosen by itself.
+    """
+    def rank(layer) -> int:
+        image = image_of()
+        if _role(layer) or image is None:
+            return 0
+        if (tuple(np.shape(layer.data)) != tuple(spatial_shape(image))
+                or grid_mismatch(image, layer)):
+            return 0
+        named = [other for other in viewer.layers
+                 if isinstance(other, Image) and layer.name.startswith(other.name)]
+        if not named:
+            return 2
+        owner = max(named, key=lambda other: len(other.name))
+        return 3 if owner is image else 0
+    return rank
+
+
 def _contour_colormap(colour: str):
     from napari.utils.colormaps import DirectLabelColormap
 
@@ -165,7 +206,9 @@ class CompareWidget(QWidget):
         # A ground truth is offered only among the user's own Labels (not predictions, copies
         # or pseudo-mask previews, which carry the plugin's role).
         self.gt_combo = LayerCombo(v, Labels, allow_none=True,
-                                   prefer=lambda layer: not _role(layer))
+                                   prefer=truth_preference(self.image_combo.layer, v))
+        # Another scan's mask, or one of another size, is let go when the image changes.
+        self.image_combo.layer_changed.connect(lambda _image: self.gt_combo.choose_again())
         pick = QGridLayout()
         pick.addWidget(QLabel("Image"), 0, 0)
         pick.addWidget(self.image_combo, 0, 1)

@@ -231,7 +231,7 @@ def test_a_layer_in_pixels_saves_no_pixel_size(tmp_path):
     assert again.spacing_known == [False, False]
 
 
-def test_writer_refuses_unpaired_lines(tmp_path, notifications):
+def test_writer_refuses_a_lone_line(tmp_path, notifications):
     import napari
     from napari.layers import Shapes
 
@@ -243,7 +243,7 @@ def test_writer_refuses_unpaired_lines(tmp_path, notifications):
         assert napari.save_layers(str(tmp_path / "x.csv"), [layer], plugin=PLUGIN) == []
     assert not (tmp_path / "x.csv").exists()
     (level, text), = notifications
-    assert level == "error" and "not part of a lesion" in text
+    assert level == "error" and "as RECIST: lesion 0 has no short axis" in text
 
 
 # -- sample data --------------------------------------------------------------------------------
@@ -470,3 +470,37 @@ def test_lines_saved_from_a_stack_in_pixels_open_on_it_again(tmp_path, make_napa
     for a, b in zip(again.data, lines.data):
         np.testing.assert_allclose(a, b, atol=1e-6)
     np.testing.assert_allclose(again.features["spacing_row"], lines.features["spacing_row"])
+
+
+def test_a_recist_file_whose_pixel_size_differs_from_its_scans_keeps_its_own_and_says_so(
+        tmp_path, make_napari_viewer, notifications):
+    import napari
+    import SimpleITK as sitk
+
+    from napari_recist_seg.plugin.recist_layers import describe_layer
+
+    scan = sitk.GetImageFromArray(np.zeros((4, 64, 64), np.int16))
+    scan.SetSpacing((0.7, 0.7, 2.5))
+    sitk.WriteImage(scan, str(tmp_path / "ct.nii.gz"))
+    header = ("lesion_id,image,slice,long_r0,long_c0,long_r1,long_c1,short_r0,short_c0,"
+              "short_r1,short_c1,spacing_row,spacing_col")
+    rows = ["0,ct.nii.gz,2,30,10,30,50,18,30,42,30,1.0,1.0",
+            "1,ct.nii.gz,1,10,10,10,30,5,20,15,20,,"]
+    (tmp_path / "marks.csv").write_text("\n".join([header, *rows]) + "\n")
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "ct.nii.gz"), plugin=PLUGIN)
+    (layer,) = viewer.open(str(tmp_path / "marks.csv"), plugin=PLUGIN)
+    warnings = [text for level, text in notifications if level == "warning"]
+    assert warnings == ["marks.csv: pixel size 1 x 1 mm given for lesion(s) 0 of ct.nii.gz, "
+                        "whose header says 0.7 x 0.7 mm. The lines lie on the scan's pixels "
+                        "and are measured with the file's sizes, as recist-seg's commands "
+                        "measure them."]
+    # The lines lie on the scan's grid; each lesion has the length the commands give it.
+    assert tuple(layer.scale) == pytest.approx((2.5, 0.7, 0.7))
+    lengths = {info.lesion_id: info.recist.long_mm
+               for info in describe_layer(layer, (0.7, 0.7))}
+    assert lengths == pytest.approx({0: 40.0, 1: 14.0})
+    # Saved again, the file keeps the pixel size it gave.
+    path = napari.save_layers(str(tmp_path / "again.csv"), [layer], plugin=PLUGIN)[0]
+    assert [r.spacing for r in read_recists(path).recists] == [
+        (1.0, 1.0), pytest.approx((0.7, 0.7))]

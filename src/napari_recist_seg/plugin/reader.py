@@ -146,9 +146,40 @@ def _read_recist_file(path: Path):
         return [table_layer_tuple(table, name=f"{_stem(path)} RECIST", **placement)]
     # One layer per image, on that image's grid when the file beside the table is a scan, so
     # that the lines lie on the scan as napari opens it (its scale and origin).
-    return [table_layer_tuple(table.subset(rows), name=f"{_stem(Path(name))} RECIST",
-                              **_placement(path.parent, name, table.subset(rows)))
-            for name, rows in groups.items()]
+    layers = []
+    for name, rows in groups.items():
+        lesions = table.subset(rows)
+        placement = _placement(path.parent, name, lesions)
+        own = _own_pixel_sizes(lesions, placement.get("scale"))
+        if own:
+            notify_warning(f"{path.name}: {own} of {name}, whose header says "
+                           f"{_mm(placement['scale'][-2:])}. The lines lie on the scan's "
+                           f"pixels and are measured with the file's sizes, as recist-seg's "
+                           f"commands measure them.")
+        layers.append(table_layer_tuple(lesions, name=f"{_stem(Path(name))} RECIST",
+                                        per_line=bool(own), **placement))
+    return layers
+
+
+def _own_pixel_sizes(lesions, scale) -> str:
+    """What the file says of the pixel size of lesions whose stated size is not that of the
+    scan they are placed on ("" when all agree, or when they lie on no scan)."""
+    if scale is None:
+        return ""
+    plane = np.asarray(scale, float)[-2:]
+    differ = [i for i, r in enumerate(lesions.recists)
+              if lesions.knows_spacing(i)
+              and not np.allclose(r.spacing, plane, rtol=1e-3, atol=0.0)]
+    if not differ:
+        return ""
+    sizes = sorted({_mm(lesions.recists[i].spacing) for i in differ})
+    ids = ", ".join(str(lesions.lesion_ids[i]) for i in differ[:5])
+    more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+    return f"pixel size {' or '.join(sizes)} given for lesion(s) {ids}{more}"
+
+
+def _mm(spacing) -> str:
+    return " x ".join(f"{float(v):.4g}" for v in spacing) + " mm"
 
 
 def _placement(base: Path, name: str | None, lesions) -> dict:

@@ -333,17 +333,29 @@ def test_a_series_missing_a_slice_is_refused_and_an_uneven_one_announced(tmp_pat
         with pytest.raises(ValueError, match="slice001.dcm could not be read"):
             read_medical_image(tmp_path / "three")
 
-    # Scanned unevenly (no file lost): read, with a warning.
+    # A file missing from the folder (an export that dropped one) leaves a gap of two slice
+    # intervals: refused too, naming where.
+    _write_dicom_series(tmp_path / "dropped", vol, (0.7, 0.7, 2.5), "1.2.3.24")
+    (tmp_path / "dropped" / "slice002.dcm").unlink()
+    with pytest.raises(ValueError, match=r"slices are missing: 5 mm between the slices at 2.5 "
+                                         r"and 7.5 mm, where the others are 2.5 mm apart"):
+        read_medical_image(tmp_path / "dropped")
+
+    # Scanned unevenly (no file lost): read, with a warning giving the grid it is read on.
     _write_dicom_series(tmp_path / "uneven", vol, (0.7, 0.7, 2.5), "1.2.3.22")
     moved = tmp_path / "uneven" / "slice004.dcm"
     image = sitk.ReadImage(str(moved))
-    image.SetMetaData("0020|0032", "0\\0\\12.5")
+    image.SetMetaData("0020|0032", "0\\0\\10.8")
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     writer.SetFileName(str(moved))
     writer.Execute(image)
-    with pytest.warns(UserWarning, match="not evenly spaced"):
-        assert read_medical_image(tmp_path / "uneven").array.shape == (5, 16, 16)
+    with pytest.warns(UserWarning, match=r"not evenly spaced \(slice gaps from 2.5 to 3.3 mm\); "
+                                         r"the volume is read on an even grid of 2.7 mm, "
+                                         r"which puts slices up to 0.6 mm from where"):
+        read = read_medical_image(tmp_path / "uneven")
+    assert read.array.shape == (5, 16, 16)
+    assert read.scale[0] == pytest.approx(2.7)
 
 
 def test_a_cut_dicom_file_is_called_truncated(tmp_path):

@@ -282,8 +282,23 @@ def _check_even_slices(folder: Path, positions: list, normal, left_out: list[str
             f"{folder}: slices are missing ({where}): {names} could not be read; as one "
             "volume the slices after the gap would be misplaced and slice numbers would not "
             "match the scan: repair or replace the damaged file(s)")
+    holes = np.flatnonzero(gaps >= 1.5 * typical)
+    if len(holes):
+        # A gap of whole slice intervals is a file missing from the folder (an export that
+        # dropped one): read on, every slice after it would be off its plane.
+        k = int(holes[0])
+        raise ValueError(
+            f"{folder}: slices are missing: {gaps[k]:.3g} mm between the slices at "
+            f"{along[k]:.4g} and {along[k + 1]:.4g} mm, where the others are {typical:.3g} mm "
+            f"apart ({len(holes)} such gap(s)); as one volume the slices after a gap would be "
+            "misplaced and slice numbers would not match the scan: export the series again "
+            "with all its files")
+    # SimpleITK spreads the slices evenly over the series' extent.
+    even = (along[-1] - along[0]) / (len(along) - 1)
+    off = float(np.max(np.abs(along - (along[0] + even * np.arange(len(along))))))
     warnings.warn(f"{folder}: the slices are not evenly spaced ({where}); the volume is read "
-                  f"on an even grid of {typical:.3g} mm", stacklevel=3)
+                  f"on an even grid of {even:.4g} mm, which puts slices up to {off:.2g} mm "
+                  f"from where they were scanned", stacklevel=3)
 
 
 def _unreadable(path: Path, exc: RuntimeError) -> ValueError:

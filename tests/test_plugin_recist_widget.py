@@ -236,3 +236,20 @@ def test_simulate_recist_from_labels_and_import_deeplesion_rows(
     assert widget.import_deeplesion(deeplesion_folder / "DL_info.csv") is None
     assert len(viewer.layers) == n_layers
     assert "no row" in notifications[-1][1]
+
+
+def test_a_layer_emptied_by_a_script_is_an_empty_table_and_can_be_drawn_on_again(viewer_2d,
+                                                                                 draw):
+    # napari keeps a layer's feature rows when a script sets ``layer.data = []``.
+    widget = _widget(viewer_2d)
+    layer = widget.new_recist_layer()
+    draw(layer, [[10, 10], [10, 50]])
+    draw(layer, [[0, 30], [20, 30]])
+    assert _rows(widget) == 1
+    layer.data = []
+    assert _rows(widget) == 0 and len(layer.features) == 0
+    assert widget.status.text().startswith("0 lesion(s)")
+    draw(layer, [[10, 10], [10, 50]])
+    draw(layer, [[0, 30], [20, 30]])
+    assert layer.features["lesion_id"].tolist() == [0, 0]
+    assert _row(widget, 0)[2:4] == ["32.0", "10.0"]

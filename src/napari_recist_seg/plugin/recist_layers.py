@@ -294,6 +294,9 @@ def layer_columns(layer) -> tuple[list[int], list[str]]:
     """``lesion_id`` and ``axis`` per shape of a layer (-1 and "" where missing)."""
     n = layer.nshapes
     feats = layer.features
+    if len(feats) != n:
+        # napari keeps the old rows when a script sets ``layer.data = []``.
+        return [-1] * n, [""] * n
     ids = int_values(feats["lesion_id"]).tolist() if "lesion_id" in feats else [-1] * n
     axes = feats["axis"].fillna("").astype(str).tolist() if "axis" in feats else [""] * n
     return ids, axes
@@ -341,6 +344,9 @@ def sync_recist_layer(layer, spacing, unit: str | None = None, slice_spacing=Non
     """
     data = layer.data  # napari builds this list anew on each access
     n = len(data)
+    if not n and len(layer.features):
+        # Emptied by a script (``layer.data = []``): napari leaves the old rows behind.
+        layer.features = layer.features.iloc[0:0]
     ids, axes = layer_columns(layer)
     shape_types = list(layer.shape_type)
     per_line, filled = line_spacing_and_gaps(layer, spacing, slice_spacing)

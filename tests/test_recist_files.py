@@ -153,6 +153,13 @@ def test_missing_column_and_key(tmp_path):
     jpath.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="not a napari-recist-seg RECIST file"):
         read_recists(jpath)
+    # Lesions written without the object around them: the message shows that object.
+    jpath.write_text(json.dumps([{"lesion_id": 0, "long_axis": [[0, 0], [0, 9]],
+                                  "short_axis": [[-2, 4], [2, 4]]}]))
+    with pytest.raises(ValueError, match=r"its lesions go in a list under 'lesions' of one "
+                                         r"object, \{\"format\": \"napari-recist-seg-recist\", "
+                                         r"\"format_version\": 1, \"lesions\": \[\.\.\.\]\}"):
+        read_recists(jpath)
 
 
 def test_invalid_rows_name_row_and_lesion(tmp_path):

@@ -498,6 +498,19 @@ def test_a_scan_given_as_an_image_is_sent_to_the_table_path(tmp_path, capsys):
     assert ("ct.nii.gz: a scan (NIfTI, MHA, NRRD or DICOM) is predicted through a RECIST "
             "table naming it" in " ".join(capsys.readouterr().err.split()))
     assert not (tmp_path / "out").exists()
+    # A folder of scans gets the command that predicts them with the table given.
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (tmp_path / "ct.nii.gz").rename(scans / "ct.nii.gz")
+    code = main(["predict", str(scans), "--model", str(model), "--recists", str(recists),
+                 "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert (f"scans: a scan (NIfTI, MHA, NRRD or DICOM) is predicted through a RECIST table "
+            f"naming it and each lesion's slice: recist-seg predict {recists} --images {scans} "
+            f"--model {model} --out {tmp_path / 'out'}, which writes"
+            in " ".join(capsys.readouterr().err.split()))
+    assert main(["predict", str(recists), "--images", str(scans), "--model", str(model),
+                 "--out", str(tmp_path / "out")]) == 0
 
 
 def test_field_of_view_px_is_widened_for_long_lesions(tmp_path):

@@ -756,6 +756,17 @@ def _refine_option(p) -> None:
                         "none gives the network's own output (default: %(default)s)")
 
 
+def _only_scans(item) -> bool:
+    """Whether ``item`` is a folder of scans (NIfTI, MHA, NRRD, DICOM) and no pictures."""
+    from ..data.image_folders import list_images
+    from ..data.volumes import is_medical_image_path
+
+    folder = Path(item)
+    if not folder.is_dir() or list_images(folder):
+        return False
+    return any(is_medical_image_path(child) for child in folder.iterdir() if child.is_file())
+
+
 def _image_files(inputs) -> list[Path]:
     from ..data.image_folders import list_images
 
@@ -798,11 +809,15 @@ def _predict(args) -> int:
     if args.split is not None or args.images is not None:
         raise ValueError("--split and --images apply to a lesion table input")
     volumes = [item for item in args.inputs if is_medical_image_path(item)]
+    volumes += [item for item in args.inputs if _only_scans(item)]
     if volumes:
+        table = (f"recist-seg predict {args.recists} --images {volumes[0]} --model "
+                 f"{args.model} --out {args.out}" if args.recists
+                 else "recist-seg predict TABLE --model ... --out ...")
         raise ValueError(f"{volumes[0]}: a scan (NIfTI, MHA, NRRD or DICOM) is predicted "
                          f"through a RECIST table naming it and each lesion's slice: "
-                         f"recist-seg predict TABLE --model ... --out ..., which writes a mask "
-                         f"per key slice and the scan's labels on its voxel grid")
+                         f"{table}, which writes a mask per key slice and the scan's labels "
+                         f"on its voxel grid")
     files = _image_files(args.inputs)
     by_image, unmarked = {}, []
     if args.recists:

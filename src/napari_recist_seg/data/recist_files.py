@@ -551,7 +551,10 @@ def _read_json(path: Path, text: str, tol: float, spacing_of=None) -> RecistTabl
                          f"read") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise ValueError(
-            f"{path}: not a napari-recist-seg RECIST file (no 'format': {FORMAT_NAME!r})"
+            f"{path}: not a napari-recist-seg RECIST file (no 'format': {FORMAT_NAME!r}): "
+            f"its lesions go in a list under 'lesions' of one object, "
+            f'{{"format": "{FORMAT_NAME}", "format_version": {FORMAT_VERSION}, '
+            f'"lesions": [...]}}'
         )
     version = doc.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int):

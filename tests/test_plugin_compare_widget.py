@@ -428,6 +428,28 @@ def test_ground_truth_is_the_chosen_scans_own_mask_never_another_scans(make_napa
     assert gt_combo.layer().name == "case01_mask"
 
 
+def test_a_mask_is_named_after_its_scan_not_one_whose_name_begins_its_own(make_napari_viewer):
+    viewer = make_napari_viewer()
+    for name in ("case1", "case12", "ct", "ct_2"):
+        viewer.add_image(np.zeros((40, 50), np.float32), name=name)
+    for name in ("case1_mask", "case12_mask", "ct_2_mask"):
+        viewer.add_labels(np.zeros((40, 50), np.uint8), name=name)
+    widget = _widget(viewer)
+    pick(widget.image_combo, "case12")
+    assert widget.gt_combo.layer().name == "case12_mask"
+    # The scan case12 closed, its mask still open: it stays case12's, never case1's.
+    viewer.layers.remove("case12")
+    pick(widget.image_combo, "case1")
+    assert widget.gt_combo.layer().name == "case1_mask"
+    viewer.layers.remove("case1_mask")
+    assert widget.gt_combo.layer() is None
+    viewer.layers.remove("case12_mask")
+    pick(widget.image_combo, "ct")
+    assert widget.gt_combo.layer() is None  # ct_2_mask is ct_2's
+    pick(widget.image_combo, "ct_2")
+    assert widget.gt_combo.layer().name == "ct_2_mask"
+
+
 def test_status_line_is_replaced_after_a_failed_prediction(make_napari_viewer, qtbot, tmp_path,
                                                             notifications):
     viewer = _ct_viewer(make_napari_viewer)

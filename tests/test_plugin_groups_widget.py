@@ -44,17 +44,40 @@ def _lesions():
     return small + large
 
 
+def _grouped(widget, qtbot, layer, k: int) -> np.ndarray:
+    """Run K-means with ``k`` groups; each line's group once written to the layer."""
+    widget.k_spin.setValue(k)
+    widget.run_kmeans()
+    with qtbot.waitSignal(widget._worker.finished, timeout=20000):
+        pass
+    qtbot.waitUntil(lambda: "group" in layer.features, timeout=5000)
+    return layer.features["group"].to_numpy()
+
+
+def test_lines_drawn_before_the_dock_opened_are_grouped_and_coloured(viewer_2d, qtbot):
+    # Two of the six lesions were added by a script while no dock followed the layer: their
+    # lines have no lesion yet. Opening Groups gives them theirs, as the annotation dock does.
+    layer = _add_recist(viewer_2d, _lesions()[:4])
+    for recist in _lesions()[4:]:
+        layer.add([np.asarray(recist.short_axis), np.asarray(recist.long_axis)],
+                  shape_type="line")
+    assert layer.features["lesion_id"].tolist()[8:] == [-1] * 4
+    widget = _widget(viewer_2d)
+    assert layer.features["lesion_id"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert layer.features["axis"].tolist()[8:] == ["short", "long"] * 2
+    groups = _grouped(widget, qtbot, layer, 2)
+    assert np.all(groups >= 0) and np.all(groups[0::2] == groups[1::2])
+    qtbot.waitUntil(lambda: len(widget._plot_ids) == 6, timeout=5000)
+    widget._on_pick(SimpleNamespace(artist=widget._scatter, ind=np.array([5])))
+    assert set(layer.selected_data) == {10, 11}
+
+
 def test_kmeans_groups_recolour_lines_and_link_the_plot(viewer_2d, qtbot):
     layer = _add_recist(viewer_2d, _lesions())
     data_before = [np.array(d) for d in layer.data]
     widget = _widget(viewer_2d)
     assert widget.recist_layer() is layer
-    widget.k_spin.setValue(2)
-    widget.run_kmeans()
-    with qtbot.waitSignal(widget._worker.finished, timeout=20000):
-        pass
-    qtbot.waitUntil(lambda: "group" in layer.features, timeout=5000)
-    groups = layer.features["group"].to_numpy()
+    groups = _grouped(widget, qtbot, layer, 2)
     # Both lines of a lesion share its group; small and large lesions are apart.
     assert np.all(groups[0::2] == groups[1::2])
     per_lesion = groups[0::2]

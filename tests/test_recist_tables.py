@@ -495,8 +495,11 @@ def test_a_scan_given_as_an_image_is_sent_to_the_table_path(tmp_path, capsys):
     code = main(["predict", str(tmp_path / "ct.nii.gz"), "--model", str(model),
                  "--recists", str(recists), "--out", str(tmp_path / "out")])
     assert code == 2
-    assert ("ct.nii.gz: a scan (NIfTI, MHA, NRRD or DICOM) is predicted through a RECIST "
-            "table naming it" in " ".join(capsys.readouterr().err.split()))
+    # The command to run instead: the table beside the scan reads it without --images.
+    said = " ".join(capsys.readouterr().err.split())
+    assert (f"ct.nii.gz: a scan (NIfTI, MHA, NRRD or DICOM) is predicted through a RECIST "
+            f"table naming it and each lesion's slice: recist-seg predict {recists} --model "
+            f"{model} --out {tmp_path / 'out'}, which writes" in said)
     assert not (tmp_path / "out").exists()
     # A folder of scans gets the command that predicts them with the table given.
     scans = tmp_path / "scans"

@@ -125,6 +125,25 @@ def test_writer_pairs_lines_drawn_while_no_dock_followed_the_layer(tmp_path):
     assert not (tmp_path / "b.csv").exists()
 
 
+def test_writer_measures_and_pairs_lines_in_their_own_pixel_size(tmp_path):
+    # Lines with a pixel size of their own (1 x 0.5 mm) on a layer of 0.7 mm pixels: the
+    # vertical 30 px line (30 mm) is longer than the horizontal 40 px one (20 mm) in theirs,
+    # shorter in the layer's.
+    from napari_recist_seg.plugin.writer import write_recist_file
+
+    lesion = [np.array([[2.0, 75.0, 40.0], [2.0, 105.0, 40.0]]),
+              np.array([[2.0, 90.0, 20.0], [2.0, 90.0, 60.0]])]
+    meta = {"name": "x", "scale": (2.5, 0.7, 0.7), "shape_type": ["line"] * 4}
+    data = lesion + [line + [0.0, 0.0, 100.0] for line in lesion]
+    features = {"lesion_id": [0, 0, -1, -1], "axis": ["long", "short", "", ""],
+                "spacing_row": [1.0, 1.0, np.nan, np.nan],
+                "spacing_col": [0.5, 0.5, np.nan, np.nan]}
+    table = read_recists(write_recist_file(str(tmp_path / "a.csv"), data,
+                                           {**meta, "features": features}))
+    assert [(r.long_mm, r.short_mm) for r in table.recists] == [(30.0, 20.0)] * 2
+    np.testing.assert_allclose(table.recists[1].long_axis, data[2][:, 1:])
+
+
 def test_import_deeplesion_rows_use_each_rows_own_pixel_size(
     make_napari_viewer, tmp_path, notifications
 ):

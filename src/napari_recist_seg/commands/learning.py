@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -302,7 +303,6 @@ def _saved_options(config: dict) -> dict:
 
 def _flag(dest: str, value) -> str:
     """Run option ``dest`` with ``value`` as it is written on the command line."""
-    import shlex
 
     option = _RUN_OPTIONS[dest]
     if value is None:
@@ -375,7 +375,6 @@ def _data_options(args, table: bool) -> dict:
 def _continue_hint(kind: str, checkpoint: str, args) -> str:
     """The options that continue an interrupted run of ``kind`` (with the same data and
     --out): the others are taken from the run."""
-    import shlex
 
     words = ["--models", kind, "--resume", shlex.quote(str(checkpoint))]
     # Neither is recorded in a form the run can be given back: a teacher is checked, not
@@ -811,9 +810,15 @@ def _predict(args) -> int:
     volumes = [item for item in args.inputs if is_medical_image_path(item)]
     volumes += [item for item in args.inputs if _only_scans(item)]
     if volumes:
-        table = (f"recist-seg predict {args.recists} --images {volumes[0]} --model "
-                 f"{args.model} --out {args.out}" if args.recists
-                 else "recist-seg predict TABLE --model ... --out ...")
+        table = "recist-seg predict TABLE --model ... --out ..."
+        if args.recists:
+            scan = Path(volumes[0])
+            # The folder the table's image names are read from: the scans' folder.
+            folder = scan if _only_scans(scan) else scan.parent
+            images = ([] if folder.resolve() == Path(args.recists).resolve().parent
+                      else ["--images", str(folder)])
+            table = shlex.join(["recist-seg", "predict", str(args.recists), *images,
+                                "--model", str(args.model), "--out", str(args.out)])
         raise ValueError(f"{volumes[0]}: a scan (NIfTI, MHA, NRRD or DICOM) is predicted "
                          f"through a RECIST table naming it and each lesion's slice: "
                          f"{table}, which writes a mask per key slice and the scan's labels "

@@ -461,7 +461,8 @@ def recists_to_shapes(recists: Sequence[Recist], slices=None, lesion_ids=None):
 
 
 def recists_from_shapes(
-    data, features: Mapping, spacing=(1.0, 1.0), max_perpendicularity_error=15.0
+    data, features: Mapping, spacing=(1.0, 1.0), max_perpendicularity_error=15.0,
+    lesion_spacing: Mapping | None = None,
 ):
     """Pair the ``line`` shapes of a RECIST Shapes layer back into lesions.
 
@@ -474,6 +475,9 @@ def recists_from_shapes(
         Columns ``lesion_id`` and ``axis`` (one value per shape), e.g. ``layer.features``.
     spacing : tuple of float
         Pixel size (row, col) in mm.
+    lesion_spacing : mapping of int to (float, float), optional
+        The pixel size of the lesions that have one of their own, by lesion id (lines of a
+        stack of slices with several pixel sizes), used instead of ``spacing``.
 
     Returns
     -------
@@ -550,7 +554,8 @@ def recists_from_shapes(
             slices.append(int(round(float(lead[0, 0]))) if lead.shape[1] else 0)
         try:
             recists.append(
-                Recist(long_pts[:, -2:], short_pts[:, -2:], spacing, max_perpendicularity_error)
+                Recist(long_pts[:, -2:], short_pts[:, -2:],
+                       (lesion_spacing or {}).get(lid, spacing), max_perpendicularity_error)
             )
         except ValueError as exc:
             raise ValueError(f"lesion {lid}: {exc}") from None

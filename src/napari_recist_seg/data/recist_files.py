@@ -25,6 +25,7 @@ atomic: a failed write leaves an existing file as it was.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -706,31 +707,27 @@ def table_from_layer_data(
         spacing = (s[-2], s[-1])
     names = [str(k) for k in features.keys()]
     columns = {name: _column(features, name) for name in names}
-    per_line_spacing = "spacing_row" in columns and "spacing_col" in columns
-    # With a spacing per lesion, pair the lines first (angles checked later, in mm).
+    # Each lesion's values (and pixel size) come from its long-axis line.
+    long_line: dict[int, int] = {}
+    for i, (lid, axis) in enumerate(zip(columns["lesion_id"], columns["axis"])):
+        if str(axis) == "long":
+            with contextlib.suppress(TypeError, ValueError, OverflowError):
+                long_line[int(lid)] = i  # a bad id is named by recists_from_shapes
+    lesion_spacing = None
+    if "spacing_row" in columns and "spacing_col" in columns:
+        # Measured in each lesion's own pixel size from the start: in the layer's, the
+        # longer of two lines may be the other one.
+        lesion_spacing = {lid: (float(columns["spacing_row"][i]),
+                                float(columns["spacing_col"][i]))
+                          for lid, i in long_line.items()}
     recists, ids, slices = recists_from_shapes(
         data,
         columns,
         spacing=spacing,
-        max_perpendicularity_error=90.0 if per_line_spacing else max_perpendicularity_error,
+        max_perpendicularity_error=max_perpendicularity_error,
+        lesion_spacing=lesion_spacing,
     )
-    # Each lesion's values come from its long-axis line.
-    long_line: dict[int, int] = {}
-    for i, (lid, axis) in enumerate(zip(columns["lesion_id"], columns["axis"])):
-        if str(axis) == "long":
-            long_line[int(lid)] = i
     rows = [long_line[lid] for lid in ids]
-    if per_line_spacing:
-        rebuilt = []
-        for r, lid, i in zip(recists, ids, rows):
-            lesion_spacing = (float(columns["spacing_row"][i]), float(columns["spacing_col"][i]))
-            try:
-                rebuilt.append(
-                    Recist(r.long_axis, r.short_axis, lesion_spacing, max_perpendicularity_error)
-                )
-            except ValueError as exc:
-                raise ValueError(f"lesion {lid}: {exc}") from None
-        recists = rebuilt
     images = (_image_names([columns["image"][i] for i in rows], slices)
               if "image" in columns else None)
     skip = {"lesion_id", "axis", "image", "spacing_row", "spacing_col"}

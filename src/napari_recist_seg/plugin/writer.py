@@ -274,7 +274,11 @@ def _paired(data, columns: dict, meta: dict) -> dict:
     ids = [-1 if _missing_or_negative(v) else int(v) for v in list(columns["lesion_id"])]
     axes = ["" if not isinstance(a, str) else a for a in list(columns["axis"])]
     scale = tuple(meta.get("scale") or (1.0, 1.0))[-2:]
-    ids, axes = assign_lesions(data, ids, axes, scale, ["line"] * len(data))
+    per_line = None
+    if "spacing_row" in columns and "spacing_col" in columns:
+        # Lines with a pixel size of their own are compared in it, as the docks compare them.
+        per_line = _filled_line_spacing(data, columns, meta, fallback=scale)
+    ids, axes = assign_lesions(data, ids, axes, scale, ["line"] * len(data), per_line)
     return {"lesion_id": np.asarray(ids, dtype=np.int64), "axis": np.asarray(axes, dtype=object)}
 
 
@@ -293,12 +297,7 @@ def _line_spacing_columns(name: str, data, columns: dict, meta: dict) -> dict:
     ValueError
         Naming the lesions whose slice has no known pixel size.
     """
-    values = np.column_stack(
-        [pd_numeric(columns["spacing_row"]), pd_numeric(columns["spacing_col"])]
-    )
-    table = ((meta.get("metadata") or {}).get(META_KEY) or {}).get("slice_spacing")
-    slices = {i: tuple(sp) for i, sp in enumerate(table)} if table else None
-    filled, _ = fill_line_spacing(list(data), values, slices, fallback=(np.nan, np.nan))
+    filled = _filled_line_spacing(data, columns, meta, fallback=(np.nan, np.nan))
     missing = ~np.all(np.isfinite(filled), axis=1)
     if missing.any():
         ids = sorted({str(columns["lesion_id"][i]) for i in np.flatnonzero(missing)})
@@ -307,3 +306,15 @@ def _line_spacing_columns(name: str, data, columns: dict, meta: dict) -> dict:
             "(their slice has none and no other lesion on it gives one)"
         )
     return {"spacing_row": filled[:, 0].tolist(), "spacing_col": filled[:, 1].tolist()}
+
+
+def _filled_line_spacing(data, columns: dict, meta: dict, fallback) -> np.ndarray:
+    """(n, 2) pixel size of each line: its own, else its slice's (the layer's per-slice
+    sizes), else that of another line on its slice, else ``fallback``."""
+    values = np.column_stack(
+        [pd_numeric(columns["spacing_row"]), pd_numeric(columns["spacing_col"])]
+    )
+    table = ((meta.get("metadata") or {}).get(META_KEY) or {}).get("slice_spacing")
+    slices = {i: tuple(sp) for i, sp in enumerate(table)} if table else None
+    filled, _ = fill_line_spacing(list(data), values, slices, fallback=fallback)
+    return filled

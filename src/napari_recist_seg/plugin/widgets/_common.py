@@ -245,13 +245,16 @@ class LayerCombo(QComboBox):
 
     def choose_again(self) -> None:
         """Go to the default choice when ``prefer`` (which may depend on another choice, such
-        as the image) no longer accepts the chosen layer, or may now accept one where none
-        is chosen; a "(none)" the user picked stays."""
+        as the image) ranks another layer above the chosen one, or no longer accepts it, or
+        may now accept one where none is chosen; a "(none)" the user picked stays."""
         current = self.layer()
-        if self._prefer is None or (current is not None and self._prefer(current)):
+        if self._prefer is None or (current is None and self._none_chosen):
             return
-        if current is None and self._none_chosen:
-            return
+        if current is not None:
+            rank = self._prefer(current)
+            if rank and rank >= max((self._prefer(layer) for layer in self.layers()),
+                                    default=0):
+                return
         self.setCurrentIndex(self._default_index(self._layers))
         self._none_chosen = False  # chosen here, not by the user
 

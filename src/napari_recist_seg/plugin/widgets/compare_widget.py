@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -151,12 +152,27 @@ def truth_preference(image_of, viewer):
                 or grid_mismatch(image, layer)):
             return 0
         named = [other for other in viewer.layers
-                 if isinstance(other, Image) and layer.name.startswith(other.name)]
+                 if isinstance(other, Image) and _named_after(layer.name, other.name)]
         if not named:
-            return 2
+            # "case12_mask" for "case1" is another scan's, open or not.
+            return 0 if layer.name.startswith(image.name) else 2
+        # "ct_2_mask" is named after "ct_2" rather than "ct", when both are open.
         owner = max(named, key=lambda other: len(other.name))
         return 3 if owner is image else 0
     return rank
+
+
+def _named_after(name: str, image_name: str) -> bool:
+    """Whether a layer called ``name`` is named after the image ``image_name``: the image's
+    name followed by nothing or a separator ("case1_mask", "case1 - Labels"; not
+    "case12_mask"), or an image's name without its file's suffix ("case1" of "case1.nii")."""
+    stem = re.sub(r"\.(nii(\.gz)?|nrrd|mha|mhd|dcm|png|jpe?g|tiff?)$", "", image_name,
+                  flags=re.IGNORECASE)
+    for base in {image_name, stem}:
+        if base and name.startswith(base) and (
+                len(name) == len(base) or not name[len(base)].isalnum()):
+            return True
+    return False
 
 
 def _contour_colormap(colour: str):

@@ -236,6 +236,9 @@ class GroupsWidget(RecistLayerAccess, QWidget):
             self._connections.connect(
                 layer.selected_data.events.items_changed, self._on_layer_selection
             )
+            # Lines drawn while no dock followed the layer get their lesions now, as the
+            # annotation dock gives them: groups are written per line of a lesion.
+            self.sync_layer_labels()
         elif self.preview_layer is not None:
             # Masks of lesions no layer holds any more would pass for current ones.
             with contextlib.suppress(RuntimeError):

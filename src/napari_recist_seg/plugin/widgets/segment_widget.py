@@ -566,6 +566,9 @@ class SegmentWidget(RecistLayerAccess, QWidget):
                 self.recist_combo.set_layer(layer)
             self._connections.connect(layer.events.data, self._on_data)
             self._connections.connect(layer.events.features, self._on_features)
+            # Lines drawn while no dock followed the layer get their lesions now, as the
+            # annotation dock gives them, so that masks are labelled as the layer is.
+            self.sync_layer_labels()
         self._schedule()
 
     def _on_image_changed(self, image) -> None:

@@ -174,3 +174,25 @@ def test_simulate_recists(tmp_path):
     assert recist.spacing == (0.5, 0.5)
     with pytest.raises(ValueError, match=r"b_mask\.png.*empty"):
         simulate_recists([a, b])
+
+
+def test_a_mask_drawn_on_an_exif_turned_picture_is_refused_naming_the_tag(tmp_path):
+    # Stored 20 rows x 24 columns with the EXIF tag "rotate 90 degrees": viewers show it
+    # 24 x 20, and the mask was drawn on what they show.
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_image()).save(tmp_path / "images" / "ISIC_0000001.jpg", exif=exif)
+    Image.fromarray(_mask(24, 20, (3, 4, 19, 12))).save(
+        tmp_path / "masks" / "ISIC_0000001_segmentation.png")
+    pair = ImageMaskPair(tmp_path / "images" / "ISIC_0000001.jpg",
+                         tmp_path / "masks" / "ISIC_0000001_segmentation.png", "ISIC_0000001")
+    with pytest.raises(ValueError, match=r"is 24x20 but image .* is 20x24 \(rows x columns\): "
+                                         r"the image's EXIF orientation tag \(6\) has viewers "
+                                         r"show it turned"):
+        load_pair(pair)
+    # Without the tag, only the sizes are named.
+    Image.fromarray(_image()).save(tmp_path / "images" / "ISIC_0000001.jpg")
+    with pytest.raises(ValueError, match=r"is 20x24 \(rows x columns\)$"):
+        load_pair(pair)

@@ -82,3 +82,34 @@ def test_deeplesion_rows_off_their_slice_are_skipped_with_the_invalid_rows(tmp_p
     assert skipped[0].category == "outside the slice"
     assert any("1 outside the slice" in str(w.message) for w in caught)
     assert np.isfinite(records[0].recist.long_mm)
+
+
+def test_predict_names_recist_images_that_match_no_input_image(tmp_path, capsys):
+    from ._learning_data import crop_preprocessing, saved_model
+
+    rows = write_png_folder(tmp_path / "images", n=2, colour_every=0)
+    model = saved_model(tmp_path / "model", "a1", in_channels=1,
+                        preprocessing=crop_preprocessing())
+    out = tmp_path / "pred"
+
+    def predict(table):
+        return main(["predict", str(tmp_path / "images"), "--recists", str(table), "--model",
+                     str(model), "--out", str(out)])
+
+    # Every lesion on a misspelt name: nothing to predict, said as an error.
+    misspelt = recist_csv(tmp_path / "typo.csv", [("cas0.png", *rows[0][1:])])
+    assert predict(misspelt) == 2
+    assert ("typo.csv: its lesions name cas0, and no input image has such a name"
+            in capsys.readouterr().err)
+    assert not out.exists()
+    # A table without image names cannot be matched at all.
+    unnamed = recist_csv(tmp_path / "unnamed.csv", [("", *rows[0][1:])])
+    assert predict(unnamed) == 2
+    assert "its lesions need an 'image' column" in capsys.readouterr().err
+    # One name of two matches: its image is predicted, the other name is reported.
+    some = recist_csv(tmp_path / "some.csv", [rows[0], ("case7.png", *rows[1][1:])])
+    assert predict(some) == 0
+    said = capsys.readouterr()
+    assert "1 masks" in said.out and (out / "case0_mask.png").exists()
+    assert ("1 image name(s) of " in said.err
+            and "match no input image; their lesions are not predicted: case7" in said.err)

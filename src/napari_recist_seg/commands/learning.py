@@ -831,11 +831,23 @@ def _predict(args) -> int:
         from ..data.recist_sources import image_size
 
         table = read_recists(args.recists)
-        images = table.images or [""] * len(table)
+        if not table.images or "" in table.images:
+            raise ValueError(f"--recists {args.recists}: its lesions need an 'image' column "
+                             f"naming the picture each one is on")
+        images = table.images
         for name, r in zip(images, table.recists):
             by_image.setdefault(Path(name).stem, []).append(r)
         unmarked = [f for f in files if f.stem not in by_image]
+        orphans = sorted(set(by_image) - {f.stem for f in files})
         files = [f for f in files if f.stem in by_image]
+        if orphans:
+            named = _listed_names(orphans)
+            if not files:
+                raise ValueError(f"--recists {args.recists}: its lesions name {named}, and no "
+                                 f"input image has such a name (a misspelt name, or another "
+                                 f"folder?)")
+            print(f"{len(orphans)} image name(s) of {args.recists} match no input image; "
+                  f"their lesions are not predicted: {named}", file=sys.stderr)
         for f in files:
             size = image_size(f)
             for r in by_image[f.stem]:
@@ -893,10 +905,13 @@ def _predict(args) -> int:
             w.writerows(rows)
     print(f"{len(rows)} masks ({model.kind} model) -> {out}")
     if unmarked:
-        shown = ", ".join(f.name for f in unmarked[:5]) + (", ..." if len(unmarked) > 5 else "")
         print(f"{len(unmarked)} image(s) have no lesion in {args.recists} and were not "
-              f"predicted: {shown}")
+              f"predicted: {_listed_names([f.name for f in unmarked])}")
     return 0
+
+
+def _listed_names(names, most: int = 5) -> str:
+    return ", ".join(map(str, names[:most])) + (", ..." if len(names) > most else "")
 
 
 def _count(n: int, noun: str) -> str:

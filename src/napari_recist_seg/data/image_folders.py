@@ -279,8 +279,29 @@ def check_mask_size(pair: ImageMaskPair, mask_shape, image_shape=None) -> None:
     if tuple(mask_shape[:2]) != tuple(image_shape[:2]):
         raise ValueError(
             f"mask {pair.mask_path} is {mask_shape[0]}x{mask_shape[1]} but image "
-            f"{pair.image_path} is {image_shape[0]}x{image_shape[1]}"
+            f"{pair.image_path} is {image_shape[0]}x{image_shape[1]} (rows x columns)"
+            f"{_turned_note(pair.image_path, mask_shape, image_shape)}"
         )
+
+
+def _turned_note(path, mask_shape, image_shape) -> str:
+    """What to say of an image whose EXIF orientation turns it by a quarter: viewers show
+    it turned, pixels are read as stored (as napari reads them), so a mask drawn on what
+    viewers show has its rows and columns swapped ("" for any other image)."""
+    if tuple(mask_shape[:2]) != tuple(image_shape[:2])[::-1]:
+        return ""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            orientation = int(im.getexif().get(0x0112, 1))  # EXIF Orientation
+    except (OSError, ValueError, TypeError):
+        return ""
+    if orientation not in (5, 6, 7, 8):
+        return ""
+    return (f": the image's EXIF orientation tag ({orientation}) has viewers show it turned "
+            f"by a quarter, while its pixels are read as stored, as napari shows them; save "
+            f"the image with its rotation applied (or the mask turned back)")
 
 
 def warn_unmeasured(folder, names, stacklevel: int = 3) -> None:

@@ -227,19 +227,59 @@ def collect_warnings(func: Callable, *args, **kwargs) -> tuple[object, list[str]
     """
     owner = threading.get_ident()
     texts: list[str] = []
-    # Entering catch_warnings also forgets which warnings were shown already.
-    with warnings.catch_warnings():
-        show = warnings.showwarning
+    # warnings.showwarning is process-wide: another thread's catch_warnings (pandas or
+    # matplotlib in the viewer's thread) may put back the one it found on entering while
+    # this runs. Warnings raised through warnings.warn, as this package's own are, are also
+    # noted where they are raised, which no other thread undoes.
+    if warnings.warn is not _noting_warn:
+        _noting_warn.original = warnings.warn
+        warnings.warn = _noting_warn
+    _NOTED.texts = texts
+    try:
+        # Entering catch_warnings also forgets which warnings were shown already.
+        with warnings.catch_warnings():
+            show = warnings.showwarning
 
-        def gather(message, category, filename, lineno, file=None, line=None):
-            if threading.get_ident() != owner:
-                show(message, category, filename, lineno, file, line)
-            elif str(message) not in texts:
-                texts.append(str(message))
+            def gather(message, category, filename, lineno, file=None, line=None):
+                if threading.get_ident() != owner:
+                    show(message, category, filename, lineno, file, line)
+                elif str(message) not in texts:
+                    texts.append(str(message))
 
-        warnings.showwarning = gather
-        result = func(*args, **kwargs)
+            warnings.showwarning = gather
+            result = func(*args, **kwargs)
+    finally:
+        _NOTED.texts = None
     return result, texts
+
+
+#: The warnings ``collect_warnings`` gathers in each thread (``texts``: a list, or None).
+_NOTED = threading.local()
+
+
+def _noting_warn(message, category=None, stacklevel=1, source=None, **kwargs):
+    """``warnings.warn`` that also notes the text for a ``collect_warnings`` of this thread
+    (unless a filter ignores it)."""
+    texts = getattr(_NOTED, "texts", None)
+    if texts is not None and not _ignored(message, category) and str(message) not in texts:
+        texts.append(str(message))
+    return _noting_warn.original(message, category, stacklevel + 1, source, **kwargs)
+
+
+_noting_warn.original = warnings.warn
+
+
+def _ignored(message, category) -> bool:
+    """Whether the first of the filters in force that fits the warning ignores it (filters
+    naming a module or line are taken to fit)."""
+    if isinstance(message, Warning):
+        category = type(message)
+    category = category or UserWarning
+    text = str(message)
+    for action, pattern, kind, _module, _line in warnings.filters:
+        if (pattern is None or pattern.match(text)) and issubclass(category, kind):
+            return action == "ignore"
+    return False
 
 
 def _warning_messages(texts: list[str]) -> Iterator[tuple]:

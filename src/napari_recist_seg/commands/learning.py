@@ -807,19 +807,19 @@ def _predict(args) -> int:
         return _predict_table(args)
     if args.split is not None or args.images is not None:
         raise ValueError("--split and --images apply to a lesion table input")
-    volumes = [item for item in args.inputs if is_medical_image_path(item)]
-    volumes += [item for item in args.inputs if _only_scans(item)]
+    # Each scan given, with the folder a table's image names would be read from.
+    volumes = [(item, Path(item).parent) for item in args.inputs
+               if is_medical_image_path(item)]
+    volumes += [(item, Path(item)) for item in args.inputs if _only_scans(item)]
     if volumes:
         table = "recist-seg predict TABLE --model ... --out ..."
         if args.recists:
-            scan = Path(volumes[0])
-            # The folder the table's image names are read from: the scans' folder.
-            folder = scan if _only_scans(scan) else scan.parent
+            folder = volumes[0][1]
             images = ([] if folder.resolve() == Path(args.recists).resolve().parent
                       else ["--images", str(folder)])
             table = shlex.join(["recist-seg", "predict", str(args.recists), *images,
                                 "--model", str(args.model), "--out", str(args.out)])
-        raise ValueError(f"{volumes[0]}: a scan (NIfTI, MHA, NRRD or DICOM) is predicted "
+        raise ValueError(f"{volumes[0][0]}: a scan (NIfTI, MHA, NRRD or DICOM) is predicted "
                          f"through a RECIST table naming it and each lesion's slice: "
                          f"{table}, which writes a mask per key slice and the scan's labels "
                          f"on its voxel grid")

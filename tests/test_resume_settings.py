@@ -59,6 +59,9 @@ def _data(**changes):
         ({}, {"pseudo_mask_method": "ellipse"},
          "was trained with training target (pseudo-mask) 'quarter_ellipse', not 'ellipse'"),
         ({"crf_weight": 10.0}, {}, "was trained with edge-aware loss weight 0.0, not 10.0"),
+        # The file need not exist: a resumed run takes all its weights from its checkpoint.
+        ({"encoder_weights": "encoder.pth"}, {},
+         "was trained with encoder weights None, not 'encoder.pth'"),
         ({}, {"val_fraction": 0.4}, "was trained on 9 training and 3 validation lesions, "
                                     "not 7 and 5"),
         # As many lesions, other ones (other images): not the run's data.
@@ -204,6 +207,8 @@ def test_the_continue_hint_resumes_with_the_run_s_own_settings(tmp_path, capsys,
             (["--pseudo-mask", "ellipse"],
              "trained with --pseudo-mask quarter_ellipse, not --pseudo-mask ellipse"),
             (["--augment", "flips"], "trained with --augment auto, not --augment flips"),
+            (["--encoder-weights", "my weights.pth"],
+             "trained with no --encoder-weights, not --encoder-weights 'my weights.pth'"),
             (["--batch", "8", "--lr", "0.01"],
              "trained with --batch 4 and --lr 0.001, not --batch 8 and --lr 0.01")):
         assert main(["train", str(data), "--out", str(out), *shlex.split(hint),

@@ -415,6 +415,22 @@ def test_the_best_checkpoint_follows_the_chosen_validation_figure(monkeypatch, t
     assert saved["train_config"]["select"] == select
 
 
+def test_an_early_stopped_run_resumed_gets_its_patience_again(monkeypatch, tmp_path):
+    # Stops at epoch 2 (patience 1); resumed, epochs 3 and 4 are worse again, 5 better.
+    _scripted_validation(monkeypatch, [1.0, 1.5, 2.0, 1.8, 0.5, 0.4, 0.3])
+    data = prepared()
+    first = list(train(_two_images(), data.val_set, config("a1", epochs=6, patience=1),
+                       tmp_path))
+    assert first[-1].message.startswith("early stop") and first[-1].epoch == 2
+    again = list(train(_two_images(), data.val_set, config("a1", epochs=6, patience=2),
+                       tmp_path, resume=tmp_path / "last"))
+    assert "it had early stopped" in again[0].message
+    assert "until 2 epochs without a better validation loss" in again[0].message
+    # Before, the old count of bad epochs stopped it after one more epoch (epoch 3).
+    assert [e.epoch for e in again if e.kind == "epoch"] == [3, 4]
+    assert again[-1].message.startswith("early stop") and again[-1].best_epoch == 1
+
+
 def test_patience_running_out_at_the_last_epoch_is_no_early_stop(monkeypatch, tmp_path):
     _scripted_validation(monkeypatch, [1.0, 2.0, 3.0])
     events = list(train(_two_images(), prepared().val_set, config("a1", epochs=3, patience=2),

@@ -222,7 +222,8 @@ _NOT_GIVEN = _NotGiven()
 #: one not given from its checkpoint, and refuses one given with another value than the
 #: run's (``_settle_options``).
 _RUN_OPTIONS = {
-    "models": "--models", "encoder": "--encoder", "size": "--size", "epochs": "--epochs",
+    "models": "--models", "encoder": "--encoder", "encoder_weights": "--encoder-weights",
+    "size": "--size", "epochs": "--epochs",
     "batch": "--batch", "lr": "--lr", "patience": "--patience", "select": "--select",
     "augment": "--augment", "k": "--k", "pseudo_mask": "--pseudo-mask",
     "crf_weight": "--crf-weight", "n_train": "--n-train", "seed": "--seed",
@@ -239,7 +240,8 @@ def _run_option_defaults() -> dict:
     from ..learning.preparation import AUTO_CROP
     from ..learning.train_config import TrainConfig as d
 
-    return {"models": "multitask", "encoder": None, "size": d.input_size, "epochs": d.epochs,
+    return {"models": "multitask", "encoder": None, "encoder_weights": d.encoder_weights,
+            "size": d.input_size, "epochs": d.epochs,
             "batch": d.batch_size, "lr": d.lr, "patience": d.patience, "select": d.select,
             "augment": d.augment, "k": None, "pseudo_mask": DEFAULT_TARGET,
             "crf_weight": None, "n_train": None, "seed": d.seed, "prior_residual": None,
@@ -274,6 +276,7 @@ def _saved_options(config: dict) -> dict:
             out[dest] = value
 
     checks = [("encoder", "encoder", lambda v: isinstance(v, str)),
+              ("encoder_weights", "encoder_weights", lambda v: v is None or isinstance(v, str)),
               ("size", "input_size", _is_int), ("epochs", "epochs", _is_int),
               ("batch", "batch_size", _is_int), ("lr", "lr", _is_number),
               ("patience", "patience", _is_int), ("select", "select", SELECT_METRICS.__contains__),

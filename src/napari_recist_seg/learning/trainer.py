@@ -661,7 +661,8 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
         encoder=config.encoder,
         in_channels=config.in_channels,
         n_groups=config.n_groups,
-        encoder_weights=config.encoder_weights,
+        # A resumed run takes all its weights from its checkpoint.
+        encoder_weights=None if resume is not None else config.encoder_weights,
         input_size=config.input_size,
         prior_residual=config.uses_prior_residual,
         prior_edge=config.prior_edge if MODEL_REGISTRY[config.kind].prompted else None,
@@ -712,11 +713,12 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
     best_score, best_epoch, bad_epochs = math.inf, None, 0
     elapsed_before = 0.0
     resumed_running: dict[str, float] = {}
+    patience_renewed = False
     error = None
     try:
         if resume is not None:
             (history, start_epoch, start_step, global_step, best_score, best_epoch, bad_epochs,
-             elapsed_before, resumed_running) = _resume_state(
+             elapsed_before, resumed_running, patience_renewed) = _resume_state(
                 resume, model, optimizer, scheduler, scaler, config, device, ckpt_config,
                 colour=bool(getattr(train_set, "colour", False)))
     except (ValueError, OSError, RuntimeError) as exc:
@@ -776,7 +778,10 @@ def _train_in_folder(train_set, val_set, config: TrainConfig, out_dir, *, groupi
     try:
         yield TrainEvent("start", epoch=start_epoch + 1, step=start_step,
                          global_step=global_step, lr=optimizer.param_groups[0]["lr"], **common,
-                         message=_start_message(config, device, ranks, n_train, workers, amp))
+                         message=_start_message(config, device, ranks, n_train, workers, amp)
+                         + (f"; it had early stopped, and goes on until {config.patience} "
+                            f"epoch{'s' if config.patience != 1 else ''} without a better "
+                            f"validation {config.select}" if patience_renewed else ""))
         for epoch in range(start_epoch, config.epochs):
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)
@@ -923,7 +928,8 @@ def _resume_state(resume, model, optimizer, scheduler, scaler, config: TrainConf
                   device, run_config: dict | None = None, *, colour: bool = False) -> tuple:
     """Load a ``last/`` checkpoint into the model, optimiser, scheduler and random state;
     return the run's counters (history, epoch, step, global step, best loss and epoch, bad
-    epochs, elapsed seconds, loss sums of the epoch in progress).
+    epochs, elapsed seconds, loss sums of the epoch in progress) and whether the run had
+    early stopped, in which case its count of bad epochs starts again from 0.
 
     ``run_config`` is what this run would save beside its weights (``preprocessing``,
     ``grouping``, ``data_split``) and ``colour`` whether its training images are colour
@@ -978,6 +984,12 @@ def _resume_state(resume, model, optimizer, scheduler, scaler, config: TrainConf
                                                              ).items()}
         if min(start_epoch, start_step, global_step, bad_epochs) < 0:
             raise ValueError(f"negative epoch or step counts ({start_epoch}, {start_step})")
+        # Resuming a run that early stopped asks it to train further: it gets its patience
+        # again instead of stopping after one more epoch without a better figure.
+        saved_patience = int(saved_train.get("patience", config.patience))
+        early_stopped = start_step == 0 and bad_epochs >= saved_patience
+        if early_stopped:
+            bad_epochs = 0
         if state.get("rng") is not None:
             _set_rng_state(state["rng"])
         if scaler is not None and state.get("scaler"):
@@ -986,7 +998,7 @@ def _resume_state(resume, model, optimizer, scheduler, scaler, config: TrainConf
         raise ValueError(f"checkpoint {resume}: its training state is invalid: {exc}"
                          ) from None
     return (history, start_epoch, start_step, global_step, best_score, best_epoch, bad_epochs,
-            elapsed_before, resumed_running)
+            elapsed_before, resumed_running, early_stopped)
 
 
 #: Settings a resumed run must keep: (its name in messages, how it is read from a TrainConfig
@@ -999,6 +1011,7 @@ def _resume_state(resume, model, optimizer, scheduler, scaler, config: TrainConf
 #: training does, so that "auto" and the kind's own augmentation, say, are one.
 _KEPT_SETTINGS = (
     ("batch_size", lambda c, colour: c.batch_size, "--batch", None),
+    ("encoder weights", lambda c, colour: c.encoder_weights, "--encoder-weights", None),
     ("lr", lambda c, colour: c.lr, "--lr", None),
     ("schedule", lambda c, colour: c.schedule, None, None),
     ("seed", lambda c, colour: c.seed, "--seed", None),

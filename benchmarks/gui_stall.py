@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-TICK_MS = 10
+from _viewer_timing import TICK_MS, display, tick_stamps
 
 
 def _ct_layers(viewer, n_slices: int) -> None:
@@ -100,7 +99,7 @@ def _summary(name: str, gaps: np.ndarray) -> str:
 
 def measure(mode: str, args, app) -> dict:
     import napari
-    from qtpy.QtCore import Qt, QTimer
+    from qtpy.QtCore import QTimer
 
     viewer = napari.Viewer(show=True)
     tmp = tempfile.TemporaryDirectory()
@@ -156,11 +155,7 @@ def measure(mode: str, args, app) -> dict:
     widget.plot.show_picture = timed(widget.plot.show_picture, "plot shown")
     widget.plot._draw = timed(widget.plot._draw, "plot drawn (worker thread)")
 
-    stamps: list[float] = []
-    timer = QTimer()
-    timer.setTimerType(Qt.TimerType.PreciseTimer)
-    timer.setInterval(TICK_MS)
-    timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
+    timer, stamps = tick_stamps()
     browse = QTimer()
     browse.setInterval(200)
     if args.browse and viewer.dims.ndim > 2:
@@ -175,7 +170,6 @@ def measure(mode: str, args, app) -> dict:
             app.processEvents()
             time.sleep(0.001)
 
-    timer.start()
     browse.start()
     run_for(1.0)  # let the window settle
     t_base = time.perf_counter()
@@ -250,12 +244,11 @@ def main(argv=None) -> int:
                    help="list the longest gaps with the widget's handlers that ran in them")
     args = p.parse_args(argv)
 
-    display = None
-    if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
-        from pyvirtualdisplay import Display
+    with display():
+        return _report(args)
 
-        display = Display(visible=False, size=(1600, 1000))
-        display.start()
+
+def _report(args) -> int:
     from napari.qt import get_qapp
 
     app = get_qapp()
@@ -276,8 +269,6 @@ def main(argv=None) -> int:
             for line in r["worst"]:
                 print(f"    {line}")
         print(f"  {r['ips']:.2f} images/s; {r['seconds']:.1f} s from Start to the end")
-    if display is not None:
-        display.stop()
     return 0
 
 

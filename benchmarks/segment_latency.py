@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _viewer_timing import TICK_MS, display, run_until, tick_stamps
 
-TICK_MS = 10
 TARGET_S = 0.5
 TARGET_STALL_MS = 100.0
 
@@ -98,20 +98,10 @@ def _drag_steps(layer, line: int, vertex: int, to) -> list:
             event(mouse_release_callbacks, "mouse_release", end)]
 
 
-def _run_until(app, condition, timeout: float) -> bool:
-    end = time.perf_counter() + timeout
-    while time.perf_counter() < end:
-        app.processEvents()
-        if condition():
-            return True
-        time.sleep(0.0005)
-    return False
-
-
 def measure(args, app) -> dict:
     import napari
     import torch
-    from qtpy.QtCore import Qt, QTimer
+    from qtpy.QtCore import QTimer
 
     from napari_recist_seg.core.recist import recists_to_shapes
     from napari_recist_seg.learning import inference
@@ -154,7 +144,7 @@ def measure(args, app) -> dict:
     widget.threshold_spin.setValue(widget.threshold_spin.minimum())
     widget.choose_model(entry)
     idle = lambda: widget._worker is None and not widget._timer.isActive()  # noqa: E731
-    if not _run_until(app, lambda: idle() and widget.preview_layer is not None
+    if not run_until(app, lambda: idle() and widget.preview_layer is not None
                       and len(predict_s) >= len(recists), 120):
         raise SystemExit(f"the first predictions did not finish: {widget.status.text()}")
     preview = widget.preview_layer
@@ -162,13 +152,8 @@ def measure(args, app) -> dict:
 
     updates: list[float] = []
     preview.events.set_data.connect(lambda _e: updates.append(time.perf_counter()))
-    stamps: list[float] = []
-    timer = QTimer()
-    timer.setTimerType(Qt.TimerType.PreciseTimer)
-    timer.setInterval(TICK_MS)
-    timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
-    timer.start()
-    _run_until(app, lambda: False, 1.0)  # the window settles
+    timer, stamps = tick_stamps()
+    run_until(app, lambda: False, 1.0)  # the window settles
 
     short_line = 1  # the first lesion's short axis
     base = np.array(lines.data[short_line], dtype=float)
@@ -181,7 +166,7 @@ def measure(args, app) -> dict:
         *moves, release = _drag_steps(lines, short_line, 1, target["to"])
         for move in moves:
             move()
-            _run_until(app, lambda: False, 0.03)  # the pointer moves on between events
+            run_until(app, lambda: False, 0.03)  # the pointer moves on between events
 
         def let_go():
             letting_go.append(time.perf_counter())
@@ -216,7 +201,7 @@ def measure(args, app) -> dict:
             pressed = time.perf_counter()
             edit()
             if live:
-                ok = _run_until(
+                ok = run_until(
                     app, lambda n_pred=n_pred, n_upd=n_upd: bool(released) and idle()
                     and len(predict_s) > n_pred and len(updates) > n_upd
                     and updates[-1] > released[0], args.timeout)
@@ -226,15 +211,15 @@ def measure(args, app) -> dict:
                 done = updates[-1]
                 out["latency"].append(done - released[0])
             else:
-                _run_until(app, lambda: bool(released), args.timeout)
+                run_until(app, lambda: bool(released), args.timeout)
                 done = released[0] + 0.3  # as long as an update takes, about
-            _run_until(app, lambda done=done: time.perf_counter() > done + 0.1, args.timeout)
+            run_until(app, lambda done=done: time.perf_counter() > done + 0.1, args.timeout)
             first, rest = gaps(released[0], done + 0.1)
             out["drag"].append(longest_gap(pressed, letting_go[0]))
             out["edit"].append(first)
             out["after"].append(rest)
             out["calls"].append(len(predict_s) - n_pred)
-            _run_until(app, lambda: False, 0.2)
+            run_until(app, lambda: False, 0.2)
         return {k: np.asarray(v) for k, v in out.items()}
 
     live = trials(args.trials, 0, True)
@@ -257,12 +242,11 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per trial at most")
     args = p.parse_args(argv)
 
-    display = None
-    if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
-        from pyvirtualdisplay import Display
+    with display():
+        return _report(args)
 
-        display = Display(visible=False, size=(1600, 1000))
-        display.start()
+
+def _report(args) -> int:
     from napari.qt import get_qapp
 
     app = get_qapp()
@@ -292,8 +276,6 @@ def main(argv=None) -> int:
     print(f"same edits with the preview stopped: release turn median "
           f"{np.median(alone['edit']):.0f} ms, max {alone['edit'].max():.0f}; after it max "
           f"{alone['after'].max():.0f} ms")
-    if display is not None:
-        display.stop()
     ok = np.median(lat) < TARGET_S and stall.max() < TARGET_STALL_MS
     return 0 if ok else 1
 

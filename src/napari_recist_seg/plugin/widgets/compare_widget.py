@@ -486,8 +486,26 @@ class CompareWidget(QWidget):
 
     # -- metrics ----------------------------------------------------------------------------
     def _fill_table(self) -> None:
+        header = self.table.horizontalHeader()
+        # Columns sized to their contents are measured again over every row at each new
+        # cell: a volume's hundreds of lesions froze the viewer for seconds. They are sized
+        # once, after the cells are in.
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        self.table.setUpdatesEnabled(False)
+        try:
+            self._fill_cells()
+        finally:
+            header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+            self.table.setUpdatesEnabled(True)
+        # Models' names are long ("co-segmentation (finished at epoch 2)"): sized to fit,
+        # they pushed the metrics out of the dock behind a scroll bar.
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        self.table.setColumnWidth(0, min(self.table.sizeHintForColumn(0), MODEL_COLUMN_PX))
+
+    def _fill_cells(self) -> None:
         self.table.setHorizontalHeaderLabels(
             [*ID_COLUMNS, *metric_titles(self._distance_unit), NOTE])
+        self.table.clearContents()
         self.table.setRowCount(len(self.rows))
         n_id = len(ID_COLUMNS)
         for r, row in enumerate(self.rows):
@@ -505,16 +523,11 @@ class CompareWidget(QWidget):
                 if c == 0:
                     item.setToolTip(text)  # the column may show it cut short
                 self.table.setItem(r, c, item)
-        # Models' names are long ("co-segmentation (finished at epoch 2)"): sized to fit,
-        # they pushed the metrics out of the dock behind a scroll bar.
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
         # Columns with nothing to say (no slice on a picture, no RECIST or group) would push
         # the metrics out of view.
         for c, key in enumerate(ID_COLUMNS):
             self.table.setColumnHidden(c, bool(self.rows) and all(
                 str(row.get(key, "")) == "" for row in self.rows))
-        self.table.setColumnWidth(0, min(self.table.sizeHintForColumn(0), MODEL_COLUMN_PX))
 
     def export_csv(self, path):
         """Write the metrics rows (all metrics) to a CSV file, atomically."""

@@ -273,3 +273,14 @@ def test_the_command_starts_without_the_learning_layer_when_it_needs_none(argv):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert "torch loaded: False" in out
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line_and_code_130(monkeypatch, capsys):
+    from napari_recist_seg import cli
+
+    def loading(argv):
+        raise KeyboardInterrupt  # as a Ctrl+C lands while torch is being imported
+
+    monkeypatch.setattr(cli, "_command", loading)
+    assert cli.main(["train", "data", "--out", "runs"]) == 130
+    assert capsys.readouterr().err == "recist-seg: interrupted\n"

@@ -49,7 +49,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of ``recist-seg``; returns the process exit code."""
-    code = _command(argv)
+    try:
+        code = _command(argv)
+    except KeyboardInterrupt:
+        # Ctrl+C before the command started (while its libraries load): nothing to keep.
+        print("recist-seg: interrupted", file=sys.stderr)
+        code = 130
     if "torch.distributed" in sys.modules:
         # A torchrun process ends here, past the C++ teardown that can abort it.
         from .learning.devices import end_process

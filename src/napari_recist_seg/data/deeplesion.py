@@ -501,7 +501,7 @@ def read_deeplesion(
             if absent:
                 raise ValueError(
                     f"{csv_path}: not a DeepLesion DL_info CSV, missing column(s): "
-                    f"{', '.join(absent)}"
+                    f"{', '.join(absent)}{_header_hint(header)}"
                 )
             for i, row in enumerate(reader, start=1):
                 if None in row:
@@ -622,7 +622,47 @@ def _repeated_rows(records) -> list[tuple[int, int]]:
     return repeats
 
 
+def _header_hint(header: list) -> str:
+    """Why a DL_info header lacks its columns: another separator, or other capitals."""
+    from .recist_files import separator_hint
+
+    hint = separator_hint(header, "DL_info.csv")
+    if hint:
+        return hint
+    lower = {h.lower() for h in header}
+    if any(c.lower() in lower for c in REQUIRED_COLUMNS if c not in header):
+        return " (column names are written as DeepLesion writes them, e.g. File_name)"
+    return ""
+
+
 _SAID = [False]  # whether this process was told how 8-bit slices are read
+# Air: the least a CT scanner records inside its field of view.
+_AIR_HU = -1024.0
+
+
+def hu_from_16bit(img: np.ndarray, path) -> np.ndarray:
+    """The HU of a 16-bit grey slice, as float32.
+
+    Signed integers are HU as they are. Unsigned ones are DeepLesion's encoding, HU + 32768;
+    a slice whose values, read so, would all lie below air (-1024 HU) is stored another way
+    (HU + 1024, say), and is refused rather than read as a blank image.
+
+    Raises
+    ------
+    ValueError
+        Naming ``path``, its range of values and how to store the slice.
+    """
+    if img.dtype.kind == "i":
+        return img.astype(np.float32)
+    hu = img.astype(np.float32) - np.float32(_PNG16_OFFSET)
+    if hu.size and float(hu.max()) < _AIR_HU:
+        raise ValueError(
+            f"{path}: its values ({int(img.min())} to {int(img.max())}) read as DeepLesion's "
+            f"HU + {_PNG16_OFFSET:.0f} would all lie below air ({_AIR_HU:g} HU), so the slice "
+            f"is stored another way (HU + 1024, say); save it as HU + {_PNG16_OFFSET:.0f} in "
+            f"an unsigned 16-bit PNG, as HU in a signed 16-bit TIFF, or as a NIfTI, MHA or "
+            f"DICOM volume")
+    return hu
 
 
 def _decode_hu(path: Path, encoding: str) -> np.ndarray:
@@ -652,7 +692,7 @@ def _decode_hu(path: Path, encoding: str) -> np.ndarray:
     if kind == "16bit":
         if img.dtype == np.uint8:
             raise ValueError(f"{path}: 8-bit image, but a 16-bit (HU + 32768) PNG was expected")
-        return (img.astype(np.float32) - np.float32(_PNG16_OFFSET)).astype(np.float32)
+        return hu_from_16bit(img, path)
     if kind == "8bit":
         if img.dtype != np.uint8:
             raise ValueError(f"{path}: {img.dtype} image, but an 8-bit image was expected")

@@ -348,7 +348,9 @@ def read_recists(path, max_perpendicularity_error: float = 15.0,
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+        line = _line_of(path.read_bytes(), exc.start)
+        raise ValueError(f"{path}: not a UTF-8 text file ({exc.reason} on line {line}); "
+                         f"spreadsheets write UTF-8 when saved as 'CSV UTF-8'") from None
     except OSError as exc:
         raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if fmt == "csv":
@@ -422,11 +424,29 @@ def _infer_column(values: list[str]):
     return [None if v == "" else float(v) for v in values]
 
 
-def _header_hint(header: list) -> str:
-    """Why a header may lack the required columns: another separator, or capitals."""
+def _line_of(data: bytes, offset: int) -> int:
+    """The line (from 1) of byte ``offset`` in ``data``."""
+    return data.count(b"\n", 0, offset) + 1
+
+
+def _plain_name(name: str) -> str:
+    return "_".join(name.strip().lower().replace("-", " ").split())
+
+
+def separator_hint(header: list, what: str) -> str:
+    """A note when a CSV ``header`` read as one cell holds semicolons or tabs: ``what``
+    (the kind of file) is comma-separated."""
     if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
         sep = "semicolons" if ";" in header[0] else "tabs"
-        return f" (its header is separated by {sep}; RECIST CSVs are comma-separated)"
+        return f" (its header is separated by {sep}; {what} is comma-separated)"
+    return ""
+
+
+def _header_hint(header: list) -> str:
+    """Why a header may lack the required columns: another separator, or capitals."""
+    hint = separator_hint(header, "a RECIST CSV")
+    if hint:
+        return hint
     if any(h.lower() in _REQUIRED_CSV and h not in _REQUIRED_CSV for h in header):
         return " (column names are lower case, e.g. long_r0)"
     return ""
@@ -463,6 +483,15 @@ def _read_csv(path: Path, text: str, tol: float, spacing_of=None) -> RecistTable
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
         raise ValueError(f"{path}: repeated column(s) {', '.join(dupes)}")
+    # An optional column in other capitals or with spaces would be read as a feature and its
+    # values (a pixel size, a slice) left unused without a word.
+    near = [(h, _plain_name(h)) for h in header
+            if h not in _RESERVED and _plain_name(h) in _RESERVED]
+    if near:
+        raise ValueError(f"{path}: column(s) {', '.join(repr(h) for h, _ in near)} would be "
+                         f"read as lesion features; name them "
+                         f"{', '.join(name for _, name in near)} (column names are lower case, "
+                         f"words joined by _)")
     col = {h: i for i, h in enumerate(header)}
     feature_names = [h for h in header if h not in _RESERVED]
 

@@ -37,6 +37,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..core.recist import Recist, outside_image
+from .deeplesion import hu_from_16bit
 from .volumes import itk_message
 
 __all__ = [
@@ -51,12 +52,12 @@ __all__ = [
 ]
 
 #: Feature columns of a RECIST file that name the patient, used to keep a patient's lesions
-#: on one side of a training / validation split (compared without case).
+#: on one side of a training / validation split (compared without case, spaces as
+#: underscores).
 PATIENT_COLUMNS = ("patient", "patient_id", "patientid", "patient_index", "patient_name")
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm", ".dicom",
                     ".ima")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-_PNG16_OFFSET = 32768.0
 _WINDOW_RE = re.compile(r"^\s*[\[(]?\s*([-+0-9.eE]+)\s*[,;\s]\s*([-+0-9.eE]+)\s*[\])]?\s*$")
 
 
@@ -161,7 +162,7 @@ def _read_png_hu(path: str) -> np.ndarray:
     if img.dtype == np.uint8:
         # 8-bit copies of DeepLesion slices map HU -1024..3071 onto 0..255.
         return (img.astype(np.float32) * np.float32(4095.0 / 255.0) - np.float32(1024.0))
-    return img.astype(np.float32) - np.float32(_PNG16_OFFSET)
+    return hu_from_16bit(img, path)
 
 
 def _read_2d(path: str, colour: bool) -> np.ndarray:
@@ -191,7 +192,7 @@ def _read_2d(path: str, colour: bool) -> np.ndarray:
         raise ValueError(f"{path}: a 16-bit grey (CT) image in a table of colour images")
     if img.dtype.kind == "f":
         return img.astype(np.float32)[None]  # floating point: taken as HU
-    return (img.astype(np.float32) - np.float32(_PNG16_OFFSET))[None]
+    return hu_from_16bit(img, path)[None]
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
@@ -256,7 +257,8 @@ class LesionRow:
     window : tuple of float or None
         Display window (lo, hi) in HU the table gives for this lesion.
     split : str or None
-        DeepLesion's ``Train_Val_Test``: "train", "val" or "test".
+        "train", "val" or "test": DeepLesion's ``Train_Val_Test``, or a RECIST file's
+        ``Train_Val_Test`` or ``split`` column (1, 2, 3 or the words); None without one.
     patient : str
         Patient (or, without a patient column, the image): a split never separates one.
     mask_name : str
@@ -385,8 +387,10 @@ def _is_deeplesion_csv(path: Path) -> bool:
             head = fh.readline()
     except (OSError, UnicodeDecodeError):
         return False
-    cols = {c.strip() for c in head.split(",")}
-    return "File_name" in cols or "Measurement_coordinates" in cols
+    # In other capitals or separated otherwise it is still DeepLesion's, and its reader
+    # says what is wrong with it in DeepLesion's terms.
+    cols = {c.strip().lower() for c in re.split(r"[,;\t]", head)}
+    return "file_name" in cols or "measurement_coordinates" in cols
 
 
 def read_lesion_table(path, images=None, *, neighbours: int = 1, slice_gap_mm: float = 2.0,
@@ -662,12 +666,35 @@ def _row_window(features: dict, i: int, where: str):
     return None
 
 
-def _patient_column(features: dict) -> str | None:
-    lower = {k.lower(): k for k in features}
-    for name in PATIENT_COLUMNS:
-        if name in lower:
-            return lower[name]
-    return None
+#: Feature columns of a RECIST file that give each row's split, as DeepLesion's
+#: ``Train_Val_Test`` does (compared without case, spaces as underscores).
+SPLIT_COLUMNS = ("train_val_test", "split")
+_SPLIT_WORDS = {"1": "train", "train": "train", "training": "train",
+                "2": "val", "val": "val", "validation": "val",
+                "3": "test", "test": "test", "testing": "test"}
+
+
+def _named_column(features: dict, names) -> str | None:
+    """The first feature column called one of ``names``, without regard to case or to
+    spaces for underscores ("Patient ID" is ``patient_id``)."""
+    plain = {"_".join(str(k).lower().split()): k for k in features}
+    return next((plain[name] for name in names if name in plain), None)
+
+
+def _row_split(features: dict, column: str | None, i: int, where: str) -> str | None:
+    """Row ``i``'s split ("train", "val" or "test") from the table's split ``column``."""
+    if column is None:
+        return None
+    value = features[column][i]
+    text = "" if value is None else str(value).strip().lower()
+    if isinstance(value, float) and value.is_integer():
+        text = str(int(value))
+    if text not in _SPLIT_WORDS:
+        raise ValueError(f"{where}: column {column} must be 1, 2 or 3 (train, validation, "
+                         f"test), got {value!r}")
+    return _SPLIT_WORDS[text]
+
+
 
 
 def header_spacing(base: Path, headers: dict | None = None):
@@ -692,6 +719,10 @@ def header_spacing(base: Path, headers: dict | None = None):
     return spacing_of
 
 
+def _mm(spacing) -> str:
+    return " x ".join(f"{float(v):g}" for v in spacing) + " mm"
+
+
 def _read_recist_table(path: Path, images, neighbours: int, gap: float,
                        colour: bool | None) -> LesionTable:
     from .recist_files import read_recists
@@ -704,11 +735,13 @@ def _read_recist_table(path: Path, images, neighbours: int, gap: float,
     if table.images is None:
         raise ValueError(f"{path}: column image is missing or empty: each row must name the "
                          f"image its lesion is on (a file or folder relative to {base})")
-    patient_col = _patient_column(table.features)
+    patient_col = _named_column(table.features, PATIENT_COLUMNS)
+    split_col = _named_column(table.features, SPLIT_COLUMNS)
     n = len(table)
 
     probes: dict[str, tuple] = {}
     plan = []  # per row: (kind, resolved path, slice, recist, spacing_known)
+    other_size = []  # rows whose pixel size is not their scan header's
     for i in range(n):
         where = f"{path}: row {i + 1} (lesion {table.lesion_ids[i]})"
         name = table.images[i]
@@ -742,11 +775,18 @@ def _read_recist_table(path: Path, images, neighbours: int, gap: float,
             if not known:  # read_recists found no header (unreadable volume): use it now
                 recist = recist.with_spacing(info.spacing[1:])
                 known = True
+            elif not np.allclose(recist.spacing, info.spacing[1:], rtol=0.01):
+                other_size.append((i + 1, recist.spacing, info.spacing[1:], name))
             plan.append(("volume", file, slc, recist, known))
         else:
             if slc not in (None, 0):
                 raise ValueError(f"{where}: image {name!r} is a 2D image, it has no slice {slc}")
             plan.append(("image", file, None, recist, known))
+    if other_size:
+        row, own, header, name = other_size[0]
+        warnings.warn(f"{path}: {len(other_size)} row(s) give a pixel size other than their "
+                      f"scan's header, e.g. row {row}: {_mm(own)} where {name!r} says "
+                      f"{_mm(header)}; each row's own size is used", stacklevel=3)
     kinds = {p[0] for p in plan}
     if kinds == {"image", "volume"} and neighbours:
         raise ValueError(f"{path}: rows mix 2D images and volumes; their channel counts differ "
@@ -785,12 +825,12 @@ def _read_recist_table(path: Path, images, neighbours: int, gap: float,
         if problem:
             raise ValueError(f"{path}: row {i + 1} (lesion {table.lesion_ids[i]}): {problem}")
         patient = str(table.features[patient_col][i]) if patient_col else name
+        where = f"{path}: row {i + 1} (lesion {table.lesion_ids[i]})"
         rows.append(LesionRow(
             recist=recist, image=name, slice=slc, row=i + 1, lesion_id=table.lesion_ids[i],
-            stack=by_key[key], window=_row_window(table.features, i,
-                                                  f"{path}: row {i + 1} (lesion "
-                                                  f"{table.lesion_ids[i]})"),
-            split=None, patient=patient, mask_name=mask_names[i], spacing_known=known,
+            stack=by_key[key], window=_row_window(table.features, i, where),
+            split=_row_split(table.features, split_col, i, where), patient=patient,
+            mask_name=mask_names[i], spacing_known=known,
         ))
     if not rows:
         raise ValueError(f"{path}: no lesion rows")

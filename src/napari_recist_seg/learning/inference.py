@@ -521,9 +521,9 @@ def predict_table(model, path, out, *, images=None, split=None, threshold: float
         names = {1: "train", 2: "val", 3: "test"}
         if split not in names:
             raise ValueError(f"split must be 1, 2 or 3 (Train_Val_Test), got {split!r}")
-        if table.kind != "deeplesion":
-            raise ValueError(f"{table.path}: split selects DeepLesion rows by Train_Val_Test; "
-                             "this table has no such column")
+        if all(r.split is None for r in table.rows):
+            raise ValueError(f"{table.path}: split selects rows by their Train_Val_Test (or "
+                             "split) column; this table has none")
         rows = [(i, r) for i, r in rows if r.split == names[split]]
         if not rows:
             raise ValueError(f"{table.path}: no rows with Train_Val_Test {split}")

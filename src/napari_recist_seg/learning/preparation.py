@@ -224,11 +224,11 @@ def prepare_crops(
 def split_table(table, val_fraction: float = 0.15, seed: int = 0):
     """Training and validation rows of a ``LesionTable`` (index arrays, sorted).
 
-    DeepLesion: ``Train_Val_Test`` decides (1 training, 2 validation); rows of the test split
-    (3) are in neither. Other tables: a seeded split of the patients (or, without a patient
-    column, of the images), so the lesions of one image, or of one patient, all fall on one
-    side. A DeepLesion table without validation rows is split that way among its training
-    rows.
+    DeepLesion, and RECIST files with a ``Train_Val_Test`` or ``split`` column: it decides
+    (1 training, 2 validation); rows of the test split (3) are in neither. Other tables: a
+    seeded split of the patients (or, without a patient column, of the images), so the
+    lesions of one image, or of one patient, all fall on one side. A table without
+    validation rows is split that way among its training rows.
 
     Raises
     ------
@@ -236,11 +236,11 @@ def split_table(table, val_fraction: float = 0.15, seed: int = 0):
         When fewer than two patients (or images) are there to split.
     """
     rows = table.rows
-    if table.kind == "deeplesion":
+    if table.kind == "deeplesion" or any(r.split is not None for r in rows):
         train = np.array([i for i, r in enumerate(rows) if r.split == "train"], dtype=np.int64)
         val = np.array([i for i, r in enumerate(rows) if r.split == "val"], dtype=np.int64)
         if len(train) == 0:
-            raise ValueError(f"{table.path}: no training rows (Train_Val_Test 1)")
+            raise ValueError(f"{table.path}: no training rows (split 1)")
         if len(val):
             return train, val
         candidates = train

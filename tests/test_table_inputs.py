@@ -4,6 +4,8 @@ as a blank image), a split column of its own, and column names in other capitals
 
 from __future__ import annotations
 
+import re
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -154,3 +156,20 @@ def test_a_dl_info_saved_otherwise_is_named_in_deeplesion_s_terms(tmp_path, chan
     message = str(info.value)
     assert "not a DeepLesion DL_info CSV, missing column(s): File_name" in message
     assert words in message
+
+
+@pytest.mark.parametrize(("cell", "words"), [
+    ("2_00", "column long_c0 is not a number: '2_00'"),
+    ('"22,5"', "column long_c0 is not a number: '22,5' (decimals are written with a point)"),
+])
+def test_a_coordinate_typed_otherwise_is_named(tmp_path, cell, words):
+    from napari_recist_seg.data.recist_files import read_recists
+
+    path = _split_table(tmp_path, "split", [1, 2])
+    lines = path.read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[4] = cell
+    lines[2] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=re.escape(words)):
+        read_recists(path)

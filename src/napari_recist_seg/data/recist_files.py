@@ -513,18 +513,19 @@ def _read_csv(path: Path, text: str, tol: float, spacing_of=None) -> RecistTable
                 f"{path}: {where}: lesion_id must be an integer, got {lid_text!r}"
             ) from None
         try:
-            coords = [float(get(c)) for c in _COORD_COLUMNS]
+            coords = [_number(get(c)) for c in _COORD_COLUMNS]
             cells = [get(c) for c in ("spacing_row", "spacing_col")]
-            spacing = [float(v) for v in cells] if all(cells) else None
+            spacing = [_number(v) for v in cells] if all(cells) else None
         except ValueError:
             bad = next(
                 c
                 for c in (*_COORD_COLUMNS, "spacing_row", "spacing_col")
                 if c in col and not _is_float(get(c), allow_empty=c.startswith("spacing"))
             )
+            point = " (decimals are written with a point)" if "," in get(bad) else ""
             raise ValueError(
-                f"{path}: {where} (lesion {lid}): column {bad} is not a number: {get(bad)!r}"
-            ) from None
+                f"{path}: {where} (lesion {lid}): column {bad} is not a number: "
+                f"{get(bad)!r}{point}") from None
         if any(cells) and not all(cells):
             raise ValueError(f"{path}: {where} (lesion {lid}): spacing_row and spacing_col "
                              f"go together: give both or leave both empty")
@@ -561,11 +562,19 @@ def _read_csv(path: Path, text: str, tol: float, spacing_of=None) -> RecistTable
     return RecistTable(recists, ids, slices, images, features, spacing_known=known)
 
 
+def _number(text: str) -> float:
+    """``text`` as a number; Python's digit separators ("2_00") are not taken, since a
+    table cell holding one is a typing slip more likely than 200."""
+    if "_" in text:
+        raise ValueError(f"not a number: {text!r}")
+    return float(text)
+
+
 def _is_float(text: str, allow_empty: bool = False) -> bool:
     if text == "" and allow_empty:
         return True
     try:
-        float(text)
+        _number(text)
     except ValueError:
         return False
     return True

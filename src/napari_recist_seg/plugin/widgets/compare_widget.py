@@ -461,10 +461,15 @@ class CompareWidget(QWidget):
             layer.contour = _CONTOUR
             add_under_lines(self.viewer, layer, self.recist_combo.layer())
         else:
+            # Each of these redraws the layer (a volume's slice): only what changed is set.
             layer.data = data
-            layer.scale, layer.translate = scale, translate
-            layer.colormap = _contour_colormap(colour)
+            if not np.allclose(layer.scale, scale) or not np.allclose(layer.translate,
+                                                                       translate):
+                layer.scale, layer.translate = scale, translate
+            if layer.metadata[META_KEY].get("colour") != colour:
+                layer.colormap = _contour_colormap(colour)
             layer.name = name  # another image's or ground truth's copy takes its name
+        layer.metadata[META_KEY]["colour"] = colour
         # napari makes a taken name unique ("name [1]"): the name it gave is the one to
         # recognise the layer by.
         layer.metadata[META_KEY]["given_name"] = layer.name

@@ -52,6 +52,12 @@ def test_pseudo_masks_from_folder(tmp_path, capsys):
     assert overlap > 0.85  # ellipse masks are measured and redrawn almost exactly
     table = read_recists(out / "recists.csv")
     assert len(table) == 4
+    # Its image names are the folder's: the command says how to train from it, and that
+    # works as said.
+    assert f"names its images relative to {data}: give --images {data} to train" in text
+    from napari_recist_seg.data.recist_sources import read_lesion_table
+
+    assert len(read_lesion_table(out / "recists.csv", data).rows) == 4
     # A mask of another size than its image is refused (by groups too), naming both.
     small = data / "masks" / "ISIC_0000002_segmentation.png"
     iio.imwrite(small, iio.imread(small)[::2, ::2])

@@ -155,6 +155,11 @@ def test_a_model_that_cannot_read_the_image_is_named():
     colour = np.zeros((*SHAPE, 3), np.uint8)
     with pytest.raises(ValueError, match=r"^grey one: the model takes 1-channel images"):
         list(predict_models([_entry(grey_only, "grey one")], colour, [], None, rgb=True))
+    # Beside another model, the message says how to compare that one.
+    with pytest.raises(ValueError, match=r"^grey one: the model takes 1-channel images.*; "
+                                         r"untick it to compare the other models$"):
+        list(predict_models([_entry(RampModel(), "ramp"), _entry(grey_only, "grey one")],
+                            colour, [], None, rgb=True))
 
 
 def test_a_crop_model_without_lesions_is_refused_before_predicting():

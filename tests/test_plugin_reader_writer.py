@@ -246,6 +246,21 @@ def test_writer_refuses_a_lone_line(tmp_path, notifications):
     assert level == "error" and "as RECIST: lesion 0 has no short axis" in text
 
 
+def test_a_lesion_off_the_rules_stops_the_save_with_how_to_mend_it(tmp_path, notifications):
+    import napari
+    from napari.layers import Shapes
+
+    # Axes 45 degrees apart: the file could not be read back.
+    layer = Shapes([np.array([[10, 10], [10, 40]]), np.array([[0, 15], [20, 35]])],
+                   shape_type="line", features={"lesion_id": [0, 0], "axis": ["long", "short"]})
+    with pytest.warns(UserWarning, match="did not return any written paths"):
+        assert napari.save_layers(str(tmp_path / "x.csv"), [layer], plugin=PLUGIN) == []
+    assert not (tmp_path / "x.csv").exists()
+    (level, text), = notifications
+    assert level == "error" and "from perpendicular" in text
+    assert "Nothing was written: mend that lesion" in text and "Make perpendicular" in text
+
+
 # -- sample data --------------------------------------------------------------------------------
 def test_samples_open_from_the_manifest(make_napari_viewer):
     from npe2 import PluginManager

@@ -831,3 +831,23 @@ def test_picking_another_scan_lets_go_of_the_first_scans_lesions(make_napari_vie
     for w in (annotation, groups):
         pick(w.image_combo, "first")
         assert w.recist_combo.layer() is first, type(w).__name__
+
+
+def test_the_one_prompted_model_loaded_elsewhere_is_chosen_and_segments_on_click(
+        make_napari_viewer, qtbot, checkpoints, draw):
+    from napari_recist_seg.learning.inference import load_model
+    from napari_recist_seg.plugin.model_registry import MODEL_REGISTRY
+
+    shape = (96, 96)
+    mask = _ellipse(shape, (48, 48), 12, 8, 0.3)
+    _viewer, _lines, widget = _one_lesion(make_napari_viewer, qtbot, draw, mask, seed=5)
+    # Loaded in another dock (Compare's Load model..., a training that finished).
+    MODEL_REGISTRY.add("a1", checkpoints["a1"], load_model(checkpoints["a1"]))
+    MODEL_REGISTRY.add("prompted", checkpoints["prompted"], load_model(checkpoints["prompted"]))
+    qtbot.waitUntil(lambda: widget.model_combo.count() == 3, timeout=TIMEOUT)
+    assert widget.model_entry() is not None and widget.model_entry().kind == "prompted"
+    # Chosen, not started: nothing is segmented until the user asks.
+    assert widget.preview_layer is None
+    click(qtbot, widget.segment_button)
+    _wait_segmented(qtbot, widget, 1)
+    assert _dice(widget.preview_layer.data > 0, mask) > 0.5

@@ -188,10 +188,28 @@ def _pseudo_masks(args) -> int:
                 scores[method].append(segmentation_metrics(labels > 0, mask)["dice"])
     write_recists(out / "recists.csv", table)
     print(f"{len(table)} lesions on {len(by_image)} images -> {out}")
+    base = _names_relative_to(source, args.images, table)
+    if base is not None and base.resolve() != out.resolve():
+        import shlex
+
+        print(f"{out / 'recists.csv'} names its images relative to {base}: give "
+              f"--images {shlex.quote(str(base))} to train or predict from it")
     for method, values in scores.items():
         if values:
             print(f"{method:16s} mean Dice against the real masks: {np.mean(values):.4f}")
     return 0
+
+
+def _names_relative_to(source: Path, images, table: RecistTable) -> Path | None:
+    """The folder the image names of ``table``, read from ``source``, are relative to
+    (None where it names no image, or for DeepLesion, whose names are its own)."""
+    from ..data.recist_sources import is_deeplesion_table
+
+    if not table.images or is_deeplesion_table(source):
+        return None
+    if source.is_dir():
+        return source
+    return Path(images) if images else source.parent
 
 
 def _target(out: Path, stem, method: str, scan: bool) -> Path:

@@ -248,7 +248,9 @@ def predict_models(entries, image, lesions, gt=None, rgb: bool = False,
             yield _predict_one(entry, model, mode, image, planes, layer_planes, lesions, gt,
                                threshold, tta, volume, spacing)
         except ValueError as exc:
-            raise ValueError(f"{entry.name}: {exc}") from None
+            # One model's failure shows nothing of the others: the user can leave it out.
+            others = "; untick it to compare the other models" if len(models) > 1 else ""
+            raise ValueError(f"{entry.name}: {exc}{others}") from None
 
 
 def _predict_one(entry, model, mode, image, planes, layer_planes, lesions, gt, threshold, tta,

@@ -210,7 +210,11 @@ def write_recist_file(path: str, data, meta: dict) -> str:
     try:
         table = table_from_layer_data(data, columns, scale=meta.get("scale"))
     except ValueError as exc:
-        raise ValueError(f"cannot write {name!r} as RECIST: {exc}") from None
+        # The file could not be read back with such a lesion in it: the user mends it first.
+        raise ValueError(f"cannot write {name!r} as RECIST: {exc}. Nothing was written: mend "
+                         f"that lesion (the RECIST widget's table says why it breaks the "
+                         f"rules; Make perpendicular turns its short axis to 90 degrees) or "
+                         f"delete it, and save again") from None
     _name_the_image(table, meta, target)
     if _in_pixels(meta) and "spacing_row" not in columns:
         # A layer in pixels has no pixel size to give: the file leaves it empty rather than

@@ -627,6 +627,11 @@ class SegmentWidget(RecistLayerAccess, QWidget):
             index = 0
             if current is not None and current in entries:
                 index = combo.findData(current.path)
+            prompted = [e for e in entries if _is_prompted_kind(e.kind)]
+            if current is None and len(prompted) == 1:
+                # The one model this dock can use is chosen (signals blocked: nothing is
+                # segmented until Segment is pressed).
+                index = combo.findData(prompted[0].path)
             combo.setCurrentIndex(max(0, index))
         finally:
             combo.blockSignals(False)

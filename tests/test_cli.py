@@ -290,3 +290,21 @@ def test_ctrl_c_while_the_command_loads_is_one_line_and_code_130(monkeypatch, ca
     monkeypatch.setattr(cli, "_command", loading)
     assert cli.main(["train", "data", "--out", "runs"]) == 130
     assert capsys.readouterr().err == "recist-seg: interrupted\n"
+
+
+def test_model_kinds_are_read_as_the_readme_writes_them():
+    from napari_recist_seg.commands.learning import _models
+
+    assert _models("A1, Multitask") == ["a1", "multitask"]
+    assert len(_models("ALL")) > 3
+
+
+def test_table_options_given_for_an_image_folder_are_refused(tmp_path, capsys):
+    data = make_isic_folder(tmp_path / "data", n=4)
+    code = main(["train", str(data), "--out", str(tmp_path / "runs"), "--models", "a1",
+                 "--window", "soft-tissue", "--crop", "lesion", "--epochs", "1"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2
+    assert (f"--window and --crop apply to lesion tables (DL_info.csv, a RECIST .csv/.json); "
+            f"{data} is an image+mask folder") in err
+    assert not (tmp_path / "runs" / "a1").exists()

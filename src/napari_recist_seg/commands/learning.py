@@ -65,8 +65,9 @@ class TrainingBars:
 
 
 def _models(text: str) -> list[str]:
-    models = [m.strip() for m in text.split(",") if m.strip()]
-    if text.strip() == "all":
+    # As the README and the docks write them ("A1"), too.
+    models = [m.strip().lower() for m in text.split(",") if m.strip()]
+    if text.strip().lower() == "all":
         return list(MODEL_CHOICES)
     bad = [m for m in models if m not in MODEL_CHOICES]
     if bad or not models:
@@ -508,6 +509,8 @@ def _train(args) -> int:
         raise ValueError(f"--resume {args.resume} is a '{saved_kind}' run, not "
                          f"'{asked_models[0]}': name its kind with --models {saved_kind}")
     epochs_given = args.epochs is not _NOT_GIVEN
+    table_only = [_RUN_OPTIONS[d] for d in ("window", "crop", "neighbours", "slice_gap_mm")
+                  if getattr(args, d) is not _NOT_GIVEN]
     taken = _settle_options(args, resume)
     if taken:
         print(f"resuming with the run's own settings: {' '.join(taken)}")
@@ -532,6 +535,10 @@ def _train(args) -> int:
     from ..data.recist_sources import is_lesion_table
 
     table = is_lesion_table(args.data)
+    if table_only and not table:
+        raise ValueError(f"{' and '.join(table_only)} apply to lesion tables (DL_info.csv, a "
+                         f"RECIST .csv/.json); {args.data} is an image+mask folder: leave "
+                         f"them out")
     if table:
         if args.n_train is not None:
             raise ValueError("--n-train applies to image+mask folders; a table trains on its "

@@ -17,7 +17,7 @@ import numpy as np
 
 from .layer_units import META_KEY, ct_contrast_limits, units_for
 from .notifications import notify_error, notify_warning
-from .recist_layers import saved_placement, table_layer_tuple
+from .recist_layers import SAVED_ANGLE_TOLERANCE, saved_placement, table_layer_tuple
 
 __all__ = ["deeplesion_layers", "get_reader", "read_path"]
 
@@ -133,7 +133,8 @@ def _read_recist_file(path: Path):
     from ..data.recist_sources import header_spacing
 
     # A lesion on a scan that states no pixel size is measured in its header's.
-    table = read_recists(path, spacing_of=header_spacing(path.parent))
+    table = read_recists(path, max_perpendicularity_error=SAVED_ANGLE_TOLERANCE,
+                         spacing_of=header_spacing(path.parent))
     if not len(table):
         raise ValueError("the file holds no lesion")
     groups = table.image_groups()

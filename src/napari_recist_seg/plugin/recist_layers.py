@@ -72,6 +72,11 @@ DERIVED_COLUMNS = ("length_mm", "measurement", LAYER_SCALE_COLUMN, LAYER_ORIGIN_
 
 
 #: Defaults napari gives new lines: -1 marks a line the pairing has not seen yet.
+#: The angle between a lesion's axes that a RECIST file saved from napari, or opened in it, may
+#: hold: any. A lesion drawn a little off perpendicular is work in progress to keep (the RECIST
+#: table says what to mend); training and prediction read files with the rules' 15 degrees and
+#: refuse such a row by name.
+SAVED_ANGLE_TOLERANCE = 90.0
 RECIST_DEFAULTS = {"lesion_id": -1, "axis": "", "length_mm": np.nan, "measurement": ""}
 
 

@@ -15,7 +15,13 @@ import numpy as np
 from ..core.annotation import assign_lesions, fill_line_spacing
 from .layer_units import META_KEY, pd_numeric
 from .notifications import notify_error, notify_warning
-from .recist_layers import DERIVED_COLUMNS, LAYER_GRID_COLUMN, PIXEL_GRID, placement_columns
+from .recist_layers import (
+    DERIVED_COLUMNS,
+    LAYER_GRID_COLUMN,
+    PIXEL_GRID,
+    SAVED_ANGLE_TOLERANCE,
+    placement_columns,
+)
 
 __all__ = ["write_labels_file", "write_labels_layer", "write_recist_file", "write_recist_layer"]
 
@@ -208,13 +214,13 @@ def write_recist_file(path: str, data, meta: dict) -> str:
     if "spacing_row" in columns and "spacing_col" in columns:
         columns.update(_line_spacing_columns(name, data, columns, meta))
     try:
-        table = table_from_layer_data(data, columns, scale=meta.get("scale"))
+        table = table_from_layer_data(data, columns, scale=meta.get("scale"),
+                                      max_perpendicularity_error=SAVED_ANGLE_TOLERANCE)
     except ValueError as exc:
         # The file could not be read back with such a lesion in it: the user mends it first.
         raise ValueError(f"cannot write {name!r} as RECIST: {exc}. Nothing was written: mend "
                          f"that lesion (the RECIST widget's table says why it breaks the "
-                         f"rules; Make perpendicular turns its short axis to 90 degrees) or "
-                         f"delete it, and save again") from None
+                         f"rules) or delete it, and save again") from None
     _name_the_image(table, meta, target)
     if _in_pixels(meta) and "spacing_row" not in columns:
         # A layer in pixels has no pixel size to give: the file leaves it empty rather than

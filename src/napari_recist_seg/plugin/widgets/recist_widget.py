@@ -55,6 +55,7 @@ from ..notifications import notify_error, notify_info, notify_warning
 from ..recist_layers import (
     LABEL_LIMIT,
     RECIST_DEFAULTS,
+    SAVED_ANGLE_TOLERANCE,
     describe_layer,
     recist_shapes_kwargs,
     sync_after_edit,
@@ -721,7 +722,8 @@ class RecistWidget(RecistLayerAccess, QWidget):
         from ...data.recist_sources import header_spacing
 
         try:
-            table = read_recists(path, spacing_of=header_spacing(Path(path).parent))
+            table = read_recists(path, max_perpendicularity_error=SAVED_ANGLE_TOLERANCE,
+                                 spacing_of=header_spacing(Path(path).parent))
         except ValueError as exc:
             notify_error(f"Import RECIST file: {exc}")
             return None

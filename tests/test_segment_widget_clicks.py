@@ -851,3 +851,8 @@ def test_the_one_prompted_model_loaded_elsewhere_is_chosen_and_segments_on_click
     click(qtbot, widget.segment_button)
     _wait_segmented(qtbot, widget, 1)
     assert _dice(widget.preview_layer.data > 0, mask) > 0.5
+    # Stopped, the model picked again from the list (the one already chosen) starts again.
+    click(qtbot, widget.stop_button)
+    assert widget.preview_layer is None
+    pick(widget.model_combo, widget.model_combo.currentText())
+    _wait_segmented(qtbot, widget, 1)

@@ -467,6 +467,10 @@ class SegmentWidget(RecistLayerAccess, QWidget):
             "A RECIST-prompted model of this session (trained or loaded); other kinds are "
             "listed for what they are but cannot segment from RECIST")
         self.model_combo.currentIndexChanged.connect(self._on_model_chosen)
+        # Picking the model already chosen (the dock chose the one prompted model by itself)
+        # starts it too, as picking any other does.
+        self.model_combo.activated.connect(
+            lambda _index: None if self._live else self._on_model_chosen())
         self.load_button = QPushButton("Load...")
         self.load_button.setToolTip("Load a prompted model from its checkpoint folder")
         self.load_button.clicked.connect(self._ask_load_model)

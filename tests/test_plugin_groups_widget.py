@@ -275,3 +275,19 @@ def test_the_plot_reads_alike_diameters_as_plain_numbers(viewer_2d, qtbot):
     widget.canvas.draw()
     for axis in (widget.axes.xaxis, widget.axes.yaxis):
         assert axis.get_major_formatter().get_offset() == ""
+
+
+def test_a_lesion_drawn_after_k_means_is_said_to_have_no_group(viewer_2d, qtbot):
+    layer = _add_recist(viewer_2d, _lesions())
+    widget = _widget(viewer_2d)
+    _grouped(widget, qtbot, layer, 2)
+    assert widget.status.text().startswith("K-means: 6 lesions in 2 groups")
+    # A seventh lesion drawn with napari's line tool: the dock pairs it, K-means has not seen it.
+    layer.add_lines([np.array([[30.0, 70.0], [30.0, 90.0]]), np.array([[24.0, 80.0],
+                                                                       [36.0, 80.0]])])
+    qtbot.waitUntil(lambda: "Not grouped" in widget.status.text(), timeout=5000)
+    assert widget.status.text().endswith(
+        "Not grouped: 1 lesion(s) drawn or mended since; run K-means again.")
+    _grouped(widget, qtbot, layer, 2)
+    assert widget.status.text().startswith("K-means: 7 lesions in 2 groups")
+    assert "Not grouped" not in widget.status.text()

@@ -173,3 +173,27 @@ def test_lines_saved_away_from_their_scan_reopen_on_it(make_napari_viewer, tmp_p
     header = next(line for line in lines if not line.startswith("#")).split(",")
     assert header.count("layer_scale") == 1 and header.count("layer_origin") == 1
     assert not [text for level, text in notifications if level == "error"]
+
+
+def test_a_lesion_drawn_among_a_table_s_keeps_their_image_when_saved(make_napari_viewer,
+                                                                    qtbot, tmp_path, draw):
+    import napari
+
+    from napari_recist_seg.data.recist_files import read_recists
+
+    table = _scans(tmp_path)
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "b.nii.gz"), plugin=PLUGIN)
+    viewer.open(str(table), plugin=PLUGIN)
+    layer = viewer.layers["b RECIST"]
+    widget = _recist_widget(viewer)
+    assert widget.recist_layer() is layer
+    draw(layer, [[2, 30, 20], [2, 30, 50]])
+    draw(layer, [[2, 20, 35], [2, 40, 35]])
+    assert layer.features["image"].tolist() == ["b.nii.gz"] * 4
+    # Saved beside the scan, it names one image and opens again as one layer.
+    napari.save_layers(str(tmp_path / "b_lesions.csv"), [layer], plugin=PLUGIN)
+    assert read_recists(tmp_path / "b_lesions.csv").images == ["b.nii.gz"] * 2
+    before = len(viewer.layers)
+    viewer.open(str(tmp_path / "b_lesions.csv"), plugin=PLUGIN)
+    assert len(viewer.layers) == before + 1 and viewer.layers[-1].nshapes == 4

@@ -143,12 +143,21 @@ def recist_shapes_kwargs(
 
 
 def _defaults_for(features) -> dict:
+    from ..data.recist_sources import PATIENT_COLUMNS, SPLIT_COLUMNS
+
+    # What one image's lesions share: a lesion drawn beside them is on that image, of that
+    # patient and split (a blank image name split a saved file into two layers).
+    shared = {"image", *PATIENT_COLUMNS, *SPLIT_COLUMNS}
     defaults = {}
     for name in features:
         if name in RECIST_DEFAULTS:
             defaults[name] = RECIST_DEFAULTS[name]
             continue
         values = list(features[name])
+        if "_".join(str(name).lower().split()) in shared and len(values) and all(
+                v == values[0] for v in values) and str(values[0]) not in ("", "nan"):
+            defaults[name] = values[0]
+            continue
         numeric = values and all(
             isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
             for v in values

@@ -100,6 +100,7 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self._layer: Shapes | None = None
+        self._grouped_text = ""  # the status K-means last gave
         self.preview_layer: Labels | None = None
         # What each plane of the preview layer shows now: {slice key: signature}, so that an
         # edit recomputes only the slices whose lesions changed.
@@ -313,10 +314,9 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         meta["grouping"] = grouping.to_dict()
         recolour(layer)
         counts = np.bincount(grouping.labels_, minlength=grouping.k)
-        self.status.setText(
-            f"K-means: {len(lesion_ids)} lesions in {grouping.k} groups (sizes "
-            f"{', '.join(str(c) for c in counts)})."
-        )
+        self._grouped_text = (f"K-means: {len(lesion_ids)} lesions in {grouping.k} groups "
+                              f"(sizes {', '.join(str(c) for c in counts)}).")
+        self.status.setText(self._grouped_text)
         self._refresh()
 
     def suggest(self) -> None:
@@ -474,10 +474,27 @@ class GroupsWidget(RecistLayerAccess, QWidget):
         try:
             infos = self.lesions()
             self._draw_plot([i for i in infos if i.ok])
+            self._note_ungrouped(infos)
         except RuntimeError:
             return
         if self.preview_layer is not None:
             self.update_preview(quiet=True, infos=infos)
+
+    def _note_ungrouped(self, infos) -> None:
+        """Say, after the K-means status, how many complete lesions drawn since have no
+        group (they keep none until K-means runs again)."""
+        text = self.status.text()
+        if not self._grouped_text or not text.startswith(self._grouped_text):
+            return
+        feats = self._layer.features if self._layer is not None else {}
+        if "group" not in feats or "lesion_id" not in feats:
+            return
+        grouped = {int(i) for i, g in zip(feats["lesion_id"], feats["group"])
+                   if g == g and int(g) >= 0}  # g == g: not NaN
+        new = sum(1 for i in infos if i.ok and int(i.lesion_id) not in grouped)
+        note = (f" Not grouped: {new} lesion(s) drawn or mended since; run K-means again."
+                if new else "")
+        self.status.setText(self._grouped_text + note)
 
     def _on_layer_removed(self, event=None) -> None:
         removed = getattr(event, "value", None)
